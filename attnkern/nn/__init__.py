@@ -1,0 +1,6 @@
+"""Drop-in layers built on attnkern's ops: same constructor arguments, parameter names and outputs
+as the published modules they replace, so their state_dicts load."""
+
+from .covpool import SOCA
+
+__all__ = ["SOCA"]

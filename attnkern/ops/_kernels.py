@@ -1,0 +1,26 @@
+"""Which devices have compiled attnkern kernels, and the argument checks every op shares."""
+
+import torch
+from torch import Tensor
+
+from .. import _build_config
+
+# Devices whose tensors go to torch.ops.attnkern; others run the pure-PyTorch reference.
+# "meta" covers fake tensors (torch.compile, opcheck): the ops' fake kernels handle them.
+KERNEL_DEVICES = frozenset(("cpu", "meta", "cuda") if _build_config.with_cuda else ("cpu", "meta"))
+
+
+def has_kernel(t: Tensor) -> bool:
+    return t.device.type in KERNEL_DEVICES
+
+
+def check_floating(t: object, name: str, op: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_square_batch(a: Tensor, name: str, op: str) -> None:
+    if a.dim() != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"{op}: {name} must be a batch of square matrices [B, C, C], got shape {tuple(a.shape)}")

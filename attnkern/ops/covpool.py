@@ -1,0 +1,173 @@
+"""Covariance pooling, Newton–Schulz matrix square root and triuvec (SAN's SOCA, iSQRT-COV).
+
+Each op calls its CPU or CUDA kernel through ``torch.ops.attnkern``; autograd and fake kernels are
+registered here, so the ops run under ``torch.compile(fullgraph=True)``.
+"""
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ._kernels import check_floating, check_square_batch, has_kernel
+
+__all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
+
+
+def covpool(x: Tensor) -> Tensor:
+    """Covariance of the channels over positions.
+
+    Args:
+        x: [B, C, H, W] or [B, C, M], floating point.
+
+    Returns:
+        [B, C, C] = (1/M)·Xc·Xcᵀ with Xc = X − (mean over the M = H·W positions). Same numbers as
+        SAN's ``Covpool`` (X·Î·Xᵀ with its M×M centering matrix Î) without any M×M matrix.
+
+    Example:
+        >>> cov = attnkern.ops.covpool(torch.randn(16, 64, 48, 48))   # [16, 64, 64]
+    """
+    check_floating(x, "x", "covpool")
+    if x.dim() == 4:
+        x = x.flatten(2)
+    elif x.dim() != 3:
+        raise ValueError(f"covpool: x must be [B, C, H, W] or [B, C, M], got shape {tuple(x.shape)}")
+    if x.shape[2] == 0:
+        raise ValueError(f"covpool: x needs at least one position (M = H·W > 0), got shape {tuple(x.shape)}")
+    if not has_kernel(x):
+        return reference.covpool(x)
+    return torch.ops.attnkern.covpool(x)
+
+
+def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
+    """Matrix square root by the trace-normalised coupled Newton–Schulz iteration (SAN's ``Sqrtm``).
+
+    Args:
+        a: [B, C, C], floating point; meant for symmetric positive (semi-)definite matrices such as
+            covariances. A matrix with zero trace gives zeros (and zero gradient).
+        iters: number of iterations, >= 1 (SAN uses 5).
+
+    Returns:
+        [B, C, C] ≈ a^½: with t = tr(a), A = a/t, Y₀ = A, Z₀ = I, Tₖ = ½(3I − ZₖYₖ), Yₖ₊₁ = YₖTₖ,
+        Zₖ₊₁ = TₖZₖ, the result is ½·Y(3I − ZY)·√t after iters − 1 steps. The gradient is the exact
+        gradient of this forward (for any incoming gradient, symmetric or not).
+
+    Example:
+        >>> root = attnkern.ops.sqrtm_newton_schulz(attnkern.ops.covpool(x), iters=5)
+    """
+    check_floating(a, "a", "sqrtm_newton_schulz")
+    check_square_batch(a, "a", "sqrtm_newton_schulz")
+    if isinstance(iters, bool) or not isinstance(iters, int):
+        raise TypeError(f"sqrtm_newton_schulz: iters must be an int, got {type(iters).__name__}")
+    if iters < 1:
+        raise ValueError(f"sqrtm_newton_schulz: iters must be >= 1, got {iters}")
+    if not has_kernel(a):
+        return reference.sqrtm_newton_schulz(a, iters)
+    return torch.ops.attnkern.sqrtm_newton_schulz(a, iters)
+
+
+def triuvec(a: Tensor) -> Tensor:
+    """Vectorise the lower triangle row by row: a [B, C, C] → [B, C(C+1)/2].
+
+    The order is SAN's ``Triuvec``: a[0,0], a[1,0], a[1,1], a[2,0], … (for the symmetric matrices it
+    is used on, the upper triangle).
+
+    Example:
+        >>> attnkern.ops.triuvec(torch.randn(2, 3, 3)).shape
+        torch.Size([2, 6])
+    """
+    check_floating(a, "a", "triuvec")
+    check_square_batch(a, "a", "triuvec")
+    if not has_kernel(a):
+        return reference.triuvec(a)
+    return torch.ops.attnkern.triuvec(a)
+
+
+# The names of SAN's MPNCOV module, for code written against it.
+def CovpoolLayer(var: Tensor) -> Tensor:  # noqa: N802
+    """SAN's ``CovpoolLayer``: :func:`covpool`."""
+    return covpool(var)
+
+
+def SqrtmLayer(var: Tensor, iterN: int) -> Tensor:  # noqa: N802, N803
+    """SAN's ``SqrtmLayer``: :func:`sqrtm_newton_schulz` (also correct for iterN = 1)."""
+    return sqrtm_newton_schulz(var, iterN)
+
+
+def TriuvecLayer(var: Tensor) -> Tensor:  # noqa: N802
+    """SAN's ``TriuvecLayer``: :func:`triuvec`, without its batch loop or float32 cast."""
+    return triuvec(var)
+
+
+# ---- autograd and fake kernels --------------------------------------------------------------
+
+
+def _save_first_input(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _covpool_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.attnkern.covpool_backward(grad, x)
+
+
+def _sqrtm_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.iters = inputs[1]
+
+
+def _sqrtm_backward(ctx, grad):
+    (a,) = ctx.saved_tensors
+    return torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, ctx.iters), None
+
+
+def _triuvec_setup(ctx, inputs, output):
+    ctx.n = inputs[0].shape[-1]
+
+
+def _triuvec_backward(ctx, grad):
+    return torch.ops.attnkern.triuvec_backward(grad, ctx.n)
+
+
+torch.library.register_autograd("attnkern::covpool", _covpool_backward, setup_context=_save_first_input)
+torch.library.register_autograd("attnkern::sqrtm_newton_schulz", _sqrtm_backward, setup_context=_sqrtm_setup)
+torch.library.register_autograd("attnkern::triuvec", _triuvec_backward, setup_context=_triuvec_setup)
+
+
+@torch.library.register_fake("attnkern::covpool")
+def _covpool_fake(x):
+    return x.new_empty(x.shape[0], x.shape[1], x.shape[1])
+
+
+def _check_same_device(grad, grad_name, t, t_name, op):
+    torch._check(
+        grad.device == t.device,
+        lambda: f"{op}: {grad_name} and {t_name} must be on the same device, got {grad.device} and {t.device}",
+    )
+
+
+@torch.library.register_fake("attnkern::covpool_backward")
+def _covpool_backward_fake(grad, x):
+    _check_same_device(grad, "grad", x, "x", "covpool_backward")
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("attnkern::sqrtm_newton_schulz")
+def _sqrtm_fake(a, iters):
+    return a.new_empty(a.shape)
+
+
+@torch.library.register_fake("attnkern::sqrtm_newton_schulz_backward")
+def _sqrtm_backward_fake(grad, a, iters):
+    _check_same_device(grad, "grad", a, "a", "sqrtm_newton_schulz_backward")
+    return a.new_empty(a.shape)
+
+
+@torch.library.register_fake("attnkern::triuvec")
+def _triuvec_fake(a):
+    n = a.shape[-1]
+    return a.new_empty(a.shape[0], n * (n + 1) // 2)
+
+
+@torch.library.register_fake("attnkern::triuvec_backward")
+def _triuvec_backward_fake(grad, n):
+    return grad.new_empty(grad.shape[0], n, n)

@@ -1,0 +1,9 @@
+"""Pure-PyTorch references: the specification of every attnkern op.
+
+They depend on torch alone, are differentiable through autograd, and serve the tests, the
+benchmarks and devices for which no kernel was compiled.
+"""
+
+from .covpool import covpool, covpool_centering_matrix, sqrtm_newton_schulz, triuvec
+
+__all__ = ["covpool", "covpool_centering_matrix", "sqrtm_newton_schulz", "triuvec"]

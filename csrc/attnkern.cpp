@@ -1,0 +1,13 @@
+// The schemas of every attnkern op. Kernels are registered per device in csrc/<family>/; autograd
+// and fake (meta) kernels in Python (attnkern/ops/).
+#include <torch/library.h>
+
+TORCH_LIBRARY(attnkern, m) {
+  // covpool family (csrc/covpool): SAN's second-order channel attention.
+  m.def("covpool(Tensor x) -> Tensor");
+  m.def("covpool_backward(Tensor grad, Tensor x) -> Tensor");
+  m.def("sqrtm_newton_schulz(Tensor a, int iters) -> Tensor");
+  m.def("sqrtm_newton_schulz_backward(Tensor grad, Tensor a, int iters) -> Tensor");
+  m.def("triuvec(Tensor a) -> Tensor");
+  m.def("triuvec_backward(Tensor grad, SymInt n) -> Tensor");
+}

@@ -1,0 +1,519 @@
+// CUDA kernels of the covpool family (equations in covpool.h).
+//
+//   covpool           row means, then a tiled Xc·Xcᵀ that centres tiles as it loads them and
+//                     computes only the tiles on or above the diagonal (mirroring the rest).
+//   covpool_backward  (G + Gᵀ)/M times Xc, tiled, centring on load.
+//   sqrtm             one block per matrix: every Newton–Schulz iteration, forward and backward,
+//                     in shared memory; matrices too large for it go through batched GEMM
+//                     (sqrtm_batched_*, cuBLAS underneath).
+//   triuvec           a gather and its scatter.
+// All accumulation is in at::opmath_type (float for half/bfloat16/float, double for double).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/checks.h"
+#include "common/cuda_utils.cuh"
+#include "covpool/covpool.h"
+
+namespace attnkern {
+namespace covpool {
+namespace {
+
+constexpr int kTile = 16;             // covariance tiles: kTile × kTile outputs, kTile² threads
+constexpr int kMeanThreads = 256;     // one block per row for the row means
+constexpr int kSqrtmThreads = 256;    // one block per matrix for Newton–Schulz
+constexpr int kElementThreads = 256;  // element-wise kernels
+constexpr int64_t kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
+
+// Sum of `value` over the block (blockDim.x a power of two); every thread gets the result.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t value, acc_t* scratch) {
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+    __syncthreads();
+  }
+  acc_t total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+// mean[r] = mean of x[r, 0..M).
+template <typename scalar_t, typename acc_t>
+__global__ void row_mean_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ mean, int64_t M) {
+  __shared__ acc_t scratch[kMeanThreads];
+  const scalar_t* row = x + blockIdx.x * M;
+  acc_t sum = 0;
+  for (int64_t m = threadIdx.x; m < M; m += blockDim.x) sum += static_cast<acc_t>(row[m]);
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) mean[blockIdx.x] = sum / static_cast<acc_t>(M);
+}
+
+// out[b, i, j] = Σ_m xc[b, i, m]·xc[b, j, m] / M for the tile (blockIdx.y, blockIdx.x) when it is
+// on or above the diagonal; its mirror image is written too.
+template <typename scalar_t, typename acc_t>
+__global__ void covariance_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ mean,
+                                  scalar_t* __restrict__ out, int64_t C, int64_t M, int64_t batch0) {
+  if (blockIdx.y > blockIdx.x) return;  // below the diagonal: written by the mirror tile
+  __shared__ acc_t rows_i[kTile][kTile + 1];
+  __shared__ acc_t rows_j[kTile][kTile + 1];
+  const int64_t b = batch0 + blockIdx.z;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTile, j0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const scalar_t* xb = x + b * C * M;
+  const acc_t* mb = mean + b * C;
+  // Thread (ty, tx) loads element m0 + tx of rows i0 + ty and j0 + ty.
+  const int64_t load_i = i0 + ty, load_j = j0 + ty;
+  const acc_t mean_i = load_i < C ? mb[load_i] : acc_t(0);
+  const acc_t mean_j = load_j < C ? mb[load_j] : acc_t(0);
+  acc_t acc = 0;
+  for (int64_t m0 = 0; m0 < M; m0 += kTile) {
+    const int64_t m = m0 + tx;
+    rows_i[ty][tx] = (load_i < C && m < M) ? static_cast<acc_t>(xb[load_i * M + m]) - mean_i : acc_t(0);
+    rows_j[ty][tx] = (load_j < C && m < M) ? static_cast<acc_t>(xb[load_j * M + m]) - mean_j : acc_t(0);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTile; ++k) acc += rows_i[ty][k] * rows_j[tx][k];
+    __syncthreads();
+  }
+  const int64_t i = i0 + ty, j = j0 + tx;
+  if (i < C && j < C) {
+    const scalar_t value = static_cast<scalar_t>(acc / static_cast<acc_t>(M));
+    scalar_t* ob = out + b * C * C;
+    ob[i * C + j] = value;
+    if (blockIdx.y != blockIdx.x) ob[j * C + i] = value;
+  }
+}
+
+// grad_x[b, i, m] = Σ_j sym[b, i, j]·(x[b, j, m] − mean[b, j]), sym = (G + Gᵀ)/M.
+template <typename scalar_t, typename acc_t>
+__global__ void covpool_backward_kernel(const acc_t* __restrict__ sym, const scalar_t* __restrict__ x,
+                                        const acc_t* __restrict__ mean, scalar_t* __restrict__ grad_x,
+                                        int64_t C, int64_t M, int64_t batch0) {
+  __shared__ acc_t sym_tile[kTile][kTile + 1];
+  __shared__ acc_t xc_tile[kTile][kTile + 1];
+  const int64_t b = batch0 + blockIdx.z;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.y) * kTile + ty;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * kTile + tx;
+  const acc_t* sb = sym + b * C * C;
+  const scalar_t* xb = x + b * C * M;
+  const acc_t* mb = mean + b * C;
+  acc_t acc = 0;
+  for (int64_t j0 = 0; j0 < C; j0 += kTile) {
+    const int64_t sym_col = j0 + tx, xc_row = j0 + ty;
+    sym_tile[ty][tx] = (i < C && sym_col < C) ? sb[i * C + sym_col] : acc_t(0);
+    xc_tile[ty][tx] = (xc_row < C && m < M) ? static_cast<acc_t>(xb[xc_row * M + m]) - mb[xc_row] : acc_t(0);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTile; ++k) acc += sym_tile[ty][k] * xc_tile[k][tx];
+    __syncthreads();
+  }
+  if (i < C && m < M) grad_x[b * C * M + i * M + m] = static_cast<scalar_t>(acc);
+}
+
+// ---- Newton–Schulz in one block ------------------------------------------------------------
+
+// op(A)[i, k]·op(B)[k, j] summed over k, for n×n row-major matrices; op = transpose when flagged.
+template <typename acc_t>
+__device__ __forceinline__ acc_t product_entry(const acc_t* A, bool trans_a, const acc_t* B, bool trans_b,
+                                               int n, int i, int j) {
+  acc_t sum = 0;
+  for (int k = 0; k < n; ++k) {
+    const acc_t a = trans_a ? A[k * n + i] : A[i * n + k];
+    const acc_t b = trans_b ? B[j * n + k] : B[k * n + j];
+    sum += a * b;
+  }
+  return sum;
+}
+
+// out = alpha·op(A)·op(B) + beta·add (add may be null) + diag·I, all n×n; out must not alias
+// A or B. Ends with a barrier.
+template <typename acc_t>
+__device__ void block_product(acc_t* out, const acc_t* A, bool trans_a, const acc_t* B, bool trans_b,
+                              int n, acc_t alpha, const acc_t* add = nullptr, acc_t beta = 0,
+                              acc_t diag = 0) {
+  for (int e = threadIdx.x; e < n * n; e += blockDim.x) {
+    const int i = e / n, j = e % n;
+    acc_t value = alpha * product_entry(A, trans_a, B, trans_b, n, i, j);
+    if (add != nullptr) value += beta * add[e];
+    if (i == j) value += diag;
+    out[e] = value;
+  }
+  __syncthreads();
+}
+
+template <typename acc_t>
+__device__ void block_copy(acc_t* dst, const acc_t* src, int n) {
+  for (int e = threadIdx.x; e < n * n; e += blockDim.x) dst[e] = src[e];
+  __syncthreads();
+}
+
+// Loads a[b] into Y and returns its trace (0 when the matrix is to be skipped).
+template <typename scalar_t, typename acc_t>
+__device__ acc_t load_matrix(const scalar_t* a, acc_t* Y, int n, acc_t* scratch) {
+  acc_t diag = 0;
+  for (int e = threadIdx.x; e < n * n; e += blockDim.x) {
+    Y[e] = static_cast<acc_t>(a[e]);
+    if (e / n == e % n) diag += Y[e];
+  }
+  return block_sum(diag, scratch);  // includes the barrier after the loads
+}
+
+// Runs the iteration from Y = A = a/t, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work
+// space). With `iterates` non-null, stores Yₖ, Zₖ, Tₖ at iterates + 3k·n² (k < f) and Y_f, Z_f.
+template <typename acc_t>
+__device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W, int n, int iters,
+                                      acc_t* iterates) {
+  const int nn = n * n;
+  for (int k = 0; k + 1 < iters; ++k) {
+    block_product(T, Z, false, Y, false, n, acc_t(-kHalf), static_cast<const acc_t*>(nullptr), acc_t(0),
+                  acc_t(kThreeHalves));
+    if (iterates != nullptr) {
+      acc_t* slot = iterates + 3 * static_cast<int64_t>(k) * nn;
+      for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+        slot[e] = Y[e];
+        slot[nn + e] = Z[e];
+        slot[2 * nn + e] = T[e];
+      }
+    }
+    block_product(W, Y, false, T, false, n, acc_t(1));  // Y' = Y·T
+    acc_t* tmp = Y; Y = W; W = tmp;
+    block_product(W, T, false, Z, false, n, acc_t(1));  // Z' = T·Z
+    tmp = Z; Z = W; W = tmp;
+  }
+  if (iterates != nullptr) {
+    acc_t* slot = iterates + 3 * static_cast<int64_t>(iters - 1) * nn;
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+      slot[e] = Y[e];
+      slot[nn + e] = Z[e];
+    }
+    __syncthreads();
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int n,
+                                     int iters) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int nn = n * n;
+  acc_t *Y = smem, *Z = smem + nn, *T = smem + 2 * nn, *W = smem + 3 * nn, *scratch = smem + 4 * nn;
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * nn;
+  const acc_t t = load_matrix(a + offset, Y, n, scratch);
+  if (t == acc_t(0)) {  // zero trace: the square root is defined as 0
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) out[offset + e] = scalar_t(0);
+    return;
+  }
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    Y[e] /= t;
+    Z[e] = (e / n == e % n) ? acc_t(1) : acc_t(0);
+  }
+  __syncthreads();
+  newton_schulz_iterate(Y, Z, T, W, n, iters, static_cast<acc_t*>(nullptr));
+  block_product(T, Z, false, Y, false, n, acc_t(1));  // T = Z·Y
+  const acc_t scale = sqrt(t);
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    const int i = e / n, j = e % n;
+    const acc_t p = acc_t(kThreeHalves) * Y[e] - acc_t(kHalf) * product_entry(Y, false, T, false, n, i, j);
+    out[offset + e] = static_cast<scalar_t>(p * scale);
+  }
+}
+
+// Backward of sqrtm_forward_kernel for one matrix; `iterates` is per-matrix work space of
+// 3·iters·n² elements in global memory (L2-resident at these sizes).
+template <typename scalar_t, typename acc_t>
+__global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ a,
+                                      scalar_t* __restrict__ grad_a, acc_t* __restrict__ iterates_all,
+                                      int n, int iters) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int nn = n * n;
+  acc_t *b0 = smem, *b1 = smem + nn, *b2 = smem + 2 * nn, *b3 = smem + 3 * nn, *scratch = smem + 4 * nn;
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * nn;
+  acc_t* iterates = iterates_all + static_cast<int64_t>(blockIdx.x) * 3 * iters * nn;
+  const acc_t t = load_matrix(a + offset, b0, n, scratch);
+  if (t == acc_t(0)) {
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) grad_a[offset + e] = scalar_t(0);
+    return;
+  }
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    b0[e] /= t;
+    b1[e] = (e / n == e % n) ? acc_t(1) : acc_t(0);
+  }
+  __syncthreads();
+  {
+    acc_t *Y = b0, *Z = b1, *T = b2, *W = b3;
+    newton_schulz_iterate(Y, Z, T, W, n, iters, iterates);
+  }
+  const acc_t* Yf = iterates + 3 * static_cast<int64_t>(iters - 1) * nn;
+  const acc_t* Zf = Yf + nn;
+  const acc_t s = sqrt(t);
+
+  // ZY = Z_f·Y_f; Gp = G·√t; ⟨G, P⟩ with P = 1.5·Y_f − ½·Y_f·ZY.
+  acc_t *ZY = b0, *Gp = b1, *gY = b2, *gZ = b3;
+  block_product(ZY, Zf, false, Yf, false, n, acc_t(1));
+  acc_t g_dot_p = 0;
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    const int i = e / n, j = e % n;
+    const acc_t g = static_cast<acc_t>(grad[offset + e]);
+    const acc_t p = acc_t(kThreeHalves) * Yf[e] - acc_t(kHalf) * product_entry(Yf, false, ZY, false, n, i, j);
+    g_dot_p += g * p;
+    Gp[e] = g * s;
+  }
+  g_dot_p = block_sum(g_dot_p, scratch);
+
+  // gY = 1.5·Gp − ½(Gp·ZYᵀ + ZYᵀ·Gp);  gZ = −½·Y_fᵀ·Gp·Y_fᵀ.
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    const int i = e / n, j = e % n;
+    gY[e] = acc_t(kThreeHalves) * Gp[e] -
+            acc_t(kHalf) * (product_entry(Gp, false, ZY, true, n, i, j) + product_entry(ZY, true, Gp, false, n, i, j));
+  }
+  __syncthreads();
+  block_product(ZY, Yf, true, Gp, false, n, acc_t(1));  // ZY is free: reuse it for Y_fᵀ·Gp
+  block_product(gZ, ZY, false, Yf, true, n, acc_t(-kHalf));
+
+  // Reverse each step Y' = Y·T, Z' = T·Z with T = 1.5·I − ½·Z·Y:
+  //   gT = Yᵀ·gY' + gZ'·Zᵀ,  gY = gY'·Tᵀ − ½·Zᵀ·gT,  gZ = Tᵀ·gZ' − ½·gT·Yᵀ.
+  acc_t *gT = b0, *spare = b1;
+  for (int k = iters - 2; k >= 0; --k) {
+    const acc_t* Yk = iterates + 3 * static_cast<int64_t>(k) * nn;
+    const acc_t* Zk = Yk + nn;
+    const acc_t* Tk = Yk + 2 * nn;
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+      const int i = e / n, j = e % n;
+      gT[e] = product_entry(Yk, true, gY, false, n, i, j) + product_entry(gZ, false, Zk, true, n, i, j);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+      const int i = e / n, j = e % n;
+      spare[e] = product_entry(gY, false, Tk, true, n, i, j) - acc_t(kHalf) * product_entry(Zk, true, gT, false, n, i, j);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) {  // gY's old value is no longer read
+      const int i = e / n, j = e % n;
+      gY[e] = product_entry(Tk, true, gZ, false, n, i, j) - acc_t(kHalf) * product_entry(gT, false, Yk, true, n, i, j);
+    }
+    __syncthreads();
+    acc_t* new_gZ = gY;
+    gY = spare;
+    spare = gZ;
+    gZ = new_gZ;
+  }
+
+  // gY = ∂L/∂A; A = Y₀ is the first stored iterate.
+  const acc_t* A = iterates;
+  acc_t ga_dot_a = 0;
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) ga_dot_a += gY[e] * A[e];
+  ga_dot_a = block_sum(ga_dot_a, scratch);
+  const acc_t coef = trace_grad_coefficient(ga_dot_a, g_dot_p, t);
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    const acc_t value = gY[e] / t + ((e / n == e % n) ? coef : acc_t(0));
+    grad_a[offset + e] = static_cast<scalar_t>(value);
+  }
+}
+
+// Shared memory of the one-block kernels: four n×n matrices and the reduction scratch.
+template <typename acc_t>
+int64_t sqrtm_smem_bytes(int64_t n) {
+  return (4 * n * n + kSqrtmThreads) * static_cast<int64_t>(sizeof(acc_t));
+}
+
+template <typename acc_t>
+bool sqrtm_fits_one_block(int64_t n) {
+  return sqrtm_smem_bytes<acc_t>(n) <= max_shared_memory_optin();
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, int64_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// ---- host wrappers ---------------------------------------------------------------------------
+
+at::Tensor row_means(const at::Tensor& x) {  // x contiguous [B, C, M] -> [B, C] in opmath type
+  const int64_t rows = x.size(0) * x.size(1), M = x.size(2);
+  auto mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  if (rows == 0) return mean;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "covpool_row_means", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    row_mean_kernel<scalar_t, acc_t><<<rows, kMeanThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(), M);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return mean;
+}
+
+at::Tensor covpool_cuda(const at::Tensor& x_in) {
+  check_covpool_input(x_in);
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  const int64_t batch = x.size(0), C = x.size(1), M = x.size(2);
+  auto out = at::empty({batch, C, C}, x.options());
+  if (out.numel() == 0) return out;
+  auto mean = row_means(x);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t tiles = ceil_div(C, kTile);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "covpool_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const dim3 grid(tiles, tiles, std::min(batch - b0, kMaxGridY));
+      covariance_kernel<scalar_t, acc_t><<<grid, dim3(kTile, kTile), 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), C, M, b0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return out;
+}
+
+at::Tensor covpool_backward_cuda(const at::Tensor& grad, const at::Tensor& x_in) {
+  check_covpool_input(x_in);
+  const int64_t batch = x_in.size(0), C = x_in.size(1), M = x_in.size(2);
+  check_grad(grad, "covpool_backward: grad", {batch, C, C}, x_in, "x");
+  c10::cuda::CUDAGuard guard(x_in.device());
+  auto x = x_in.contiguous();
+  auto grad_x = at::empty_like(x);
+  if (grad_x.numel() == 0) return grad_x;
+  auto mean = row_means(x);
+  auto g = grad.to(mean.scalar_type());
+  auto sym = (g + g.transpose(1, 2)).div_(static_cast<double>(M)).contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "covpool_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const dim3 grid(ceil_div(M, kTile), ceil_div(C, kTile), std::min(batch - b0, kMaxGridY));
+      covpool_backward_kernel<scalar_t, acc_t><<<grid, dim3(kTile, kTile), 0, stream>>>(
+          sym.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
+          grad_x.mutable_data_ptr<scalar_t>(), C, M, b0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return grad_x;
+}
+
+at::Tensor sqrtm_newton_schulz_cuda(const at::Tensor& a_in, int64_t iters) {
+  check_sqrtm_input(a_in, iters);
+  c10::cuda::CUDAGuard guard(a_in.device());
+  auto a = a_in.contiguous();
+  const int64_t batch = a.size(0), n = a.size(1);
+  auto out = at::empty_like(a);
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sqrtm_newton_schulz_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (!sqrtm_fits_one_block<acc_t>(n)) {
+      out = sqrtm_batched_forward(a, iters);
+      return;
+    }
+    const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
+    auto kernel = sqrtm_forward_kernel<scalar_t, acc_t>;
+    allow_smem(kernel, smem);
+    kernel<<<batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, iters);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at::Tensor& a_in, int64_t iters) {
+  check_sqrtm_input(a_in, iters);
+  check_grad(grad_in, "sqrtm_newton_schulz_backward: grad", a_in.sizes(), a_in, "a");
+  c10::cuda::CUDAGuard guard(a_in.device());
+  auto a = a_in.contiguous();
+  auto grad = grad_in.contiguous();
+  const int64_t batch = a.size(0), n = a.size(1);
+  auto grad_a = at::empty_like(a);
+  if (grad_a.numel() == 0) return grad_a;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sqrtm_newton_schulz_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (!sqrtm_fits_one_block<acc_t>(n)) {
+      grad_a = sqrtm_batched_backward(grad, a, iters);
+      return;
+    }
+    auto iterates = at::empty({batch, 3 * iters, n, n}, a.options().dtype(at::toOpMathType(a.scalar_type())));
+    const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
+    auto kernel = sqrtm_backward_kernel<scalar_t, acc_t>;
+    allow_smem(kernel, smem);
+    kernel<<<batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        grad.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(),
+        iterates.mutable_data_ptr<acc_t>(), n, iters);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_a;
+}
+
+template <typename scalar_t>
+__global__ void triuvec_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int64_t n,
+                               int64_t len, int64_t total) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / len;
+    int64_t i, j;
+    triu_row_col(idx % len, i, j);
+    out[idx] = a[(b * n + i) * n + j];
+  }
+}
+
+template <typename scalar_t>
+__global__ void triuvec_backward_kernel(const scalar_t* __restrict__ grad, scalar_t* __restrict__ grad_a,
+                                        int64_t n, int64_t len, int64_t total) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = idx / (n * n), i = (idx / n) % n, j = idx % n;
+    grad_a[idx] = j <= i ? grad[b * len + triu_index(i, j)] : scalar_t(0);
+  }
+}
+
+int64_t element_blocks(int64_t total) { return std::min<int64_t>(ceil_div(total, kElementThreads), 65535 * 8); }
+
+at::Tensor triuvec_cuda(const at::Tensor& a_in) {
+  check_triuvec_input(a_in);
+  c10::cuda::CUDAGuard guard(a_in.device());
+  auto a = a_in.contiguous();
+  const int64_t batch = a.size(0), n = a.size(1), len = n * (n + 1) / 2;
+  auto out = at::empty({batch, len}, a.options());
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "triuvec_cuda", [&] {
+    triuvec_kernel<scalar_t><<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, len, total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor triuvec_backward_cuda(const at::Tensor& grad_in, int64_t n) {
+  check_rank(grad_in, "triuvec_backward: grad", 2, "[B, C(C+1)/2]");
+  const int64_t batch = grad_in.size(0), len = n * (n + 1) / 2;
+  check_shape(grad_in, "triuvec_backward: grad", {batch, len});
+  c10::cuda::CUDAGuard guard(grad_in.device());
+  auto grad = grad_in.contiguous();
+  auto grad_a = at::empty({batch, n, n}, grad.options());
+  const int64_t total = grad_a.numel();
+  if (total == 0) return grad_a;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "triuvec_backward_cuda", [&] {
+    triuvec_backward_kernel<scalar_t><<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        grad.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(), n, len, total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_a;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+  m.impl("covpool", &covpool_cuda);
+  m.impl("covpool_backward", &covpool_backward_cuda);
+  m.impl("sqrtm_newton_schulz", &sqrtm_newton_schulz_cuda);
+  m.impl("sqrtm_newton_schulz_backward", &sqrtm_newton_schulz_backward_cuda);
+  m.impl("triuvec", &triuvec_cuda);
+  m.impl("triuvec_backward", &triuvec_backward_cuda);
+}
+
+}  // namespace covpool
+}  // namespace attnkern

@@ -1,0 +1,54 @@
+"""Shared test set-up: devices, dtypes, tolerances, and NaN-poisoned allocations."""
+
+import os
+import zlib
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (see poison_empty)
+
+import pytest
+import torch
+
+import attnkern
+
+CUDA = torch.cuda.is_available() and attnkern.build_info()["cuda"]
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+requires_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device (or attnkern built without CUDA)")
+
+# Relative error bounds against a float64 reference (DESIGN.md, "Tests").
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def dtypes_for(device: str):
+    """float32/float64 everywhere; float16/bfloat16 where the device runs them natively."""
+    return [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if device == "cuda" else [])
+
+
+DEVICE_DTYPES = [(d, t) for d in DEVICES for t in dtypes_for(d)]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+@pytest.fixture(autouse=True)
+def poison_empty():
+    """Every torch.empty (in the kernels too) is filled with NaN, so an element a kernel fails to
+    write makes the comparison fail."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+# Fresh random inputs on every run; ATTNKERN_TEST_SEED=N reproduces a run (its seed is in the header).
+SEED = int(os.environ.get("ATTNKERN_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+
+
+def pytest_report_header(config):
+    return f"attnkern {attnkern.build_info()}; ATTNKERN_TEST_SEED={SEED}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    torch.manual_seed(SEED + zlib.crc32(request.node.nodeid.encode()))
