@@ -6,8 +6,9 @@ TORCH_LIBRARY(attnkern, m) {
   // covpool family (csrc/covpool): SAN's second-order channel attention.
   m.def("covpool(Tensor x) -> Tensor");
   m.def("covpool_backward(Tensor grad, Tensor x) -> Tensor");
-  m.def("sqrtm_newton_schulz(Tensor a, int iters) -> Tensor");
-  m.def("sqrtm_newton_schulz_backward(Tensor grad, Tensor a, int iters) -> Tensor");
+  // With save_iterates, the second output holds the iterates the backward reuses (else it is empty).
+  m.def("sqrtm_newton_schulz(Tensor a, int iters, bool save_iterates=False) -> (Tensor, Tensor)");
+  m.def("sqrtm_newton_schulz_backward(Tensor grad, Tensor a, Tensor iterates, int iters) -> Tensor");
   m.def("triuvec(Tensor a) -> Tensor");
   m.def("triuvec_backward(Tensor grad, SymInt n) -> Tensor");
 }

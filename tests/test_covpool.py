@@ -198,7 +198,10 @@ def test_opcheck(device):
         (torch.ops.attnkern.covpool.default, (x.requires_grad_(),)),
         (torch.ops.attnkern.covpool_backward.default, (g, x.detach())),
         (torch.ops.attnkern.sqrtm_newton_schulz.default, (a.clone().requires_grad_(), 3)),
-        (torch.ops.attnkern.sqrtm_newton_schulz_backward.default, (g, a, 3)),
+        (torch.ops.attnkern.sqrtm_newton_schulz.default, (a.clone().requires_grad_(), 3, True)),
+        (torch.ops.attnkern.sqrtm_newton_schulz_backward.default, (g, a, a.new_empty(0), 3)),
+        (torch.ops.attnkern.sqrtm_newton_schulz_backward.default,
+         (g, a, torch.ops.attnkern.sqrtm_newton_schulz(a, 3, True)[1], 3)),
         (torch.ops.attnkern.triuvec.default, (a.clone().requires_grad_(),)),
         (torch.ops.attnkern.triuvec_backward.default, (torch.randn(2, 21, device=device), 6)),
     ]
@@ -245,8 +248,10 @@ KERNEL_BAD_INPUTS = [  # the registered ops check their arguments too (called di
     (torch.ops.attnkern.covpool_backward, (torch.randn(2, 3, 3).double(), torch.randn(2, 3, 4)), "same dtype"),
     (torch.ops.attnkern.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 0), "iters must be >= 1"),
     (torch.ops.attnkern.sqrtm_newton_schulz, (torch.randn(2, 3, 4), 5), "square matrices"),
-    (torch.ops.attnkern.sqrtm_newton_schulz_backward, (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 3), 5),
-     "same device"),
+    (torch.ops.attnkern.sqrtm_newton_schulz_backward,
+     (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 3), torch.empty(0), 5), "same device"),
+    (torch.ops.attnkern.sqrtm_newton_schulz_backward,
+     (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(4, 2, 3, 3), 2), r"iterates: expected shape \[5, 2, 3, 3\]"),
     (torch.ops.attnkern.triuvec, (torch.ones(2, 3, 3, dtype=torch.int64),), "floating-point"),
     (torch.ops.attnkern.triuvec_backward, (torch.randn(2, 5), 3), r"expected shape \[2, 6\]"),
 ]
@@ -364,3 +369,16 @@ def test_build_info():
     assert set(info) >= {"cuda", "cuda_archs", "torch_version", "cuda_version"}
     assert info["torch_version"] == torch.__version__
     assert isinstance(info["cuda"], bool) and (info["cuda_archs"] != "") == info["cuda"]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("iters", [1, 4])
+def test_sqrtm_backward_recomputes_when_iterates_not_saved(device, dtype, iters):
+    a = spd(3, 12, device=device).to(dtype)
+    a[2] = 0  # zero trace on one matrix
+    grad = torch.randn_like(a)
+    _, iterates = torch.ops.attnkern.sqrtm_newton_schulz(a, iters, True)
+    saved = torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, iterates, iters)
+    recomputed = torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, a.new_empty(0), iters)
+    assert iterates.shape == (3 * iters - 1, 3, 12, 12)
+    assert rel_error(recomputed, saved) <= TOLERANCE[dtype] and (saved[2] == 0).all()

@@ -62,7 +62,9 @@ def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
         raise ValueError(f"sqrtm_newton_schulz: iters must be >= 1, got {iters}")
     if not has_kernel(a):
         return reference.sqrtm_newton_schulz(a, iters)
-    return torch.ops.attnkern.sqrtm_newton_schulz(a, iters)
+    # Training keeps the iterates for the backward (3·iters − 1 matrices per input); inference does not.
+    save_iterates = torch.is_grad_enabled() and a.requires_grad
+    return torch.ops.attnkern.sqrtm_newton_schulz(a, iters, save_iterates)[0]
 
 
 def triuvec(a: Tensor) -> Tensor:
@@ -111,13 +113,16 @@ def _covpool_backward(ctx, grad):
 
 
 def _sqrtm_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.iters = inputs[1]
+    a, iters = inputs[0], inputs[1]
+    iterates = output[1]
+    ctx.mark_non_differentiable(iterates)
+    ctx.save_for_backward(a, iterates)  # iterates is empty unless save_iterates: then recomputed
+    ctx.iters = iters
 
 
-def _sqrtm_backward(ctx, grad):
-    (a,) = ctx.saved_tensors
-    return torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, ctx.iters), None
+def _sqrtm_backward(ctx, grad, grad_iterates):
+    a, iterates = ctx.saved_tensors
+    return torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, iterates, ctx.iters), None, None
 
 
 def _triuvec_setup(ctx, inputs, output):
@@ -151,13 +156,18 @@ def _covpool_backward_fake(grad, x):
     return x.new_empty(x.shape)
 
 
+def _accumulation_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 @torch.library.register_fake("attnkern::sqrtm_newton_schulz")
-def _sqrtm_fake(a, iters):
-    return a.new_empty(a.shape)
+def _sqrtm_fake(a, iters, save_iterates=False):
+    shape = (3 * iters - 1, *a.shape) if save_iterates else (0,)
+    return a.new_empty(a.shape), a.new_empty(shape, dtype=_accumulation_dtype(a.dtype))
 
 
 @torch.library.register_fake("attnkern::sqrtm_newton_schulz_backward")
-def _sqrtm_backward_fake(grad, a, iters):
+def _sqrtm_backward_fake(grad, a, iterates, iters):
     _check_same_device(grad, "grad", a, "a", "sqrtm_newton_schulz_backward")
     return a.new_empty(a.shape)
 

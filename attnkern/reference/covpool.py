@@ -17,12 +17,13 @@ def covpool(x: Tensor) -> Tensor:
 
 def covpool_centering_matrix(x: Tensor) -> Tensor:
     """The covariance as SAN's published ``Covpool`` computes it: X·Î·Xᵀ with the M×M centering
-    matrix Î = I/M − 11ᵀ/M². O(C·M²) work and B·M² memory; kept to test against and to benchmark."""
+    matrix Î = I/M − 11ᵀ/M², one copy per sample. O(C·M²) work and B·M² memory; kept to test
+    against and to benchmark."""
     x = _as_bcm(x)
-    m = x.shape[2]
+    batch, m = x.shape[0], x.shape[2]
     eye = torch.eye(m, dtype=x.dtype, device=x.device)
     i_hat = eye / m - torch.full((m, m), 1.0 / (m * m), dtype=x.dtype, device=x.device)
-    return x.matmul(i_hat).bmm(x.transpose(1, 2))
+    return x.bmm(i_hat.repeat(batch, 1, 1)).bmm(x.transpose(1, 2))
 
 
 def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:

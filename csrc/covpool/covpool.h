@@ -10,9 +10,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 
 #include "common/macros.h"
 
@@ -55,10 +57,17 @@ void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef e
 // float16/bfloat16 tensors converted to float32 (the accumulation type); others unchanged.
 at::Tensor to_compute_dtype(const at::Tensor& t);
 
+// The iterates a training forward saves for the backward: [3·iters − 1, B, C, C] in the accumulation
+// type; slot 3k holds Yₖ, 3k+1 Zₖ, 3k+2 Tₖ (k < f), slots 3f and 3f+1 hold Y_f and Z_f. An empty
+// tensor stands for "not saved": the backward then recomputes them.
+at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters);
+at::Tensor iterates_empty(const at::Tensor& a);
+
 // Newton–Schulz forward and backward over batched GEMMs (at::bmm): device-agnostic, used by the
 // CPU kernels and by the CUDA kernels for matrices too large for one block's shared memory.
-at::Tensor sqrtm_batched_forward(const at::Tensor& a, int64_t iters);
-at::Tensor sqrtm_batched_backward(const at::Tensor& grad, const at::Tensor& a, int64_t iters);
+std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a, int64_t iters, bool save_iterates);
+at::Tensor sqrtm_batched_backward(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& iterates,
+                                  int64_t iters);
 
 }  // namespace covpool
 }  // namespace attnkern

@@ -1,9 +1,10 @@
 // CPU kernels of the covpool family.
 //
-// covpool works one sample at a time: the sample is centred into a buffer that stays in cache and
-// the product goes to BLAS, so X is read from memory once and no centred copy of the batch (nor any
-// M×M matrix) is ever made. Samples run in parallel when there are enough of them; otherwise each
-// sample's centring and product use all threads.
+// On the CPU the O(B·C²·M) products of covpool go to BLAS through at::baddbmm/at::bmm (one batched
+// call each way, at the machine's GEMM peak); what the kernels add over the autograd formulation is
+// the work they skip: the backward is one product (G + Gᵀ)·Xc/M instead of autograd's two, and no
+// centred copy of the input is kept for the backward. The Newton–Schulz square root runs over batched
+// GEMMs (covpool_host.cpp), keeping only its iterates for the backward.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,51 +16,15 @@ namespace attnkern {
 namespace covpool {
 namespace {
 
-// xc[r, :] = x[r, :] − mean(x[r, :]) for `rows` contiguous rows of length M.
-template <typename scalar_t>
-void centre_rows(const scalar_t* x, scalar_t* xc, int64_t rows, int64_t M) {
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* src = x + r * M;
-      scalar_t* dst = xc + r * M;
-      double sum = 0;
-      for (int64_t m = 0; m < M; ++m) sum += src[m];
-      const scalar_t mean = static_cast<scalar_t>(sum / static_cast<double>(M));
-      for (int64_t m = 0; m < M; ++m) dst[m] = src[m] - mean;
-    }
-  });
-}
-
-// Calls body(b, xc) for every sample b, xc being a [C, M] buffer holding x[b] centred.
-template <typename scalar_t, typename Body>
-void for_each_centred_sample(const at::Tensor& x, Body body) {
-  const int64_t batch = x.size(0), C = x.size(1), M = x.size(2);
-  const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-  auto run = [&](int64_t b0, int64_t b1) {
-    auto xc = at::empty({C, M}, x.options());
-    for (int64_t b = b0; b < b1; ++b) {
-      centre_rows(x_ptr + b * C * M, xc.mutable_data_ptr<scalar_t>(), C, M);
-      body(b, xc);
-    }
-  };
-  if (batch >= at::get_num_threads()) {
-    at::parallel_for(0, batch, 1, run);  // BLAS runs single-threaded inside
-  } else {
-    run(0, batch);
-  }
-}
+at::Tensor centred(const at::Tensor& x) { return x - x.mean(2, /*keepdim=*/true); }
 
 at::Tensor covpool_cpu(const at::Tensor& x_in) {
   check_covpool_input(x_in);
-  auto x = to_compute_dtype(x_in).contiguous();
+  auto x = to_compute_dtype(x_in);
   const int64_t batch = x.size(0), C = x.size(1), M = x.size(2);
+  auto xc = centred(x);  // centre before the product: X·Xᵀ/M − μ·μᵀ loses digits when |μ| ≫ σ
   auto out = at::empty({batch, C, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "covpool_cpu", [&] {
-    for_each_centred_sample<scalar_t>(x, [&](int64_t b, const at::Tensor& xc) {
-      auto out_b = out.select(0, b);
-      at::addmm_out(out_b, out_b, xc, xc.t(), /*beta=*/0, /*alpha=*/1.0 / static_cast<double>(M));
-    });
-  });
+  at::baddbmm_out(out, out, xc, xc.transpose(1, 2), /*beta=*/0, /*alpha=*/1.0 / static_cast<double>(M));
   return out.to(x_in.scalar_type());
 }
 
@@ -68,25 +33,18 @@ at::Tensor covpool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_i
   check_covpool_input(x_in);
   const int64_t C = x_in.size(1), M = x_in.size(2);
   check_grad(grad_in, "covpool_backward: grad", {x_in.size(0), C, C}, x_in, "x");
-  auto x = to_compute_dtype(x_in).contiguous();
   auto grad = to_compute_dtype(grad_in);
   auto sym = (grad + grad.transpose(1, 2)).div_(static_cast<double>(M));
-  auto grad_x = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "covpool_backward_cpu", [&] {
-    for_each_centred_sample<scalar_t>(x, [&](int64_t b, const at::Tensor& xc) {
-      auto grad_b = grad_x.select(0, b);
-      at::mm_out(grad_b, sym.select(0, b), xc);
-    });
-  });
-  return grad_x.to(x_in.scalar_type());
+  return at::bmm(sym, centred(to_compute_dtype(x_in))).to(x_in.scalar_type());
 }
 
-at::Tensor sqrtm_newton_schulz_cpu(const at::Tensor& a, int64_t iters) {
-  return sqrtm_batched_forward(a, iters);
+std::tuple<at::Tensor, at::Tensor> sqrtm_newton_schulz_cpu(const at::Tensor& a, int64_t iters, bool save_iterates) {
+  return sqrtm_batched_forward(a, iters, save_iterates);
 }
 
-at::Tensor sqrtm_newton_schulz_backward_cpu(const at::Tensor& grad, const at::Tensor& a, int64_t iters) {
-  return sqrtm_batched_backward(grad, a, iters);
+at::Tensor sqrtm_newton_schulz_backward_cpu(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& iterates,
+                                            int64_t iters) {
+  return sqrtm_batched_backward(grad, a, iterates, iters);
 }
 
 at::Tensor triuvec_cpu(const at::Tensor& a_in) {

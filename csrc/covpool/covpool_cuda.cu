@@ -166,20 +166,21 @@ __device__ acc_t load_matrix(const scalar_t* a, acc_t* Y, int n, acc_t* scratch)
 }
 
 // Runs the iteration from Y = A = a/t, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work
-// space). With `iterates` non-null, stores Yₖ, Zₖ, Tₖ at iterates + 3k·n² (k < f) and Y_f, Z_f.
+// space). With `iterates` non-null (this matrix's first slot; slots are `slot_stride` apart, the
+// layout of covpool.h), stores Yₖ, Zₖ, Tₖ (k < f) and Y_f, Z_f.
 template <typename acc_t>
 __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W, int n, int iters,
-                                      acc_t* iterates) {
+                                      acc_t* iterates, int64_t slot_stride) {
   const int nn = n * n;
   for (int k = 0; k + 1 < iters; ++k) {
     block_product(T, Z, false, Y, false, n, acc_t(-kHalf), static_cast<const acc_t*>(nullptr), acc_t(0),
                   acc_t(kThreeHalves));
     if (iterates != nullptr) {
-      acc_t* slot = iterates + 3 * static_cast<int64_t>(k) * nn;
+      acc_t* slot = iterates + 3 * k * slot_stride;
       for (int e = threadIdx.x; e < nn; e += blockDim.x) {
         slot[e] = Y[e];
-        slot[nn + e] = Z[e];
-        slot[2 * nn + e] = T[e];
+        slot[slot_stride + e] = Z[e];
+        slot[2 * slot_stride + e] = T[e];
       }
     }
     block_product(W, Y, false, T, false, n, acc_t(1));  // Y' = Y·T
@@ -188,26 +189,32 @@ __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W
     tmp = Z; Z = W; W = tmp;
   }
   if (iterates != nullptr) {
-    acc_t* slot = iterates + 3 * static_cast<int64_t>(iters - 1) * nn;
+    acc_t* slot = iterates + 3 * (iters - 1) * slot_stride;
     for (int e = threadIdx.x; e < nn; e += blockDim.x) {
       slot[e] = Y[e];
-      slot[nn + e] = Z[e];
+      slot[slot_stride + e] = Z[e];
     }
     __syncthreads();
   }
 }
 
+// One block per matrix; with `iterates` non-null also saves the iterates for the backward.
 template <typename scalar_t, typename acc_t>
-__global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int n,
-                                     int iters) {
+__global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out,
+                                     acc_t* __restrict__ iterates, int n, int iters) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   const int nn = n * n;
   acc_t *Y = smem, *Z = smem + nn, *T = smem + 2 * nn, *W = smem + 3 * nn, *scratch = smem + 4 * nn;
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * nn;
   const acc_t t = load_matrix(a + offset, Y, n, scratch);
-  if (t == acc_t(0)) {  // zero trace: the square root is defined as 0
+  if (t == acc_t(0)) {  // zero trace: the square root is defined as 0 (the backward skips it too)
     for (int e = threadIdx.x; e < nn; e += blockDim.x) out[offset + e] = scalar_t(0);
+    if (iterates != nullptr) {
+      for (int64_t s = 0; s < 3 * iters - 1; ++s) {
+        for (int e = threadIdx.x; e < nn; e += blockDim.x) iterates[s * gridDim.x * nn + offset + e] = acc_t(0);
+      }
+    }
     return;
   }
   for (int e = threadIdx.x; e < nn; e += blockDim.x) {
@@ -215,7 +222,8 @@ __global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* _
     Z[e] = (e / n == e % n) ? acc_t(1) : acc_t(0);
   }
   __syncthreads();
-  newton_schulz_iterate(Y, Z, T, W, n, iters, static_cast<acc_t*>(nullptr));
+  newton_schulz_iterate(Y, Z, T, W, n, iters, iterates == nullptr ? iterates : iterates + offset,
+                        static_cast<int64_t>(gridDim.x) * nn);
   block_product(T, Z, false, Y, false, n, acc_t(1));  // T = Z·Y
   const acc_t scale = sqrt(t);
   for (int e = threadIdx.x; e < nn; e += blockDim.x) {
@@ -225,34 +233,35 @@ __global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* _
   }
 }
 
-// Backward of sqrtm_forward_kernel for one matrix; `iterates` is per-matrix work space of
-// 3·iters·n² elements in global memory (L2-resident at these sizes).
+// Backward of sqrtm_forward_kernel, one block per matrix. `iterates_all` holds the forward's saved
+// iterates, or (recompute) is work space the iteration is first run into.
 template <typename scalar_t, typename acc_t>
 __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ a,
                                       scalar_t* __restrict__ grad_a, acc_t* __restrict__ iterates_all,
-                                      int n, int iters) {
+                                      bool recompute, int n, int iters) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   const int nn = n * n;
   acc_t *b0 = smem, *b1 = smem + nn, *b2 = smem + 2 * nn, *b3 = smem + 3 * nn, *scratch = smem + 4 * nn;
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * nn;
-  acc_t* iterates = iterates_all + static_cast<int64_t>(blockIdx.x) * 3 * iters * nn;
+  const int64_t slot_stride = static_cast<int64_t>(gridDim.x) * nn;
+  acc_t* iterates = iterates_all + offset;  // this matrix's slot 0
   const acc_t t = load_matrix(a + offset, b0, n, scratch);
   if (t == acc_t(0)) {
     for (int e = threadIdx.x; e < nn; e += blockDim.x) grad_a[offset + e] = scalar_t(0);
     return;
   }
-  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-    b0[e] /= t;
-    b1[e] = (e / n == e % n) ? acc_t(1) : acc_t(0);
-  }
-  __syncthreads();
-  {
+  if (recompute) {
+    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+      b0[e] /= t;
+      b1[e] = (e / n == e % n) ? acc_t(1) : acc_t(0);
+    }
+    __syncthreads();
     acc_t *Y = b0, *Z = b1, *T = b2, *W = b3;
-    newton_schulz_iterate(Y, Z, T, W, n, iters, iterates);
+    newton_schulz_iterate(Y, Z, T, W, n, iters, iterates, slot_stride);
   }
-  const acc_t* Yf = iterates + 3 * static_cast<int64_t>(iters - 1) * nn;
-  const acc_t* Zf = Yf + nn;
+  const acc_t* Yf = iterates + 3 * (iters - 1) * slot_stride;
+  const acc_t* Zf = Yf + slot_stride;
   const acc_t s = sqrt(t);
 
   // ZY = Z_f·Y_f; Gp = G·√t; ⟨G, P⟩ with P = 1.5·Y_f − ½·Y_f·ZY.
@@ -282,9 +291,9 @@ __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const s
   //   gT = Yᵀ·gY' + gZ'·Zᵀ,  gY = gY'·Tᵀ − ½·Zᵀ·gT,  gZ = Tᵀ·gZ' − ½·gT·Yᵀ.
   acc_t *gT = b0, *spare = b1;
   for (int k = iters - 2; k >= 0; --k) {
-    const acc_t* Yk = iterates + 3 * static_cast<int64_t>(k) * nn;
-    const acc_t* Zk = Yk + nn;
-    const acc_t* Tk = Yk + 2 * nn;
+    const acc_t* Yk = iterates + 3 * k * slot_stride;
+    const acc_t* Zk = Yk + slot_stride;
+    const acc_t* Tk = Yk + 2 * slot_stride;
     for (int e = threadIdx.x; e < nn; e += blockDim.x) {
       const int i = e / n, j = e % n;
       gT[e] = product_entry(Yk, true, gY, false, n, i, j) + product_entry(gZ, false, Zk, true, n, i, j);
@@ -397,51 +406,64 @@ at::Tensor covpool_backward_cuda(const at::Tensor& grad, const at::Tensor& x_in)
   return grad_x;
 }
 
-at::Tensor sqrtm_newton_schulz_cuda(const at::Tensor& a_in, int64_t iters) {
+std::tuple<at::Tensor, at::Tensor> sqrtm_newton_schulz_cuda(const at::Tensor& a_in, int64_t iters,
+                                                             bool save_iterates) {
   check_sqrtm_input(a_in, iters);
   c10::cuda::CUDAGuard guard(a_in.device());
   auto a = a_in.contiguous();
   const int64_t batch = a.size(0), n = a.size(1);
-  auto out = at::empty_like(a);
-  if (out.numel() == 0) return out;
+  if (a.numel() == 0) return sqrtm_batched_forward(a, iters, save_iterates);
+  std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sqrtm_newton_schulz_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!sqrtm_fits_one_block<acc_t>(n)) {
-      out = sqrtm_batched_forward(a, iters);
+      result = sqrtm_batched_forward(a, iters, save_iterates);
       return;
     }
+    auto out = at::empty_like(a);
+    auto iterates = save_iterates ? iterates_alloc(a, iters) : iterates_empty(a);
     const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
     auto kernel = sqrtm_forward_kernel<scalar_t, acc_t>;
     allow_smem(kernel, smem);
     kernel<<<batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-        a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, iters);
+        a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+        save_iterates ? iterates.mutable_data_ptr<acc_t>() : nullptr, n, iters);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    result = {out, iterates};
   });
-  return out;
+  return result;
 }
 
-at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at::Tensor& a_in, int64_t iters) {
+at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at::Tensor& a_in,
+                                             const at::Tensor& saved, int64_t iters) {
   check_sqrtm_input(a_in, iters);
   check_grad(grad_in, "sqrtm_newton_schulz_backward: grad", a_in.sizes(), a_in, "a");
   c10::cuda::CUDAGuard guard(a_in.device());
   auto a = a_in.contiguous();
   auto grad = grad_in.contiguous();
   const int64_t batch = a.size(0), n = a.size(1);
-  auto grad_a = at::empty_like(a);
-  if (grad_a.numel() == 0) return grad_a;
+  if (a.numel() == 0) return at::zeros_like(a);
+  at::Tensor grad_a;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "sqrtm_newton_schulz_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!sqrtm_fits_one_block<acc_t>(n)) {
-      grad_a = sqrtm_batched_backward(grad, a, iters);
+      grad_a = sqrtm_batched_backward(grad, a, saved, iters);
       return;
     }
-    auto iterates = at::empty({batch, 3 * iters, n, n}, a.options().dtype(at::toOpMathType(a.scalar_type())));
+    const bool recompute = saved.numel() == 0;
+    auto iterates = recompute ? iterates_alloc(a, iters) : saved.contiguous();
+    check_shape(iterates, "sqrtm_newton_schulz_backward: iterates", {3 * iters - 1, batch, n, n});
+    check_same_device(iterates, "sqrtm_newton_schulz_backward: iterates", a, "a");
+    TORCH_CHECK(iterates.scalar_type() == at::toOpMathType(a.scalar_type()),
+                "sqrtm_newton_schulz_backward: iterates must be ", at::toOpMathType(a.scalar_type()), ", got ",
+                iterates.scalar_type());
+    grad_a = at::empty_like(a);
     const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
     auto kernel = sqrtm_backward_kernel<scalar_t, acc_t>;
     allow_smem(kernel, smem);
     kernel<<<batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(),
-        iterates.mutable_data_ptr<acc_t>(), n, iters);
+        iterates.mutable_data_ptr<acc_t>(), recompute, n, iters);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_a;

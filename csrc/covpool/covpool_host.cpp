@@ -43,70 +43,95 @@ at::Tensor to_compute_dtype(const at::Tensor& t) {
   return (st == at::kHalf || st == at::kBFloat16) ? t.to(at::kFloat) : t;
 }
 
+at::Tensor iterates_empty(const at::Tensor& a) {
+  return at::empty({0}, a.options().dtype(at::toOpMathType(a.scalar_type())));
+}
+
+at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters) {
+  return at::empty({3 * iters - 1, a.size(0), a.size(1), a.size(2)}, a.options().dtype(at::toOpMathType(a.scalar_type())));
+}
+
 namespace {
 
-// The trace-normalised start of the iteration, and every iterate the backward pass needs.
-struct Iterates {
-  at::Tensor trace;       // [B]; 1 where the input's trace is 0 (the output is then set to 0)
+at::Tensor slot(const at::Tensor& iterates, int64_t k, int64_t which) { return iterates.select(0, 3 * k + which); }
+
+// The trace-normalised iteration up to Y_f, Z_f (written into `iterates` when it is non-empty).
+struct Iteration {
+  at::Tensor trace;       // [B]; 1 where the input's trace is 0 (the result is then set to 0)
   at::Tensor zero_trace;  // [B] bool
   at::Tensor eye;         // [B, C, C]
-  std::vector<at::Tensor> Y, Z, T;  // Y[k], Z[k] for k = 0..f; T[k] for k < f
+  at::Tensor Yf, Zf;
 };
 
-Iterates run_iterates(const at::Tensor& a, int64_t iters, bool keep_all) {
-  Iterates it;
+Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& iterates) {
+  Iteration it;
+  const bool keep = iterates.numel() > 0;
   const int64_t batch = a.size(0), n = a.size(1);
   auto trace = a.diagonal(0, 1, 2).sum(-1);
   it.zero_trace = trace.eq(0);
   it.trace = at::where(it.zero_trace, at::ones_like(trace), trace);
   it.eye = at::eye(n, a.options()).expand({batch, n, n});
-  it.Y.push_back(a / it.trace.view({-1, 1, 1}));
-  it.Z.push_back(it.eye);
-  for (int64_t k = 0; k + 1 < iters; ++k) {
-    auto T = at::baddbmm(it.eye, it.Z.back(), it.Y.back(), kThreeHalves, -kHalf);
-    auto Y = at::bmm(it.Y.back(), T);
-    auto Z = at::bmm(T, it.Z.back());
-    if (!keep_all) {
-      it.Y.clear();
-      it.Z.clear();
-    } else {
-      it.T.push_back(T);
-    }
-    it.Y.push_back(Y);
-    it.Z.push_back(Z);
+  auto Y = a / it.trace.view({-1, 1, 1});
+  auto Z = it.eye;
+  if (keep) {
+    Y = slot(iterates, 0, 0).copy_(Y);
+    Z = slot(iterates, 0, 1).copy_(Z);
   }
+  for (int64_t k = 0; k + 1 < iters; ++k) {
+    if (keep) {
+      auto T = slot(iterates, k, 2), Y_next = slot(iterates, k + 1, 0), Z_next = slot(iterates, k + 1, 1);
+      at::baddbmm_out(T, it.eye, Z, Y, kThreeHalves, -kHalf);
+      Y = at::bmm_out(Y_next, Y, T);
+      Z = at::bmm_out(Z_next, T, Z);
+    } else {
+      auto T = at::baddbmm(it.eye, Z, Y, kThreeHalves, -kHalf);
+      Y = at::bmm(Y, T);
+      Z = at::bmm(T, Z);
+    }
+  }
+  it.Yf = Y;
+  it.Zf = Z;
   return it;
 }
 
 }  // namespace
 
-at::Tensor sqrtm_batched_forward(const at::Tensor& a_in, int64_t iters) {
+std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a_in, int64_t iters, bool save_iterates) {
   check_sqrtm_input(a_in, iters);
   auto a = to_compute_dtype(a_in);
-  if (a.numel() == 0) return at::empty_like(a_in);
-  auto it = run_iterates(a, iters, /*keep_all=*/false);
-  const auto& Y = it.Y.back();
-  const auto& Z = it.Z.back();
-  auto P = at::baddbmm(Y, Y, at::bmm(Z, Y), kThreeHalves, -kHalf);
+  auto iterates = save_iterates ? iterates_alloc(a_in, iters) : iterates_empty(a_in);
+  if (a.numel() == 0) return {at::empty_like(a_in), iterates};
+  auto it = run_iteration(a, iters, iterates);
+  auto P = at::baddbmm(it.Yf, it.Yf, at::bmm(it.Zf, it.Yf), kThreeHalves, -kHalf);
   auto out = P * it.trace.sqrt().view({-1, 1, 1});
   out.masked_fill_(it.zero_trace.view({-1, 1, 1}), 0);
-  return out.to(a_in.scalar_type());
+  return {out.to(a_in.scalar_type()), iterates};
 }
 
-at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a_in, int64_t iters) {
+at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a_in, const at::Tensor& saved,
+                                  int64_t iters) {
   check_sqrtm_input(a_in, iters);
   check_grad(grad_in, "sqrtm_newton_schulz_backward: grad", a_in.sizes(), a_in, "a");
   auto a = to_compute_dtype(a_in);
   auto G = to_compute_dtype(grad_in);
   if (a.numel() == 0) return at::zeros_like(a_in);
-  auto it = run_iterates(a, iters, /*keep_all=*/true);
+  const bool recompute = saved.numel() == 0;
+  if (!recompute) {
+    check_shape(saved, "sqrtm_newton_schulz_backward: iterates", {3 * iters - 1, a.size(0), a.size(1), a.size(2)});
+    check_same_device(saved, "sqrtm_newton_schulz_backward: iterates", a_in, "a");
+    check_same_dtype(saved, "sqrtm_newton_schulz_backward: iterates", a, "a (in its accumulation type)");
+  }
+  auto iterates = recompute ? iterates_alloc(a_in, iters) : saved;
+  auto trace = a.diagonal(0, 1, 2).sum(-1);
+  auto zero_trace = trace.eq(0);
+  trace = at::where(zero_trace, at::ones_like(trace), trace);
+  if (recompute) run_iteration(a, iters, iterates);
   const int64_t f = iters - 1;
-  auto sqrt_t = it.trace.sqrt().view({-1, 1, 1});
-  auto t = it.trace.view({-1, 1, 1});
+  auto sqrt_t = trace.sqrt().view({-1, 1, 1});
 
   // Final step P = 1.5·Y − ½·Y·(Z·Y): Z·Y = Y·Z (both are polynomials in A).
-  const auto& Yf = it.Y[f];
-  auto ZY = at::bmm(it.Z[f], Yf);
+  auto Yf = slot(iterates, f, 0);
+  auto ZY = at::bmm(slot(iterates, f, 1), Yf);
   auto P = at::baddbmm(Yf, Yf, ZY, kThreeHalves, -kHalf);
   auto Gp = G * sqrt_t;
   auto ZYt = ZY.transpose(1, 2);
@@ -116,22 +141,23 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
 
   // Reverse the steps Y' = Y·T, Z' = T·Z, T = 1.5·I − ½·Z·Y.
   for (int64_t k = f - 1; k >= 0; --k) {
-    auto Yt = it.Y[k].transpose(1, 2);
-    auto Zt = it.Z[k].transpose(1, 2);
-    auto Tt = it.T[k].transpose(1, 2);
+    auto Yt = slot(iterates, k, 0).transpose(1, 2);
+    auto Zt = slot(iterates, k, 1).transpose(1, 2);
+    auto Tt = slot(iterates, k, 2).transpose(1, 2);
     auto gT = at::bmm(Yt, gY).baddbmm_(gZ, Zt);
     auto gY_prev = at::bmm(gY, Tt).baddbmm_(Zt, gT, 1, -kHalf);
-    gZ = at::bmm(Tt, gZ).baddbmm_(gT, Yt, 1, -kHalf);
+    if (k > 0) gZ = at::bmm(Tt, gZ).baddbmm_(gT, Yt, 1, -kHalf);  // Z₀ = I: no gradient needed
     gY = gY_prev;
   }
 
-  // gY is now ∂L/∂A (Z₀ = I does not depend on A).
-  const auto& A = it.Y[0];
+  // gY is now ∂L/∂A.
+  auto A = slot(iterates, 0, 0);
   auto gA_dot_A = (gY * A).sum({1, 2});
   auto G_dot_P = (G * P).sum({1, 2});
-  auto coef = trace_grad_coefficient(gA_dot_A, G_dot_P, it.trace);
-  auto grad = gY / t + it.eye * coef.view({-1, 1, 1});
-  grad.masked_fill_(it.zero_trace.view({-1, 1, 1}), 0);
+  auto coef = trace_grad_coefficient(gA_dot_A, G_dot_P, trace);
+  auto grad = gY / trace.view({-1, 1, 1});
+  grad.diagonal(0, 1, 2).add_(coef.view({-1, 1}));
+  grad.masked_fill_(zero_trace.view({-1, 1, 1}), 0);
   return grad.to(a_in.scalar_type());
 }
 
