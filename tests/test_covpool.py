@@ -52,7 +52,7 @@ def test_covpool_non_contiguous(device):
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 19, 4, 9), (3, 40, 6, 6)])
 def test_covpool_backward(device, dtype, shape):
-    x = torch.randn(shape, dtype=torch.float64, device=device)
+    x = torch.randn(shape, dtype=torch.float64, device=device) + 3.0  # non-zero mean
     grad = torch.randn(shape[0], shape[1], shape[1], dtype=torch.float64, device=device)  # not symmetric
     x_ref = x.clone().requires_grad_()
     reference.covpool(x_ref).backward(grad)

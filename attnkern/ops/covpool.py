@@ -116,11 +116,14 @@ def _sqrtm_setup(ctx, inputs, output):
     a, iters = inputs[0], inputs[1]
     iterates = output[1]
     ctx.mark_non_differentiable(iterates)
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the iterates
     ctx.save_for_backward(a, iterates)  # iterates is empty unless save_iterates: then recomputed
     ctx.iters = iters
 
 
 def _sqrtm_backward(ctx, grad, grad_iterates):
+    if grad is None:  # gradients are not materialised: None stands for zero
+        return None, None, None
     a, iterates = ctx.saved_tensors
     return torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, iterates, ctx.iters), None, None
 

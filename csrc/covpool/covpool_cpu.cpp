@@ -2,8 +2,8 @@
 //
 // On the CPU the O(B·C²·M) products of covpool go to BLAS through at::baddbmm/at::bmm (one batched
 // call each way, at the machine's GEMM peak); what the kernels add over the autograd formulation is
-// the work they skip: the backward is one product (G + Gᵀ)·Xc/M instead of autograd's two, and no
-// centred copy of the input is kept for the backward. The Newton–Schulz square root runs over batched
+// the work they skip: the backward is one product (G + Gᵀ)·Xc/M straight from X instead of autograd's
+// two on a saved centred copy. The Newton–Schulz square root runs over batched
 // GEMMs (covpool_host.cpp), keeping only its iterates for the backward.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -16,26 +16,29 @@ namespace attnkern {
 namespace covpool {
 namespace {
 
-at::Tensor centred(const at::Tensor& x) { return x - x.mean(2, /*keepdim=*/true); }
-
 at::Tensor covpool_cpu(const at::Tensor& x_in) {
   check_covpool_input(x_in);
   auto x = to_compute_dtype(x_in);
   const int64_t batch = x.size(0), C = x.size(1), M = x.size(2);
-  auto xc = centred(x);  // centre before the product: X·Xᵀ/M − μ·μᵀ loses digits when |μ| ≫ σ
+  auto xc = x - x.mean(2, /*keepdim=*/true);  // centre before the product: X·Xᵀ/M − μ·μᵀ loses digits when |μ| ≫ σ
   auto out = at::empty({batch, C, C}, x.options());
   at::baddbmm_out(out, out, xc, xc.transpose(1, 2), /*beta=*/0, /*alpha=*/1.0 / static_cast<double>(M));
   return out.to(x_in.scalar_type());
 }
 
-// ∂L/∂X = (G + Gᵀ)·Xc / M (the centring's own Jacobian vanishes because Xc·1 = 0).
+// ∂L/∂X = S·Xc with S = (G + Gᵀ)/M (the centring's own Jacobian vanishes because Xc·1 = 0),
+// computed as S·X − (S·μ)·1ᵀ: one GEMM straight from X, the correction in its beta term, no centred
+// copy. Its rounding error grows with |μ|/σ only linearly (the forward's would grow quadratically:
+// that one is centred first).
 at::Tensor covpool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in) {
   check_covpool_input(x_in);
-  const int64_t C = x_in.size(1), M = x_in.size(2);
-  check_grad(grad_in, "covpool_backward: grad", {x_in.size(0), C, C}, x_in, "x");
+  const int64_t batch = x_in.size(0), C = x_in.size(1), M = x_in.size(2);
+  check_grad(grad_in, "covpool_backward: grad", {batch, C, C}, x_in, "x");
   auto grad = to_compute_dtype(grad_in);
+  auto x = to_compute_dtype(x_in);
   auto sym = (grad + grad.transpose(1, 2)).div_(static_cast<double>(M));
-  return at::bmm(sym, centred(to_compute_dtype(x_in))).to(x_in.scalar_type());
+  auto correction = at::bmm(sym, x.mean(2, /*keepdim=*/true)).neg_();  // [B, C, 1]
+  return at::baddbmm(correction.expand({batch, C, M}), sym, x).to(x_in.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> sqrtm_newton_schulz_cpu(const at::Tensor& a, int64_t iters, bool save_iterates) {
