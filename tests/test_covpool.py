@@ -347,7 +347,7 @@ def test_soca_constant_input_is_finite():
 
 def test_soca_under_torch_compile():
     layer = SOCA(16, reduction=4)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(layer, fullgraph=True)
     x = torch.randn(2, 16, 9, 7)
     x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_eager, out_comp = layer(x_eager), compiled(x_comp)
