@@ -11,4 +11,9 @@ TORCH_LIBRARY(attnkern, m) {
   m.def("sqrtm_newton_schulz_backward(Tensor grad, Tensor a, Tensor iterates, int iters) -> Tensor");
   m.def("triuvec(Tensor a) -> Tensor");
   m.def("triuvec_backward(Tensor grad, SymInt n) -> Tensor");
+
+  // criss_cross family (csrc/criss_cross): CCNet. Maps have H + W − 1 positions (criss_cross.h).
+  m.def("criss_cross_affinity(Tensor q, Tensor k) -> Tensor");
+  m.def("criss_cross_aggregate(Tensor attn, Tensor v) -> Tensor");
+  m.def("criss_cross_aggregate_transposed(Tensor attn, Tensor x) -> Tensor");
 }

@@ -5,5 +5,16 @@ benchmarks and devices for which no kernel was compiled.
 """
 
 from .covpool import covpool, covpool_centering_matrix, sqrtm_newton_schulz, triuvec
+from .criss_cross import (
+    criss_cross_affinity,
+    criss_cross_aggregate,
+    criss_cross_aggregate_transposed,
+    criss_cross_attention,
+    criss_cross_positions,
+)
 
-__all__ = ["covpool", "covpool_centering_matrix", "sqrtm_newton_schulz", "triuvec"]
+__all__ = [
+    "covpool", "covpool_centering_matrix", "sqrtm_newton_schulz", "triuvec",
+    "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_aggregate_transposed", "criss_cross_attention",
+    "criss_cross_positions",
+]

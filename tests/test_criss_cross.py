@@ -1,0 +1,154 @@
+"""criss_cross family: affinity, aggregation and its transpose (CCNet)."""
+
+import pytest
+import torch
+
+from attnkern import ops, reference
+from conftest import DEVICE_DTYPES, DEVICES, TOLERANCE, rel_error
+
+SHAPES = [(2, 5, 4, 7), (1, 3, 9, 9), (2, 4, 1, 6), (1, 6, 5, 1), (3, 2, 2, 3), (1, 1, 1, 1)]
+agg_t = torch.ops.attnkern.criss_cross_aggregate_transposed
+
+
+def inputs(shape, channels_v, device, dtype=torch.float64):
+    B, C, H, W = shape
+    q, k = torch.randn(B, C, H, W, dtype=dtype, device=device), torch.randn(B, C, H, W, dtype=dtype, device=device)
+    v = torch.randn(B, channels_v, H, W, dtype=dtype, device=device)
+    attn = torch.randn(B, H + W - 1, H, W, dtype=dtype, device=device).softmax(1)
+    return q, k, v, attn
+
+
+def seed_criss_cross(q, k, v):
+    """CCNet's published formulation: column energies with −inf on the diagonal, row energies,
+    one softmax over both, out_H + out_W (written here from the paper's equations)."""
+    B, _, H, W = q.shape
+    energy_h = torch.einsum("bchw,bcyw->bhwy", q, k)  # [B, H, W, H]: column y of pixel (h, w)
+    diagonal = torch.eye(H, dtype=torch.bool, device=q.device).view(1, H, 1, H)
+    energy_h = energy_h.masked_fill(diagonal, float("-inf"))
+    energy_w = torch.einsum("bchw,bchx->bhwx", q, k)  # [B, H, W, W]: row x of pixel (h, w)
+    attn = torch.cat([energy_h, energy_w], dim=3).softmax(dim=3)
+    out_h = torch.einsum("bhwy,bcyw->bchw", attn[..., :H], v)
+    out_w = torch.einsum("bhwx,bchx->bchw", attn[..., H:], v)
+    return out_h + out_w
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_layout_matches_ccnet(device, shape):
+    q, k, v, _ = inputs(shape, 3, device)
+    attn = ops.criss_cross_affinity(q, k).softmax(dim=1)
+    assert rel_error(ops.criss_cross_aggregate(attn, v), seed_criss_cross(q, k, v)) <= 1e-12
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward(device, dtype, shape):
+    q, k, v, attn = inputs(shape, 5, device)
+    energy = ops.criss_cross_affinity(q.to(dtype), k.to(dtype))
+    assert energy.shape == (shape[0], shape[2] + shape[3] - 1, shape[2], shape[3]) and energy.dtype == dtype
+    assert rel_error(energy, reference.criss_cross_affinity(q, k)) <= TOLERANCE[dtype]
+    out = ops.criss_cross_aggregate(attn.to(dtype), v.to(dtype))
+    assert out.shape == v.shape and out.dtype == dtype
+    assert rel_error(out, reference.criss_cross_aggregate(attn, v)) <= TOLERANCE[dtype]
+    assert rel_error(agg_t(attn.to(dtype), v.to(dtype)), reference.criss_cross_aggregate_transposed(attn, v)) \
+        <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous(device):
+    q, k, v, attn = inputs((2, 4, 6, 5), 3, device, torch.float32)
+    q_nc, v_nc = q.transpose(2, 3).contiguous().transpose(2, 3), v[:, ::2]
+    attn_nc = attn.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert not (q_nc.is_contiguous() or v_nc.is_contiguous() or attn_nc.is_contiguous())
+    assert rel_error(ops.criss_cross_affinity(q_nc, k), reference.criss_cross_affinity(q.double(), k.double())) <= 1e-5
+    assert rel_error(ops.criss_cross_aggregate(attn_nc, v_nc),
+                     reference.criss_cross_aggregate(attn.double(), v_nc.double())) <= 1e-5
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 5, 4, 7), (1, 3, 1, 6), (2, 2, 5, 5)])
+def test_backward(device, dtype, shape):
+    q, k, v, attn = inputs(shape, 4, device)
+    refs = [t.clone().requires_grad_() for t in (q, k, v, attn)]
+    mine = [t.to(dtype).requires_grad_() for t in (q, k, v, attn)]
+    grad_e = torch.randn(shape[0], shape[2] + shape[3] - 1, shape[2], shape[3], dtype=torch.float64, device=device)
+    grad_o = torch.randn_like(v)
+    (reference.criss_cross_affinity(refs[0], refs[1]) * grad_e).sum().backward()
+    (reference.criss_cross_aggregate(refs[3], refs[2]) * grad_o).sum().backward()
+    (ops.criss_cross_affinity(mine[0], mine[1]) * grad_e.to(dtype)).sum().backward()
+    (ops.criss_cross_aggregate(mine[3], mine[2]) * grad_o.to(dtype)).sum().backward()
+    for name, r, m in zip("qkva", refs, mine):
+        assert rel_error(m.grad, r.grad) <= TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
+    q, k, v, attn = inputs((2, 3, 3, 4), 2, device)
+    for t in (q, k, v, attn):
+        t.requires_grad_()
+    assert torch.autograd.gradcheck(ops.criss_cross_affinity, (q, k))
+    assert torch.autograd.gradcheck(ops.criss_cross_aggregate, (attn, v))
+    assert torch.autograd.gradcheck(agg_t, (attn, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    q, k, v, attn = inputs((2, 3, 4, 5), 6, device, torch.float32)
+    cases = [
+        (torch.ops.attnkern.criss_cross_affinity.default, (q.requires_grad_(), k.requires_grad_())),
+        (torch.ops.attnkern.criss_cross_aggregate.default, (attn.clone().requires_grad_(), v.requires_grad_())),
+        (torch.ops.attnkern.criss_cross_aggregate_transposed.default, (attn.clone().requires_grad_(), v)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_under_torch_compile():
+    def attention(q, k, v):
+        return ops.criss_cross_aggregate(ops.criss_cross_affinity(q, k).softmax(dim=1), v)
+
+    q, k, v, _ = inputs((2, 4, 5, 6), 3, "cpu", torch.float32)
+    compiled = torch.compile(attention, fullgraph=True)
+    assert rel_error(compiled(q, k, v), seed_criss_cross(q.double(), k.double(), v.double())) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    q, k, v, attn = inputs((0, 3, 4, 5), 2, device)
+    assert ops.criss_cross_affinity(q, k).shape == (0, 8, 4, 5)
+    assert ops.criss_cross_aggregate(attn, v).shape == (0, 2, 4, 5)
+
+
+BAD_INPUTS = [
+    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError, "same number of channels"),
+    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 4)), ValueError, "same shape"),
+    (ops.criss_cross_affinity, (torch.randn(4, 3, 3), torch.randn(4, 3, 3)), ValueError, r"\[B, C, H, W\]"),
+    (ops.criss_cross_affinity, (torch.ones(1, 4, 3, 3, dtype=torch.int64),) * 2, TypeError, "floating-point"),
+    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3).double()), TypeError, "share dtype"),
+    (ops.criss_cross_aggregate, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError,
+     r"H \+ W - 1 = 5 positions in dim 1, got 4"),
+    (ops.criss_cross_aggregate, (torch.randn(1, 6, 3, 4), torch.randn(1, 2, 3, 3)), ValueError, r"\[B, H\+W-1, H, W\]"),
+    (ops.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), torch.randn(2, 3, 3)), ValueError, r"v must be \[B, C, H, W\]"),
+]
+
+
+@pytest.mark.parametrize("fn,args,exc,match", BAD_INPUTS)
+def test_bad_inputs(fn, args, exc, match):
+    with pytest.raises(exc, match=match):
+        fn(*args)
+
+
+KERNEL_BAD_INPUTS = [
+    (torch.ops.attnkern.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), "same shape"),
+    (torch.ops.attnkern.criss_cross_aggregate, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)),
+     "H \\+ W - 1 = 5 positions"),
+    (torch.ops.attnkern.criss_cross_aggregate_transposed, (torch.randn(1, 5, 3, 3), torch.randn(1, 2, 3, 4)),
+     "share batch and spatial size"),
+    (torch.ops.attnkern.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), torch.randn(1, 2, 3, 3).double()), "same dtype"),
+]
+
+
+@pytest.mark.parametrize("op,args,match", KERNEL_BAD_INPUTS)
+def test_kernel_bad_inputs(op, args, match):
+    with pytest.raises(RuntimeError, match=match):
+        op(*args)
