@@ -51,6 +51,7 @@ ATTNKERN_HD inline T trace_grad_coefficient(const T& gA_dot_A, const T& G_dot_P,
 void check_covpool_input(const at::Tensor& x);
 void check_sqrtm_input(const at::Tensor& a, int64_t iters);
 void check_triuvec_input(const at::Tensor& a);
+void check_triuvec_grad(const at::Tensor& grad, int64_t n);
 void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef expected,
                 const at::Tensor& input, const char* input_name);
 

@@ -69,9 +69,8 @@ at::Tensor triuvec_cpu(const at::Tensor& a_in) {
 }
 
 at::Tensor triuvec_backward_cpu(const at::Tensor& grad_in, int64_t n) {
-  check_rank(grad_in, "triuvec_backward: grad", 2, "[B, C(C+1)/2]");
+  check_triuvec_grad(grad_in, n);
   const int64_t batch = grad_in.size(0), len = n * (n + 1) / 2;
-  check_shape(grad_in, "triuvec_backward: grad", {batch, len});
   auto grad = grad_in.contiguous();
   auto grad_a = at::empty({batch, n, n}, grad.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "triuvec_backward_cpu", [&] {

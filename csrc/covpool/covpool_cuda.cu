@@ -510,9 +510,8 @@ at::Tensor triuvec_cuda(const at::Tensor& a_in) {
 }
 
 at::Tensor triuvec_backward_cuda(const at::Tensor& grad_in, int64_t n) {
-  check_rank(grad_in, "triuvec_backward: grad", 2, "[B, C(C+1)/2]");
+  check_triuvec_grad(grad_in, n);
   const int64_t batch = grad_in.size(0), len = n * (n + 1) / 2;
-  check_shape(grad_in, "triuvec_backward: grad", {batch, len});
   c10::cuda::CUDAGuard guard(grad_in.device());
   auto grad = grad_in.contiguous();
   auto grad_a = at::empty({batch, n, n}, grad.options());

@@ -31,6 +31,11 @@ void check_triuvec_input(const at::Tensor& a) {
               shape_str(a));
 }
 
+void check_triuvec_grad(const at::Tensor& grad, int64_t n) {
+  check_rank(grad, "triuvec_backward: grad", 2, "[B, C(C+1)/2]");
+  check_shape(grad, "triuvec_backward: grad", {grad.size(0), n * (n + 1) / 2});
+}
+
 void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef expected,
                 const at::Tensor& input, const char* input_name) {
   check_same_device(grad, grad_name, input, input_name);
