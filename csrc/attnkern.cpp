@@ -16,4 +16,8 @@ TORCH_LIBRARY(attnkern, m) {
   m.def("criss_cross_affinity(Tensor q, Tensor k) -> Tensor");
   m.def("criss_cross_aggregate(Tensor attn, Tensor v) -> Tensor");
   m.def("criss_cross_aggregate_transposed(Tensor attn, Tensor x) -> Tensor");
+  // Fused: softmax over the positions inside; returns (out, lse), lse [B, H, W] the per-pixel log-sum-exp.
+  m.def("criss_cross_attention(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)");
+  m.def("criss_cross_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse)"
+        " -> (Tensor, Tensor, Tensor)");
 }

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from attnkern import nn as attnkern_nn
 from attnkern import ops, reference
 from conftest import DEVICE_DTYPES, DEVICES, TOLERANCE, rel_error
 
@@ -152,3 +153,154 @@ KERNEL_BAD_INPUTS = [
 def test_kernel_bad_inputs(op, args, match):
     with pytest.raises(RuntimeError, match=match):
         op(*args)
+
+
+# ---- the fused op --------------------------------------------------------------------------
+
+FUSED_SHAPES = [(2, 3, 4, 7), (1, 2, 9, 9), (2, 4, 1, 6), (1, 3, 5, 1), (1, 1, 1, 1), (3, 2, 13, 6)]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_attention_forward(device, dtype, shape):
+    q, k, v, _ = inputs(shape, 5, device)
+    q = q * 2  # sharper softmax
+    out = ops.criss_cross_attention(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.shape == v.shape and out.dtype == dtype
+    expected = reference.criss_cross_attention(q, k, v)
+    assert rel_error(out, expected) <= TOLERANCE[dtype]
+    assert rel_error(out, seed_criss_cross(q, k, v)) <= TOLERANCE[dtype]
+    two_op = ops.criss_cross_aggregate(ops.criss_cross_affinity(q, k).softmax(dim=1), v)
+    assert rel_error(two_op, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_lse(device):
+    q, k, v, _ = inputs((2, 3, 5, 6), 4, device)
+    out, lse = torch.ops.attnkern.criss_cross_attention(q, k, v)
+    assert lse.shape == (2, 5, 6)
+    assert rel_error(lse, reference.criss_cross_affinity(q, k).logsumexp(dim=1)) <= 1e-12
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_attention_backward(device, dtype, shape):
+    q, k, v, _ = inputs(shape, 4, device)
+    grad = torch.randn_like(v)
+    refs = [t.clone().requires_grad_() for t in (q, k, v)]
+    reference.criss_cross_attention(*refs).backward(grad)
+    mine = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    ops.criss_cross_attention(*mine).backward(grad.to(dtype))
+    for name, r, m in zip("qkv", refs, mine):
+        assert rel_error(m.grad, r.grad) <= TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_gradcheck(device):
+    q, k, v, _ = inputs((2, 2, 3, 4), 3, device)
+    assert torch.autograd.gradcheck(ops.criss_cross_attention, tuple(t.requires_grad_() for t in (q, k, v)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_opcheck(device):
+    q, k, v, _ = inputs((2, 3, 4, 5), 6, device, torch.float32)
+    torch.library.opcheck(torch.ops.attnkern.criss_cross_attention.default,
+                          tuple(t.requires_grad_() for t in (q, k, v)))
+    q, k, v = (t.detach() for t in (q, k, v))
+    out, lse = torch.ops.attnkern.criss_cross_attention(q, k, v)
+    torch.library.opcheck(torch.ops.attnkern.criss_cross_attention_backward.default,
+                          (torch.randn_like(out), q, k, v, out, lse))
+
+
+ATTENTION_BAD_INPUTS = [
+    ((torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3)), ValueError, "same number of channels"),
+    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 4)), ValueError, r"v must be \[B, C', H, W\]"),
+    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(5, 3, 3)), ValueError, r"v must be"),
+    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3).double()), TypeError, "share q's dtype"),
+    ((torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(2, 3, 3)), ValueError, r"\[B, C, H, W\]"),
+]
+
+
+@pytest.mark.parametrize("args,exc,match", ATTENTION_BAD_INPUTS)
+def test_attention_bad_inputs(args, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.criss_cross_attention(*args)
+
+
+def test_attention_kernel_bad_inputs():
+    q, k, v = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 4)
+    with pytest.raises(RuntimeError, match="v must share batch and spatial size"):
+        torch.ops.attnkern.criss_cross_attention(q, k, v)
+    v = torch.randn(1, 5, 3, 3)
+    out, lse = torch.ops.attnkern.criss_cross_attention(q, k, v)
+    with pytest.raises(RuntimeError, match=r"lse: expected shape \[1, 3, 3\]"):
+        torch.ops.attnkern.criss_cross_attention_backward(out, q, k, v, out, lse[:, :2])
+
+
+# ---- the layer -----------------------------------------------------------------------------
+
+
+class SeedCrissCross(torch.nn.Module):
+    """CCNet's published module: its parameters, and its forward through the published formulation
+    (seed_criss_cross above)."""
+
+    def __init__(self, in_dim):
+        super().__init__()
+        self.query_conv = torch.nn.Conv2d(in_dim, in_dim // 8, kernel_size=1)
+        self.key_conv = torch.nn.Conv2d(in_dim, in_dim // 8, kernel_size=1)
+        self.value_conv = torch.nn.Conv2d(in_dim, in_dim, kernel_size=1)
+        self.softmax = torch.nn.Softmax(dim=3)
+        self.gamma = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = seed_criss_cross(self.query_conv(x), self.key_conv(x), self.value_conv(x))
+        return self.gamma * out + x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,recurrence", [((2, 16, 7, 5), 1), ((1, 32, 6, 6), 2), ((2, 8, 1, 9), 1)])
+def test_layer_matches_seed_module(device, shape, recurrence):
+    seed = SeedCrissCross(shape[1]).double().to(device)
+    with torch.no_grad():
+        seed.gamma.fill_(0.7)  # at gamma = 0 the layer is the identity: test something
+    layer = attnkern_nn.CrissCrossAttention(shape[1], recurrence=recurrence).double().to(device)
+    layer.load_state_dict(seed.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    x_seed, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_seed = x_seed
+    for _ in range(recurrence):
+        out_seed = seed(out_seed)
+    out = layer(x_ours)
+    assert rel_error(out, out_seed) <= 1e-10
+    assert rel_error(out, x) > 1e-3
+    grad = torch.randn_like(out)
+    out_seed.backward(grad)
+    out.backward(grad)
+    assert rel_error(x_ours.grad, x_seed.grad) <= 1e-10
+    for (name, p_seed), p in zip(seed.named_parameters(), layer.parameters()):
+        # absolute tolerance too: key_conv.bias shifts all of a pixel's energies alike, so its
+        # gradient is zero up to rounding
+        torch.testing.assert_close(p.grad, p_seed.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_layer_under_torch_compile():
+    layer = attnkern_nn.CrissCrossAttention(16, recurrence=2)
+    with torch.no_grad():
+        layer.gamma.fill_(0.5)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(2, 16, 6, 7)
+    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_eager, out_comp = layer(x_eager), compiled(x_comp)
+    assert rel_error(out_comp, out_eager) <= 1e-6
+    out_eager.sum().backward()
+    out_comp.sum().backward()
+    assert rel_error(x_comp.grad, x_eager.grad) <= 1e-6
+
+
+def test_layer_bad_arguments():
+    with pytest.raises(ValueError, match="in_dim must be >= 8"):
+        attnkern_nn.CrissCrossAttention(4)
+    with pytest.raises(ValueError, match="recurrence must be >= 1"):
+        attnkern_nn.CrissCrossAttention(8, recurrence=0)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        attnkern_nn.CrissCrossAttention(8)(torch.randn(8, 4, 4))

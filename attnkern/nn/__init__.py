@@ -2,5 +2,6 @@
 as the published modules they replace, so their state_dicts load."""
 
 from .covpool import SOCA
+from .criss_cross import CrissCrossAttention
 
-__all__ = ["SOCA"]
+__all__ = ["SOCA", "CrissCrossAttention"]

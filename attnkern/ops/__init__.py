@@ -1,9 +1,9 @@
 """Functional ops: argument checks, then the CPU/CUDA kernels through ``torch.ops.attnkern``."""
 
 from .covpool import CovpoolLayer, SqrtmLayer, TriuvecLayer, covpool, sqrtm_newton_schulz, triuvec
-from .criss_cross import criss_cross_affinity, criss_cross_aggregate
+from .criss_cross import criss_cross_affinity, criss_cross_aggregate, criss_cross_attention
 
 __all__ = [
     "covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer",
-    "criss_cross_affinity", "criss_cross_aggregate",
+    "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
 ]

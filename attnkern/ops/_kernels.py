@@ -14,6 +14,11 @@ def has_kernel(t: Tensor) -> bool:
     return t.device.type in KERNEL_DEVICES
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate in (and keep saved statistics in): float32 for half types."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def check_floating(t: object, name: str, op: str) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import check_floating, check_square_batch, has_kernel
+from ._kernels import accumulation_dtype, check_floating, check_square_batch, has_kernel
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
 
@@ -159,14 +159,10 @@ def _covpool_backward_fake(grad, x):
     return x.new_empty(x.shape)
 
 
-def _accumulation_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 @torch.library.register_fake("attnkern::sqrtm_newton_schulz")
 def _sqrtm_fake(a, iters, save_iterates=False):
     shape = (3 * iters - 1, *a.shape) if save_iterates else (0,)
-    return a.new_empty(a.shape), a.new_empty(shape, dtype=_accumulation_dtype(a.dtype))
+    return a.new_empty(a.shape), a.new_empty(shape, dtype=accumulation_dtype(a.dtype))
 
 
 @torch.library.register_fake("attnkern::sqrtm_newton_schulz_backward")

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import check_floating, has_kernel
+from ._kernels import accumulation_dtype, check_floating, has_kernel
 
-__all__ = ["criss_cross_affinity", "criss_cross_aggregate"]
+__all__ = ["criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention"]
 
 
 def _check_map_pair(attn: Tensor, x: Tensor, x_name: str, op: str) -> None:
@@ -30,6 +30,20 @@ def _check_map_pair(attn: Tensor, x: Tensor, x_name: str, op: str) -> None:
                         f"and {x.dtype} on {x.device}")
 
 
+def _check_qk(q: Tensor, k: Tensor, op: str) -> None:
+    check_floating(q, "q", op)
+    check_floating(k, "k", op)
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"{op}: q and k must be [B, C, H, W], got shapes {tuple(q.shape)} and {tuple(k.shape)}")
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"{op}: q and k must have the same number of channels, got {q.shape[1]} and {k.shape[1]}")
+    if q.shape != k.shape:
+        raise ValueError(f"{op}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if q.dtype != k.dtype or q.device != k.device:
+        raise TypeError(f"{op}: q and k must share dtype and device, got {q.dtype} on {q.device} and "
+                        f"{k.dtype} on {k.device}")
+
+
 def criss_cross_affinity(q: Tensor, k: Tensor) -> Tensor:
     """Energies of each pixel over its row and column.
 
@@ -43,18 +57,7 @@ def criss_cross_affinity(q: Tensor, k: Tensor) -> Tensor:
     Example:
         >>> attn = attnkern.ops.criss_cross_affinity(q, k).softmax(dim=1)
     """
-    op = "criss_cross_affinity"
-    check_floating(q, "q", op)
-    check_floating(k, "k", op)
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"{op}: q and k must be [B, C, H, W], got shapes {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.shape[1] != k.shape[1]:
-        raise ValueError(f"{op}: q and k must have the same number of channels, got {q.shape[1]} and {k.shape[1]}")
-    if q.shape != k.shape:
-        raise ValueError(f"{op}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.dtype != k.dtype or q.device != k.device:
-        raise TypeError(f"{op}: q and k must share dtype and device, got {q.dtype} on {q.device} and "
-                        f"{k.dtype} on {k.device}")
+    _check_qk(q, k, "criss_cross_affinity")
     if not has_kernel(q):
         return reference.criss_cross_affinity(q, k)
     return torch.ops.attnkern.criss_cross_affinity(q, k)
@@ -74,6 +77,34 @@ def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
     if not has_kernel(v):
         return reference.criss_cross_aggregate(attn, v)
     return torch.ops.attnkern.criss_cross_aggregate(attn, v)
+
+
+def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Criss-cross attention in one op: each pixel's softmax over its row and column, applied to v.
+
+    Equals ``criss_cross_aggregate(criss_cross_affinity(q, k).softmax(dim=1), v)`` without writing the
+    [B, H+W−1, H, W] energies or attention maps: the kernels keep one pixel's (CUDA) or one image
+    row's (CPU) energies at a time, save a per-pixel log-sum-exp [B, H, W] for the backward, and the
+    backward recomputes the weights from it.
+
+    Args:
+        q, k: [B, C, H, W]; v: [B, C', H, W]; one dtype and device.
+
+    Returns:
+        [B, C', H, W].
+    """
+    op = "criss_cross_attention"
+    _check_qk(q, k, op)
+    check_floating(v, "v", op)
+    if v.dim() != 4 or (v.shape[0], v.shape[2], v.shape[3]) != (q.shape[0], q.shape[2], q.shape[3]):
+        raise ValueError(f"{op}: v must be [B, C', H, W] with q's B, H, W = {q.shape[0]}, {q.shape[2]}, {q.shape[3]}, "
+                         f"got {tuple(v.shape)}")
+    if v.dtype != q.dtype or v.device != q.device:
+        raise TypeError(f"{op}: v must share q's dtype and device, got {v.dtype} on {v.device} and "
+                        f"{q.dtype} on {q.device}")
+    if not has_kernel(q):
+        return reference.criss_cross_attention(q, k, v)
+    return torch.ops.attnkern.criss_cross_attention(q, k, v)[0]
 
 
 # ---- autograd and fake kernels (gradients in csrc/criss_cross/criss_cross.h) -------------------
@@ -100,6 +131,21 @@ def _aggregate_transposed_backward(ctx, grad):
     return _ops.criss_cross_affinity(x, grad), _ops.criss_cross_aggregate(attn, grad)
 
 
+def _attention_setup(ctx, inputs, output):
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs, out, lse)
+
+
+def _attention_backward(ctx, grad, grad_lse):
+    if grad is None:
+        return None, None, None
+    q, k, v, out, lse = ctx.saved_tensors
+    return _ops.criss_cross_attention_backward(grad, q, k, v, out, lse)
+
+
+torch.library.register_autograd("attnkern::criss_cross_attention", _attention_backward, setup_context=_attention_setup)
 torch.library.register_autograd("attnkern::criss_cross_affinity", _affinity_backward, setup_context=_save_inputs)
 torch.library.register_autograd("attnkern::criss_cross_aggregate", _aggregate_backward, setup_context=_save_inputs)
 torch.library.register_autograd("attnkern::criss_cross_aggregate_transposed", _aggregate_transposed_backward,
@@ -120,3 +166,14 @@ def _aggregate_fake(attn, v):
 @torch.library.register_fake("attnkern::criss_cross_aggregate_transposed")
 def _aggregate_transposed_fake(attn, x):
     return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("attnkern::criss_cross_attention")
+def _attention_fake(q, k, v):
+    B, _, H, W = v.shape
+    return v.new_empty(v.shape), v.new_empty(B, H, W, dtype=accumulation_dtype(v.dtype))
+
+
+@torch.library.register_fake("attnkern::criss_cross_attention_backward")
+def _attention_backward_fake(grad, q, k, v, out, lse):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

@@ -20,4 +20,29 @@ inline int64_t max_shared_memory_optin() {
   return bytes;
 }
 
+// Reductions over the block (blockDim.x a power of two, `scratch` blockDim.x elements of shared
+// memory); every thread gets the result, and the block may reuse `scratch` right after.
+template <typename acc_t, typename Combine>
+__device__ acc_t block_reduce(acc_t value, acc_t* scratch, Combine combine) {
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] = combine(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  acc_t total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t value, acc_t* scratch) {
+  return block_reduce(value, scratch, [](acc_t a, acc_t b) { return a + b; });
+}
+
+template <typename acc_t>
+__device__ acc_t block_max(acc_t value, acc_t* scratch) {
+  return block_reduce(value, scratch, [](acc_t a, acc_t b) { return a > b ? a : b; });
+}
+
 }  // namespace attnkern

@@ -29,20 +29,6 @@ constexpr int kSqrtmThreads = 256;    // one block per matrix for Newton–Schul
 constexpr int kElementThreads = 256;  // element-wise kernels
 constexpr int64_t kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
 
-// Sum of `value` over the block (blockDim.x a power of two); every thread gets the result.
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t value, acc_t* scratch) {
-  scratch[threadIdx.x] = value;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-    __syncthreads();
-  }
-  acc_t total = scratch[0];
-  __syncthreads();
-  return total;
-}
-
 // mean[r] = mean of x[r, 0..M).
 template <typename scalar_t, typename acc_t>
 __global__ void row_mean_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ mean, int64_t M) {
