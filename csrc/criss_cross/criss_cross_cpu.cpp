@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "criss_cross/criss_cross.h"
 
@@ -70,40 +71,23 @@ at::Tensor aggregate_cpu(const at::Tensor& attn_in, const at::Tensor& x_in) {
 }
 
 // ---- fused attention ----------------------------------------------------------------------
-// Each pixel's softmax runs over two blocks, its row and its column. The CPU kernels take them
-// apart, one image row (then one column) per task with BLAS products on a W×W (H×H) energy tile, and
-// merge the two blocks through their maxima and sums; the [B, H+W−1, H, W] energies never exist.
-// Columns run on transposed copies ([B, C, W, H]) so that their products see unit-stride rows.
+// Each pixel's softmax runs over two blocks of positions, its column and its row. The CPU kernels
+// take them apart — one image column, then one image row, per task — with BLAS products on an H×H
+// (W×W) energy tile, and merge the blocks through their maxima and sums: the [B, H+W−1, H, W]
+// energies never exist, nor does any other full-size temporary. Column lines are strided views
+// ([C, H] with stride W); BLAS sees per-line copies of them, which stay in cache.
 
 at::Tensor to_compute_dtype(const at::Tensor& t) {
   auto st = t.scalar_type();
   return (st == at::kHalf || st == at::kBFloat16) ? t.to(at::kFloat) : t;
 }
 
-// Softmax numerators of the rows of a tile, in place: e[i, j] ← exp(e[i, j] − max_i), with each row's
-// max and sum written out. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself
-// belongs to its row block, not its column block. A row with nothing left gets max −inf, sum 0.
-template <typename scalar_t>
-void exponentiate_rows(scalar_t* e, int64_t rows, int64_t cols, bool skip_diagonal, scalar_t* max_out,
-                       scalar_t* sum_out) {
-  for (int64_t i = 0; i < rows; ++i) {
-    scalar_t* row = e + i * cols;
-    scalar_t max = -std::numeric_limits<scalar_t>::infinity();
-    for (int64_t j = 0; j < cols; ++j) {
-      if (!(skip_diagonal && j == i)) max = std::max(max, row[j]);
-    }
-    scalar_t sum = 0;
-    for (int64_t j = 0; j < cols; ++j) {
-      row[j] = (skip_diagonal && j == i) ? scalar_t(0) : std::exp(row[j] - max);
-      sum += row[j];
-    }
-    max_out[i] = max;
-    sum_out[i] = sum;
-  }
+// Line `line` of sample b: an image row ([C, W]) or column ([C, H]) of x [B, C, H, W].
+at::Tensor line_of(const at::Tensor& x, int64_t b, int64_t line, bool column) {
+  return x[b].select(column ? 2 : 1, line);
 }
 
-// Runs body(b, line, tile) for every (sample, image row) of x [B, C, L, N] — for columns, x is the
-// transposed copy — with `tile` an N×N scratch.
+// Runs body(b, line, tile, scratch) for every (sample, line), in parallel, with two n×n tiles.
 template <typename Body>
 void for_each_line(int64_t batch, int64_t lines, int64_t n, const at::TensorOptions& options, Body body) {
   at::parallel_for(0, batch * lines, 1, [&](int64_t r0, int64_t r1) {
@@ -113,41 +97,74 @@ void for_each_line(int64_t batch, int64_t lines, int64_t n, const at::TensorOpti
   });
 }
 
+// Softmax numerators of the rows of a tile, in place: e[i, j] ← exp(e[i, j] − max_i), each row's max
+// and sum written out. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself belongs
+// to its row block, not its column block. A row with nothing left gets max −inf and sum 0.
+template <typename scalar_t>
+void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max_out, int64_t max_stride,
+                       scalar_t* sum_out) {
+  for (int64_t i = 0; i < n; ++i) {
+    scalar_t* row = e + i * n;
+    scalar_t max = -std::numeric_limits<scalar_t>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      if (!(skip_diagonal && j == i)) max = std::max(max, row[j]);
+    }
+    scalar_t sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = (skip_diagonal && j == i) ? scalar_t(0) : std::exp(row[j] - max);
+      sum += row[j];
+    }
+    max_out[i * max_stride] = max;
+    sum_out[i * max_stride] = sum;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                  const at::Tensor& v_in) {
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention");
   auto q = to_compute_dtype(q_in).contiguous(), k = to_compute_dtype(k_in).contiguous();
   auto v = to_compute_dtype(v_in).contiguous();
-  const int64_t B = q.size(0), H = q.size(2), W = q.size(3);
+  const int64_t B = q.size(0), H = q.size(2), W = q.size(3), C = v.size(1), HW = H * W;
   auto out = at::empty_like(v);
-  if (B == 0) return {out.to(v_in.scalar_type()), at::empty({0, H, W}, v.options())};
-  auto qt = q.transpose(2, 3).contiguous(), kt = k.transpose(2, 3).contiguous(), vt = v.transpose(2, 3).contiguous();
-  auto out_col = at::empty_like(vt);
-  auto row_max = at::empty({B, H, W}, v.options()), row_sum = at::empty_like(row_max);
-  auto col_max = at::empty({B, W, H}, v.options()), col_sum = at::empty_like(col_max);
+  auto lse = at::empty({B, H, W}, v.options());
+  auto col_max = at::empty({B, H, W}, v.options()), col_sum = at::empty_like(col_max);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_cpu", [&] {
-    // One block of every pixel's positions: pixel row i of `lines` x[b, :, line, :] against all of them.
-    auto block = [&](const at::Tensor& x_q, const at::Tensor& x_k, const at::Tensor& x_v, at::Tensor& x_out,
-                     at::Tensor& max, at::Tensor& sum, int64_t lines, int64_t n, bool skip_diagonal) {
-      for_each_line(B, lines, n, v.options(), [&](int64_t b, int64_t line, at::Tensor& e, at::Tensor&) {
-        at::mm_out(e, x_q[b].select(1, line).t(), x_k[b].select(1, line));  // e[i, j] = q_i·k_j
-        const int64_t offset = (b * lines + line) * n;
-        exponentiate_rows(e.mutable_data_ptr<scalar_t>(), n, n, skip_diagonal,
-                          max.mutable_data_ptr<scalar_t>() + offset, sum.mutable_data_ptr<scalar_t>() + offset);
-        auto out_line = x_out[b].select(1, line);
-        at::mm_out(out_line, x_v[b].select(1, line), e.t());  // out[c, i] = Σ_j v[c, j]·e[i, j]
-      });
-    };
-    block(q, k, v, out, row_max, row_sum, H, W, /*skip_diagonal=*/false);
-    block(qt, kt, vt, out_col, col_max, col_sum, W, H, /*skip_diagonal=*/true);
+    // Columns: out[:, :, w] ← unnormalised column-block output, with the block's max and sum.
+    for_each_line(B, W, H, v.options(), [&](int64_t b, int64_t w, at::Tensor& e, at::Tensor&) {
+      at::mm_out(e, line_of(q, b, w, true).t(), line_of(k, b, w, true));  // e[i, j] = q_i·k_j
+      const int64_t first = b * HW + w;  // pixel (0, w); pixels of the column are W apart
+      exponentiate_rows(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
+                        col_max.mutable_data_ptr<scalar_t>() + first, W, col_sum.mutable_data_ptr<scalar_t>() + first);
+      auto out_line = line_of(out, b, w, true);
+      at::mm_out(out_line, line_of(v, b, w, true), e.t());  // out[c, i] = Σ_j v[c, j]·e[i, j]
+    });
+    // Rows: the row block, merged with the column block into the output and the log-sum-exp.
+    for_each_line(B, H, W, v.options(), [&](int64_t b, int64_t h, at::Tensor& e, at::Tensor& row_out) {
+      at::mm_out(e, line_of(q, b, h, false).t(), line_of(k, b, h, false));
+      std::vector<scalar_t> row_max(W), row_sum(W);
+      exponentiate_rows(e.mutable_data_ptr<scalar_t>(), W, /*skip_diagonal=*/false, row_max.data(), 1, row_sum.data());
+      auto partial = at::mm(line_of(v, b, h, false), e.t());  // [C, W]
+      const scalar_t* partial_ptr = partial.const_data_ptr<scalar_t>();
+      scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>() + b * C * HW + h * W;
+      const int64_t first = b * HW + h * W;
+      std::vector<scalar_t> row_weight(W), col_weight(W);
+      for (int64_t w = 0; w < W; ++w) {
+        const scalar_t cmax = col_max.const_data_ptr<scalar_t>()[first + w];
+        const scalar_t csum = col_sum.const_data_ptr<scalar_t>()[first + w];
+        const scalar_t max = std::max(row_max[w], cmax);  // finite: the row block is never empty
+        const scalar_t rs = std::exp(row_max[w] - max), cs = std::exp(cmax - max);
+        const scalar_t total = row_sum[w] * rs + csum * cs;
+        lse.mutable_data_ptr<scalar_t>()[first + w] = max + std::log(total);
+        row_weight[w] = rs / total;
+        col_weight[w] = cs / total;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t w = 0; w < W; ++w) {
+          out_ptr[c * HW + w] = row_weight[w] * partial_ptr[c * W + w] + col_weight[w] * out_ptr[c * HW + w];
+        }
+      }
+    });
   });
-  // Merge the blocks: lse = m + log(Σ_row·e^{m_row − m} + Σ_col·e^{m_col − m}), m the larger max.
-  auto col_max_hw = col_max.transpose(1, 2), col_sum_hw = col_sum.transpose(1, 2);
-  auto max = at::maximum(row_max, col_max_hw);
-  auto row_scale = (row_max - max).exp_(), col_scale = (col_max_hw - max).exp_();
-  auto total = row_sum * row_scale + col_sum_hw * col_scale;
-  auto lse = max + total.log();
-  out.mul_((row_scale / total).unsqueeze(1)).addcmul_(out_col.transpose(2, 3), (col_scale / total).unsqueeze(1));
   return {out.to(v_in.scalar_type()), lse};
 }
 
@@ -158,48 +175,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   check_attention_outputs(grad_in, out_in, lse_in, v_in, "criss_cross_attention_backward");
   auto q = to_compute_dtype(q_in).contiguous(), k = to_compute_dtype(k_in).contiguous();
   auto v = to_compute_dtype(v_in).contiguous(), g = to_compute_dtype(grad_in).contiguous();
-  const int64_t B = q.size(0), H = q.size(2), W = q.size(3);
-  auto grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
-  if (B == 0) return {grad_q.to(q_in.scalar_type()), grad_k.to(k_in.scalar_type()), grad_v.to(v_in.scalar_type())};
-  auto d = (g * to_compute_dtype(out_in)).sum(1);  // D = Σ_c g·out per pixel
+  auto out = to_compute_dtype(out_in).contiguous();
   auto lse = lse_in.contiguous();
-  auto transposed = [](const at::Tensor& x) { return x.transpose(-2, -1).contiguous(); };
-  auto qt = transposed(q), kt = transposed(k), vt = transposed(v), gt = transposed(g);
-  auto lse_t = transposed(lse), d_t = transposed(d);
-  auto grad_qt = at::empty_like(qt), grad_kt = at::empty_like(kt), grad_vt = at::empty_like(vt);
+  const int64_t B = q.size(0), H = q.size(2), W = q.size(3), C = v.size(1), HW = H * W;
+  auto grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
+  auto d = at::empty({B, H, W}, v.options());  // D = Σ_c g·out per pixel, filled by the row pass
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_backward_cpu", [&] {
-    auto block = [&](const at::Tensor& x_q, const at::Tensor& x_k, const at::Tensor& x_v, const at::Tensor& x_g,
-                     const at::Tensor& x_lse, const at::Tensor& x_d, at::Tensor& gq, at::Tensor& gk, at::Tensor& gv,
-                     int64_t lines, int64_t n, bool skip_diagonal) {
-      for_each_line(B, lines, n, v.options(), [&](int64_t b, int64_t line, at::Tensor& s, at::Tensor& ds) {
-        auto ql = x_q[b].select(1, line), kl = x_k[b].select(1, line);
-        auto vl = x_v[b].select(1, line), gl = x_g[b].select(1, line);
-        at::mm_out(s, ql.t(), kl);   // energies e[i, j]
-        at::mm_out(ds, gl.t(), vl);  // g_i·v_j
-        scalar_t* s_ptr = s.mutable_data_ptr<scalar_t>();
-        scalar_t* ds_ptr = ds.mutable_data_ptr<scalar_t>();
-        const scalar_t* lse_ptr = x_lse.const_data_ptr<scalar_t>() + (b * lines + line) * n;
-        const scalar_t* d_ptr = x_d.const_data_ptr<scalar_t>() + (b * lines + line) * n;
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t j = 0; j < n; ++j) {
-            const int64_t e = i * n + j;
-            const bool excluded = skip_diagonal && i == j;
-            s_ptr[e] = excluded ? scalar_t(0) : attention_weight(s_ptr[e], lse_ptr[i]);
-            ds_ptr[e] = energy_grad(s_ptr[e], ds_ptr[e], d_ptr[i]);
-          }
+    // S = softmax weights and dS = S·(g·v − D) of one block, in place over (energies, g·v).
+    auto weights_and_grads = [&](at::Tensor& s, at::Tensor& ds, int64_t n, bool skip_diagonal, int64_t first,
+                                 int64_t stride) {
+      scalar_t* s_ptr = s.mutable_data_ptr<scalar_t>();
+      scalar_t* ds_ptr = ds.mutable_data_ptr<scalar_t>();
+      const scalar_t* lse_ptr = lse.const_data_ptr<scalar_t>() + first;
+      const scalar_t* d_ptr = d.const_data_ptr<scalar_t>() + first;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t e = i * n + j;
+          s_ptr[e] = (skip_diagonal && i == j) ? scalar_t(0) : attention_weight(s_ptr[e], lse_ptr[i * stride]);
+          ds_ptr[e] = energy_grad(s_ptr[e], ds_ptr[e], d_ptr[i * stride]);
         }
-        auto gq_l = gq[b].select(1, line), gk_l = gk[b].select(1, line), gv_l = gv[b].select(1, line);
-        at::mm_out(gq_l, kl, ds.t());  // ∂q_i = Σ_j dS[i, j]·k_j
-        at::mm_out(gk_l, ql, ds);      // ∂k_j = Σ_i dS[i, j]·q_i
-        at::mm_out(gv_l, gl, s);       // ∂v_j = Σ_i S[i, j]·g_i
-      });
+      }
     };
-    block(q, k, v, g, lse, d, grad_q, grad_k, grad_v, H, W, /*skip_diagonal=*/false);
-    block(qt, kt, vt, gt, lse_t, d_t, grad_qt, grad_kt, grad_vt, W, H, /*skip_diagonal=*/true);
+    // Rows first (they also compute D); they write the gradients, the columns add to them.
+    for_each_line(B, H, W, v.options(), [&](int64_t b, int64_t h, at::Tensor& s, at::Tensor& ds) {
+      auto ql = line_of(q, b, h, false), kl = line_of(k, b, h, false);
+      auto vl = line_of(v, b, h, false), gl = line_of(g, b, h, false);
+      const scalar_t* g_ptr = g.const_data_ptr<scalar_t>() + b * C * HW + h * W;
+      const scalar_t* o_ptr = out.const_data_ptr<scalar_t>() + b * C * HW + h * W;
+      scalar_t* d_line = d.mutable_data_ptr<scalar_t>() + b * HW + h * W;
+      std::fill(d_line, d_line + W, scalar_t(0));
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t w = 0; w < W; ++w) d_line[w] += g_ptr[c * HW + w] * o_ptr[c * HW + w];
+      }
+      at::mm_out(s, ql.t(), kl);   // energies e[i, j]
+      at::mm_out(ds, gl.t(), vl);  // g_i·v_j
+      weights_and_grads(s, ds, W, /*skip_diagonal=*/false, b * HW + h * W, 1);
+      auto gq = line_of(grad_q, b, h, false), gk = line_of(grad_k, b, h, false), gv = line_of(grad_v, b, h, false);
+      at::mm_out(gq, kl, ds.t());  // ∂q_i = Σ_j dS[i, j]·k_j
+      at::mm_out(gk, ql, ds);      // ∂k_j = Σ_i dS[i, j]·q_i
+      at::mm_out(gv, gl, s);       // ∂v_j = Σ_i S[i, j]·g_i
+    });
+    for_each_line(B, W, H, v.options(), [&](int64_t b, int64_t w, at::Tensor& s, at::Tensor& ds) {
+      auto ql = line_of(q, b, w, true), kl = line_of(k, b, w, true);
+      auto vl = line_of(v, b, w, true), gl = line_of(g, b, w, true);
+      at::mm_out(s, ql.t(), kl);
+      at::mm_out(ds, gl.t(), vl);
+      weights_and_grads(s, ds, H, /*skip_diagonal=*/true, b * HW + w, W);
+      line_of(grad_q, b, w, true).addmm_(kl, ds.t());
+      line_of(grad_k, b, w, true).addmm_(ql, ds);
+      line_of(grad_v, b, w, true).addmm_(gl, s);
+    });
   });
-  grad_q.add_(grad_qt.transpose(2, 3));
-  grad_k.add_(grad_kt.transpose(2, 3));
-  grad_v.add_(grad_vt.transpose(2, 3));
   return {grad_q.to(q_in.scalar_type()), grad_k.to(k_in.scalar_type()), grad_v.to(v_in.scalar_type())};
 }
 
