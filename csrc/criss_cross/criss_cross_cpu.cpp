@@ -74,26 +74,41 @@ at::Tensor aggregate_cpu(const at::Tensor& attn_in, const at::Tensor& x_in) {
 // Each pixel's softmax runs over two blocks of positions, its column and its row. The CPU kernels
 // take them apart — one image column, then one image row, per task — with BLAS products on an H×H
 // (W×W) energy tile, and merge the blocks through their maxima and sums: the [B, H+W−1, H, W]
-// energies never exist, nor does any other full-size temporary. Column lines are strided views
-// ([C, H] with stride W); BLAS sees per-line copies of them, which stay in cache.
+// energies never exist, nor does any other full-size temporary. Columns are taken kColumnBlock at a
+// time into contiguous [columns, C, H] copies (whole cache lines read, and they stay in cache).
 
 at::Tensor to_compute_dtype(const at::Tensor& t) {
   auto st = t.scalar_type();
   return (st == at::kHalf || st == at::kBFloat16) ? t.to(at::kFloat) : t;
 }
 
-// Line `line` of sample b: an image row ([C, W]) or column ([C, H]) of x [B, C, H, W].
-at::Tensor line_of(const at::Tensor& x, int64_t b, int64_t line, bool column) {
-  return x[b].select(column ? 2 : 1, line);
+constexpr int64_t kColumnBlock = 16;  // a 64-byte line of float
+
+// Row h of sample b of x [B, C, H, W]: a [C, W] view.
+at::Tensor row_of(const at::Tensor& x, int64_t b, int64_t h) { return x[b].select(1, h); }
+
+// Columns w0 .. w0 + n − 1 of sample b of x [B, C, H, W]: an [n, C, H] view (copy it to compute).
+at::Tensor columns_of(const at::Tensor& x, int64_t b, int64_t w0, int64_t n) {
+  return x[b].narrow(2, w0, n).permute({2, 0, 1});
 }
 
-// Runs body(b, line, tile, scratch) for every (sample, line), in parallel, with two n×n tiles.
+// Runs body(task, tile, scratch) for tasks 0 .. count − 1, in parallel, with two n×n tiles.
 template <typename Body>
-void for_each_line(int64_t batch, int64_t lines, int64_t n, const at::TensorOptions& options, Body body) {
-  at::parallel_for(0, batch * lines, 1, [&](int64_t r0, int64_t r1) {
+void for_each_task(int64_t count, int64_t n, const at::TensorOptions& options, Body body) {
+  at::parallel_for(0, count, 1, [&](int64_t t0, int64_t t1) {
     auto tile = at::empty({n, n}, options);
     auto scratch = at::empty({n, n}, options);
-    for (int64_t r = r0; r < r1; ++r) body(r / lines, r % lines, tile, scratch);
+    for (int64_t t = t0; t < t1; ++t) body(t, tile, scratch);
+  });
+}
+
+// Runs body(b, w0, n, tile, scratch) for every block of up to kColumnBlock columns.
+template <typename Body>
+void for_each_column_block(int64_t batch, int64_t H, int64_t W, const at::TensorOptions& options, Body body) {
+  const int64_t blocks = (W + kColumnBlock - 1) / kColumnBlock;
+  for_each_task(batch * blocks, H, options, [&](int64_t t, at::Tensor& tile, at::Tensor& scratch) {
+    const int64_t w0 = (t % blocks) * kColumnBlock;
+    body(t / blocks, w0, std::min(kColumnBlock, W - w0), tile, scratch);
   });
 }
 
@@ -130,20 +145,27 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
   auto col_max = at::empty({B, H, W}, v.options()), col_sum = at::empty_like(col_max);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_cpu", [&] {
     // Columns: out[:, :, w] ← unnormalised column-block output, with the block's max and sum.
-    for_each_line(B, W, H, v.options(), [&](int64_t b, int64_t w, at::Tensor& e, at::Tensor&) {
-      at::mm_out(e, line_of(q, b, w, true).t(), line_of(k, b, w, true));  // e[i, j] = q_i·k_j
-      const int64_t first = b * HW + w;  // pixel (0, w); pixels of the column are W apart
-      exponentiate_rows(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
-                        col_max.mutable_data_ptr<scalar_t>() + first, W, col_sum.mutable_data_ptr<scalar_t>() + first);
-      auto out_line = line_of(out, b, w, true);
-      at::mm_out(out_line, line_of(v, b, w, true), e.t());  // out[c, i] = Σ_j v[c, j]·e[i, j]
+    for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& e, at::Tensor&) {
+      auto qc = columns_of(q, b, w0, n).contiguous(), kc = columns_of(k, b, w0, n).contiguous();
+      auto vc = columns_of(v, b, w0, n).contiguous();
+      auto oc = at::empty_like(vc);
+      for (int64_t j = 0; j < n; ++j) {
+        at::mm_out(e, qc[j].t(), kc[j]);  // e[i, i'] = q_i·k_i'
+        const int64_t first = b * HW + w0 + j;  // pixel (0, w); pixels of the column are W apart
+        exponentiate_rows(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
+                          col_max.mutable_data_ptr<scalar_t>() + first, W, col_sum.mutable_data_ptr<scalar_t>() + first);
+        auto oc_j = oc[j];
+        at::mm_out(oc_j, vc[j], e.t());  // out[c, i] = Σ_i' v[c, i']·e[i, i']
+      }
+      columns_of(out, b, w0, n).copy_(oc);
     });
     // Rows: the row block, merged with the column block into the output and the log-sum-exp.
-    for_each_line(B, H, W, v.options(), [&](int64_t b, int64_t h, at::Tensor& e, at::Tensor& row_out) {
-      at::mm_out(e, line_of(q, b, h, false).t(), line_of(k, b, h, false));
+    for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& e, at::Tensor&) {
+      const int64_t b = t / H, h = t % H;
+      at::mm_out(e, row_of(q, b, h).t(), row_of(k, b, h));
       std::vector<scalar_t> row_max(W), row_sum(W);
       exponentiate_rows(e.mutable_data_ptr<scalar_t>(), W, /*skip_diagonal=*/false, row_max.data(), 1, row_sum.data());
-      auto partial = at::mm(line_of(v, b, h, false), e.t());  // [C, W]
+      auto partial = at::mm(row_of(v, b, h), e.t());  // [C, W]
       const scalar_t* partial_ptr = partial.const_data_ptr<scalar_t>();
       scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>() + b * C * HW + h * W;
       const int64_t first = b * HW + h * W;
@@ -197,9 +219,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
       }
     };
     // Rows first (they also compute D); they write the gradients, the columns add to them.
-    for_each_line(B, H, W, v.options(), [&](int64_t b, int64_t h, at::Tensor& s, at::Tensor& ds) {
-      auto ql = line_of(q, b, h, false), kl = line_of(k, b, h, false);
-      auto vl = line_of(v, b, h, false), gl = line_of(g, b, h, false);
+    for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& s, at::Tensor& ds) {
+      const int64_t b = t / H, h = t % H;
+      auto ql = row_of(q, b, h), kl = row_of(k, b, h), vl = row_of(v, b, h), gl = row_of(g, b, h);
       const scalar_t* g_ptr = g.const_data_ptr<scalar_t>() + b * C * HW + h * W;
       const scalar_t* o_ptr = out.const_data_ptr<scalar_t>() + b * C * HW + h * W;
       scalar_t* d_line = d.mutable_data_ptr<scalar_t>() + b * HW + h * W;
@@ -210,20 +232,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
       at::mm_out(s, ql.t(), kl);   // energies e[i, j]
       at::mm_out(ds, gl.t(), vl);  // g_i·v_j
       weights_and_grads(s, ds, W, /*skip_diagonal=*/false, b * HW + h * W, 1);
-      auto gq = line_of(grad_q, b, h, false), gk = line_of(grad_k, b, h, false), gv = line_of(grad_v, b, h, false);
+      auto gq = row_of(grad_q, b, h), gk = row_of(grad_k, b, h), gv = row_of(grad_v, b, h);
       at::mm_out(gq, kl, ds.t());  // ∂q_i = Σ_j dS[i, j]·k_j
       at::mm_out(gk, ql, ds);      // ∂k_j = Σ_i dS[i, j]·q_i
       at::mm_out(gv, gl, s);       // ∂v_j = Σ_i S[i, j]·g_i
     });
-    for_each_line(B, W, H, v.options(), [&](int64_t b, int64_t w, at::Tensor& s, at::Tensor& ds) {
-      auto ql = line_of(q, b, w, true), kl = line_of(k, b, w, true);
-      auto vl = line_of(v, b, w, true), gl = line_of(g, b, w, true);
-      at::mm_out(s, ql.t(), kl);
-      at::mm_out(ds, gl.t(), vl);
-      weights_and_grads(s, ds, H, /*skip_diagonal=*/true, b * HW + w, W);
-      line_of(grad_q, b, w, true).addmm_(kl, ds.t());
-      line_of(grad_k, b, w, true).addmm_(ql, ds);
-      line_of(grad_v, b, w, true).addmm_(gl, s);
+    for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& s, at::Tensor& ds) {
+      auto qc = columns_of(q, b, w0, n).contiguous(), kc = columns_of(k, b, w0, n).contiguous();
+      auto vc = columns_of(v, b, w0, n).contiguous(), gc = columns_of(g, b, w0, n).contiguous();
+      auto gqc = at::empty_like(qc), gkc = at::empty_like(kc), gvc = at::empty_like(vc);
+      for (int64_t j = 0; j < n; ++j) {
+        at::mm_out(s, qc[j].t(), kc[j]);
+        at::mm_out(ds, gc[j].t(), vc[j]);
+        weights_and_grads(s, ds, H, /*skip_diagonal=*/true, b * HW + w0 + j, W);
+        auto gq = gqc[j], gk = gkc[j], gv = gvc[j];
+        at::mm_out(gq, kc[j], ds.t());
+        at::mm_out(gk, qc[j], ds);
+        at::mm_out(gv, gc[j], s);
+      }
+      columns_of(grad_q, b, w0, n).add_(gqc);
+      columns_of(grad_k, b, w0, n).add_(gkc);
+      columns_of(grad_v, b, w0, n).add_(gvc);
     });
   });
   return {grad_q.to(q_in.scalar_type()), grad_k.to(k_in.scalar_type()), grad_v.to(v_in.scalar_type())};
