@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "common/dtype.h"
 #include "common/macros.h"
 
 namespace attnkern {
@@ -54,9 +55,6 @@ void check_triuvec_input(const at::Tensor& a);
 void check_triuvec_grad(const at::Tensor& grad, int64_t n);
 void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef expected,
                 const at::Tensor& input, const char* input_name);
-
-// float16/bfloat16 tensors converted to float32 (the accumulation type); others unchanged.
-at::Tensor to_compute_dtype(const at::Tensor& t);
 
 // The iterates a training forward saves for the backward: [3·iters − 1, B, C, C] in the accumulation
 // type; slot 3k holds Yₖ, 3k+1 Zₖ, 3k+2 Tₖ (k < f), slots 3f and 3f+1 hold Y_f and Z_f. An empty

@@ -43,11 +43,6 @@ void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef e
   check_shape(grad, grad_name, expected);
 }
 
-at::Tensor to_compute_dtype(const at::Tensor& t) {
-  auto st = t.scalar_type();
-  return (st == at::kHalf || st == at::kBFloat16) ? t.to(at::kFloat) : t;
-}
-
 at::Tensor iterates_empty(const at::Tensor& a) {
   return at::empty({0}, a.options().dtype(at::toOpMathType(a.scalar_type())));
 }

@@ -12,7 +12,8 @@
 // Gradients: affinity → (aggregate(g, k), aggregate_transposed(g, q)); aggregate → (affinity(g, v),
 // aggregate_transposed(a, g)); aggregate_transposed → (affinity(x, g), aggregate(a, g)).
 //
-// Every element is computed by the functions below, by the CPU loops and by one CUDA thread alike.
+// Affinity and aggregation compute every element through the functions below, in the CPU loops and
+// in one CUDA thread alike; the fused attention's weight and gradient formulas are here too.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/dtype.h"
 #include "criss_cross/criss_cross.h"
 
 namespace attnkern {
@@ -77,11 +78,6 @@ at::Tensor aggregate_cpu(const at::Tensor& attn_in, const at::Tensor& x_in) {
 // energies never exist, nor does any other full-size temporary. Columns are taken kColumnBlock at a
 // time into contiguous [columns, C, H] copies (whole cache lines read, and they stay in cache).
 
-at::Tensor to_compute_dtype(const at::Tensor& t) {
-  auto st = t.scalar_type();
-  return (st == at::kHalf || st == at::kBFloat16) ? t.to(at::kFloat) : t;
-}
-
 constexpr int64_t kColumnBlock = 16;  // a 64-byte line of float
 
 // Row h of sample b of x [B, C, H, W]: a [C, W] view.
@@ -113,10 +109,10 @@ void for_each_column_block(int64_t batch, int64_t H, int64_t W, const at::Tensor
 }
 
 // Softmax numerators of the rows of a tile, in place: e[i, j] ← exp(e[i, j] − max_i), each row's max
-// and sum written out. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself belongs
+// and sum written `stride` apart. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself belongs
 // to its row block, not its column block. A row with nothing left gets max −inf and sum 0.
 template <typename scalar_t>
-void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max_out, int64_t max_stride,
+void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max_out, int64_t stride,
                        scalar_t* sum_out) {
   for (int64_t i = 0; i < n; ++i) {
     scalar_t* row = e + i * n;
@@ -129,8 +125,8 @@ void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max
       row[j] = (skip_diagonal && j == i) ? scalar_t(0) : std::exp(row[j] - max);
       sum += row[j];
     }
-    max_out[i * max_stride] = max;
-    sum_out[i * max_stride] = sum;
+    max_out[i * stride] = max;
+    sum_out[i * stride] = sum;
   }
 }
 
