@@ -382,3 +382,14 @@ def test_sqrtm_backward_recomputes_when_iterates_not_saved(device, dtype, iters)
     recomputed = torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, a.new_empty(0), iters)
     assert iterates.shape == (3 * iters - 1, 3, 12, 12)
     assert rel_error(recomputed, saved) <= TOLERANCE[dtype] and (saved[2] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_types_compute_in_float32(dtype):
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    cov = ops.covpool(x.to(dtype))
+    assert cov.dtype == dtype and rel_error(cov, reference.covpool(x)) <= 1e-2
+    a = spd(2, 6)
+    root = ops.sqrtm_newton_schulz(a.to(dtype), 5)
+    assert root.dtype == dtype and rel_error(root, reference.sqrtm_newton_schulz(a, 5)) <= 1e-2
+    assert torch.equal(ops.triuvec(a.to(dtype)), reference.triuvec(a.to(dtype)))

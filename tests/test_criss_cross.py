@@ -304,3 +304,13 @@ def test_layer_bad_arguments():
         attnkern_nn.CrissCrossAttention(8, recurrence=0)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         attnkern_nn.CrissCrossAttention(8)(torch.randn(8, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_types(dtype):
+    q, k, v, attn = inputs((2, 3, 5, 6), 4, "cpu")
+    assert rel_error(ops.criss_cross_affinity(q.to(dtype), k.to(dtype)), reference.criss_cross_affinity(q, k)) <= 1e-2
+    assert rel_error(ops.criss_cross_aggregate(attn.to(dtype), v.to(dtype)),
+                     reference.criss_cross_aggregate(attn, v)) <= 1e-2
+    out = ops.criss_cross_attention(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype and rel_error(out, reference.criss_cross_attention(q, k, v)) <= 1e-2
