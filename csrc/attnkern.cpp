@@ -20,4 +20,8 @@ TORCH_LIBRARY(attnkern, m) {
   m.def("criss_cross_attention(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)");
   m.def("criss_cross_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse)"
         " -> (Tensor, Tensor, Tensor)");
+
+  // region_conv family (csrc/region_conv): DRConv.
+  m.def("region_assign(Tensor outputs, Tensor guide) -> Tensor");
+  m.def("region_assign_backward(Tensor grad, Tensor outputs, Tensor guide) -> (Tensor, Tensor)");
 }
