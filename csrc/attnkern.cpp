@@ -24,4 +24,8 @@ TORCH_LIBRARY(attnkern, m) {
   // region_conv family (csrc/region_conv): DRConv.
   m.def("region_assign(Tensor outputs, Tensor guide) -> Tensor");
   m.def("region_assign_backward(Tensor grad, Tensor outputs, Tensor guide) -> (Tensor, Tensor)");
+  m.def("dynamic_region_conv(Tensor x, Tensor filters, Tensor guide, int[2] stride, int[2] padding, int[2] dilation)"
+        " -> Tensor");
+  m.def("dynamic_region_conv_backward(Tensor grad, Tensor x, Tensor filters, Tensor guide, int[2] stride,"
+        " int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor)");
 }

@@ -115,3 +115,106 @@ def test_kernel_bad_inputs():
     with pytest.raises(RuntimeError, match=r"grad: expected shape \[2, 4, 5, 6\]"):
         torch.ops.attnkern.region_assign_backward(torch.randn(2, 4, 5, 5), torch.randn(2, 3, 4, 5, 6),
                                                   torch.randn(2, 3, 5, 6))
+
+
+# ---- dynamic_region_conv -------------------------------------------------------------------
+
+# (B, Cin, Cout, H, W, k, r, stride, padding, dilation)
+CONV_CASES = [
+    (2, 3, 4, 7, 6, 3, 3, 1, 1, 1),
+    (1, 2, 5, 9, 9, 3, 8, 2, 0, 1),
+    (2, 4, 3, 6, 5, 1, 1, 1, 0, 1),
+    (1, 3, 2, 8, 7, 3, 2, 2, 1, 2),
+    (3, 2, 2, 5, 5, 1, 8, 2, 0, 1),
+]
+
+
+def conv_inputs(case, device, dtype=torch.float64):
+    B, Ci, Co, H, W, k, r, s, p, d = case
+    Ho, Wo = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    x = torch.randn(B, Ci, H, W, dtype=dtype, device=device)
+    filters = torch.randn(B, r, Co, Ci, k, k, dtype=dtype, device=device)
+    guide = torch.randn(B, r, Ho, Wo, dtype=dtype, device=device)
+    return x, filters, guide, dict(stride=s, padding=p, dilation=d)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_dynamic_conv_matches_seed_composition(device, dtype, case):
+    x, filters, guide, geometry = conv_inputs(case, device)
+    guide = guide.to(dtype).double()  # select on the values the kernel sees
+    refs = [t.clone().requires_grad_() for t in (x, filters, guide)]
+    expected = reference.dynamic_region_conv(*refs, **geometry)
+    mine = [t.to(dtype).requires_grad_() for t in (x, filters, guide)]
+    out = ops.dynamic_region_conv(*mine, **geometry)
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert rel_error(out, expected) <= TOLERANCE[dtype]
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    out.backward(grad.to(dtype))
+    for name, r, m in zip(("x", "filters", "guide"), refs, mine):
+        assert rel_error(m.grad, r.grad) <= TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dynamic_conv_ties_and_one_region(device):
+    x, filters, guide, geometry = conv_inputs((2, 3, 4, 6, 6, 3, 4, 1, 1, 1), device)
+    guide = torch.randint(0, 2, guide.shape, device=device).double()  # ties everywhere
+    assert rel_error(ops.dynamic_region_conv(x, filters, guide, **geometry),
+                     reference.dynamic_region_conv(x, filters, guide, **geometry)) <= 1e-12
+    x, filters, guide, geometry = conv_inputs((2, 3, 4, 6, 6, 3, 1, 1, 1, 1), device)
+    plain = torch.stack([torch.nn.functional.conv2d(x[b:b + 1], filters[b, 0], padding=1)[0] for b in range(2)])
+    assert rel_error(ops.dynamic_region_conv(x, filters, guide, **geometry), plain) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dynamic_conv_gradcheck(device):
+    x, filters, guide, geometry = conv_inputs((1, 2, 2, 5, 4, 3, 3, 2, 1, 1), device)
+    x.requires_grad_()
+    filters.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, f: ops.dynamic_region_conv(a, f, guide, **geometry), (x, filters))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dynamic_conv_opcheck(device):
+    x, filters, guide, _ = conv_inputs((2, 3, 4, 6, 5, 3, 3, 1, 1, 1), device, torch.float32)
+    args = (x.requires_grad_(), filters.requires_grad_(), guide.requires_grad_(), [1, 1], [1, 1], [1, 1])
+    torch.library.opcheck(torch.ops.attnkern.dynamic_region_conv.default, args)
+    grad = torch.randn(2, 4, 6, 5, device=device)
+    torch.library.opcheck(torch.ops.attnkern.dynamic_region_conv_backward.default,
+                          (grad, x.detach(), filters.detach(), guide.detach(), [1, 1], [1, 1], [1, 1]))
+
+
+def test_dynamic_conv_under_torch_compile():
+    x, filters, guide, geometry = conv_inputs((2, 3, 4, 6, 5, 3, 3, 1, 1, 1), "cpu", torch.float32)
+    compiled = torch.compile(lambda a, f, g: ops.dynamic_region_conv(a, f, g, **geometry), fullgraph=True)
+    assert rel_error(compiled(x, filters, guide), ops.dynamic_region_conv(x, filters, guide, **geometry)) <= 1e-6
+
+
+CONV_BAD_INPUTS = [
+    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 2, 3, 3), torch.randn(2, 4, 4, 4)), {}, ValueError,
+     "must match x .* in B and Cin"),
+    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6)), {}, ValueError,
+     r"guide must have the output's spatial size \[4, 4\]"),
+    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 3, 4, 4)), {}, ValueError,
+     "guide .* must match filters in B and r"),
+    ((torch.randn(3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 4, 4)), {}, ValueError, r"expected x \[B"),
+    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6)), {"padding": (1, 1, 1)},
+     TypeError, "pair of ints"),
+    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3).double(), torch.randn(2, 4, 4, 4)), {}, TypeError,
+     "share dtype"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,match", CONV_BAD_INPUTS)
+def test_dynamic_conv_bad_inputs(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.dynamic_region_conv(*args, **kwargs)
+
+
+def test_dynamic_conv_kernel_bad_inputs():
+    op = torch.ops.attnkern.dynamic_region_conv
+    with pytest.raises(RuntimeError, match=r"guide must have the output's spatial size \[4, 4\]"):
+        op(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6), [1, 1], [0, 0], [1, 1])
+    with pytest.raises(RuntimeError, match="stride and dilation must be >= 1"):
+        op(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 4, 4), [0, 1], [0, 0], [1, 1])

@@ -16,3 +16,18 @@ def region_assign(outputs: Tensor, guide: Tensor) -> Tensor:
     selected = torch.zeros_like(guide).scatter_(1, guide.argmax(dim=1, keepdim=True), 1)
     s = guide.softmax(dim=1)
     return (outputs * (selected + (s - s.detach())).unsqueeze(2)).sum(dim=1)
+
+
+def region_correlation(x: Tensor, filters: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+    """Every region's convolution of each sample with its own filters, as DRConv's ``xcorr_fast``
+    computes it: x [B, Cin, H, W], filters [B, r, Cout, Cin, kh, kw] → [B, r, Cout, H', W']."""
+    B, R, C_out, C_in, kh, kw = filters.shape
+    out = torch.nn.functional.conv2d(x.reshape(1, B * C_in, *x.shape[2:]), filters.reshape(B * R * C_out, C_in, kh, kw),
+                                     stride=stride, padding=padding, dilation=dilation, groups=B)
+    return out.view(B, R, C_out, *out.shape[2:])
+
+
+def dynamic_region_conv(x: Tensor, filters: Tensor, guide: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+    """DRConv's composition: every region's convolution, then region_assign by the guide (r× the
+    work and memory of the convolution it stands for)."""
+    return region_assign(region_correlation(x, filters, stride, padding, dilation), guide)

@@ -1,4 +1,5 @@
-// Dynamic region-aware convolution (DRConv): region assignment.
+// Dynamic region-aware convolution (DRConv): region assignment, and the convolution that computes
+// only the selected region's filter at each output pixel.
 //
 //   region_assign: out[b, c, p] = outputs[b, r*(b, p), c, p],  r* = argmax_r guide[b, r, p]
 //   backward (DRConv's straight-through rule, not the derivative of the argmax):
@@ -47,31 +48,78 @@ ATTNKERN_HD inline acc_t region_response(const scalar_t* grad, const scalar_t* o
   return sum;
 }
 
-// ∂guide of every region at one pixel, written `stride` apart into guide_grad.
-template <typename acc_t, typename scalar_t>
-ATTNKERN_HD inline void guide_gradient(const scalar_t* guide, const scalar_t* grad, const scalar_t* outputs,
-                                       scalar_t* guide_grad, int64_t regions, int64_t C, int64_t stride,
-                                       int64_t region_stride) {
+// ∂guide of every region at one pixel, written `stride` apart into guide_grad; response(r) gives G_r.
+template <typename acc_t, typename scalar_t, typename Response>
+ATTNKERN_HD inline void guide_gradient(const scalar_t* guide, scalar_t* guide_grad, int64_t regions, int64_t stride,
+                                       Response response) {
   acc_t max = static_cast<acc_t>(guide[0]);
-  for (int64_t r = 1; r < regions; ++r) max = max > static_cast<acc_t>(guide[r * stride]) ? max : static_cast<acc_t>(guide[r * stride]);
+  for (int64_t r = 1; r < regions; ++r) {
+    const acc_t g = static_cast<acc_t>(guide[r * stride]);
+    max = max > g ? max : g;
+  }
   acc_t total = 0, weighted = 0;  // Σ exp(g − max), Σ exp(g − max)·G
   for (int64_t r = 0; r < regions; ++r) {
     const acc_t e = exp(static_cast<acc_t>(guide[r * stride]) - max);
     total += e;
-    weighted += e * region_response<acc_t>(grad, outputs, r, C, region_stride, stride);
+    weighted += e * response(r);
   }
   const acc_t mean_response = weighted / total;  // Σ s·G
   for (int64_t r = 0; r < regions; ++r) {
     const acc_t s = exp(static_cast<acc_t>(guide[r * stride]) - max) / total;
-    guide_grad[r * stride] =
-        static_cast<scalar_t>(s * (region_response<acc_t>(grad, outputs, r, C, region_stride, stride) - mean_response));
+    guide_grad[r * stride] = static_cast<scalar_t>(s * (response(r) - mean_response));
   }
+}
+
+// ---- dynamic region convolution ----------------------------------------------------------------
+//   out[b, o, p] = Σ_{i, u, v} filters[b, r*(b, p), o, i, u, v]·x[b, i, p_h·s_h − pad_h + u·d_h, p_w·s_w − pad_w + v·d_w]
+// with x zero outside the image; its gradients are those of "every region's convolution, then
+// region_assign" (x and filters through the selected region only; the guide through all of them).
+
+struct ConvGeometry {
+  int64_t in_channels, height, width;           // x [B, Cin, H, W]
+  int64_t out_channels, kernel_h, kernel_w;     // filters [B, r, Cout, Cin, kh, kw]
+  int64_t out_height, out_width;                // guide and output [.., H', W']
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+
+  ATTNKERN_HD int64_t filter_size() const { return in_channels * kernel_h * kernel_w; }
+};
+
+// One output element: x points at sample b, filter at [Cout, Cin, kh, kw] of (b, region).
+template <typename acc_t, typename scalar_t>
+ATTNKERN_HD inline acc_t conv_entry(const scalar_t* x, const scalar_t* filter, const ConvGeometry& g, int64_t o,
+                                    int64_t oh, int64_t ow) {
+  acc_t sum = 0;
+  for (int64_t i = 0; i < g.in_channels; ++i) {
+    for (int64_t u = 0; u < g.kernel_h; ++u) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + u * g.dilation_h;
+      if (ih < 0 || ih >= g.height) continue;
+      for (int64_t v = 0; v < g.kernel_w; ++v) {
+        const int64_t iw = ow * g.stride_w - g.pad_w + v * g.dilation_w;
+        if (iw < 0 || iw >= g.width) continue;
+        sum += static_cast<acc_t>(filter[((o * g.in_channels + i) * g.kernel_h + u) * g.kernel_w + v]) *
+               static_cast<acc_t>(x[(i * g.height + ih) * g.width + iw]);
+      }
+    }
+  }
+  return sum;
+}
+
+// The output coordinate whose tap `tap` reads input coordinate `in`, or −1 (none, or out of range).
+ATTNKERN_HD inline int64_t output_of_tap(int64_t in, int64_t tap, int64_t stride, int64_t pad, int64_t dilation,
+                                         int64_t out_size) {
+  const int64_t shifted = in + pad - tap * dilation;
+  if (shifted < 0 || shifted % stride != 0) return -1;
+  const int64_t out = shifted / stride;
+  return out < out_size ? out : -1;
 }
 
 // ---- host side ------------------------------------------------------------------------------
 
 void check_region_assign_inputs(const at::Tensor& outputs, const at::Tensor& guide, const char* op);
 void check_region_assign_grad(const at::Tensor& grad, const at::Tensor& outputs);
+// Checks x [B, Cin, H, W], filters [B, r, Cout, Cin, kh, kw], guide [B, r, H', W'] and returns the geometry.
+ConvGeometry conv_geometry(const at::Tensor& x, const at::Tensor& filters, const at::Tensor& guide,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const char* op);
 
 }  // namespace region_conv
 }  // namespace attnkern

@@ -1,10 +1,15 @@
-// CPU kernels of the region_conv family, pixel by pixel through region_conv.h.
+// CPU kernels of the region_conv family: region assignment pixel by pixel through region_conv.h;
+// the dynamic region convolution over BLAS (below).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
+#include "common/checks.h"
+#include "common/dtype.h"
 #include "region_conv/region_conv.h"
 
 namespace attnkern {
@@ -55,12 +60,108 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cpu(const at::Tensor& 
             go_ptr[((b * R + r) * C + c) * HW + p] = r == selected ? d_ptr[(b * C + c) * HW + p] : scalar_t(0);
           }
         }
-        guide_gradient<acc_t>(g_ptr + b * R * HW + p, d_ptr + b * C * HW + p, o_ptr + b * R * C * HW + p,
-                              gg_ptr + b * R * HW + p, R, C, HW, C * HW);
+        const scalar_t* grad_p = d_ptr + b * C * HW + p;
+        const scalar_t* outputs_p = o_ptr + b * R * C * HW + p;
+        guide_gradient<acc_t>(g_ptr + b * R * HW + p, gg_ptr + b * R * HW + p, R, HW, [&](int64_t r) {
+          return region_response<acc_t>(grad_p, outputs_p, r, C, C * HW, HW);
+        });
       }
     });
   });
   return {grad_outputs, grad_guide};
+}
+
+// ---- dynamic region convolution -------------------------------------------------------------
+// One sample per task: im2col of the sample, its pixels grouped by selected region, and one BLAS
+// product per region on that region's columns only (the seed computes every region everywhere).
+
+// The pixels of sample b grouped by region: pixels[region] as int64 index tensors.
+template <typename scalar_t>
+std::vector<at::Tensor> pixels_by_region(const scalar_t* guide, int64_t regions, int64_t L) {
+  std::vector<std::vector<int64_t>> groups(regions);
+  for (int64_t l = 0; l < L; ++l) groups[selected_region(guide + l, regions, L)].push_back(l);
+  std::vector<at::Tensor> pixels;
+  for (auto& group : groups) {
+    pixels.push_back(at::tensor(group, at::TensorOptions().dtype(at::kLong)));
+  }
+  return pixels;
+}
+
+at::Tensor sample_columns(const at::Tensor& x, int64_t b, const ConvGeometry& g) {  // [Cin·kh·kw, L]
+  return at::im2col(x[b].unsqueeze(0), {g.kernel_h, g.kernel_w}, {g.dilation_h, g.dilation_w}, {g.pad_h, g.pad_w},
+                    {g.stride_h, g.stride_w})
+      .squeeze(0);
+}
+
+at::Tensor dynamic_region_conv_cpu(const at::Tensor& x_in, const at::Tensor& filters_in, const at::Tensor& guide_in,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto g = conv_geometry(x_in, filters_in, guide_in, stride, padding, dilation, "dynamic_region_conv");
+  auto x = to_compute_dtype(x_in).contiguous(), filters = to_compute_dtype(filters_in).contiguous();
+  auto guide = guide_in.contiguous();
+  const int64_t B = x.size(0), R = filters.size(1), L = g.out_height * g.out_width;
+  auto out = at::empty({B, g.out_channels, g.out_height, g.out_width}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_cpu", [&] {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        auto pixels = pixels_by_region(guide.const_data_ptr<scalar_t>() + b * R * L, R, L);
+        auto cols = sample_columns(x, b, g);
+        auto out_b = out[b].view({g.out_channels, L});
+        for (int64_t r = 0; r < R; ++r) {
+          if (pixels[r].numel() == 0) continue;
+          auto filter = filters[b][r].reshape({g.out_channels, g.filter_size()});
+          out_b.index_copy_(1, pixels[r], at::mm(filter, cols.index_select(1, pixels[r])));
+        }
+      }
+    });
+  });
+  return out.to(x_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& filters_in, const at::Tensor& guide_in,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto g = conv_geometry(x_in, filters_in, guide_in, stride, padding, dilation, "dynamic_region_conv_backward");
+  const int64_t B = x_in.size(0), R = filters_in.size(1), L = g.out_height * g.out_width, K = g.filter_size();
+  check_shape(grad_in, "dynamic_region_conv_backward: grad", {B, g.out_channels, g.out_height, g.out_width});
+  auto x = to_compute_dtype(x_in).contiguous(), filters = to_compute_dtype(filters_in).contiguous();
+  auto grad = to_compute_dtype(grad_in).contiguous();
+  auto guide = guide_in.contiguous();
+  auto grad_x = at::empty_like(x), grad_filters = at::zeros_like(filters), grad_guide = at::empty_like(guide);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* guide_b = guide.const_data_ptr<scalar_t>() + b * R * L;
+        auto pixels = pixels_by_region(guide_b, R, L);
+        auto cols = sample_columns(x, b, g);
+        auto grad_b = grad[b].view({g.out_channels, L});
+        auto filters_b = filters[b].reshape({R, g.out_channels, K});
+        auto grad_cols = at::zeros_like(cols);
+        for (int64_t r = 0; r < R; ++r) {
+          if (pixels[r].numel() == 0) continue;
+          auto grad_r = grad_b.index_select(1, pixels[r]);  // [Cout, n_r]
+          grad_filters[b][r].view({g.out_channels, K}).copy_(at::mm(grad_r, cols.index_select(1, pixels[r]).t()));
+          grad_cols.index_copy_(1, pixels[r], at::mm(filters_b[r].t(), grad_r));
+        }
+        grad_x[b].copy_(at::col2im(grad_cols.unsqueeze(0), {g.height, g.width}, {g.kernel_h, g.kernel_w},
+                                   {g.dilation_h, g.dilation_w}, {g.pad_h, g.pad_w}, {g.stride_h, g.stride_w})
+                            .squeeze(0));
+        // The guide needs every region's response G_r = Σ_o grad·(filter_r ∗ x) at every pixel: one
+        // product per sample, [R·Cout, K]·[K, L], reduced against grad right away.
+        auto responses = (at::mm(filters_b.view({R * g.out_channels, K}), cols).view({R, g.out_channels, L}) *
+                          grad_b.unsqueeze(0))
+                             .sum(1)
+                             .to(at::toOpMathType(guide.scalar_type()))
+                             .contiguous();
+        const acc_t* resp = responses.const_data_ptr<acc_t>();
+        scalar_t* grad_guide_b = grad_guide.mutable_data_ptr<scalar_t>() + b * R * L;
+        for (int64_t l = 0; l < L; ++l) {
+          guide_gradient<acc_t>(guide_b + l, grad_guide_b + l, R, L, [&](int64_t r) { return resp[r * L + l]; });
+        }
+      }
+    });
+  });
+  return {grad_x.to(x_in.scalar_type()), grad_filters.to(filters_in.scalar_type()), grad_guide};
 }
 
 }  // namespace
@@ -68,6 +169,8 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cpu(const at::Tensor& 
 TORCH_LIBRARY_IMPL(attnkern, CPU, m) {
   m.impl("region_assign", &region_assign_cpu);
   m.impl("region_assign_backward", &region_assign_backward_cpu);
+  m.impl("dynamic_region_conv", &dynamic_region_conv_cpu);
+  m.impl("dynamic_region_conv_backward", &dynamic_region_conv_backward_cpu);
 }
 
 }  // namespace region_conv
