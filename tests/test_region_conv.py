@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from attnkern import nn as attnkern_nn
 from attnkern import ops, reference
 from conftest import DEVICE_DTYPES, DEVICES, TOLERANCE, rel_error
 
@@ -218,3 +219,74 @@ def test_dynamic_conv_kernel_bad_inputs():
         op(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6), [1, 1], [0, 0], [1, 1])
     with pytest.raises(RuntimeError, match="stride and dilation must be >= 1"):
         op(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 4, 4), [0, 1], [0, 0], [1, 1])
+
+
+# ---- the DRConv2d layer --------------------------------------------------------------------
+
+
+class SeedDRConv2d(torch.nn.Module):
+    """DRConv's published module: its sub-modules, and its forward as published — every region's
+    per-sample convolution, then asign_index (here the references of both)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, region_num=8, **kwargs):
+        super().__init__()
+        self.region_num = region_num
+        self.conv_kernel = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d((kernel_size, kernel_size)),
+            torch.nn.Conv2d(in_channels, region_num * region_num, kernel_size=1),
+            torch.nn.Sigmoid(),
+            torch.nn.Conv2d(region_num * region_num, region_num * in_channels * out_channels, kernel_size=1,
+                            groups=region_num),
+        )
+        self.conv_guide = torch.nn.Conv2d(in_channels, region_num, kernel_size=kernel_size, **kwargs)
+        self.kwargs = kwargs
+
+    def forward(self, x):
+        kernel = self.conv_kernel(x)
+        B, _, k, _ = kernel.shape
+        filters = kernel.view(B, self.region_num, -1, x.shape[1], k, k)
+        outputs = reference.region_correlation(x, filters, **self.kwargs)
+        return reference.region_assign(outputs, self.conv_guide(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("args,kwargs,shape", [
+    ((4, 6, 3, 8), {"padding": 1}, (2, 4, 9, 7)),
+    ((3, 5, 1, 3), {}, (2, 3, 6, 6)),
+    ((4, 4, 3, 1), {"stride": 2}, (1, 4, 11, 9)),
+])
+def test_drconv2d_matches_seed_module(device, args, kwargs, shape):
+    seed = SeedDRConv2d(*args, **kwargs).double().to(device)
+    layer = attnkern_nn.DRConv2d(*args, **kwargs).double().to(device)
+    layer.load_state_dict(seed.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    x_seed, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_seed, out = seed(x_seed), layer(x_ours)
+    assert rel_error(out, out_seed) <= 1e-10
+    grad = torch.randn_like(out)
+    out_seed.backward(grad)
+    out.backward(grad)
+    assert rel_error(x_ours.grad, x_seed.grad) <= 1e-10
+    for (name, p_seed), p in zip(seed.named_parameters(), layer.parameters()):
+        torch.testing.assert_close(p.grad, p_seed.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_drconv2d_under_torch_compile():
+    layer = attnkern_nn.DRConv2d(4, 6, 3, region_num=4, padding=1)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(2, 4, 8, 7)
+    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_eager, out_comp = layer(x_eager), compiled(x_comp)
+    assert rel_error(out_comp, out_eager) <= 1e-6
+    out_eager.sum().backward()
+    out_comp.sum().backward()
+    assert rel_error(x_comp.grad, x_eager.grad) <= 1e-5
+
+
+def test_drconv2d_bad_arguments():
+    with pytest.raises(TypeError, match="unsupported arguments"):
+        attnkern_nn.DRConv2d(4, 4, 3, bias=False)
+    with pytest.raises(ValueError, match="region_num must be >= 1"):
+        attnkern_nn.DRConv2d(4, 4, 3, region_num=0)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        attnkern_nn.DRConv2d(4, 4, 3)(torch.randn(4, 8, 8))

@@ -3,5 +3,6 @@ as the published modules they replace, so their state_dicts load."""
 
 from .covpool import SOCA
 from .criss_cross import CrissCrossAttention
+from .region_conv import DRConv2d
 
-__all__ = ["SOCA", "CrissCrossAttention"]
+__all__ = ["SOCA", "CrissCrossAttention", "DRConv2d"]

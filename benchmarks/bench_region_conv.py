@@ -1,0 +1,60 @@
+"""region_conv family: DRConv.
+
+Two groups of rows:
+  DRConv2d layer   seed (every region's per-sample convolution, then asign_index: the published
+                   formulation through attnkern.reference) vs attnkern.nn.DRConv2d, same weights
+  dynamic conv op  the bare op vs a plain conv2d of the same shape (one filter for every pixel: the
+                   floor a dynamic convolution can reach)
+"""
+
+import torch
+
+import attnkern
+from attnkern import ops, reference
+from attnkern.bench import Case
+
+SHAPES = [  # (B, Cin, Cout, k, r, H, W), padding k // 2
+    (8, 64, 64, 3, 8, 32, 32),
+    (16, 128, 128, 3, 8, 40, 40),
+    (8, 256, 256, 1, 4, 20, 20),
+]
+SMOKE_SHAPES = [(2, 4, 4, 3, 3, 6, 5)]
+
+
+def seed_layer(layer):
+    def forward(x):
+        k = layer.kernel_size
+        filters = layer.conv_kernel(x).view(x.shape[0], layer.region_num, layer.out_channels, layer.in_channels, k, k)
+        outputs = reference.region_correlation(x, filters, **layer.kwargs)
+        return reference.region_assign(outputs, layer.conv_guide(x))
+    return forward
+
+
+def cases(device, smoke):
+    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+    for b, cin, cout, k, r, h, w in SMOKE_SHAPES if smoke else SHAPES:
+        label = f"{b}×{cin}→{cout} k{k} r{r} {h}×{w}"
+        for dtype in dtypes:
+            layer = attnkern.nn.DRConv2d(cin, cout, k, region_num=r, padding=k // 2).to(device=device, dtype=dtype)
+
+            def make_x(b=b, cin=cin, h=h, w=w, dtype=dtype):
+                return (torch.randn(b, cin, h, w, device=device, dtype=dtype, requires_grad=True),)
+
+            yield Case(family="DRConv2d layer", shape=label, dtype=dtype, make_inputs=make_x,
+                       impls={"seed": seed_layer(layer), "attnkern": layer})
+
+            def make_op_inputs(b=b, cin=cin, cout=cout, k=k, r=r, h=h, w=w, dtype=dtype):
+                options = dict(device=device, dtype=dtype, requires_grad=True)
+                return (torch.randn(b, cin, h, w, **options), torch.randn(b, r, cout, cin, k, k, **options),
+                        torch.randn(b, r, h, w, **options))
+
+            yield Case(
+                family="dynamic conv op",
+                shape=label,
+                dtype=dtype,
+                make_inputs=make_op_inputs,
+                impls={
+                    "conv2d, one filter (floor)": lambda x, f, g, p=k // 2: torch.nn.functional.conv2d(x, f[0, 0], padding=p),
+                    "attnkern": lambda x, f, g, p=k // 2: ops.dynamic_region_conv(x, f, g, padding=p),
+                },
+            )
