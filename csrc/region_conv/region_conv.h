@@ -84,22 +84,24 @@ struct ConvGeometry {
   ATTNKERN_HD int64_t filter_size() const { return in_channels * kernel_h * kernel_w; }
 };
 
-// One output element: x points at sample b, filter at [Cout, Cin, kh, kw] of (b, region).
+// Offset in x (one sample, [Cin, H, W]) of tap k = (i·kh + u)·kw + v of output pixel (oh, ow), or −1
+// where the tap falls in the zero padding.
+ATTNKERN_HD inline int64_t patch_source(const ConvGeometry& g, int64_t oh, int64_t ow, int64_t k) {
+  const int64_t v = k % g.kernel_w, u = (k / g.kernel_w) % g.kernel_h, i = k / (g.kernel_w * g.kernel_h);
+  const int64_t ih = oh * g.stride_h - g.pad_h + u * g.dilation_h;
+  const int64_t iw = ow * g.stride_w - g.pad_w + v * g.dilation_w;
+  return (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width) ? -1 : (i * g.height + ih) * g.width + iw;
+}
+
+// One output element: x points at sample b, filter at [Cout, K] of (b, region).
 template <typename acc_t, typename scalar_t>
 ATTNKERN_HD inline acc_t conv_entry(const scalar_t* x, const scalar_t* filter, const ConvGeometry& g, int64_t o,
                                     int64_t oh, int64_t ow) {
+  const int64_t K = g.filter_size();
   acc_t sum = 0;
-  for (int64_t i = 0; i < g.in_channels; ++i) {
-    for (int64_t u = 0; u < g.kernel_h; ++u) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + u * g.dilation_h;
-      if (ih < 0 || ih >= g.height) continue;
-      for (int64_t v = 0; v < g.kernel_w; ++v) {
-        const int64_t iw = ow * g.stride_w - g.pad_w + v * g.dilation_w;
-        if (iw < 0 || iw >= g.width) continue;
-        sum += static_cast<acc_t>(filter[((o * g.in_channels + i) * g.kernel_h + u) * g.kernel_w + v]) *
-               static_cast<acc_t>(x[(i * g.height + ih) * g.width + iw]);
-      }
-    }
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t source = patch_source(g, oh, ow, k);
+    if (source >= 0) sum += static_cast<acc_t>(filter[o * K + k]) * static_cast<acc_t>(x[source]);
   }
   return sum;
 }
