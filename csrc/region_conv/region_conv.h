@@ -84,25 +84,32 @@ struct ConvGeometry {
   ATTNKERN_HD int64_t filter_size() const { return in_channels * kernel_h * kernel_w; }
 };
 
-// Offset in x (one sample, [Cin, H, W]) of tap k = (i·kh + u)·kw + v of output pixel (oh, ow), or −1
-// where the tap falls in the zero padding.
-ATTNKERN_HD inline int64_t patch_source(const ConvGeometry& g, int64_t oh, int64_t ow, int64_t k) {
-  const int64_t v = k % g.kernel_w, u = (k / g.kernel_w) % g.kernel_h, i = k / (g.kernel_w * g.kernel_h);
-  const int64_t ih = oh * g.stride_h - g.pad_h + u * g.dilation_h;
-  const int64_t iw = ow * g.stride_w - g.pad_w + v * g.dilation_w;
-  return (ih < 0 || ih >= g.height || iw < 0 || iw >= g.width) ? -1 : (i * g.height + ih) * g.width + iw;
+// Calls visit(k, source) for every tap k = (i·kh + u)·kw + v of output pixel (oh, ow), source being
+// its offset in x (one sample, [Cin, H, W]), or −1 where the tap falls in the zero padding.
+template <typename Visit>
+ATTNKERN_HD inline void for_each_tap(const ConvGeometry& g, int64_t oh, int64_t ow, Visit visit) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < g.in_channels; ++i) {
+    for (int64_t u = 0; u < g.kernel_h; ++u) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + u * g.dilation_h;
+      const bool row_inside = ih >= 0 && ih < g.height;
+      for (int64_t v = 0; v < g.kernel_w; ++v, ++k) {
+        const int64_t iw = ow * g.stride_w - g.pad_w + v * g.dilation_w;
+        visit(k, row_inside && iw >= 0 && iw < g.width ? (i * g.height + ih) * g.width + iw : int64_t(-1));
+      }
+    }
+  }
 }
 
 // One output element: x points at sample b, filter at [Cout, K] of (b, region).
 template <typename acc_t, typename scalar_t>
 ATTNKERN_HD inline acc_t conv_entry(const scalar_t* x, const scalar_t* filter, const ConvGeometry& g, int64_t o,
                                     int64_t oh, int64_t ow) {
-  const int64_t K = g.filter_size();
+  const scalar_t* row = filter + o * g.filter_size();
   acc_t sum = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t source = patch_source(g, oh, ow, k);
-    if (source >= 0) sum += static_cast<acc_t>(filter[o * K + k]) * static_cast<acc_t>(x[source]);
-  }
+  for_each_tap(g, oh, ow, [&](int64_t k, int64_t source) {
+    if (source >= 0) sum += static_cast<acc_t>(row[k]) * static_cast<acc_t>(x[source]);
+  });
   return sum;
 }
 

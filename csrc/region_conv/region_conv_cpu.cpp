@@ -72,72 +72,44 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cpu(const at::Tensor& 
 }
 
 // ---- dynamic region convolution -------------------------------------------------------------
-// One sample per task. Its output pixels are sorted by selected region and their input patches
-// gathered in that order ([L, K] rows, K = Cin·kh·kw), so each region's pixels are one contiguous
-// slice: one BLAS product per region, on that region's pixels only (the seed convolves every region
-// everywhere).
+// One sample per task: im2col of the sample, its pixels grouped by selected region, and one BLAS
+// product per region on that region's columns only (the seed computes every region everywhere).
 
-// A sample's pixels sorted by selected region: order[j] is the j-th pixel, region r owns
-// order[start[r] .. start[r + 1]).
-struct RegionOrder {
-  std::vector<int64_t> order, start;
-};
-
+// The pixels of sample b grouped by region: pixels[region] as int64 index tensors.
 template <typename scalar_t>
-RegionOrder sort_by_region(const scalar_t* guide, int64_t regions, int64_t L) {
-  std::vector<int64_t> region(L);
-  RegionOrder sorted{std::vector<int64_t>(L), std::vector<int64_t>(regions + 1, 0)};
-  for (int64_t l = 0; l < L; ++l) {
-    region[l] = selected_region(guide + l, regions, L);
-    ++sorted.start[region[l] + 1];
+std::vector<at::Tensor> pixels_by_region(const scalar_t* guide, int64_t regions, int64_t L) {
+  std::vector<std::vector<int64_t>> groups(regions);
+  for (int64_t l = 0; l < L; ++l) groups[selected_region(guide + l, regions, L)].push_back(l);
+  std::vector<at::Tensor> pixels;
+  for (auto& group : groups) {
+    pixels.push_back(at::tensor(group, at::TensorOptions().dtype(at::kLong)));
   }
-  for (int64_t r = 0; r < regions; ++r) sorted.start[r + 1] += sorted.start[r];
-  std::vector<int64_t> next(sorted.start.begin(), sorted.start.end() - 1);
-  for (int64_t l = 0; l < L; ++l) sorted.order[next[region[l]]++] = l;
-  return sorted;
+  return pixels;
 }
 
-// patches[j] = the input patch of pixel order[j] ([L, K]).
-template <typename scalar_t>
-at::Tensor gather_patches(const at::Tensor& x, int64_t b, const ConvGeometry& g, const RegionOrder& sorted) {
-  const int64_t L = g.out_height * g.out_width, K = g.filter_size();
-  auto patches = at::empty({L, K}, x.options());
-  const scalar_t* x_b = x.const_data_ptr<scalar_t>() + b * g.in_channels * g.height * g.width;
-  scalar_t* p = patches.mutable_data_ptr<scalar_t>();
-  for (int64_t j = 0; j < L; ++j) {
-    const int64_t l = sorted.order[j];
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t source = patch_source(g, l / g.out_width, l % g.out_width, k);
-      p[j * K + k] = source < 0 ? scalar_t(0) : x_b[source];
-    }
-  }
-  return patches;
+at::Tensor sample_columns(const at::Tensor& x, int64_t b, const ConvGeometry& g) {  // [Cin·kh·kw, L]
+  return at::im2col(x[b].unsqueeze(0), {g.kernel_h, g.kernel_w}, {g.dilation_h, g.dilation_w}, {g.pad_h, g.pad_w},
+                    {g.stride_h, g.stride_w})
+      .squeeze(0);
 }
 
 at::Tensor dynamic_region_conv_cpu(const at::Tensor& x_in, const at::Tensor& filters_in, const at::Tensor& guide_in,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto g = conv_geometry(x_in, filters_in, guide_in, stride, padding, dilation, "dynamic_region_conv");
-  // Half types compute in float32 (the guide too: the upcast keeps its order and ties).
   auto x = to_compute_dtype(x_in).contiguous(), filters = to_compute_dtype(filters_in).contiguous();
-  auto guide = to_compute_dtype(guide_in).contiguous();
-  const int64_t B = x.size(0), R = filters.size(1), L = g.out_height * g.out_width, C = g.out_channels;
-  auto out = at::empty({B, C, g.out_height, g.out_width}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dynamic_region_conv_cpu", [&] {
+  auto guide = guide_in.contiguous();
+  const int64_t B = x.size(0), R = filters.size(1), L = g.out_height * g.out_width;
+  auto out = at::empty({B, g.out_channels, g.out_height, g.out_width}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_cpu", [&] {
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const auto sorted = sort_by_region(guide.const_data_ptr<scalar_t>() + b * R * L, R, L);
-        auto patches = gather_patches<scalar_t>(x, b, g, sorted);
-        auto out_sorted = at::empty({L, C}, x.options());  // row j: output of pixel order[j]
+        auto pixels = pixels_by_region(guide.const_data_ptr<scalar_t>() + b * R * L, R, L);
+        auto cols = sample_columns(x, b, g);
+        auto out_b = out[b].view({g.out_channels, L});
         for (int64_t r = 0; r < R; ++r) {
-          const int64_t n = sorted.start[r + 1] - sorted.start[r];
-          if (n == 0) continue;
-          auto slice = out_sorted.narrow(0, sorted.start[r], n);
-          at::mm_out(slice, patches.narrow(0, sorted.start[r], n), filters[b][r].reshape({C, -1}).t());
-        }
-        const scalar_t* src = out_sorted.const_data_ptr<scalar_t>();
-        scalar_t* dst = out.mutable_data_ptr<scalar_t>() + b * C * L;
-        for (int64_t j = 0; j < L; ++j) {
-          for (int64_t c = 0; c < C; ++c) dst[c * L + sorted.order[j]] = src[j * C + c];
+          if (pixels[r].numel() == 0) continue;
+          auto filter = filters[b][r].reshape({g.out_channels, g.filter_size()});
+          out_b.index_copy_(1, pixels[r], at::mm(filter, cols.index_select(1, pixels[r])));
         }
       }
     });
@@ -150,62 +122,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto g = conv_geometry(x_in, filters_in, guide_in, stride, padding, dilation, "dynamic_region_conv_backward");
   const int64_t B = x_in.size(0), R = filters_in.size(1), L = g.out_height * g.out_width, K = g.filter_size();
-  const int64_t C = g.out_channels;
-  check_shape(grad_in, "dynamic_region_conv_backward: grad", {B, C, g.out_height, g.out_width});
+  check_shape(grad_in, "dynamic_region_conv_backward: grad", {B, g.out_channels, g.out_height, g.out_width});
   auto x = to_compute_dtype(x_in).contiguous(), filters = to_compute_dtype(filters_in).contiguous();
   auto grad = to_compute_dtype(grad_in).contiguous();
-  auto guide = to_compute_dtype(guide_in).contiguous();
-  auto grad_x = at::zeros_like(x), grad_filters = at::zeros_like(filters), grad_guide = at::empty_like(guide);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dynamic_region_conv_backward_cpu", [&] {
+  auto guide = guide_in.contiguous();
+  auto grad_x = at::empty_like(x), grad_filters = at::zeros_like(filters), grad_guide = at::empty_like(guide);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const auto sorted = sort_by_region(guide.const_data_ptr<scalar_t>() + b * R * L, R, L);
-        auto patches = gather_patches<scalar_t>(x, b, g, sorted);
-        auto grad_sorted = at::empty({L, C}, x.options());  // row j: grad at pixel order[j]
-        {
-          const scalar_t* src = grad.const_data_ptr<scalar_t>() + b * C * L;
-          scalar_t* dst = grad_sorted.mutable_data_ptr<scalar_t>();
-          for (int64_t j = 0; j < L; ++j) {
-            for (int64_t c = 0; c < C; ++c) dst[j * C + c] = src[c * L + sorted.order[j]];
-          }
-        }
-        auto filters_b = filters[b].reshape({R, C, K});
-        auto grad_patches = at::empty({L, K}, x.options());
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t n = sorted.start[r + 1] - sorted.start[r];
-          if (n == 0) continue;
-          auto grad_r = grad_sorted.narrow(0, sorted.start[r], n);  // [n, Cout]
-          auto grad_filter = grad_filters[b][r].view({C, K});
-          at::mm_out(grad_filter, grad_r.t(), patches.narrow(0, sorted.start[r], n));
-          auto grad_patch = grad_patches.narrow(0, sorted.start[r], n);
-          at::mm_out(grad_patch, grad_r, filters_b[r]);
-        }
-        scalar_t* grad_x_b = grad_x.mutable_data_ptr<scalar_t>() + b * g.in_channels * g.height * g.width;
-        const scalar_t* gp = grad_patches.const_data_ptr<scalar_t>();
-        for (int64_t j = 0; j < L; ++j) {  // the adjoint of gather_patches
-          const int64_t l = sorted.order[j];
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t source = patch_source(g, l / g.out_width, l % g.out_width, k);
-            if (source >= 0) grad_x_b[source] += gp[j * K + k];
-          }
-        }
-        // The guide needs every region's response G_r = Σ_o grad·(filter_r ∗ x) at every pixel: one
-        // product per sample, [L, K]·[K, R·Cout], reduced against grad right away.
-        auto responses = (at::mm(patches, filters_b.view({R * C, K}).t()).view({L, R, C}) * grad_sorted.unsqueeze(1))
-                             .sum(2)
-                             .contiguous();  // [L, R]
-        const scalar_t* resp = responses.const_data_ptr<scalar_t>();
         const scalar_t* guide_b = guide.const_data_ptr<scalar_t>() + b * R * L;
+        auto pixels = pixels_by_region(guide_b, R, L);
+        auto cols = sample_columns(x, b, g);
+        auto grad_b = grad[b].view({g.out_channels, L});
+        auto filters_b = filters[b].reshape({R, g.out_channels, K});
+        auto grad_cols = at::zeros_like(cols);
+        for (int64_t r = 0; r < R; ++r) {
+          if (pixels[r].numel() == 0) continue;
+          auto grad_r = grad_b.index_select(1, pixels[r]);  // [Cout, n_r]
+          grad_filters[b][r].view({g.out_channels, K}).copy_(at::mm(grad_r, cols.index_select(1, pixels[r]).t()));
+          grad_cols.index_copy_(1, pixels[r], at::mm(filters_b[r].t(), grad_r));
+        }
+        grad_x[b].copy_(at::col2im(grad_cols.unsqueeze(0), {g.height, g.width}, {g.kernel_h, g.kernel_w},
+                                   {g.dilation_h, g.dilation_w}, {g.pad_h, g.pad_w}, {g.stride_h, g.stride_w})
+                            .squeeze(0));
+        // The guide needs every region's response G_r = Σ_o grad·(filter_r ∗ x) at every pixel: one
+        // product per sample, [R·Cout, K]·[K, L], reduced against grad right away.
+        auto responses = (at::mm(filters_b.view({R * g.out_channels, K}), cols).view({R, g.out_channels, L}) *
+                          grad_b.unsqueeze(0))
+                             .sum(1)
+                             .to(at::toOpMathType(guide.scalar_type()))
+                             .contiguous();
+        const acc_t* resp = responses.const_data_ptr<acc_t>();
         scalar_t* grad_guide_b = grad_guide.mutable_data_ptr<scalar_t>() + b * R * L;
-        for (int64_t j = 0; j < L; ++j) {
-          const int64_t l = sorted.order[j];
-          guide_gradient<scalar_t>(guide_b + l, grad_guide_b + l, R, L, [&](int64_t r) { return resp[j * R + r]; });
+        for (int64_t l = 0; l < L; ++l) {
+          guide_gradient<acc_t>(guide_b + l, grad_guide_b + l, R, L, [&](int64_t r) { return resp[r * L + l]; });
         }
       }
     });
   });
-  return {grad_x.to(x_in.scalar_type()), grad_filters.to(filters_in.scalar_type()),
-          grad_guide.to(guide_in.scalar_type())};
+  return {grad_x.to(x_in.scalar_type()), grad_filters.to(filters_in.scalar_type()), grad_guide};
 }
 
 }  // namespace
