@@ -52,3 +52,21 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     torch.manual_seed(SEED + zlib.crc32(request.node.nodeid.encode()))
+
+
+def assert_compiles_like_eager(layer, x: torch.Tensor, tolerance: float = 1e-6) -> None:
+    """The layer under torch.compile(fullgraph=True) gives the eager output and input gradient."""
+    compiled = torch.compile(layer, fullgraph=True)
+    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_eager, out_comp = layer(x_eager), compiled(x_comp)
+    assert rel_error(out_comp, out_eager) <= tolerance
+    out_eager.sum().backward()
+    out_comp.sum().backward()
+    assert rel_error(x_comp.grad, x_eager.grad) <= tolerance
+
+
+def assert_same_parameter_gradients(seed: torch.nn.Module, layer: torch.nn.Module) -> None:
+    """Parameter by parameter (in the seed's order and names), equal gradients; absolute tolerance too,
+    for gradients that are zero up to rounding."""
+    for (name, p_seed), p in zip(seed.named_parameters(), layer.parameters()):
+        torch.testing.assert_close(p.grad, p_seed.grad, rtol=1e-9, atol=1e-12, msg=name)

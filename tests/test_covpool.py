@@ -7,7 +7,8 @@ from torch import nn
 import attnkern
 from attnkern import ops, reference
 from attnkern.nn import SOCA
-from conftest import DEVICE_DTYPES, DEVICES, TOLERANCE, rel_error, requires_cuda
+from conftest import (DEVICE_DTYPES, DEVICES, TOLERANCE, assert_compiles_like_eager, assert_same_parameter_gradients,
+                      rel_error, requires_cuda)
 
 COVPOOL_SHAPES = [(2, 5, 7, 3), (1, 17, 9, 11), (3, 64, 8, 8), (2, 33, 1, 1), (4, 3, 31), (1, 1, 2, 2)]
 MATRIX_SIZES = [(1, 1), (3, 5), (2, 16), (4, 17), (2, 64)]
@@ -322,8 +323,7 @@ def test_soca_matches_seed_module(device, shape):
     out_seed.backward(grad)
     out.backward(grad)
     assert rel_error(x_ours.grad, x_seed.grad) <= 1e-9
-    for (name, p_seed), p in zip(seed.named_parameters(), layer.parameters()):
-        assert rel_error(p.grad, p_seed.grad) <= 1e-9, name
+    assert_same_parameter_gradients(seed, layer)
 
 
 def test_soca_crops_each_side_on_its_own():
@@ -346,15 +346,7 @@ def test_soca_constant_input_is_finite():
 
 
 def test_soca_under_torch_compile():
-    layer = SOCA(16, reduction=4)
-    compiled = torch.compile(layer, fullgraph=True)
-    x = torch.randn(2, 16, 9, 7)
-    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_eager, out_comp = layer(x_eager), compiled(x_comp)
-    assert rel_error(out_comp, out_eager) <= 1e-6
-    out_eager.sum().backward()
-    out_comp.sum().backward()
-    assert rel_error(x_comp.grad, x_eager.grad) <= 1e-6
+    assert_compiles_like_eager(SOCA(16, reduction=4), torch.randn(2, 16, 9, 7))
 
 
 def test_soca_bad_input():

@@ -5,7 +5,8 @@ import torch
 
 from attnkern import nn as attnkern_nn
 from attnkern import ops, reference
-from conftest import DEVICE_DTYPES, DEVICES, TOLERANCE, rel_error
+from conftest import (DEVICE_DTYPES, DEVICES, TOLERANCE, assert_compiles_like_eager, assert_same_parameter_gradients,
+                      rel_error)
 
 SHAPES = [(2, 5, 4, 7), (1, 3, 9, 9), (2, 4, 1, 6), (1, 6, 5, 1), (3, 2, 2, 3), (1, 1, 1, 1)]
 agg_t = torch.ops.attnkern.criss_cross_aggregate_transposed
@@ -277,24 +278,14 @@ def test_layer_matches_seed_module(device, shape, recurrence):
     out_seed.backward(grad)
     out.backward(grad)
     assert rel_error(x_ours.grad, x_seed.grad) <= 1e-10
-    for (name, p_seed), p in zip(seed.named_parameters(), layer.parameters()):
-        # absolute tolerance too: key_conv.bias shifts all of a pixel's energies alike, so its
-        # gradient is zero up to rounding
-        torch.testing.assert_close(p.grad, p_seed.grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert_same_parameter_gradients(seed, layer)  # key_conv.bias's gradient is zero up to rounding
 
 
 def test_layer_under_torch_compile():
     layer = attnkern_nn.CrissCrossAttention(16, recurrence=2)
     with torch.no_grad():
         layer.gamma.fill_(0.5)
-    compiled = torch.compile(layer, fullgraph=True)
-    x = torch.randn(2, 16, 6, 7)
-    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_eager, out_comp = layer(x_eager), compiled(x_comp)
-    assert rel_error(out_comp, out_eager) <= 1e-6
-    out_eager.sum().backward()
-    out_comp.sum().backward()
-    assert rel_error(x_comp.grad, x_eager.grad) <= 1e-6
+    assert_compiles_like_eager(layer, torch.randn(2, 16, 6, 7))
 
 
 def test_layer_bad_arguments():

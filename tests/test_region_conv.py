@@ -5,7 +5,8 @@ import torch
 
 from attnkern import nn as attnkern_nn
 from attnkern import ops, reference
-from conftest import DEVICE_DTYPES, DEVICES, TOLERANCE, rel_error
+from conftest import (DEVICE_DTYPES, DEVICES, TOLERANCE, assert_compiles_like_eager, assert_same_parameter_gradients,
+                      rel_error)
 
 SHAPES = [(2, 3, 4, 5, 6), (1, 8, 16, 7, 3), (2, 1, 5, 4, 4), (1, 4, 1, 1, 9)]
 
@@ -267,20 +268,11 @@ def test_drconv2d_matches_seed_module(device, args, kwargs, shape):
     out_seed.backward(grad)
     out.backward(grad)
     assert rel_error(x_ours.grad, x_seed.grad) <= 1e-10
-    for (name, p_seed), p in zip(seed.named_parameters(), layer.parameters()):
-        torch.testing.assert_close(p.grad, p_seed.grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert_same_parameter_gradients(seed, layer)
 
 
 def test_drconv2d_under_torch_compile():
-    layer = attnkern_nn.DRConv2d(4, 6, 3, region_num=4, padding=1)
-    compiled = torch.compile(layer, fullgraph=True)
-    x = torch.randn(2, 4, 8, 7)
-    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_eager, out_comp = layer(x_eager), compiled(x_comp)
-    assert rel_error(out_comp, out_eager) <= 1e-6
-    out_eager.sum().backward()
-    out_comp.sum().backward()
-    assert rel_error(x_comp.grad, x_eager.grad) <= 1e-5
+    assert_compiles_like_eager(attnkern_nn.DRConv2d(4, 6, 3, region_num=4, padding=1), torch.randn(2, 4, 8, 7), 1e-5)
 
 
 def test_drconv2d_bad_arguments():
