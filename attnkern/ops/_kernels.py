@@ -14,6 +14,11 @@ def has_kernel(t: Tensor) -> bool:
     return t.device.type in KERNEL_DEVICES
 
 
+def save_inputs(ctx, inputs, output) -> None:
+    """setup_context for ops whose backward needs every tensor input."""
+    ctx.save_for_backward(*inputs)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels accumulate in (and keep saved statistics in): float32 for half types."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import accumulation_dtype, check_floating, check_square_batch, has_kernel
+from ._kernels import accumulation_dtype, check_floating, check_square_batch, has_kernel, save_inputs
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
 
@@ -103,10 +103,6 @@ def TriuvecLayer(var: Tensor) -> Tensor:  # noqa: N802
 # ---- autograd and fake kernels --------------------------------------------------------------
 
 
-def _save_first_input(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
 def _covpool_backward(ctx, grad):
     (x,) = ctx.saved_tensors
     return torch.ops.attnkern.covpool_backward(grad, x)
@@ -136,7 +132,7 @@ def _triuvec_backward(ctx, grad):
     return torch.ops.attnkern.triuvec_backward(grad, ctx.n)
 
 
-torch.library.register_autograd("attnkern::covpool", _covpool_backward, setup_context=_save_first_input)
+torch.library.register_autograd("attnkern::covpool", _covpool_backward, setup_context=save_inputs)
 torch.library.register_autograd("attnkern::sqrtm_newton_schulz", _sqrtm_backward, setup_context=_sqrtm_setup)
 torch.library.register_autograd("attnkern::triuvec", _triuvec_backward, setup_context=_triuvec_setup)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import accumulation_dtype, check_floating, has_kernel
+from ._kernels import accumulation_dtype, check_floating, has_kernel, save_inputs
 
 __all__ = ["criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention"]
 
@@ -112,10 +112,6 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 _ops = torch.ops.attnkern
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
 def _affinity_backward(ctx, grad):
     q, k = ctx.saved_tensors
     return _ops.criss_cross_aggregate(grad, k), _ops.criss_cross_aggregate_transposed(grad, q)
@@ -146,10 +142,10 @@ def _attention_backward(ctx, grad, grad_lse):
 
 
 torch.library.register_autograd("attnkern::criss_cross_attention", _attention_backward, setup_context=_attention_setup)
-torch.library.register_autograd("attnkern::criss_cross_affinity", _affinity_backward, setup_context=_save_inputs)
-torch.library.register_autograd("attnkern::criss_cross_aggregate", _aggregate_backward, setup_context=_save_inputs)
+torch.library.register_autograd("attnkern::criss_cross_affinity", _affinity_backward, setup_context=save_inputs)
+torch.library.register_autograd("attnkern::criss_cross_aggregate", _aggregate_backward, setup_context=save_inputs)
 torch.library.register_autograd("attnkern::criss_cross_aggregate_transposed", _aggregate_transposed_backward,
-                                setup_context=_save_inputs)
+                                setup_context=save_inputs)
 
 
 @torch.library.register_fake("attnkern::criss_cross_affinity")

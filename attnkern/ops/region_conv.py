@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import check_floating, has_kernel
+from ._kernels import check_floating, has_kernel, save_inputs
 
 __all__ = ["region_assign", "dynamic_region_conv"]
 
@@ -96,10 +96,6 @@ def dynamic_region_conv(x: Tensor, filters: Tensor, guide: Tensor, stride: IntPa
     return torch.ops.attnkern.dynamic_region_conv(x, filters, guide, list(stride), list(padding), list(dilation))
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
 def _region_assign_backward(ctx, grad):
     outputs, guide = ctx.saved_tensors
     return torch.ops.attnkern.region_assign_backward(grad, outputs, guide)
@@ -117,7 +113,7 @@ def _conv_backward(ctx, grad):
     return (*grads, None, None, None)
 
 
-torch.library.register_autograd("attnkern::region_assign", _region_assign_backward, setup_context=_save_inputs)
+torch.library.register_autograd("attnkern::region_assign", _region_assign_backward, setup_context=save_inputs)
 torch.library.register_autograd("attnkern::dynamic_region_conv", _conv_backward, setup_context=_conv_setup)
 
 

@@ -5,11 +5,23 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace attnkern {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Element-wise kernels: kElementThreads threads a block, a grid-stride loop over `total` elements.
+constexpr int kElementThreads = 256;
+
+inline int64_t element_blocks(int64_t total) {
+  return std::min<int64_t>(ceil_div(total, kElementThreads), int64_t(65535) * 16);
+}
+
+#define ATTNKERN_GRID_STRIDE_LOOP(idx, total)                                                      \
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < (total); \
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // Largest dynamic shared memory a block may opt in to on the current device.
 inline int64_t max_shared_memory_optin() {

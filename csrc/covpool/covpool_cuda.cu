@@ -26,7 +26,6 @@ namespace {
 constexpr int kTile = 16;             // covariance tiles: kTile × kTile outputs, kTile² threads
 constexpr int kMeanThreads = 256;     // one block per row for the row means
 constexpr int kSqrtmThreads = 256;    // one block per matrix for Newton–Schulz
-constexpr int kElementThreads = 256;  // element-wise kernels
 constexpr int64_t kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
 
 // mean[r] = mean of x[r, 0..M).
@@ -458,8 +457,7 @@ at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at
 template <typename scalar_t>
 __global__ void triuvec_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int64_t n,
                                int64_t len, int64_t total) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {
     const int64_t b = idx / len;
     int64_t i, j;
     triu_row_col(idx % len, i, j);
@@ -470,14 +468,11 @@ __global__ void triuvec_kernel(const scalar_t* __restrict__ a, scalar_t* __restr
 template <typename scalar_t>
 __global__ void triuvec_backward_kernel(const scalar_t* __restrict__ grad, scalar_t* __restrict__ grad_a,
                                         int64_t n, int64_t len, int64_t total) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {
     const int64_t b = idx / (n * n), i = (idx / n) % n, j = idx % n;
     grad_a[idx] = j <= i ? grad[b * len + triu_index(i, j)] : scalar_t(0);
   }
 }
-
-int64_t element_blocks(int64_t total) { return std::min<int64_t>(ceil_div(total, kElementThreads), 65535 * 8); }
 
 at::Tensor triuvec_cuda(const at::Tensor& a_in) {
   check_triuvec_input(a_in);

@@ -15,16 +15,11 @@ namespace attnkern {
 namespace criss_cross {
 namespace {
 
-constexpr int kThreads = 256;
-
-int64_t grid_for(int64_t total) { return std::min<int64_t>(ceil_div(total, kThreads), 65535 * 16); }
-
 template <typename scalar_t, typename acc_t>
 __global__ void affinity_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                                 scalar_t* __restrict__ energy, int64_t C, int64_t H, int64_t W, int64_t total) {
   const int64_t P = H + W - 1;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {  // idx = ((b·P + p)·H + h)·W + w
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = ((b·P + p)·H + h)·W + w
     const int64_t w = idx % W, h = (idx / W) % H, p = (idx / (H * W)) % P, b = idx / (P * H * W);
     energy[idx] = static_cast<scalar_t>(affinity_entry<acc_t>(q + b * C * H * W, k + b * C * H * W, C, H, W, p, h, w));
   }
@@ -34,8 +29,7 @@ template <bool transposed, typename scalar_t, typename acc_t>
 __global__ void aggregate_kernel(const scalar_t* __restrict__ attn, const scalar_t* __restrict__ x,
                                  scalar_t* __restrict__ out, int64_t C, int64_t H, int64_t W, int64_t total) {
   const int64_t P = H + W - 1;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {  // idx = ((b·C + c)·H + h)·W + w
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = ((b·C + c)·H + h)·W + w
     const int64_t w = idx % W, h = (idx / W) % H, plane = idx / (H * W), b = plane / C;
     const scalar_t* a_b = attn + b * P * H * W;
     const scalar_t* x_plane = x + plane * H * W;
@@ -55,7 +49,7 @@ at::Tensor affinity_cuda(const at::Tensor& q_in, const at::Tensor& k_in) {
   if (total == 0) return energy;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_affinity_cuda", [&] {
     affinity_kernel<scalar_t, at::opmath_type<scalar_t>>
-        <<<grid_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        <<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), energy.mutable_data_ptr<scalar_t>(), C, H, W,
             total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -75,7 +69,7 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "criss_cross_aggregate_cuda", [&] {
     aggregate_kernel<transposed, scalar_t, at::opmath_type<scalar_t>>
-        <<<grid_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        <<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             attn.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), C, H, W,
             total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -15,14 +15,6 @@ namespace attnkern {
 namespace region_conv {
 namespace {
 
-constexpr int kThreads = 256;
-
-int64_t grid_for(int64_t total) { return std::min<int64_t>(ceil_div(total, kThreads), 65535 * 16); }
-
-#define ATTNKERN_GRID_STRIDE_LOOP(idx, total)                                                      \
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < (total); \
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 template <typename scalar_t>
 __global__ void region_assign_kernel(const scalar_t* __restrict__ outputs, const scalar_t* __restrict__ guide,
                                      scalar_t* __restrict__ out, int64_t R, int64_t C, int64_t HW, int64_t total) {
@@ -67,7 +59,7 @@ at::Tensor region_assign_cuda(const at::Tensor& outputs_in, const at::Tensor& gu
   const int64_t total = out.numel();
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outputs.scalar_type(), "region_assign_cuda", [&] {
-    region_assign_kernel<scalar_t><<<grid_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    region_assign_kernel<scalar_t><<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         outputs.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), R, C,
         HW, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -88,13 +80,13 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cuda(const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outputs.scalar_type(), "region_assign_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (outputs.numel() > 0) {
-      region_assign_grad_outputs_kernel<scalar_t><<<grid_for(outputs.numel()), kThreads, 0, stream>>>(
+      region_assign_grad_outputs_kernel<scalar_t><<<element_blocks(outputs.numel()), kElementThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(), grad_outputs.mutable_data_ptr<scalar_t>(),
           R, C, HW, outputs.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (B * HW > 0) {
-      region_assign_grad_guide_kernel<scalar_t, acc_t><<<grid_for(B * HW), kThreads, 0, stream>>>(
+      region_assign_grad_guide_kernel<scalar_t, acc_t><<<element_blocks(B * HW), kElementThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), outputs.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(),
           grad_guide.mutable_data_ptr<scalar_t>(), R, C, HW, B * HW);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -205,7 +197,7 @@ at::Tensor selected_regions(const at::Tensor& guide) {  // [B, L] int64
   auto region = at::empty({B, L}, guide.options().dtype(at::kLong));
   if (B * L == 0) return region;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "selected_regions_cuda", [&] {
-    selected_regions_kernel<scalar_t><<<grid_for(B * L), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    selected_regions_kernel<scalar_t><<<element_blocks(B * L), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         guide.const_data_ptr<scalar_t>(), region.mutable_data_ptr<int64_t>(), R, L, B * L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -223,7 +215,7 @@ at::Tensor dynamic_region_conv_cuda(const at::Tensor& x_in, const at::Tensor& fi
   auto region = selected_regions(guide);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_region_conv_cuda", [&] {
     dynamic_conv_forward_kernel<scalar_t, at::opmath_type<scalar_t>>
-        <<<grid_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        <<<element_blocks(out.numel()), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             x.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(), region.const_data_ptr<int64_t>(),
             out.mutable_data_ptr<scalar_t>(), g, R, out.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -246,20 +238,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cuda
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_region_conv_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (grad_x.numel() > 0) {
-      dynamic_conv_grad_x_kernel<scalar_t, acc_t><<<grid_for(grad_x.numel()), kThreads, 0, stream>>>(
+      dynamic_conv_grad_x_kernel<scalar_t, acc_t><<<element_blocks(grad_x.numel()), kElementThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(), region.const_data_ptr<int64_t>(),
           grad_x.mutable_data_ptr<scalar_t>(), g, R, grad_x.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_filters.numel() > 0) {
-      dynamic_conv_grad_filters_kernel<scalar_t, acc_t><<<grid_for(grad_filters.numel()), kThreads, 0, stream>>>(
+      dynamic_conv_grad_filters_kernel<scalar_t, acc_t><<<element_blocks(grad_filters.numel()), kElementThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), region.const_data_ptr<int64_t>(),
           grad_filters.mutable_data_ptr<scalar_t>(), g, R, grad_filters.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_guide.numel() > 0) {
       const int64_t pixels = B * g.out_height * g.out_width;
-      dynamic_conv_grad_guide_kernel<scalar_t, acc_t><<<grid_for(pixels), kThreads, 0, stream>>>(
+      dynamic_conv_grad_guide_kernel<scalar_t, acc_t><<<element_blocks(pixels), kElementThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
           guide.const_data_ptr<scalar_t>(), grad_guide.mutable_data_ptr<scalar_t>(), g, R, pixels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
