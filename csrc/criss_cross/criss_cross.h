@@ -37,14 +37,20 @@ ATTNKERN_HD inline int64_t position_offset(int64_t p, int64_t h, int64_t w, int6
   return p < W ? h * W + p : column_row(p - W, h) * W + w;
 }
 
+// Σ_c a[c, a_pixel]·b[c, b_pixel] for [C, HW] planes of one sample.
+template <typename acc_t, typename scalar_t>
+ATTNKERN_HD inline acc_t channel_dot(const scalar_t* a, int64_t a_pixel, const scalar_t* b, int64_t b_pixel, int64_t C,
+                                     int64_t HW) {
+  acc_t sum = 0;
+  for (int64_t c = 0; c < C; ++c) sum += static_cast<acc_t>(a[c * HW + a_pixel]) * static_cast<acc_t>(b[c * HW + b_pixel]);
+  return sum;
+}
+
 // e[p, h, w] for one sample: q, k point at channel 0 of [C, H, W] planes.
 template <typename acc_t, typename scalar_t>
 ATTNKERN_HD inline acc_t affinity_entry(const scalar_t* q, const scalar_t* k, int64_t C, int64_t H, int64_t W,
                                         int64_t p, int64_t h, int64_t w) {
-  const int64_t HW = H * W, pixel = h * W + w, source = position_offset(p, h, w, H, W);
-  acc_t sum = 0;
-  for (int64_t c = 0; c < C; ++c) sum += static_cast<acc_t>(q[c * HW + pixel]) * static_cast<acc_t>(k[c * HW + source]);
-  return sum;
+  return channel_dot<acc_t>(q, h * W + w, k, position_offset(p, h, w, H, W), C, H * W);
 }
 
 // out[c, h, w] for one sample and channel: a points at the [P, H, W] maps, v at channel c's [H, W] plane.

@@ -89,14 +89,6 @@ int64_t attention_smem_bytes(int64_t P, int arrays) {
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ acc_t channel_dot(const scalar_t* a, int64_t a_pixel, const scalar_t* b, int64_t b_pixel, int64_t C,
-                             int64_t HW) {
-  acc_t sum = 0;
-  for (int64_t c = 0; c < C; ++c) sum += static_cast<acc_t>(a[c * HW + a_pixel]) * static_cast<acc_t>(b[c * HW + b_pixel]);
-  return sum;
-}
-
-template <typename scalar_t, typename acc_t>
 __global__ void attention_forward_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                                          const scalar_t* __restrict__ v, scalar_t* __restrict__ out,
                                          acc_t* __restrict__ lse, int64_t Cq, int64_t Cv, int64_t H, int64_t W) {
@@ -145,7 +137,7 @@ __global__ void attention_grad_q_kernel(const scalar_t* __restrict__ grad, const
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
     const int64_t source = position_offset(p, h, w, H, W);
     const acc_t weight = attention_weight(affinity_entry<acc_t>(qb, kb, Cq, H, W, p, h, w), lse[blockIdx.x]);
-    const acc_t grad_weight = channel_dot<scalar_t, acc_t>(gb, pixel, vb, source, Cv, HW);
+    const acc_t grad_weight = channel_dot<acc_t>(gb, pixel, vb, source, Cv, HW);
     energy_grads[p] = energy_grad(weight, grad_weight, d[blockIdx.x]);
   }
   __syncthreads();
@@ -175,9 +167,9 @@ __global__ void attention_grad_kv_kernel(const scalar_t* __restrict__ grad, cons
   const scalar_t* gb = grad + b * Cv * HW;
   for (int64_t j = threadIdx.x; j < P; j += blockDim.x) {
     const int64_t partner = position_offset(j, y, x, H, W);
-    const acc_t weight = attention_weight(channel_dot<scalar_t, acc_t>(qb, partner, kb, position, Cq, HW),
+    const acc_t weight = attention_weight(channel_dot<acc_t>(qb, partner, kb, position, Cq, HW),
                                           lse[b * HW + partner]);
-    const acc_t grad_weight = channel_dot<scalar_t, acc_t>(gb, partner, vb, position, Cv, HW);
+    const acc_t grad_weight = channel_dot<acc_t>(gb, partner, vb, position, Cv, HW);
     weights[j] = weight;
     energy_grads[j] = energy_grad(weight, grad_weight, d[b * HW + partner]);
   }
