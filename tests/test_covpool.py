@@ -253,6 +253,8 @@ KERNEL_BAD_INPUTS = [  # the registered ops check their arguments too (called di
      (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 3), torch.empty(0), 5), "same device"),
     (torch.ops.attnkern.sqrtm_newton_schulz_backward,
      (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(4, 2, 3, 3), 2), r"iterates: expected shape \[5, 2, 3, 3\]"),
+    (torch.ops.attnkern.sqrtm_newton_schulz_backward,
+     (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(5, 2, 3, 3).double(), 2), "iterates: expected Float"),
     (torch.ops.attnkern.triuvec, (torch.ones(2, 3, 3, dtype=torch.int64),), "floating-point"),
     (torch.ops.attnkern.triuvec_backward, (torch.randn(2, 5), 3), r"expected shape \[2, 6\]"),
 ]

@@ -61,6 +61,8 @@ void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef e
 // tensor stands for "not saved": the backward then recomputes them.
 at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters);
 at::Tensor iterates_empty(const at::Tensor& a);
+// Checks a saved iterates tensor against a [B, C, C] and iters.
+void check_saved_iterates(const at::Tensor& saved, const at::Tensor& a, int64_t iters);
 
 // Newton–Schulz forward and backward over batched GEMMs (at::bmm): device-agnostic, used by the
 // CPU kernels and by the CUDA kernels for matrices too large for one block's shared memory.

@@ -437,11 +437,7 @@ at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at
     }
     const bool recompute = saved.numel() == 0;
     auto iterates = recompute ? iterates_alloc(a, iters) : saved.contiguous();
-    check_shape(iterates, "sqrtm_newton_schulz_backward: iterates", {3 * iters - 1, batch, n, n});
-    check_same_device(iterates, "sqrtm_newton_schulz_backward: iterates", a, "a");
-    TORCH_CHECK(iterates.scalar_type() == at::toOpMathType(a.scalar_type()),
-                "sqrtm_newton_schulz_backward: iterates must be ", at::toOpMathType(a.scalar_type()), ", got ",
-                iterates.scalar_type());
+    if (!recompute) check_saved_iterates(iterates, a, iters);
     grad_a = at::empty_like(a);
     const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
     auto kernel = sqrtm_backward_kernel<scalar_t, acc_t>;

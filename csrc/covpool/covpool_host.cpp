@@ -51,15 +51,34 @@ at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters) {
   return at::empty({3 * iters - 1, a.size(0), a.size(1), a.size(2)}, a.options().dtype(at::toOpMathType(a.scalar_type())));
 }
 
+void check_saved_iterates(const at::Tensor& saved, const at::Tensor& a, int64_t iters) {
+  const char* name = "sqrtm_newton_schulz_backward: iterates";
+  check_shape(saved, name, {3 * iters - 1, a.size(0), a.size(1), a.size(2)});
+  check_same_device(saved, name, a, "a");
+  TORCH_CHECK(saved.scalar_type() == at::toOpMathType(a.scalar_type()), name, ": expected ",
+              at::toOpMathType(a.scalar_type()), " (a's accumulation type), got ", saved.scalar_type());
+}
+
 namespace {
 
 at::Tensor slot(const at::Tensor& iterates, int64_t k, int64_t which) { return iterates.select(0, 3 * k + which); }
 
+// Each matrix's trace t, with 1 in place of 0 (whose result is then set to 0), and where it was 0.
+struct Trace {
+  at::Tensor value;  // [B]
+  at::Tensor zero;   // [B] bool
+};
+
+Trace safe_trace(const at::Tensor& a) {
+  auto trace = a.diagonal(0, 1, 2).sum(-1);
+  auto zero = trace.eq(0);
+  return {at::where(zero, at::ones_like(trace), trace), zero};
+}
+
 // The trace-normalised iteration up to Y_f, Z_f (written into `iterates` when it is non-empty).
 struct Iteration {
-  at::Tensor trace;       // [B]; 1 where the input's trace is 0 (the result is then set to 0)
-  at::Tensor zero_trace;  // [B] bool
-  at::Tensor eye;         // [B, C, C]
+  Trace trace;
+  at::Tensor eye;  // [B, C, C]
   at::Tensor Yf, Zf;
 };
 
@@ -67,11 +86,9 @@ Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& it
   Iteration it;
   const bool keep = iterates.numel() > 0;
   const int64_t batch = a.size(0), n = a.size(1);
-  auto trace = a.diagonal(0, 1, 2).sum(-1);
-  it.zero_trace = trace.eq(0);
-  it.trace = at::where(it.zero_trace, at::ones_like(trace), trace);
+  it.trace = safe_trace(a);
   it.eye = at::eye(n, a.options()).expand({batch, n, n});
-  auto Y = a / it.trace.view({-1, 1, 1});
+  auto Y = a / it.trace.value.view({-1, 1, 1});
   auto Z = it.eye;
   if (keep) {
     Y = slot(iterates, 0, 0).copy_(Y);
@@ -103,8 +120,8 @@ std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a_in,
   if (a.numel() == 0) return {at::empty_like(a_in), iterates};
   auto it = run_iteration(a, iters, iterates);
   auto P = at::baddbmm(it.Yf, it.Yf, at::bmm(it.Zf, it.Yf), kThreeHalves, -kHalf);
-  auto out = P * it.trace.sqrt().view({-1, 1, 1});
-  out.masked_fill_(it.zero_trace.view({-1, 1, 1}), 0);
+  auto out = P * it.trace.value.sqrt().view({-1, 1, 1});
+  out.masked_fill_(it.trace.zero.view({-1, 1, 1}), 0);
   return {out.to(a_in.scalar_type()), iterates};
 }
 
@@ -116,16 +133,9 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   auto G = to_compute_dtype(grad_in);
   if (a.numel() == 0) return at::zeros_like(a_in);
   const bool recompute = saved.numel() == 0;
-  if (!recompute) {
-    check_shape(saved, "sqrtm_newton_schulz_backward: iterates", {3 * iters - 1, a.size(0), a.size(1), a.size(2)});
-    check_same_device(saved, "sqrtm_newton_schulz_backward: iterates", a_in, "a");
-    check_same_dtype(saved, "sqrtm_newton_schulz_backward: iterates", a, "a (in its accumulation type)");
-  }
+  if (!recompute) check_saved_iterates(saved, a_in, iters);
   auto iterates = recompute ? iterates_alloc(a_in, iters) : saved;
-  auto trace = a.diagonal(0, 1, 2).sum(-1);
-  auto zero_trace = trace.eq(0);
-  trace = at::where(zero_trace, at::ones_like(trace), trace);
-  if (recompute) run_iteration(a, iters, iterates);
+  const auto [trace, zero_trace] = recompute ? run_iteration(a, iters, iterates).trace : safe_trace(a);
   const int64_t f = iters - 1;
   auto sqrt_t = trace.sqrt().view({-1, 1, 1});
 
