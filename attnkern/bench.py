@@ -42,6 +42,10 @@ class Case:
     impls: Dict[str, Callable[..., torch.Tensor]]  # name → fn(*inputs) → output
     skip: Dict[str, str] = field(default_factory=dict)  # name → why it is not run
 
+    def result(self, impl: str, device: str, note: str = "") -> "Result":
+        """An empty row of the table for one implementation of this case."""
+        return Result(self.family, self.shape, str(self.dtype).replace("torch.", ""), impl, device, note=note)
+
 
 @dataclass
 class Result:
@@ -144,7 +148,7 @@ class PeakMemory:
 
 
 def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str, budget_s: float) -> Result:
-    result = Result(case.family, case.shape, str(case.dtype).replace("torch.", ""), name, device)
+    result = case.result(name, device)
     inputs = case.make_inputs()
     leaves = [t for t in inputs if t.requires_grad]
     with torch.no_grad():
@@ -178,8 +182,7 @@ def run(families: Optional[Sequence[str]] = None, smoke: bool = False, compile: 
         for case in module.cases(device, smoke):
             for name, fn in case.impls.items():
                 if name in case.skip:
-                    results.append(Result(case.family, case.shape, str(case.dtype).replace("torch.", ""), name,
-                                          device, note=case.skip[name]))
+                    results.append(case.result(name, device, note=case.skip[name]))
                     continue
                 if "compile" in name and not compile:
                     continue
