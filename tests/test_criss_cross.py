@@ -305,3 +305,15 @@ def test_cpu_half_types(dtype):
                      reference.criss_cross_aggregate(attn, v)) <= 1e-2
     out = ops.criss_cross_attention(q.to(dtype), k.to(dtype), v.to(dtype))
     assert out.dtype == dtype and rel_error(out, reference.criss_cross_attention(q, k, v)) <= 1e-2
+
+
+def test_attention_backward_on_several_threads():
+    """The CPU kernel's ATen calls run on OpenMP workers: they must keep the caller's autograd state."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v = (torch.randn(2, 4, 9, 7, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        ops.criss_cross_attention(q, k, v).sum().backward()
+        assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+    finally:
+        torch.set_num_threads(threads)

@@ -282,3 +282,17 @@ def test_drconv2d_bad_arguments():
         attnkern_nn.DRConv2d(4, 4, 3, region_num=0)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         attnkern_nn.DRConv2d(4, 4, 3)(torch.randn(4, 8, 8))
+
+
+def test_dynamic_region_conv_backward_on_several_threads():
+    """The CPU kernel's per-sample ATen calls run on OpenMP workers: they must keep the caller's autograd state."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        options = dict(dtype=torch.float64, requires_grad=True)
+        x, filters, guide = torch.randn(4, 3, 6, 5, **options), torch.randn(4, 2, 4, 3, 3, 3, **options), \
+            torch.randn(4, 2, 6, 5, **options)
+        ops.dynamic_region_conv(x, filters, guide, padding=1).sum().backward()
+        assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (x, filters, guide))
+    finally:
+        torch.set_num_threads(threads)

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/cpu_parallel.h"
 #include "common/dtype.h"
 #include "criss_cross/criss_cross.h"
 
@@ -91,7 +92,7 @@ at::Tensor columns_of(const at::Tensor& x, int64_t b, int64_t w0, int64_t n) {
 // Runs body(task, tile, scratch) for tasks 0 .. count − 1, in parallel, with two n×n tiles.
 template <typename Body>
 void for_each_task(int64_t count, int64_t n, const at::TensorOptions& options, Body body) {
-  at::parallel_for(0, count, 1, [&](int64_t t0, int64_t t1) {
+  parallel_for_aten(0, count, 1, [&](int64_t t0, int64_t t1) {
     auto tile = at::empty({n, n}, options);
     auto scratch = at::empty({n, n}, options);
     for (int64_t t = t0; t < t1; ++t) body(t, tile, scratch);

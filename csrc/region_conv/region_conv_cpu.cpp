@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_parallel.h"
 #include "common/dtype.h"
 #include "region_conv/region_conv.h"
 
@@ -101,7 +102,7 @@ at::Tensor dynamic_region_conv_cpu(const at::Tensor& x_in, const at::Tensor& fil
   const int64_t B = x.size(0), R = filters.size(1), L = g.out_height * g.out_width;
   auto out = at::empty({B, g.out_channels, g.out_height, g.out_width}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_cpu", [&] {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    parallel_for_aten(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         auto pixels = pixels_by_region(guide.const_data_ptr<scalar_t>() + b * R * L, R, L);
         auto cols = sample_columns(x, b, g);
@@ -129,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cpu(
   auto grad_x = at::empty_like(x), grad_filters = at::zeros_like(filters), grad_guide = at::empty_like(guide);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    parallel_for_aten(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const scalar_t* guide_b = guide.const_data_ptr<scalar_t>() + b * R * L;
         auto pixels = pixels_by_region(guide_b, R, L);
