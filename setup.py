@@ -11,6 +11,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -82,7 +83,10 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "*", "*.cu")))
 
-    cxx_flags = ["-O3"]
+    # ATen's at::parallel_for is inline in the headers and runs serially unless the extension itself is
+    # compiled with OpenMP; -fopenmp links libgomp.so.1, the runtime torch has already loaded.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags = ["-O3"] + openmp
     define_macros = []
     if with_cuda:
         define_macros.append(("ATTNKERN_WITH_CUDA", None))
@@ -93,6 +97,7 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=openmp,
         )
     else:
         ext = CppExtension(
@@ -101,6 +106,7 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=openmp,
         )
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
