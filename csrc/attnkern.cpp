@@ -28,4 +28,12 @@ TORCH_LIBRARY(attnkern, m) {
         " -> Tensor");
   m.def("dynamic_region_conv_backward(Tensor grad, Tensor x, Tensor filters, Tensor guide, int[2] stride,"
         " int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor)");
+
+  // window_attention family (csrc/window_attention): Swin/SwinIR shifted-window attention in image layout.
+  // qkv [B, H, W, 3, heads, d] → (out [B, H, W, heads, d], lse [B, H, W, heads]); the backward returns
+  // (grad_qkv, grad_bias), grad_bias empty when bias is None. The mask gets no gradient.
+  m.def("window_attention(Tensor qkv, Tensor? bias, Tensor? mask, int window_size, int shift_size, float scale)"
+        " -> (Tensor, Tensor)");
+  m.def("window_attention_backward(Tensor grad, Tensor qkv, Tensor? bias, Tensor? mask, Tensor out, Tensor lse,"
+        " int window_size, int shift_size, float scale) -> (Tensor, Tensor)");
 }

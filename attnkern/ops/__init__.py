@@ -3,9 +3,10 @@
 from .covpool import CovpoolLayer, SqrtmLayer, TriuvecLayer, covpool, sqrtm_newton_schulz, triuvec
 from .criss_cross import criss_cross_affinity, criss_cross_aggregate, criss_cross_attention
 from .region_conv import dynamic_region_conv, region_assign
+from .window_attention import window_attention
 
 __all__ = [
     "covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer",
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
-    "region_assign", "dynamic_region_conv",
+    "region_assign", "dynamic_region_conv", "window_attention",
 ]

@@ -32,6 +32,12 @@ inline int64_t max_shared_memory_optin() {
   return bytes;
 }
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory (beyond the default 48 KiB, up to the opt-in limit).
+template <typename Kernel>
+void allow_smem(Kernel kernel, int64_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
 // Reductions over the block (blockDim.x a power of two, `scratch` blockDim.x elements of shared
 // memory); every thread gets the result, and the block may reuse `scratch` right after.
 template <typename acc_t, typename Combine>

@@ -323,11 +323,6 @@ bool sqrtm_fits_one_block(int64_t n) {
   return sqrtm_smem_bytes<acc_t>(n) <= max_shared_memory_optin();
 }
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, int64_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 // ---- host wrappers ---------------------------------------------------------------------------
 
 at::Tensor row_means(const at::Tensor& x) {  // x contiguous [B, C, M] -> [B, C] in opmath type

@@ -1,0 +1,109 @@
+// Shifted-window multi-head attention with relative position bias (Swin, SwinIR), in image layout.
+//
+//   qkv  [B, H, W, 3, heads, d]   the qkv Linear's output viewed as an image (q, k, v of every pixel)
+//   out  [B, H, W, heads, d]      what the output projection reads
+//   lse  [B, H, W, heads]         per query token, log Σ_j exp(s_ij): the backward recomputes P from it
+//
+// The image is cut, after a cyclic shift by −shift along both axes, into nW = (H/ws)·(W/ws) windows of
+// N = ws² tokens, both numbered row-major. Within a window, for one head (Swin, eq. 4):
+//   s_ij = scale·q_i·k_j + bias[i, j] + region_ij + mask[w, i, j],   P = softmax_j(s),   o_i = Σ_j P_ij·v_j
+// where region_ij = −100 between tokens of different regions of a shifted window (SwinIR's
+// calculate_mask), 0 otherwise. Gradients (D_i = Σ_c dO_ic·o_ic, dS_ij = P_ij·(dO_i·v_j − D_i)):
+//   dq_i = scale·Σ_j dS_ij·k_j,   dk_j = scale·Σ_i dS_ij·q_i,   dv_j = Σ_i P_ij·dO_i,   dbias = Σ_windows dS.
+//
+// The index maps below place every token without partition or roll copies; the CPU and CUDA kernels
+// both use them.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace attnkern {
+namespace window_attention {
+
+// SwinIR's additive mask between tokens of different regions (not −inf: a row is never empty).
+constexpr float kRegionMaskValue = -100.0f;
+
+// Where the windows lie: an H×W image, square windows of `window` pixels, cyclic shift `shift`.
+struct WindowGrid {
+  int64_t H, W, window, shift;
+
+  ATTNKERN_HD int64_t tokens() const { return window * window; }
+  ATTNKERN_HD int64_t windows() const { return (H / window) * (W / window); }
+
+  // Coordinates in the shifted image of token t of window w.
+  ATTNKERN_HD int64_t shifted_row(int64_t w, int64_t t) const { return (w / (W / window)) * window + t / window; }
+  ATTNKERN_HD int64_t shifted_col(int64_t w, int64_t t) const { return (w % (W / window)) * window + t % window; }
+
+  // Pixel (y·W + x) of the image at shifted coordinates (sy, sx): image ((sy + shift) mod H,
+  // (sx + shift) mod W).
+  ATTNKERN_HD int64_t pixel_at(int64_t sy, int64_t sx) const {
+    const int64_t y = sy + shift, x = sx + shift;
+    return (y < H ? y : y - H) * W + (x < W ? x : x - W);
+  }
+
+  // SwinIR's region of shifted coordinates (sy, sx) (shift > 0): each axis of the shifted image splits
+  // at length − window and length − shift into regions 0, 1, 2; tokens of different regions mask each other.
+  ATTNKERN_HD int region_at(int64_t sy, int64_t sx) const {
+    const int ry = (sy >= H - window) + (sy >= H - shift), rx = (sx >= W - window) + (sx >= W - shift);
+    return ry * 3 + rx;
+  }
+
+  // The pixel and region of token t of window w.
+  ATTNKERN_HD int64_t pixel(int64_t w, int64_t t) const { return pixel_at(shifted_row(w, t), shifted_col(w, t)); }
+  ATTNKERN_HD int region(int64_t w, int64_t t) const { return region_at(shifted_row(w, t), shifted_col(w, t)); }
+};
+
+// Offsets into qkv [B, H, W, 3, heads, d] and into out/grad [B, H, W, heads, d] of head h of a pixel.
+ATTNKERN_HD inline int64_t qkv_offset(int64_t pixel, int which, int64_t h, int64_t heads, int64_t d) {
+  return ((pixel * 3 + which) * heads + h) * d;
+}
+ATTNKERN_HD inline int64_t out_offset(int64_t pixel, int64_t h, int64_t heads, int64_t d) {
+  return (pixel * heads + h) * d;
+}
+
+// The region mask between two tokens of a shifted window.
+template <typename acc_t>
+ATTNKERN_HD inline acc_t region_penalty(int region_i, int region_j) {
+  return region_i != region_j ? static_cast<acc_t>(kRegionMaskValue) : acc_t(0);
+}
+
+// The additive part of s_ij: bias (of this head, [N, N]), the region mask and the explicit mask (of this
+// window, [N, N]). bias and mask may be null; region is null when the window is not shifted.
+template <typename acc_t, typename bias_t, typename mask_t>
+ATTNKERN_HD inline acc_t logit_offset(const bias_t* bias, const mask_t* mask, const int* region, int64_t i, int64_t j,
+                                      int64_t N) {
+  acc_t offset = 0;
+  if (bias != nullptr) offset += static_cast<acc_t>(bias[i * N + j]);
+  if (mask != nullptr) offset += static_cast<acc_t>(mask[i * N + j]);
+  if (region != nullptr) offset += region_penalty<acc_t>(region[i], region[j]);
+  return offset;
+}
+
+// dS_ij = P_ij·(dP_ij − D_i): the softmax backward of one logit.
+template <typename acc_t>
+ATTNKERN_HD inline acc_t logit_grad(acc_t p, acc_t dp, acc_t d_i) {
+  return p * (dp - d_i);
+}
+
+// Argument checks shared by the CPU and CUDA kernels (window_attention_host.cpp). They return the grid.
+WindowGrid check_inputs(const at::Tensor& qkv, const c10::optional<at::Tensor>& bias,
+                        const c10::optional<at::Tensor>& mask, int64_t window_size, int64_t shift_size,
+                        const char* op);
+void check_saved(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& out, const at::Tensor& lse,
+                 const char* op);
+
+// The bias and mask as the kernels read them: contiguous, bias in qkv's dtype, mask in the
+// accumulation dtype; undefined when absent.
+at::Tensor bias_operand(const c10::optional<at::Tensor>& bias);
+at::Tensor mask_operand(const c10::optional<at::Tensor>& mask, const at::Tensor& qkv);
+
+// How many window groups the backward splits the B·nW windows into: one block/task per (group, head)
+// accumulates its own partial bias gradient, and the partials are summed in a fixed order afterwards.
+inline int64_t backward_groups(int64_t total_windows) { return total_windows < 64 ? total_windows : 64; }
+
+}  // namespace window_attention
+}  // namespace attnkern
