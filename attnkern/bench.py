@@ -2,7 +2,8 @@
 
 Runs every ``benchmarks/bench_<family>.py`` of the source tree on the present device (CUDA when
 available, else CPU) and prints one markdown table: median time of the forward and of
-forward+backward, and peak memory of forward+backward, for each implementation at each shape.
+forward+backward, and peak memory of forward+backward (of the forward for inference-only rows), for
+each implementation at each shape.
 
 A benchmark module defines ``cases(device, smoke) -> list[Case]``. Peak memory is measured as
 ``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU as the rise of the process's peak
@@ -41,6 +42,7 @@ class Case:
     make_inputs: Callable[[], Inputs]  # floating inputs that need a gradient have requires_grad
     impls: Dict[str, Callable[..., torch.Tensor]]  # name → fn(*inputs) → output
     skip: Dict[str, str] = field(default_factory=dict)  # name → why it is not run
+    forward_only: bool = False  # inference rows: no backward; peak memory of the forward
 
     def result(self, impl: str, device: str, note: str = "") -> "Result":
         """An empty row of the table for one implementation of this case."""
@@ -152,7 +154,7 @@ def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str,
     inputs = case.make_inputs()
     leaves = [t for t in inputs if t.requires_grad]
     with torch.no_grad():
-        grad = torch.randn_like(fn(*inputs))
+        grad = None if case.forward_only else torch.randn_like(fn(*inputs))
 
     def forward():
         with torch.no_grad():
@@ -164,11 +166,15 @@ def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str,
         fn(*inputs).backward(grad)
 
     result.fwd_ms = median_ms(forward, device, budget_s=budget_s)
-    result.fwd_bwd_ms = median_ms(forward_backward, device, budget_s=budget_s)
-    for t in leaves:
-        t.grad = None
-    with PeakMemory(device) as peak:
-        forward_backward()
+    if case.forward_only:
+        with PeakMemory(device) as peak:
+            forward()
+    else:
+        result.fwd_bwd_ms = median_ms(forward_backward, device, budget_s=budget_s)
+        for t in leaves:
+            t.grad = None
+        with PeakMemory(device) as peak:
+            forward_backward()
     result.peak_mib = peak.mib
     return result
 
@@ -206,7 +212,7 @@ def markdown(results: List[Result], baseline: str = "attnkern") -> str:
     lines = [
         f"attnkern {attnkern.__version__}, torch {torch.__version__}, {where}",
         "",
-        "| family | shape | dtype | implementation | fwd ms | fwd+bwd ms | fwd+bwd peak MiB "
+        "| family | shape | dtype | implementation | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd, or fwd) "
         f"| {baseline} speed-up fwd / fwd+bwd | note |",
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
@@ -215,7 +221,8 @@ def markdown(results: List[Result], baseline: str = "attnkern") -> str:
         b = base.get((r.family, r.shape, r.dtype))
         speedup = "—"
         if b is not None and r.fwd_ms is not None and b.fwd_ms:
-            speedup = f"{r.fwd_ms / b.fwd_ms:.1f}× / {r.fwd_bwd_ms / b.fwd_bwd_ms:.1f}×"
+            speedup = f"{r.fwd_ms / b.fwd_ms:.1f}×"
+            speedup += f" / {r.fwd_bwd_ms / b.fwd_bwd_ms:.1f}×" if r.fwd_bwd_ms is not None else " / —"
         lines.append(f"| {r.family} | {r.shape} | {r.dtype} | {r.impl} | {_fmt(r.fwd_ms)} | {_fmt(r.fwd_bwd_ms)} "
                      f"| {_fmt(r.peak_mib, 1)} | {speedup} | {r.note} |")
     return "\n".join(lines)
