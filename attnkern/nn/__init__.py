@@ -1,8 +1,20 @@
 """Drop-in layers built on attnkern's ops: same constructor arguments, parameter names and outputs
 as the published modules they replace, so their state_dicts load."""
 
+from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .covpool import SOCA
 from .criss_cross import CrissCrossAttention
+from .double_attention import DoubleAttention
 from .region_conv import DRConv2d
+from .scconv import SCConv
+from .scse import cSE, scSE, sSE
+from .se import SEAttention
+from .sge import SGE
+from .sk import SKConv
+from .split_attn import SplitAttn
 
-__all__ = ["SOCA", "CrissCrossAttention", "DRConv2d"]
+__all__ = [
+    "SOCA", "CrissCrossAttention", "DRConv2d",
+    "DoubleAttention", "SEAttention", "ChannelAttention", "SpatialAttention", "CBAM", "SKConv", "SGE", "cSE",
+    "sSE", "scSE", "SCConv", "SplitAttn",
+]

@@ -12,10 +12,13 @@ from .criss_cross import (
     criss_cross_attention,
     criss_cross_positions,
 )
+from .gating import apply_gates, channel_pool, spatial_pool
+from . import modules
 from .region_conv import dynamic_region_conv, region_assign, region_correlation
 
 __all__ = [
     "covpool", "covpool_centering_matrix", "sqrtm_newton_schulz", "triuvec",
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_aggregate_transposed", "criss_cross_attention",
     "criss_cross_positions", "region_assign", "region_correlation", "dynamic_region_conv",
+    "channel_pool", "spatial_pool", "apply_gates", "modules",
 ]
