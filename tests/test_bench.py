@@ -8,7 +8,9 @@ from attnkern import bench
 def test_bench_smoke_runs_every_family():
     results = bench.run(smoke=True, compile=False, device="cpu", log=open("/dev/null", "w"))
     families = {r.family for r in results}
-    assert families == {"covpool+sqrtm", "criss-cross layer", "DRConv2d layer", "dynamic conv op"}
+    assert families == {"covpool+sqrtm", "criss-cross layer", "DRConv2d layer", "dynamic conv op",
+                        "DoubleAttention layer", "SEAttention layer", "CBAM layer", "scSE layer", "SGE layer",
+                        "SKConv layer", "SCConv layer", "SplitAttn layer"}
     for family in families:
         names = {r.impl for r in results if r.family == family}
         assert "attnkern" in names and len(names) >= 2 and not any("compile" in n for n in names)
