@@ -5,8 +5,8 @@ Implementations, all with the same weights (training mode, as in a training step
   seed              the published formulation (attnkern.reference.modules.Seed*); for A2 the
                     published code as users run it, softmax over the batch included (labelled)
   seed, compiled    the same under torch.compile (inductor)
-  attnkern          the attnkern.nn layer (SE, CBAM, cSE/sSE on the gating kernels; the others plain
-                    PyTorch without the published stacking copies)
+  attnkern          the attnkern.nn layer (SE and CBAM on the gating kernels; the others plain
+                    PyTorch: the paper's softmax for A2, no stacking copies for SK and SplitAttn)
 
 The convolution-heavy layers use grouped convolutions (SK G = 32, SCConv groups = 32, SplitAttn
 groups = 8) so that the attention part, where the implementations differ, is not lost under the

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from ..ops.gating import apply_gates, channel_pool
+from ..ops.gating import apply_gates
 from ._checks import check_input, positive_int
 
 __all__ = ["SEAttention"]
@@ -22,9 +22,9 @@ class SEAttention(nn.Module):
 
         s = mean_hw(x)  [B, C],   g = σ(W₂ · ReLU(W₁ · s)),   out = x · g[:, :, None, None]
 
-    with W₁ [C/r, C], W₂ [C, C/r] bias-free linear layers. The squeeze is attnkern's ``channel_pool``
-    and the excitation's product ``apply_gates``, whose backward produces grad_x and the gate's
-    gradient Σ_hw grad·x in one pass.
+    with W₁ [C/r, C], W₂ [C, C/r] bias-free linear layers. The product is attnkern's ``apply_gates``,
+    whose backward produces grad_x and the gate's gradient Σ_hw grad·x in one pass (the published
+    ``x * y.expand_as(x)`` materialises grad·x for the sum). The squeeze is ATen's mean (vectorised).
 
     As published, ``init_weights`` exists but the constructor does not call it (PyTorch's default
     initialisation applies). Nothing else differs from the published module.
@@ -40,7 +40,7 @@ class SEAttention(nn.Module):
         positive_int(reduction, "reduction", "SEAttention")
         if channel // reduction < 1:
             raise ValueError(f"SEAttention: channel // reduction must be >= 1, got {channel} // {reduction}")
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)  # kept for attribute compatibility; forward uses channel_pool
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)  # kept for attribute compatibility (no parameters)
         self.fc = nn.Sequential(
             nn.Linear(channel, channel // reduction, bias=False),
             nn.ReLU(inplace=True),
@@ -61,6 +61,5 @@ class SEAttention(nn.Module):
         check_input(x, "SEAttention", self.channel)
         if x.shape[2] * x.shape[3] == 0:
             raise ValueError(f"SEAttention: input needs at least one position, got shape {tuple(x.shape)}")
-        mean, _ = channel_pool(x)
-        x, gate = common_dtype(x, self.fc(mean))
+        x, gate = common_dtype(x, self.fc(x.mean(dim=(2, 3))))
         return apply_gates(x, gate, None)

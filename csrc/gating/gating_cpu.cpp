@@ -46,48 +46,13 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
 
 // ---- channel_pool ----------------------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor> channel_pool_cpu(const at::Tensor& x_in) {
-  const Dims d = check_channel_pool(x_in);
-  auto x = x_in.contiguous();
-  auto mean = at::empty({d.B, d.C}, x.options()), max = at::empty({d.B, d.C}, x.options());
-  const int64_t HW = d.HW();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    scalar_t* mean_ptr = mean.mutable_data_ptr<scalar_t>();
-    scalar_t* max_ptr = max.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B * d.C, row_grain(HW), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = x_ptr + r * HW;
-        acc_t sums[kLanes] = {}, maxima[kLanes];
-        std::fill(maxima, maxima + kLanes, -std::numeric_limits<acc_t>::infinity());
-        int64_t j = 0;
-        for (; j + kLanes <= HW; j += kLanes) {
-          for (int64_t k = 0; k < kLanes; ++k) {
-            const acc_t v = static_cast<acc_t>(row[j + k]);
-            sums[k] += v;
-            maxima[k] = v > maxima[k] ? v : maxima[k];
-          }
-        }
-        acc_t sum = 0;
-        for (; j < HW; ++j) {
-          const acc_t v = static_cast<acc_t>(row[j]);
-          sum += v;
-          maxima[0] = v > maxima[0] ? v : maxima[0];
-        }
-        for (int64_t k = 0; k < kLanes; ++k) sum += sums[k];
-        acc_t mx = maxima[0];
-        for (int64_t k = 1; k < kLanes; ++k) mx = nan_max(maxima[k], mx);
-        if (std::isnan(sum)) {  // a NaN the vector max may have dropped: rescan, NaN winning
-          mx = static_cast<acc_t>(row[0]);
-          for (int64_t j = 1; j < HW; ++j) mx = nan_max(static_cast<acc_t>(row[j]), mx);
-        }
-        mean_ptr[r] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
-        max_ptr[r] = static_cast<scalar_t>(mx);
-      }
-    });
-  });
-  return {mean, max};
+// The forward is ATen's two reductions: they are dispatched to the CPU's widest vector unit (AVX-512
+// on the development machine) and beat a one-pass loop compiled for baseline x86-64 by 3.7× (0.31 vs
+// 1.14 ms for 8×256×40×40, one thread). The backward is the fused pass below.
+std::tuple<at::Tensor, at::Tensor> channel_pool_cpu(const at::Tensor& x) {
+  check_channel_pool(x);
+  const auto acc = at::toOpMathType(x.scalar_type());
+  return {at::mean(x, {2, 3}, /*keepdim=*/false, acc).to(x.scalar_type()), at::amax(x, {2, 3})};
 }
 
 at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_in,
