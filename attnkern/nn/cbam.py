@@ -85,9 +85,10 @@ class CBAM(nn.Module):
     """Convolutional block attention module: out = x' · SA(x'), x' = x · CA(x), a drop-in for the
     published ``CBAM`` (sub-modules ``ca``, ``sa``).
 
-    Three passes over the feature map instead of the published eight: ``channel_pool`` (mean and
-    max over H·W), ``spatial_pool`` of x · CA without storing x' (mean and max over C), and
-    ``apply_gates`` (x · CA · SA in one product); their backward passes are fused likewise.
+    Three gating ops instead of the published chain of eight full-size operations: ``channel_pool``
+    (mean and max over H·W), ``spatial_pool`` of x · CA without storing x' (mean and max over C), and
+    ``apply_gates`` (x · CA · SA in one product); their backward passes are fused likewise, and x'
+    is never stored for the backward (about half the seed's peak memory).
 
     Args:
         in_planes: channels C.
