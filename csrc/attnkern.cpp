@@ -29,6 +29,16 @@ TORCH_LIBRARY(attnkern, m) {
   m.def("dynamic_region_conv_backward(Tensor grad, Tensor x, Tensor filters, Tensor guide, int[2] stride,"
         " int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor)");
 
+  // gating family (csrc/gating): SE / CBAM poolings and gates. Maxima as torch.amax (NaN wins, ties share
+  // the gradient). An absent optional gate is 1; backward returns an empty tensor for an absent gate.
+  m.def("channel_pool(Tensor x) -> (Tensor, Tensor)");
+  m.def("channel_pool_backward(Tensor? grad_mean, Tensor? grad_max, Tensor x, Tensor max) -> Tensor");
+  m.def("spatial_pool(Tensor x, Tensor? gate) -> Tensor");
+  m.def("spatial_pool_backward(Tensor grad, Tensor x, Tensor? gate, Tensor pooled) -> (Tensor, Tensor)");
+  m.def("apply_gates(Tensor x, Tensor? channel_gate, Tensor? pixel_gate) -> Tensor");
+  m.def("apply_gates_backward(Tensor grad, Tensor x, Tensor? channel_gate, Tensor? pixel_gate)"
+        " -> (Tensor, Tensor, Tensor)");
+
   // window_attention family (csrc/window_attention): Swin/SwinIR shifted-window attention in image layout.
   // qkv [B, H, W, 3, heads, d] → (out [B, H, W, heads, d], lse [B, H, W, heads]); the backward returns
   // (grad_qkv, grad_bias), grad_bias empty when bias is None. The mask gets no gradient.

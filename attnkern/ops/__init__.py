@@ -2,11 +2,14 @@
 
 from .covpool import CovpoolLayer, SqrtmLayer, TriuvecLayer, covpool, sqrtm_newton_schulz, triuvec
 from .criss_cross import criss_cross_affinity, criss_cross_aggregate, criss_cross_attention
+from .gating import apply_gates, channel_pool, spatial_pool
 from .region_conv import dynamic_region_conv, region_assign
 from .window_attention import window_attention
 
 __all__ = [
     "covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer",
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
-    "region_assign", "dynamic_region_conv", "window_attention",
+    "region_assign", "dynamic_region_conv",
+    "channel_pool", "spatial_pool", "apply_gates",
+    "window_attention",
 ]

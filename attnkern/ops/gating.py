@@ -1,0 +1,176 @@
+"""Gating ops of squeeze-excite / CBAM-style attention: the poolings that make the gates and the
+products that apply them, each one pass over the feature map (and one fused pass for its backward;
+on the CPU, channel_pool's forward is ATen's two vectorised reductions, measured faster there).
+
+    mean, mx = channel_pool(x)               # over H·W: what SE and CBAM's channel attention pool
+    pooled = spatial_pool(x, channel_gate)   # [mean_c; max_c] of x·gate, without materialising x·gate
+    out = apply_gates(x, channel_gate, pixel_gate)   # x·g_c·g_hw in one pass
+
+Maxima follow ``torch.amax``: a NaN wins, and the gradient is split evenly between tied maxima (the
+published CBAM's ``AdaptiveMaxPool2d`` / ``torch.max`` route it all to one of them; both agree when the
+maximum is unique).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from ._kernels import check_floating, has_kernel
+
+__all__ = ["channel_pool", "spatial_pool", "apply_gates"]
+
+
+def _check_x(x: object, op: str) -> None:
+    check_floating(x, "x", op)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be [B, C, H, W], got shape {tuple(x.shape)}")
+
+
+def _check_gate(gate: object, name: str, shape: Tuple[int, ...], layout: str, x: Tensor, op: str) -> None:
+    check_floating(gate, name, op)
+    if tuple(gate.shape) != shape:
+        raise ValueError(f"{op}: {name} must be {layout} = {list(shape)} for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(gate.shape)}")
+    if gate.dtype != x.dtype or gate.device != x.device:
+        raise TypeError(f"{op}: {name} must share x's dtype and device, got {gate.dtype} on {gate.device} and "
+                        f"{x.dtype} on {x.device}")
+
+
+def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Mean and maximum over the H·W positions of every channel (one pass on CUDA).
+
+    Args:
+        x: [B, C, H, W] with H·W ≥ 1.
+
+    Returns:
+        (mean, max), each [B, C] in x's dtype (float32 accumulation for half types). Backward: the
+        mean's gradient spreads evenly over the positions, the max's goes to the maximum (split
+        evenly between tied maxima, as ``torch.amax``).
+    """
+    op = "channel_pool"
+    _check_x(x, op)
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"{op}: x needs at least one position to pool, got shape {tuple(x.shape)}")
+    if not has_kernel(x):
+        return reference.channel_pool(x)
+    return torch.ops.attnkern.channel_pool(x)
+
+
+def spatial_pool(x: Tensor, gate: Optional[Tensor] = None) -> Tensor:
+    """Mean and maximum over the channels of every pixel of y = x · gate[:, :, None, None] (y = x
+    without a gate), in one pass that never stores y.
+
+    Args:
+        x: [B, C, H, W] with C ≥ 1.
+        gate: optional [B, C] channel gate, x's dtype and device.
+
+    Returns:
+        [B, 2, H, W]: channel 0 the mean, channel 1 the maximum (CBAM's ``cat([mean, max], 1)``).
+        Gradients reach x and gate; the maximum's is split evenly between tied maxima.
+    """
+    op = "spatial_pool"
+    _check_x(x, op)
+    if x.shape[1] == 0:
+        raise ValueError(f"{op}: x needs at least one channel to pool, got shape {tuple(x.shape)}")
+    if gate is not None:
+        _check_gate(gate, "gate", tuple(x.shape[:2]), "[B, C]", x, op)
+    if not has_kernel(x):
+        return reference.spatial_pool(x, gate)
+    return torch.ops.attnkern.spatial_pool(x, gate)
+
+
+def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Optional[Tensor] = None) -> Tensor:
+    """x · channel_gate[b, c] · pixel_gate[b, 0, h, w] in one pass (either gate may be None, not both).
+
+    Args:
+        x: [B, C, H, W].
+        channel_gate: [B, C] (SE, CBAM's channel attention).
+        pixel_gate: [B, 1, H, W] (CBAM's spatial attention).
+
+    Returns:
+        [B, C, H, W]. Backward is one pass too: grad_x, and the gates' gradients Σ_hw grad·x·g_hw and
+        Σ_c grad·x·g_c, reduced in a fixed order (deterministic).
+    """
+    op = "apply_gates"
+    _check_x(x, op)
+    if channel_gate is None and pixel_gate is None:
+        raise ValueError(f"{op}: needs a channel_gate, a pixel_gate or both, got neither")
+    B, C, H, W = x.shape
+    if channel_gate is not None:
+        _check_gate(channel_gate, "channel_gate", (B, C), "[B, C]", x, op)
+    if pixel_gate is not None:
+        _check_gate(pixel_gate, "pixel_gate", (B, 1, H, W), "[B, 1, H, W]", x, op)
+    if not has_kernel(x):
+        return reference.apply_gates(x, channel_gate, pixel_gate)
+    return torch.ops.attnkern.apply_gates(x, channel_gate, pixel_gate)
+
+
+# ---- autograd and fake kernels --------------------------------------------------------------
+
+
+def _channel_pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])
+
+
+def _channel_pool_backward(ctx, grad_mean, grad_max):
+    x, mx = ctx.saved_tensors
+    return torch.ops.attnkern.channel_pool_backward(grad_mean, grad_max, x, mx)
+
+
+def _spatial_pool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1], output)
+
+
+def _spatial_pool_backward(ctx, grad):
+    x, gate, pooled = ctx.saved_tensors
+    grad_x, grad_gate = torch.ops.attnkern.spatial_pool_backward(grad, x, gate, pooled)
+    return grad_x, (grad_gate if gate is not None else None)
+
+
+def _apply_gates_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _apply_gates_backward(ctx, grad):
+    x, channel_gate, pixel_gate = ctx.saved_tensors
+    grad_x, grad_c, grad_p = torch.ops.attnkern.apply_gates_backward(grad, x, channel_gate, pixel_gate)
+    return grad_x, (grad_c if channel_gate is not None else None), (grad_p if pixel_gate is not None else None)
+
+
+torch.library.register_autograd("attnkern::channel_pool", _channel_pool_backward, setup_context=_channel_pool_setup)
+torch.library.register_autograd("attnkern::spatial_pool", _spatial_pool_backward, setup_context=_spatial_pool_setup)
+torch.library.register_autograd("attnkern::apply_gates", _apply_gates_backward, setup_context=_apply_gates_setup)
+
+
+@torch.library.register_fake("attnkern::channel_pool")
+def _channel_pool_fake(x):
+    return x.new_empty(x.shape[:2]), x.new_empty(x.shape[:2])
+
+
+@torch.library.register_fake("attnkern::channel_pool_backward")
+def _channel_pool_backward_fake(grad_mean, grad_max, x, mx):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("attnkern::spatial_pool")
+def _spatial_pool_fake(x, gate):
+    return x.new_empty(x.shape[0], 2, x.shape[2], x.shape[3])
+
+
+@torch.library.register_fake("attnkern::spatial_pool_backward")
+def _spatial_pool_backward_fake(grad, x, gate, pooled):
+    return x.new_empty(x.shape), (gate.new_empty(gate.shape) if gate is not None else x.new_empty(0))
+
+
+@torch.library.register_fake("attnkern::apply_gates")
+def _apply_gates_fake(x, channel_gate, pixel_gate):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("attnkern::apply_gates_backward")
+def _apply_gates_backward_fake(grad, x, channel_gate, pixel_gate):
+    return (x.new_empty(x.shape),
+            channel_gate.new_empty(channel_gate.shape) if channel_gate is not None else x.new_empty(0),
+            pixel_gate.new_empty(pixel_gate.shape) if pixel_gate is not None else x.new_empty(0))

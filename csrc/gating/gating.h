@@ -1,0 +1,65 @@
+// Gating family: the poolings and gates of squeeze-excite / CBAM-style attention on [B, C, H, W]
+// maps (HW = H·W positions per channel plane).
+//
+//   channel_pool:  mean[b, c] = Σ_p x[b, c, p] / HW,   max[b, c] = max_p x[b, c, p]
+//   spatial_pool:  y = x·g[b, c] (g = 1 without a gate);
+//                  pooled[b, 0, p] = Σ_c y / C,         pooled[b, 1, p] = max_c y
+//   apply_gates:   out[b, c, p] = x[b, c, p]·cg[b, c]·pg[b, p] (an absent gate is 1)
+//
+// Maxima follow torch.amax: a NaN wins, and the gradient of a maximum is split evenly between the
+// elements equal to it. The gated value y is rounded to the storage type before it is compared, in
+// the forward and in the backward alike, so ties are found exactly (as on the rounded x·g tensor).
+// Accumulation is in at::opmath_type (float32 for half types); reductions run in a fixed order.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "common/macros.h"
+
+namespace attnkern {
+namespace gating {
+
+// The larger of a and b, NaN winning (torch.amax).
+template <typename acc_t>
+ATTNKERN_HD inline acc_t nan_max(acc_t a, acc_t b) {
+  return (a > b || a != a) ? a : b;
+}
+
+// y = x·g as the storage type holds it, in the accumulation type.
+template <typename acc_t, typename scalar_t>
+ATTNKERN_HD inline acc_t gated(scalar_t x, acc_t g) {
+  return static_cast<acc_t>(static_cast<scalar_t>(static_cast<acc_t>(x) * g));
+}
+
+// The share of a maximum's gradient each of its `ties` equal elements receives.
+template <typename acc_t>
+ATTNKERN_HD inline acc_t max_share(acc_t grad_max, int64_t ties) {
+  return ties > 0 ? grad_max / static_cast<acc_t>(ties) : acc_t(0);
+}
+
+// Gradient reaching one pooled element: the mean's share plus, at a maximum, the max's share.
+template <typename acc_t>
+ATTNKERN_HD inline acc_t pool_gradient(acc_t mean_share, acc_t max_share_, bool is_max) {
+  return is_max ? mean_share + max_share_ : mean_share;
+}
+
+// ---- argument checks (gating_host.cpp) ----
+// Each returns the sizes (B, C, HW) of x after checking every tensor against it.
+struct Dims {
+  int64_t B, C, H, W;
+  int64_t HW() const { return H * W; }
+};
+Dims check_channel_pool(const at::Tensor& x);
+Dims check_channel_pool_backward(const std::optional<at::Tensor>& grad_mean, const std::optional<at::Tensor>& grad_max,
+                                 const at::Tensor& x, const at::Tensor& max);
+Dims check_spatial_pool(const at::Tensor& x, const std::optional<at::Tensor>& gate, const char* op);
+void check_spatial_pool_backward(const at::Tensor& grad, const at::Tensor& pooled, const at::Tensor& x);
+Dims check_apply_gates(const at::Tensor& x, const std::optional<at::Tensor>& channel_gate,
+                       const std::optional<at::Tensor>& pixel_gate, const char* op);
+
+}  // namespace gating
+}  // namespace attnkern

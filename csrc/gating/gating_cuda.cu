@@ -1,0 +1,348 @@
+// CUDA kernels of the gating family. Reductions along a channel plane: one block per (b, c) plane,
+// a fixed-order block reduction (block_reduce). Reductions across channels: one thread per pixel,
+// walking the C planes (coalesced across the threads of a warp). No atomics: every result has one
+// writer and a fixed summation order, so the kernels are deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "common/checks.h"
+#include "common/cuda_utils.cuh"
+#include "gating/gating.h"
+
+namespace attnkern {
+namespace gating {
+namespace {
+
+constexpr int kPlaneThreads = 256;  // threads of a one-block-per-plane kernel (a power of two)
+
+template <typename T>
+const T* optional_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return std::nullopt;
+  return t->contiguous();
+}
+
+// ---- channel_pool ----------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__global__ void channel_pool_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ mean,
+                                    scalar_t* __restrict__ max, int64_t HW) {
+  __shared__ acc_t scratch[kPlaneThreads];
+  const int64_t plane = blockIdx.x;
+  const scalar_t* row = x + plane * HW;
+  acc_t sum = 0, mx = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
+    const acc_t v = static_cast<acc_t>(row[j]);
+    sum += v;
+    mx = nan_max(v, mx);
+  }
+  sum = block_sum(sum, scratch);
+  mx = block_reduce(mx, scratch, [](acc_t a, acc_t b) { return nan_max(a, b); });
+  if (threadIdx.x == 0) {
+    mean[plane] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
+    max[plane] = static_cast<scalar_t>(mx);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void channel_pool_backward_kernel(const scalar_t* __restrict__ grad_mean,
+                                             const scalar_t* __restrict__ grad_max, const scalar_t* __restrict__ x,
+                                             const scalar_t* __restrict__ max, scalar_t* __restrict__ grad_x,
+                                             int64_t HW) {
+  __shared__ int64_t scratch[kPlaneThreads];
+  const int64_t plane = blockIdx.x;
+  const scalar_t* row = x + plane * HW;
+  scalar_t* out = grad_x + plane * HW;
+  const acc_t mean_share = grad_mean ? static_cast<acc_t>(grad_mean[plane]) / static_cast<acc_t>(HW) : acc_t(0);
+  const acc_t mx = static_cast<acc_t>(max[plane]);
+  acc_t share = 0;
+  if (grad_max != nullptr) {  // uniform across the block: every thread takes the same branch
+    int64_t ties = 0;
+    for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) ties += static_cast<acc_t>(row[j]) == mx;
+    share = max_share(static_cast<acc_t>(grad_max[plane]), block_sum(ties, scratch));
+  }
+  for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
+    out[j] = static_cast<scalar_t>(pool_gradient(mean_share, share, static_cast<acc_t>(row[j]) == mx));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_pool_cuda(const at::Tensor& x_in) {
+  const Dims d = check_channel_pool(x_in);
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous();
+  auto mean = at::empty({d.B, d.C}, x.options()), max = at::empty({d.B, d.C}, x.options());
+  if (d.B * d.C == 0) return {mean, max};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    channel_pool_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(), max.mutable_data_ptr<scalar_t>(), d.HW());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {mean, max};
+}
+
+at::Tensor channel_pool_backward_cuda(const std::optional<at::Tensor>& grad_mean_in,
+                                      const std::optional<at::Tensor>& grad_max_in, const at::Tensor& x_in,
+                                      const at::Tensor& max_in) {
+  const Dims d = check_channel_pool_backward(grad_mean_in, grad_max_in, x_in, max_in);
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous(), max = max_in.contiguous();
+  auto grad_mean = contiguous(grad_mean_in), grad_max = contiguous(grad_max_in);
+  auto grad_x = at::empty_like(x);
+  if (x.numel() == 0) return grad_x;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    channel_pool_backward_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        optional_ptr<scalar_t>(grad_mean), optional_ptr<scalar_t>(grad_max), x.const_data_ptr<scalar_t>(),
+        max.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), d.HW());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_x;
+}
+
+// ---- spatial_pool ----------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__global__ void spatial_pool_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gate,
+                                    scalar_t* __restrict__ pooled, int64_t C, int64_t HW, int64_t total) {
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = b·HW + p
+    const int64_t b = idx / HW, p = idx % HW;
+    acc_t sum = 0, mx = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
+      const acc_t y = gated(x[(b * C + c) * HW + p], g);
+      sum += y;
+      mx = nan_max(y, mx);
+    }
+    pooled[b * 2 * HW + p] = static_cast<scalar_t>(sum / static_cast<acc_t>(C));
+    pooled[b * 2 * HW + HW + p] = static_cast<scalar_t>(mx);
+  }
+}
+
+// Per pixel, the mean's share grad_mean / C and the max's share grad_max / ties: weights [B, 2, HW].
+template <typename scalar_t, typename acc_t>
+__global__ void spatial_pool_weights_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                            const scalar_t* __restrict__ gate, const scalar_t* __restrict__ pooled,
+                                            acc_t* __restrict__ weights, int64_t C, int64_t HW, int64_t total) {
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = b·HW + p
+    const int64_t b = idx / HW, p = idx % HW;
+    const acc_t mx = static_cast<acc_t>(pooled[b * 2 * HW + HW + p]);
+    int64_t ties = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
+      ties += gated(x[(b * C + c) * HW + p], g) == mx;
+    }
+    weights[b * 2 * HW + p] = static_cast<acc_t>(grad[b * 2 * HW + p]) / static_cast<acc_t>(C);
+    weights[b * 2 * HW + HW + p] = max_share(static_cast<acc_t>(grad[b * 2 * HW + HW + p]), ties);
+  }
+}
+
+// One block per (b, c) plane: grad_x = g·w and, with a gate, grad_gate = Σ_p x·w.
+template <typename scalar_t, typename acc_t>
+__global__ void spatial_pool_grad_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gate,
+                                         const scalar_t* __restrict__ pooled, const acc_t* __restrict__ weights,
+                                         scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_gate, int64_t C,
+                                         int64_t HW) {
+  __shared__ acc_t scratch[kPlaneThreads];
+  const int64_t plane = blockIdx.x, b = plane / C;
+  const scalar_t* row = x + plane * HW;
+  const scalar_t* mx = pooled + b * 2 * HW + HW;
+  const acc_t* mean_share = weights + b * 2 * HW;
+  const acc_t* share = mean_share + HW;
+  const acc_t g = gate ? static_cast<acc_t>(gate[plane]) : acc_t(1);
+  acc_t sum = 0;
+  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+    const acc_t w = pool_gradient(mean_share[p], share[p], gated(row[p], g) == static_cast<acc_t>(mx[p]));
+    grad_x[plane * HW + p] = static_cast<scalar_t>(g * w);
+    sum += static_cast<acc_t>(row[p]) * w;
+  }
+  if (grad_gate != nullptr) {  // uniform across the block
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) grad_gate[plane] = static_cast<scalar_t>(sum);
+  }
+}
+
+at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& gate_in) {
+  const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool");
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous();
+  auto gate = contiguous(gate_in);
+  auto pooled = at::empty({d.B, 2, d.H, d.W}, x.options());
+  const int64_t total = d.B * d.HW();
+  if (total == 0) return pooled;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    spatial_pool_kernel<scalar_t, acc_t><<<element_blocks(total), kElementThreads, 0,
+                                           c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate), pooled.mutable_data_ptr<scalar_t>(), d.C, d.HW(),
+        total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return pooled;
+}
+
+std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                              const std::optional<at::Tensor>& gate_in,
+                                                              const at::Tensor& pooled_in) {
+  const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool_backward");
+  check_spatial_pool_backward(grad_in, pooled_in, x_in);
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous(), grad = grad_in.contiguous(), pooled = pooled_in.contiguous();
+  auto gate = contiguous(gate_in);
+  auto grad_x = at::empty_like(x);
+  auto grad_gate = gate.has_value() ? at::empty_like(*gate) : x.new_empty({0});
+  const int64_t pixels = d.B * d.HW();
+  if (x.numel() == 0) {
+    if (gate.has_value()) grad_gate.zero_();  // a gate over no pixels gets no gradient
+    return {grad_x, grad_gate};
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto weights = at::empty({d.B, 2, d.HW()}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    spatial_pool_weights_kernel<scalar_t, acc_t><<<element_blocks(pixels), kElementThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate),
+        pooled.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), d.C, d.HW(), pixels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    spatial_pool_grad_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate), pooled.const_data_ptr<scalar_t>(),
+        weights.const_data_ptr<acc_t>(), grad_x.mutable_data_ptr<scalar_t>(),
+        gate.has_value() ? grad_gate.mutable_data_ptr<scalar_t>() : nullptr, d.C, d.HW());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_x, grad_gate};
+}
+
+// ---- apply_gates -----------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__global__ void apply_gates_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ cg,
+                                   const scalar_t* __restrict__ pg, scalar_t* __restrict__ out, int64_t C, int64_t HW,
+                                   int64_t total) {
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = (b·C + c)·HW + p
+    const int64_t plane = idx / HW, p = idx % HW;
+    acc_t v = static_cast<acc_t>(x[idx]);
+    if (cg) v *= static_cast<acc_t>(cg[plane]);
+    if (pg) v *= static_cast<acc_t>(pg[(plane / C) * HW + p]);
+    out[idx] = static_cast<scalar_t>(v);
+  }
+}
+
+// One block per (b, c) plane: grad_x = grad·cg·pg and, with a channel gate, Σ_p grad·x·pg.
+template <typename scalar_t, typename acc_t>
+__global__ void apply_gates_plane_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                              const scalar_t* __restrict__ cg, const scalar_t* __restrict__ pg,
+                                              scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_cg, int64_t C,
+                                              int64_t HW) {
+  __shared__ acc_t scratch[kPlaneThreads];
+  const int64_t plane = blockIdx.x;
+  const scalar_t* p_gate = pg ? pg + (plane / C) * HW : nullptr;
+  const acc_t g = cg ? static_cast<acc_t>(cg[plane]) : acc_t(1);
+  acc_t sum = 0;
+  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+    const acc_t pgate = p_gate ? static_cast<acc_t>(p_gate[p]) : acc_t(1);
+    const acc_t dy = static_cast<acc_t>(grad[plane * HW + p]);
+    grad_x[plane * HW + p] = static_cast<scalar_t>(dy * g * pgate);
+    sum += dy * static_cast<acc_t>(x[plane * HW + p]) * pgate;
+  }
+  if (grad_cg != nullptr) {  // uniform across the block
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) grad_cg[plane] = static_cast<scalar_t>(sum);
+  }
+}
+
+// One thread per pixel: the pixel gate's gradient Σ_c grad·x·cg.
+template <typename scalar_t, typename acc_t>
+__global__ void apply_gates_pixel_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                              const scalar_t* __restrict__ cg, scalar_t* __restrict__ grad_pg,
+                                              int64_t C, int64_t HW, int64_t total) {
+  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = b·HW + p
+    const int64_t b = idx / HW, p = idx % HW;
+    acc_t sum = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t offset = (b * C + c) * HW + p;
+      const acc_t g = cg ? static_cast<acc_t>(cg[b * C + c]) : acc_t(1);
+      sum += static_cast<acc_t>(grad[offset]) * static_cast<acc_t>(x[offset]) * g;
+    }
+    grad_pg[idx] = static_cast<scalar_t>(sum);
+  }
+}
+
+at::Tensor apply_gates_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& cg_in,
+                            const std::optional<at::Tensor>& pg_in) {
+  const Dims d = check_apply_gates(x_in, cg_in, pg_in, "apply_gates");
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous();
+  auto cg = contiguous(cg_in), pg = contiguous(pg_in);
+  auto out = at::empty_like(x);
+  const int64_t total = x.numel();
+  if (total == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    apply_gates_kernel<scalar_t, acc_t><<<element_blocks(total), kElementThreads, 0,
+                                          c10::cuda::getCurrentCUDAStream()>>>(
+        x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg), optional_ptr<scalar_t>(pg),
+        out.mutable_data_ptr<scalar_t>(), d.C, d.HW(), total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const at::Tensor& grad_in,
+                                                                         const at::Tensor& x_in,
+                                                                         const std::optional<at::Tensor>& cg_in,
+                                                                         const std::optional<at::Tensor>& pg_in) {
+  const Dims d = check_apply_gates(x_in, cg_in, pg_in, "apply_gates_backward");
+  check_shape(grad_in, "apply_gates_backward: grad", x_in.sizes());
+  check_same_dtype(grad_in, "apply_gates_backward: grad", x_in, "x");
+  check_same_device(grad_in, "apply_gates_backward: grad", x_in, "x");
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  auto cg = contiguous(cg_in), pg = contiguous(pg_in);
+  auto grad_x = at::empty_like(x);
+  auto grad_cg = cg.has_value() ? at::empty_like(*cg) : x.new_empty({0});
+  auto grad_pg = pg.has_value() ? at::empty_like(*pg) : x.new_empty({0});
+  if (x.numel() == 0) {  // gates over no elements get no gradient
+    grad_cg.zero_();
+    grad_pg.zero_();
+    return {grad_x, grad_cg, grad_pg};
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    apply_gates_plane_grad_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
+        optional_ptr<scalar_t>(pg), grad_x.mutable_data_ptr<scalar_t>(),
+        cg.has_value() ? grad_cg.mutable_data_ptr<scalar_t>() : nullptr, d.C, d.HW());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (pg.has_value()) {
+      const int64_t pixels = d.B * d.HW();
+      apply_gates_pixel_grad_kernel<scalar_t, acc_t><<<element_blocks(pixels), kElementThreads, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
+          grad_pg.mutable_data_ptr<scalar_t>(), d.C, d.HW(), pixels);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_x, grad_cg, grad_pg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+  m.impl("channel_pool", &channel_pool_cuda);
+  m.impl("channel_pool_backward", &channel_pool_backward_cuda);
+  m.impl("spatial_pool", &spatial_pool_cuda);
+  m.impl("spatial_pool_backward", &spatial_pool_backward_cuda);
+  m.impl("apply_gates", &apply_gates_cuda);
+  m.impl("apply_gates_backward", &apply_gates_backward_cuda);
+}
+
+}  // namespace gating
+}  // namespace attnkern

@@ -1,0 +1,67 @@
+// Argument checks of the gating family, shared by the CPU and CUDA kernels.
+#include "gating/gating.h"
+
+#include <string>
+
+#include "common/checks.h"
+
+namespace attnkern {
+namespace gating {
+namespace {
+
+Dims dims_of(const at::Tensor& x, const std::string& prefix) {
+  check_rank(x, (prefix + "x").c_str(), 4, "[B, C, H, W]");
+  check_floating(x, (prefix + "x").c_str());
+  return {x.size(0), x.size(1), x.size(2), x.size(3)};
+}
+
+void check_like(const at::Tensor& t, const std::string& name, at::IntArrayRef shape, const at::Tensor& x) {
+  check_shape(t, name.c_str(), shape);
+  check_same_dtype(t, name.c_str(), x, "x");
+  check_same_device(t, name.c_str(), x, "x");
+}
+
+}  // namespace
+
+Dims check_channel_pool(const at::Tensor& x) {
+  const Dims d = dims_of(x, "channel_pool: ");
+  TORCH_CHECK(d.HW() >= 1, "channel_pool: x needs at least one position to pool, got shape ", shape_str(x));
+  return d;
+}
+
+Dims check_channel_pool_backward(const std::optional<at::Tensor>& grad_mean, const std::optional<at::Tensor>& grad_max,
+                                 const at::Tensor& x, const at::Tensor& max) {
+  const Dims d = dims_of(x, "channel_pool_backward: ");
+  check_like(max, "channel_pool_backward: max", {d.B, d.C}, x);
+  if (grad_mean.has_value()) check_like(*grad_mean, "channel_pool_backward: grad_mean", {d.B, d.C}, x);
+  if (grad_max.has_value()) check_like(*grad_max, "channel_pool_backward: grad_max", {d.B, d.C}, x);
+  return d;
+}
+
+Dims check_spatial_pool(const at::Tensor& x, const std::optional<at::Tensor>& gate, const char* op) {
+  const std::string prefix = std::string(op) + ": ";
+  const Dims d = dims_of(x, prefix);
+  TORCH_CHECK(d.C >= 1, prefix, "x needs at least one channel to pool, got shape ", shape_str(x));
+  if (gate.has_value()) check_like(*gate, prefix + "gate", {d.B, d.C}, x);
+  return d;
+}
+
+void check_spatial_pool_backward(const at::Tensor& grad, const at::Tensor& pooled, const at::Tensor& x) {
+  const std::vector<int64_t> shape{x.size(0), 2, x.size(2), x.size(3)};
+  check_like(grad, "spatial_pool_backward: grad", shape, x);
+  check_like(pooled, "spatial_pool_backward: pooled", shape, x);
+}
+
+Dims check_apply_gates(const at::Tensor& x, const std::optional<at::Tensor>& channel_gate,
+                       const std::optional<at::Tensor>& pixel_gate, const char* op) {
+  const std::string prefix = std::string(op) + ": ";
+  const Dims d = dims_of(x, prefix);
+  TORCH_CHECK(channel_gate.has_value() || pixel_gate.has_value(), prefix,
+              "needs a channel_gate, a pixel_gate or both, got neither");
+  if (channel_gate.has_value()) check_like(*channel_gate, prefix + "channel_gate", {d.B, d.C}, x);
+  if (pixel_gate.has_value()) check_like(*pixel_gate, prefix + "pixel_gate", {d.B, 1, d.H, d.W}, x);
+  return d;
+}
+
+}  // namespace gating
+}  // namespace attnkern
