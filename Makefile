@@ -5,6 +5,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.14.1
+TORCHVISION_SPEC ?= torchvision==0.29.1
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
@@ -22,7 +23,7 @@ build: build/.built
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" setuptools wheel ninja pytest numpy expecttest
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest numpy expecttest pillow "ultralytics==8.4.190"
 	touch $@
 
 # The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary.
