@@ -6,6 +6,8 @@
 // so that it is compiled into each version and the loops vectorise.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -18,12 +20,28 @@
 
 #if defined(__GNUC__)
 #define ATTNKERN_ALWAYS_INLINE inline __attribute__((always_inline))
+#define ATTNKERN_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define ATTNKERN_ALWAYS_INLINE inline
+#define ATTNKERN_INLINE_LAMBDA
 #endif
 
 namespace attnkern {
 namespace cpu {
+
+// body(begin, end), compiled per ISA: body is an ATTNKERN_INLINE_LAMBDA lambda, inlined into each version.
+template <typename Body>
+ATTNKERN_CPU_CLONES void vectorised(int64_t begin, int64_t end, const Body& body) {
+  body(begin, end);
+}
+
+// at::parallel_for whose chunks run vectorised (needs <ATen/Parallel.h>).
+template <typename Body>
+void parallel_vectorised(int64_t begin, int64_t end, int64_t grain_size, const Body& body) {
+  at::parallel_for(begin, end, grain_size, [&](int64_t chunk_begin, int64_t chunk_end) {
+    vectorised(chunk_begin, chunk_end, body);
+  });
+}
 
 // Vector loops run over blocks of kLanes elements (one AVX-512 register of float), held in GCC vector
 // types: the compiler maps a block to one zmm, two ymm or four xmm registers per ISA version. Arrays

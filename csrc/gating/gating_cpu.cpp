@@ -13,18 +13,19 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/cpu_simd.h"
 #include "gating/gating.h"
 
 namespace attnkern {
 namespace gating {
 namespace {
 
-constexpr int64_t kLanes = 16;
+using cpu::kLanes;
 constexpr int64_t kBlock = 256;  // pixels per task in the cross-channel kernels
 
 // Σ_{j<n} term(j) over kLanes accumulators; term may write elements as a side effect.
 template <typename acc_t, typename Term>
-inline acc_t lane_sum(int64_t n, Term term) {
+ATTNKERN_ALWAYS_INLINE acc_t lane_sum(int64_t n, Term term) {
   acc_t lanes[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
@@ -72,7 +73,7 @@ at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_
     const scalar_t* gmean_ptr = optional_ptr<scalar_t>(grad_mean);
     const scalar_t* gmax_ptr = optional_ptr<scalar_t>(grad_max);
     scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B * d.C, row_grain(HW), [&](int64_t r0, int64_t r1) {
+    cpu::parallel_vectorised(0, d.B * d.C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = x_ptr + r * HW;
         scalar_t* out = gx_ptr + r * HW;
@@ -82,7 +83,7 @@ at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_
           continue;
         }
         const acc_t mx = static_cast<acc_t>(max_ptr[r]);
-        const acc_t ties = lane_sum<acc_t>(HW, [&](int64_t j) { return acc_t(static_cast<acc_t>(row[j]) == mx); });
+        const acc_t ties = lane_sum<acc_t>(HW, [&](int64_t j) ATTNKERN_INLINE_LAMBDA { return acc_t(static_cast<acc_t>(row[j]) == mx); });
         const acc_t share = max_share(static_cast<acc_t>(gmax_ptr[r]), static_cast<int64_t>(ties));
         for (int64_t j = 0; j < HW; ++j) {
           out[j] = static_cast<scalar_t>(pool_gradient(mean_share, share, static_cast<acc_t>(row[j]) == mx));
@@ -97,9 +98,9 @@ at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_
 // Tasks are (sample, block of kBlock pixels); each walks the C planes of its block.
 
 template <typename Fn>
-void for_pixel_blocks(int64_t B, int64_t HW, Fn fn) {
+ATTNKERN_ALWAYS_INLINE void for_pixel_blocks(int64_t B, int64_t HW, Fn fn) {
   const int64_t blocks = (HW + kBlock - 1) / kBlock;
-  at::parallel_for(0, B * blocks, 1, [&](int64_t t0, int64_t t1) {
+  cpu::parallel_vectorised(0, B * blocks, 1, [&](int64_t t0, int64_t t1) ATTNKERN_INLINE_LAMBDA {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / blocks, blk = t % blocks, p0 = blk * kBlock;
       fn(b, blk, p0, std::min(kBlock, HW - p0));
@@ -119,7 +120,7 @@ at::Tensor spatial_pool_cpu(const at::Tensor& x_in, const std::optional<at::Tens
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
     const scalar_t* g_ptr = optional_ptr<scalar_t>(gate);
     scalar_t* out_ptr = pooled.mutable_data_ptr<scalar_t>();
-    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t, int64_t p0, int64_t n) {
+    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t, int64_t p0, int64_t n) ATTNKERN_INLINE_LAMBDA {
       acc_t sum[kBlock], mx[kBlock];
       std::fill(sum, sum + n, acc_t(0));
       std::fill(mx, mx + n, -std::numeric_limits<acc_t>::infinity());
@@ -172,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cpu(const at::Tensor& g
     const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
     const scalar_t* pooled_ptr = pooled.const_data_ptr<scalar_t>();
     scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
-    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t blk, int64_t p0, int64_t n) {
+    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t blk, int64_t p0, int64_t n) ATTNKERN_INLINE_LAMBDA {
       acc_t mx[kBlock], ties[kBlock], mean_share[kBlock], share[kBlock];
       const scalar_t* grad_mean = grad_ptr + b * 2 * HW + p0;
       const scalar_t* max_in = pooled_ptr + b * 2 * HW + HW + p0;
@@ -193,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cpu(const at::Tensor& g
         const scalar_t* row = x_ptr + (b * C + c) * HW + p0;
         scalar_t* out = gx_ptr + (b * C + c) * HW + p0;
         const acc_t g = g_ptr ? static_cast<acc_t>(g_ptr[b * C + c]) : acc_t(1);
-        const acc_t gate_part = lane_sum<acc_t>(n, [&](int64_t j) {
+        const acc_t gate_part = lane_sum<acc_t>(n, [&](int64_t j) ATTNKERN_INLINE_LAMBDA {
           const acc_t w = pool_gradient(mean_share[j], share[j], gated(row[j], g) == mx[j]);
           out[j] = static_cast<scalar_t>(g * w);
           return static_cast<acc_t>(row[j]) * w;
@@ -233,7 +234,7 @@ at::Tensor apply_gates_cpu(const at::Tensor& x_in, const std::optional<at::Tenso
     const scalar_t* cg_ptr = optional_ptr<scalar_t>(cg);
     const scalar_t* pg_ptr = optional_ptr<scalar_t>(pg);
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) {
+    cpu::parallel_vectorised(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = x_ptr + r * HW;
         scalar_t* o = out_ptr + r * HW;
@@ -277,13 +278,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
     scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
     scalar_t* gcg_ptr = cg.has_value() ? grad_cg.mutable_data_ptr<scalar_t>() : nullptr;
     if (pg_ptr == nullptr) {  // channel gate only (SE): one pass per plane, its dot product alongside
-      at::parallel_for(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) {
+      cpu::parallel_vectorised(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = x_ptr + r * HW;
           const scalar_t* dy = grad_ptr + r * HW;
           scalar_t* out = gx_ptr + r * HW;
           const acc_t g = static_cast<acc_t>(cg_ptr[r]);
-          gcg_ptr[r] = static_cast<scalar_t>(lane_sum<acc_t>(HW, [&](int64_t j) {
+          gcg_ptr[r] = static_cast<scalar_t>(lane_sum<acc_t>(HW, [&](int64_t j) ATTNKERN_INLINE_LAMBDA {
             const acc_t dyj = static_cast<acc_t>(dy[j]);
             out[j] = static_cast<scalar_t>(dyj * g);
             return dyj * static_cast<acc_t>(row[j]);
@@ -299,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
                           : at::Tensor();
     acc_t* partial_ptr = cg_ptr ? partial.mutable_data_ptr<acc_t>() : nullptr;
     scalar_t* gpg_ptr = grad_pg.mutable_data_ptr<scalar_t>();
-    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t blk, int64_t p0, int64_t n) {
+    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t blk, int64_t p0, int64_t n) ATTNKERN_INLINE_LAMBDA {
       acc_t pixel_sum[kBlock], pgate[kBlock];
       const scalar_t* p = pg_ptr + b * HW + p0;
       for (int64_t j = 0; j < n; ++j) {
@@ -312,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
         const scalar_t* dy = grad_ptr + offset;
         scalar_t* out = gx_ptr + offset;
         const acc_t g = cg_ptr ? static_cast<acc_t>(cg_ptr[b * C + c]) : acc_t(1);
-        const acc_t channel_part = lane_sum<acc_t>(n, [&](int64_t j) {
+        const acc_t channel_part = lane_sum<acc_t>(n, [&](int64_t j) ATTNKERN_INLINE_LAMBDA {
           const acc_t dyj = static_cast<acc_t>(dy[j]), xj = static_cast<acc_t>(row[j]);
           out[j] = static_cast<scalar_t>(dyj * g * pgate[j]);
           pixel_sum[j] += dyj * xj * g;
