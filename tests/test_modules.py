@@ -45,10 +45,13 @@ def randomise(module: nn.Module) -> None:
 
 
 def assert_same_gradients_by_name(seed: nn.Module, layer: nn.Module) -> None:
+    """Equal gradients, name by name. The absolute tolerance is relative to the layer's largest gradient:
+    a bias followed by BatchNorm (SplitAttn's fc1) has a gradient that is zero up to rounding."""
     params = dict(layer.named_parameters())
     assert set(params) == {n for n, _ in seed.named_parameters()}
+    scale = max(p.grad.abs().max().item() for _, p in seed.named_parameters())
     for name, p_seed in seed.named_parameters():
-        torch.testing.assert_close(params[name].grad, p_seed.grad, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(params[name].grad, p_seed.grad, rtol=1e-9, atol=1e-12 * scale, msg=name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -118,7 +121,7 @@ def test_double_attention_samples_are_independent(device):
 # ---- fixes and edge cases ------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:std\(\)")
+@pytest.mark.filterwarnings(r"ignore:std\(\)")
 def test_sge_single_position_is_finite():
     layer = ak.SGE(2)
     randomise(layer)
