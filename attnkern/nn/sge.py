@@ -30,7 +30,7 @@ class SGE(nn.Module):
     def __init__(self, groups: int = 64):
         super().__init__()
         self.groups = positive_int(groups, "groups", "SGE")
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)  # kept for attribute compatibility (no parameters)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.weight = nn.Parameter(torch.zeros(1, groups, 1, 1))
         self.bias = nn.Parameter(torch.ones(1, groups, 1, 1))
         self.sig = nn.Sigmoid()
@@ -40,12 +40,12 @@ class SGE(nn.Module):
         b, c, h, w = x.shape
         if c % self.groups:
             raise ValueError(f"SGE: input channels must be divisible by groups={self.groups}, got shape {tuple(x.shape)}")
-        xg = x.reshape(b, self.groups, c // self.groups, h * w)
-        similarity = (xg * xg.mean(dim=3, keepdim=True)).sum(dim=2)  # [B, G, N]
-        centred = similarity - similarity.mean(dim=2, keepdim=True)
+        xg = x.reshape(b * self.groups, c // self.groups, h, w)
+        similarity = (xg * self.avg_pool(xg)).sum(dim=1).view(b * self.groups, h * w)
+        centred = similarity - similarity.mean(dim=1, keepdim=True)
         if h * w > 1:
-            normalised = centred / (centred.std(dim=2, keepdim=True) + 1e-5)
+            normalised = centred / (centred.std(dim=1, keepdim=True) + 1e-5)
         else:
             normalised = centred  # zero: one position has no spread
-        gate = self.sig(normalised * self.weight.view(1, self.groups, 1) + self.bias.view(1, self.groups, 1))
-        return (xg * gate.unsqueeze(2)).view(b, c, h, w)
+        gate = normalised.view(b, self.groups, h, w) * self.weight + self.bias
+        return (xg * self.sig(gate.view(b * self.groups, 1, h, w))).view(b, c, h, w)

@@ -76,16 +76,10 @@ class SplitAttn(nn.Module):
         x = self.act0(x)
         B, RC, H, W = x.shape
         R = self.radix
-        splits = x.reshape(B, R, RC // R, H, W).unbind(1)
-        total = splits[0]
-        for u in splits[1:]:
-            total = total + u
-        logits = self.fc2(self.act1(self.bn1(self.fc1(total.mean(dim=(2, 3), keepdim=True)))))
+        splits = x.reshape(B, R, RC // R, H, W)
+        logits = self.fc2(self.act1(self.bn1(self.fc1(splits.sum(dim=1).mean(dim=(2, 3), keepdim=True)))))
         if R == 1:
             return x * logits.sigmoid()
         # logits [B, groups·R·c, 1, 1] ordered (group, split, channel) → weights [B, R, groups·c]
         weights = logits.view(B, self.groups, R, -1).softmax(dim=2).transpose(1, 2).reshape(B, R, RC // R, 1, 1)
-        out = splits[0] * weights[:, 0]
-        for r in range(1, R):
-            out = out + splits[r] * weights[:, r]
-        return out
+        return (splits * weights).sum(dim=1)
