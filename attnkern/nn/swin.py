@@ -450,6 +450,14 @@ def _conv_block(dim: int, resi_connection: str, who: str) -> nn.Module:
     raise ValueError(f"{who}: resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
 
 
+def _set_patch_geometry(module: nn.Module, img_size, patch_size, in_chans: int, embed_dim: int) -> None:
+    """The attributes SwinIR's PatchEmbed and PatchUnEmbed both carry."""
+    module.img_size, module.patch_size = _pair(img_size), _pair(patch_size)
+    module.patches_resolution = [module.img_size[0] // module.patch_size[0], module.img_size[1] // module.patch_size[1]]
+    module.num_patches = module.patches_resolution[0] * module.patches_resolution[1]
+    module.in_chans, module.embed_dim = in_chans, embed_dim
+
+
 class PatchEmbed(nn.Module):
     """Image [B, C, H, W] → tokens [B, H·W, C], then an optional norm (SwinIR's ``PatchEmbed``: with
     patch_size 1, as SwinIR uses it, no projection; ``img_size``/``patch_size`` only set
@@ -466,13 +474,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: Union[int, Sequence[int]] = 4,
                  in_chans: int = 3, embed_dim: int = 96, norm_layer: Optional[Type[nn.Module]] = None):
         super().__init__()
-        img_size, patch_size = _pair(img_size), _pair(patch_size)
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.patches_resolution = [img_size[0] // patch_size[0], img_size[1] // patch_size[1]]
-        self.num_patches = self.patches_resolution[0] * self.patches_resolution[1]
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
+        _set_patch_geometry(self, img_size, patch_size, in_chans, embed_dim)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -491,13 +493,7 @@ class PatchUnEmbed(nn.Module):
     def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: Union[int, Sequence[int]] = 4,
                  in_chans: int = 3, embed_dim: int = 96, norm_layer: Optional[Type[nn.Module]] = None):
         super().__init__()
-        img_size, patch_size = _pair(img_size), _pair(patch_size)
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.patches_resolution = [img_size[0] // patch_size[0], img_size[1] // patch_size[1]]
-        self.num_patches = self.patches_resolution[0] * self.patches_resolution[1]
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
+        _set_patch_geometry(self, img_size, patch_size, in_chans, embed_dim)
 
     def forward(self, x: Tensor, x_size: Sequence[int]) -> Tensor:
         B, _, C, H, W = _check_tokens(x, x_size, self.embed_dim, "PatchUnEmbed")

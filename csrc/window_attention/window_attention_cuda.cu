@@ -33,11 +33,15 @@ int64_t smem_bytes(int64_t N, int64_t d, int arrays, int scalars) {
          N * static_cast<int64_t>(sizeof(int64_t) + sizeof(int));
 }
 
-template <typename acc_t>
-void check_window_fits(int64_t bytes, int64_t N, int64_t d, const char* op) {
+// The dynamic shared memory of a launch of `kernel`: checked against the device's limit, and allowed.
+template <typename acc_t, typename Kernel>
+int64_t launch_smem(Kernel kernel, int64_t N, int64_t d, int arrays, int scalars, const char* op) {
+  const int64_t bytes = smem_bytes<acc_t>(N, d, arrays, scalars);
   TORCH_CHECK(bytes <= max_shared_memory_optin(), op, ": a window of N = ", N, " tokens with head dim ", d, " needs ",
               bytes, " bytes of shared memory per block on CUDA, more than this device's ", max_shared_memory_optin(),
               "; use a smaller window or head dim");
+  allow_smem(kernel, bytes);
+  return bytes;
 }
 
 // Loads q·scale, k, v (and optionally dO) of window w, head h of sample b into [N, d + 1] shared
@@ -213,10 +217,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_cuda(const at::Tensor& qkv_i
   if (blocks == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t bytes = smem_bytes<acc_t>(N, d, 4, 0);
-    check_window_fits<acc_t>(bytes, N, d, op);
     auto kernel = forward_kernel<scalar_t, acc_t>;
-    allow_smem(kernel, bytes);
+    const int64_t bytes = launch_smem<acc_t>(kernel, N, d, 4, 0, op);
     kernel<<<blocks, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream()>>>(
         qkv.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
         mask.defined() ? mask.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
@@ -244,10 +246,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
   if (groups > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const int64_t bytes = smem_bytes<acc_t>(N, d, 6, 2);
-      check_window_fits<acc_t>(bytes, N, d, op);
       auto kernel = backward_kernel<scalar_t, acc_t>;
-      allow_smem(kernel, bytes);
+      const int64_t bytes = launch_smem<acc_t>(kernel, N, d, 6, 2, op);
       kernel<<<groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream()>>>(
           grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
           bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
