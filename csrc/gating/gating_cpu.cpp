@@ -222,6 +222,11 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cpu(const at::Tensor& g
 at::Tensor apply_gates_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& cg_in,
                            const std::optional<at::Tensor>& pg_in) {
   const Dims d = check_apply_gates(x_in, cg_in, pg_in, "apply_gates");
+  if (cg_in.has_value() && !pg_in.has_value()) {
+    // One gate: a single broadcast product, one rounding as below; ATen's vectorised mul measured
+    // faster on the CPU than this loop (SE's forward). The backward is the fused pass either way.
+    return (x_in * cg_in->view({d.B, d.C, 1, 1})).contiguous();
+  }
   auto x = x_in.contiguous();
   std::optional<at::Tensor> cg, pg;
   if (cg_in.has_value()) cg = cg_in->contiguous();
