@@ -57,7 +57,7 @@ _RAN = set()  # the (case, dtype) pairs of test_kernels that passed, for test_ev
 
 
 # Bugs the emulator found; the commits that follow fix them.
-FOUND = {"window-4-inf-mask": "window attention's online softmax: a -inf logit at key 0 gives NaN"}
+FOUND = {}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -180,7 +180,6 @@ def test_empty_batches(case):
 # ---- the bugs the emulator found --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="found by the emulator, fixed in the next commit")
 def test_window_attention_minus_inf_logit_at_key_0():
     """The forward's online softmax started from max = −inf, sum = 0: a −inf logit at key 0 computed
     exp(−inf + inf) = NaN and made the whole row NaN (found by the emulator; the issue's repro)."""

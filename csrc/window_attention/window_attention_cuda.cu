@@ -95,7 +95,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ qkv, const scalar_t*
       if (s > max) {
         sum = sum * exp(max - s) + 1;
         max = s;
-      } else {
+      } else if (s != -INFINITY) {  // a −inf logit adds nothing (while max is −inf, exp(s − max) would be NaN)
         sum += exp(s - max);
       }
     }
