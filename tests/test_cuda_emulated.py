@@ -56,13 +56,8 @@ def launched_since(emu, before):
 _RAN = set()  # the (case, dtype) pairs of test_kernels that passed, for test_every_kernel_ran_in_every_dtype
 
 
-# Bugs the emulator found; the commits that follow fix them.
-FOUND = {}
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=FOUND[c.id])])
-                                  if c.id in FOUND else c.param() for c in CASES])
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
 def test_kernels(case, dtype):
     check(case.run(EMULATED, dtype), dtype)
     _RAN.add((case.id, dtype))
@@ -192,7 +187,6 @@ def test_window_attention_minus_inf_logit_at_key_0():
     assert rel_error(out, K.window_attention(qkv, None, m, 4, 0, 0.5)[0]) <= 1e-12
 
 
-@pytest.mark.xfail(strict=True, reason="found by the emulator, fixed in a following commit")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 def test_a_nan_maximum_gets_a_nan_gradient(dtype):
     """As torch.amax: the gradient of a NaN maximum is NaN for the whole pooled set. The tie test
