@@ -1,6 +1,9 @@
-# make test   set up .venv, build attnkern (CUDA kernels too wherever nvcc exists), run the tests
+# make test   set up .venv, build attnkern (CUDA kernels too wherever nvcc exists) and the emulated CUDA
+#             kernels (tools/cuda_emulation.py), run the tests (the CUDA kernels on the emulated device too)
 # make bench  the same set-up, then the benchmark table on the present device
-# Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp).
+# make test-emulated-sanitizers   the emulated CUDA kernels' tests under ThreadSanitizer, then under
+#             AddressSanitizer + UndefinedBehaviorSanitizer
+# Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp and build/emulated).
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -11,9 +14,12 @@ PIP        := $(PY) -m pip
 FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
 SOURCES    := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: test bench build clean
+EMULATION  := $(PY) tools/cuda_emulation.py
+EMULATED_TESTS := tests/test_cuda_emulated.py tests/test_emulator.py
 
-test: build
+.PHONY: test bench build build-emulated test-emulated-sanitizers clean
+
+test: build build-emulated
 	$(PY) -m pytest -q tests
 
 bench: build
@@ -35,6 +41,18 @@ build/.built: $(VENV)/.deps $(SOURCES)
 	$(PY) -c "import attnkern; print('attnkern built:', attnkern.build_info())"
 	@echo "build log: build/build.log; CUDA resource usage: build/ptxas.txt"
 	touch $@
+
+# The CUDA kernels compiled by the host compiler against csrc/emulation (build/emulated/plain).
+build-emulated: $(VENV)/.deps
+	$(EMULATION) build
+
+# Each sanitized library loads only under its runtime (LD_PRELOAD, set by `cuda_emulation.py run`);
+# --capture=sys leaves stderr to the sanitizer, whose report would otherwise die with pytest's capture.
+test-emulated-sanitizers: build
+	$(EMULATION) build --variant tsan
+	$(EMULATION) build --variant asan
+	$(EMULATION) run --variant tsan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(EMULATED_TESTS)
+	$(EMULATION) run --variant asan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(EMULATED_TESTS)
 
 clean:
 	rm -rf build attnkern/_C*.so attnkern/_build_config.py *.egg-info
