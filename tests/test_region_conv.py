@@ -95,6 +95,18 @@ def test_empty_batch(device):
     assert outputs.grad.shape == outputs.shape and guide.grad.shape == guide.shape
 
 
+
+def test_reference_dynamic_conv_empty_batch():
+    """The reference (what devices without kernels run) returns an empty batch too, with gradients."""
+    x = torch.randn(0, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    filters = torch.randn(0, 2, 4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(0, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = reference.dynamic_region_conv(x, filters, guide, stride=2, padding=1)
+    assert out.shape == (0, 4, 3, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and filters.grad.shape == filters.shape and guide.grad.shape == guide.shape
+
+
 BAD_INPUTS = [
     ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 2, 5, 6)), ValueError, r"guide must be \[B, r, H, W\] = \[2, 3, 5, 6\]"),
     ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 7)), ValueError, "guide must be"),

@@ -22,6 +22,9 @@ def region_correlation(x: Tensor, filters: Tensor, stride=1, padding=0, dilation
     """Every region's convolution of each sample with its own filters, as DRConv's ``xcorr_fast``
     computes it: x [B, Cin, H, W], filters [B, r, Cout, Cin, kh, kw] → [B, r, Cout, H', W']."""
     B, R, C_out, C_in, kh, kw = filters.shape
+    if B == 0:  # conv2d refuses groups = 0: convolve one sample of zeros for the size, keep none of it
+        one_x, one_filters = x.new_zeros(1, *x.shape[1:]), filters.new_zeros(1, *filters.shape[1:])
+        return region_correlation(torch.cat([x, one_x]), torch.cat([filters, one_filters]), stride, padding, dilation)[:0]
     out = torch.nn.functional.conv2d(x.reshape(1, B * C_in, *x.shape[2:]), filters.reshape(B * R * C_out, C_in, kh, kw),
                                      stride=stride, padding=padding, dilation=dilation, groups=B)
     return out.view(B, R, C_out, *out.shape[2:])
