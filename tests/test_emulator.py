@@ -104,7 +104,8 @@ ATTR = {"max_threads": 1, "smem_per_block": 8, "warp": 10, "sms": 16, "major": 7
 def test_dynamic_shared_memory_limits_of_each_target(emu, target):
     major, minor, sms, optin = TARGETS[target]
     with emu.settings(target=target):
-        assert [T.device_attribute(ATTR[k]) for k in ("major", "minor", "sms", "smem_optin")] == [major, minor, sms, optin]
+        attributes = [T.device_attribute(ATTR[k]) for k in ("major", "minor", "sms", "smem_optin")]
+        assert attributes == [major, minor, sms, optin]
         assert [T.device_attribute(ATTR[k]) for k in ("max_threads", "smem_per_block", "warp")] == [1024, 48 * 1024, 32]
         assert T.launch_without_opt_in(48 * 1024) == 1  # the default limit needs no opt-in
         with pytest.raises(RuntimeError, match=r"49153 bytes of dynamic shared memory need cudaFuncSetAttribute"):
@@ -167,8 +168,10 @@ def run_child(call: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-needs_tsan = pytest.mark.skipif(VARIANT != "tsan", reason="needs the ThreadSanitizer build: make test-emulated-sanitizers")
-needs_asan = pytest.mark.skipif(VARIANT != "asan", reason="needs the AddressSanitizer build: make test-emulated-sanitizers")
+needs_tsan = pytest.mark.skipif(VARIANT != "tsan",
+                                reason="needs the ThreadSanitizer build: make test-emulated-sanitizers")
+needs_asan = pytest.mark.skipif(VARIANT != "asan",
+                                reason="needs the AddressSanitizer build: make test-emulated-sanitizers")
 
 
 @needs_tsan
@@ -181,7 +184,8 @@ def test_thread_sanitizer_reports_the_planted_missing_barrier():
 
 @needs_asan
 def test_address_sanitizer_reports_the_planted_shared_memory_overrun():
-    result = run_child("P.planted_shared_overrun(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4))")
+    result = run_child("q, v = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4)\n"
+                       "P.planted_shared_overrun(q, q, v)")
     assert "ERROR: AddressSanitizer: heap-buffer-overflow" in result.stderr, result.stderr[-5000:]
     assert "overrunning_block_reduce" in result.stderr
     assert "finished without a report" not in result.stdout
@@ -200,7 +204,8 @@ def test_the_real_kernels_of_the_planted_copies_run_without_a_report():
     """The control of the planted tests: the same calls on the real kernels, in the same kind of process."""
     result = run_child("E = torch.ops.attnkern_emulated\n"
                        "E.covpool(torch.rand(3, 4, 1000, dtype=torch.float64))\n"
-                       "E.criss_cross_attention(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4))\n"
+                       "q, v = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4)\n"
+                       "E.criss_cross_attention(q, q, v)\n"
                        "E.triuvec(torch.randn(2, 5, 5))")
     assert result.returncode == 0, result.stderr[-5000:]
     assert "finished without a report" in result.stdout

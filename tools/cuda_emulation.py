@@ -110,7 +110,8 @@ def _ninja_file(variant: str, build_dir: str) -> str:
     import torch
 
     includes, lib_dir = _torch_dirs()
-    cflags = ["-std=c++20", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-sign-compare", "-DATTNKERN_CUDA_EMULATION",
+    cflags = ["-std=c++20", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-sign-compare",
+              "-DATTNKERN_CUDA_EMULATION",
               f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
               "-I" + os.path.join(ROOT, "csrc", "emulation", "include"),  # the c10/cuda stand-ins come first
               "-I" + os.path.join(ROOT, "csrc")]
@@ -163,7 +164,8 @@ def build(variant: str = "plain", jobs: Optional[int] = None, quiet: bool = Fals
 
 def _library_path(name: str) -> str:
     """Where the compiler's runtime library `name` is."""
-    path = subprocess.run([_cxx(), f"-print-file-name={name}"], capture_output=True, text=True, check=True).stdout.strip()
+    path = subprocess.run([_cxx(), f"-print-file-name={name}"], capture_output=True, text=True,
+                          check=True).stdout.strip()
     if not os.path.isabs(path):
         raise RuntimeError(f"{_cxx()} does not know where {name} is (install its sanitizer runtime)")
     return path
