@@ -1,4 +1,4 @@
-"""Benchmark runner: ``python -m attnkern.bench [--family NAME] [--json FILE] [--smoke] [--no-compile]``.
+"""Benchmark runner: ``python -m attnkern.bench [--family NAME] [--json FILE] [--smoke] [--no-compile] [--budget S]``.
 
 Runs every ``benchmarks/bench_<family>.py`` of the source tree on the present device (CUDA when
 available, else CPU) and prints one markdown table: median time of the forward and of
@@ -180,9 +180,9 @@ def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str,
 
 
 def run(families: Optional[Sequence[str]] = None, smoke: bool = False, compile: bool = True,
-        device: Optional[str] = None, log=sys.stderr) -> List[Result]:
+        device: Optional[str] = None, log=sys.stderr, budget_s: Optional[float] = None) -> List[Result]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    budget = 0.05 if smoke else 1.0
+    budget = budget_s if budget_s is not None else 0.05 if smoke else 1.0
     results = []
     for family, module in load_families(families).items():
         for case in module.cases(device, smoke):
@@ -235,8 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, short timings (checks the harness)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="time spent timing each measurement (default 1, 0.05 with --smoke)")
     args = parser.parse_args(argv)
-    results = run(args.family, smoke=args.smoke, compile=not args.no_compile, device=args.device)
+    results = run(args.family, smoke=args.smoke, compile=not args.no_compile, device=args.device,
+                  budget_s=args.budget)
     print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:
