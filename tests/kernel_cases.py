@@ -95,11 +95,13 @@ def check(outputs: List[Output], dtype: torch.dtype) -> None:
             assert torch.equal(got, expected), o.name
         else:
             assert rel_error(got, expected) <= tol, f"{o.name}: relative error {rel_error(got, expected):.3g} > {tol}"
-        if o.cpu is not None:
+        if o.cpu is not None:  # the two kernels agree, to within twice the tolerance of the reference's size
             cpu = o.cpu.double().masked_fill(o.cpu.isnan(), 0)
             assert torch.equal(o.cpu.isnan(), nan), f"{o.name}: NaN where the CPU kernel has none (or vice versa)"
-            assert rel_error(got, cpu) <= 2 * tol, \
-                f"{o.name}: relative error vs the CPU kernel {rel_error(got, cpu):.3g}"
+            scale = expected.norm().item()
+            if scale > 0:  # (an exact zero is checked above; rounding noise around it has no relative size)
+                difference = (got - cpu).norm().item() / scale
+                assert difference <= 2 * tol, f"{o.name}: relative difference from the CPU kernel {difference:.3g}"
 
 
 def first(result):
@@ -126,10 +128,11 @@ def f64(t):
 
 
 class Inputs:
-    """Random inputs of one case, drawn from its own generator (the same for every block order)."""
+    """Random inputs of one case, drawn from its own generator: a seed gives the same inputs every time
+    (the tests draw it from ATTNKERN_TEST_SEED, so every run has fresh inputs and any run can be repeated)."""
 
     def __init__(self, seed: int):
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed % 2**63)
 
     def randn(self, *shape, dtype, offset=0.0, scale=1.0):
         t = torch.randn(*shape, dtype=torch.float64, generator=self.gen) * scale + offset
@@ -208,7 +211,9 @@ def criss_cross_maps_case(be, dtype, rng, B, C, H, W):
 
 
 def criss_cross_attention_case(be, dtype, rng, B, Cq, H, W, Cv):
-    q, k = rng.randn(B, Cq, H, W, dtype=dtype), rng.randn(B, Cq, H, W, dtype=dtype)
+    # q·k of unit size whatever Cq, as trained layers have: with logits of size √Cq the softmax saturates and
+    # the backward's D = Σ g·out, from the output rounded to a half type, leaves no significant digit.
+    q, k = (rng.randn(B, Cq, H, W, dtype=dtype, scale=Cq ** -0.25) for _ in range(2))
     v, g = rng.randn(B, Cv, H, W, dtype=dtype), rng.randn(B, Cv, H, W, dtype=dtype)
     out, lse = be.op.criss_cross_attention(q, k, v)
     assert lse.dtype == acc(dtype)
