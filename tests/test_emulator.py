@@ -182,6 +182,16 @@ def test_thread_sanitizer_reports_the_planted_missing_barrier():
     assert result.returncode == 66
 
 
+@needs_tsan
+def test_thread_sanitizer_reports_the_planted_reuse_of_scratch_before_a_barrier():
+    """Thread 0 overwrites scratch[0] for the second reduction while the others may still read the first
+    one's result from it: a race whichever order the OS runs the threads in."""
+    result = run_child("P.planted_reused_scratch(torch.rand(3, 1000, dtype=torch.float64))")
+    assert "WARNING: ThreadSanitizer: data race" in result.stderr, result.stderr[-5000:]
+    assert "unfinished_block_reduce" in result.stderr
+    assert result.returncode == 66
+
+
 @needs_asan
 def test_address_sanitizer_reports_the_planted_shared_memory_overrun():
     result = run_child("q, v = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4)\n"
@@ -204,6 +214,7 @@ def test_the_real_kernels_of_the_planted_copies_run_without_a_report():
     """The control of the planted tests: the same calls on the real kernels, in the same kind of process."""
     result = run_child("E = torch.ops.attnkern_emulated\n"
                        "E.covpool(torch.rand(3, 4, 1000, dtype=torch.float64))\n"
+                       "E.channel_pool(torch.rand(1, 3, 20, 50, dtype=torch.float64))\n"
                        "q, v = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4)\n"
                        "E.criss_cross_attention(q, q, v)\n"
                        "E.triuvec(torch.randn(2, 5, 5))")

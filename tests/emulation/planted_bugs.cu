@@ -4,6 +4,9 @@
 //
 //   planted_missing_barrier   covpool's row_mean_kernel, its block reduction without the barrier after
 //                             each thread stores its partial sum: a shared-memory race (ThreadSanitizer).
+//   planted_reused_scratch    gating's channel_pool_kernel, whose two block reductions share one scratch
+//                             array, without the barrier that ends the first: thread 0 starts the second
+//                             while the others still read the first's result (ThreadSanitizer).
 //   planted_shared_overrun    criss-cross's attention_forward_kernel, its block reductions guarded with
 //                             `<=` instead of `<`: the last step reads one element past the dynamic
 //                             shared memory (AddressSanitizer: heap-buffer-overflow).
@@ -56,6 +59,51 @@ at::Tensor planted_missing_barrier(const at::Tensor& x_in) {  // x [rows, M] flo
                                                            x.size(1));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return mean;
+}
+
+// ---- the second race: two reductions through one scratch array, the first without its last barrier ----
+
+template <typename acc_t, typename Combine>
+__device__ acc_t unfinished_block_reduce(acc_t value, acc_t* scratch, Combine combine) {
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] = combine(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  // PLANTED: the __syncthreads() after this read is missing; the next reduction overwrites scratch[0].
+  return scratch[0];
+}
+
+constexpr int kPlaneThreads = 256;
+
+template <typename acc_t>
+__global__ void channel_pool_reused_scratch_kernel(const acc_t* __restrict__ x, acc_t* __restrict__ mean,
+                                                   acc_t* __restrict__ max, int64_t HW) {
+  __shared__ acc_t scratch[kPlaneThreads];
+  const acc_t* row = x + blockIdx.x * HW;
+  acc_t sum = 0, mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
+    sum += row[j];
+    mx = row[j] > mx ? row[j] : mx;
+  }
+  sum = unfinished_block_reduce(sum, scratch, [](acc_t a, acc_t b) { return a + b; });
+  mx = unfinished_block_reduce(mx, scratch, [](acc_t a, acc_t b) { return a > b ? a : b; });
+  if (threadIdx.x == 0) {
+    mean[blockIdx.x] = sum / static_cast<acc_t>(HW);
+    max[blockIdx.x] = mx;
+  }
+}
+
+at::Tensor planted_reused_scratch(const at::Tensor& x_in) {  // x [planes, HW] float64 -> [2, planes]
+  auto x = x_in.to(at::kDouble).contiguous();
+  auto out = at::empty({2, x.size(0)}, x.options());
+  ATTNKERN_LAUNCH(x.size(0), kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                  channel_pool_reused_scratch_kernel<double>)(x.const_data_ptr<double>(),
+                                                              out.mutable_data_ptr<double>(),
+                                                              out.mutable_data_ptr<double>() + x.size(0), x.size(1));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 // ---- the shared-memory overrun: a block reduction that reads scratch[blockDim.x] ----
@@ -150,6 +198,7 @@ at::Tensor planted_global_overrun(const at::Tensor& a_in) {  // a [B, n, n] floa
 
 TORCH_LIBRARY(attnkern_planted_bugs, m) {
   m.def("planted_missing_barrier(Tensor x) -> Tensor", &planted_missing_barrier);
+  m.def("planted_reused_scratch(Tensor x) -> Tensor", &planted_reused_scratch);
   m.def("planted_shared_overrun(Tensor q, Tensor k, Tensor v) -> Tensor", &planted_shared_overrun);
   m.def("planted_global_overrun(Tensor a) -> Tensor", &planted_global_overrun);
 }

@@ -24,7 +24,7 @@
 
 #include "emulation/schedulers.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(ATTNKERN_EMULATION_TSAN)
 #define ATTNKERN_EMULATION_NO_FIBERS 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)

@@ -2,8 +2,18 @@
 // thread. The pool holds one thread per CUDA thread of the largest block launched so far and keeps them
 // across launches. The launching thread runs one block at a time: it wakes the block's threads and waits
 // until all have returned from the kernel; they meet at __syncthreads on a barrier over the threads still
-// running. All synchronisation is a mutex and condition variables, which ThreadSanitizer understands:
-// accesses of two threads between the same two barriers stay unordered, so it reports them as a race.
+// running (a mutex and condition variables).
+//
+// Under ThreadSanitizer (the tsan build compiles this file uninstrumented, with ATTNKERN_EMULATION_TSAN)
+// that mutex must not order anything: a thread that reaches the barrier first and one that wakes late
+// would otherwise be ordered through it, and a race between them would go unseen whenever the scheduling
+// happened to serialise them. So every lock and wait runs with TSan's synchronisation ignored, and the
+// pool declares exactly the orderings CUDA guarantees, with __tsan_release/__tsan_acquire:
+//   launching thread before the block  -> every thread of the block       (start_sync_)
+//   every thread before barrier k      -> every thread after barrier k    (barrier_sync_[k % 2])
+//   every thread of the block          -> launching thread after it       (end_sync_)
+// Two barrier objects suffice: no thread reaches barrier k + 1 before all have passed barrier k.
+//
 // Compiled only into the emulated library (tools/cuda_emulation.py defines ATTNKERN_CUDA_EMULATION): in
 // any other build this file is empty, so a glob over the sources cannot link the emulator into attnkern._C.
 #if defined(ATTNKERN_CUDA_EMULATION)
@@ -18,11 +28,51 @@
 
 #include "emulation/schedulers.h"
 
+#if defined(ATTNKERN_EMULATION_TSAN)
+extern "C" {
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+}
+#endif
+
 namespace attnkern {
 namespace emulation {
 namespace {
 
 constexpr size_t kWorkerStack = size_t(4) << 20;
+
+// A happens-before edge from every release of `sync` to every later acquire of it (TSan only).
+inline void release(void* sync) {
+#if defined(ATTNKERN_EMULATION_TSAN)
+  __tsan_release(sync);
+#else
+  (void)sync;
+#endif
+}
+
+inline void acquire(void* sync) {
+#if defined(ATTNKERN_EMULATION_TSAN)
+  __tsan_acquire(sync);
+#else
+  (void)sync;
+#endif
+}
+
+// While alive, the calling thread's locks and waits order nothing for TSan. Declare it before the lock it
+// covers, so that the unlock happens inside it too.
+struct IgnoreSync {
+#if defined(ATTNKERN_EMULATION_TSAN)
+  IgnoreSync() { AnnotateIgnoreSyncBegin(__FILE__, __LINE__); }
+  ~IgnoreSync() { AnnotateIgnoreSyncEnd(__FILE__, __LINE__); }
+#else
+  IgnoreSync() {}
+  ~IgnoreSync() {}
+#endif
+  IgnoreSync(const IgnoreSync&) = delete;
+  IgnoreSync& operator=(const IgnoreSync&) = delete;
+};
 
 class Pool final : public ThreadHooks {
  public:
@@ -36,46 +86,65 @@ class Pool final : public ThreadHooks {
     grow(threads);
     // Exactly the requested size (zero bytes too), so that AddressSanitizer reports an overrun.
     std::unique_ptr<unsigned char[]> smem(new unsigned char[launch.smem_bytes]);
-    std::unique_lock<std::mutex> lock(mu_);
-    body_ = launch.body;
-    grid_ = launch.grid;
-    block_ = launch.block;
-    smem_ = smem.get();
-    active_ = threads;
-    barriers_.assign(threads, 0);
-    error_ = nullptr;
-    std::string failure;
-    for (uint64_t i = 0; i < launch.total_blocks && failure.empty(); ++i) {
-      block_idx_ = block_index(launch.linear_block(i), grid_);
-      std::memset(smem_, 0xFF, launch.smem_bytes);  // NaN in every floating type
-      live_ = threads;
-      arrived_ = 0;
-      finished_ = 0;
-      ++block_seq_;
-      for (int t = 0; t < threads; ++t) workers_[t]->wake.notify_one();
-      done_.wait(lock, [&] { return finished_ == active_; });
-      if (error_) break;
-      failure = barrier_mismatch(launch.name, block_idx_, barriers_);
+    {
+      IgnoreSync ignore;
+      std::lock_guard<std::mutex> lock(mu_);
+      body_ = launch.body;
+      grid_ = launch.grid;
+      block_ = launch.block;
+      smem_ = smem.get();
+      active_ = threads;
+      barriers_.assign(threads, 0);
+      error_ = nullptr;
     }
-    active_ = 0;
-    body_ = nullptr;
-    smem_ = nullptr;
-    std::exception_ptr error = error_;
-    error_ = nullptr;
-    lock.unlock();
-    if (error) std::rethrow_exception(error);
+    std::string failure;
+    bool error = false;
+    for (uint64_t i = 0; i < launch.total_blocks && failure.empty() && !error; ++i) {
+      std::memset(smem.get(), 0xFF, launch.smem_bytes);  // NaN in every floating type
+      release(&start_sync_);
+      {
+        IgnoreSync ignore;
+        std::unique_lock<std::mutex> lock(mu_);
+        block_idx_ = block_index(launch.linear_block(i), grid_);
+        live_ = threads;
+        arrived_ = 0;
+        finished_ = 0;
+        ++block_seq_;
+        for (int t = 0; t < threads; ++t) workers_[t]->wake.notify_one();
+        done_.wait(lock, [&] { return finished_ == active_; });
+        error = static_cast<bool>(error_);
+        if (!error) failure = barrier_mismatch(launch.name, block_idx_, barriers_);
+      }
+      acquire(&end_sync_);
+    }
+    std::exception_ptr thrown;
+    {
+      IgnoreSync ignore;
+      std::lock_guard<std::mutex> lock(mu_);
+      active_ = 0;
+      body_ = nullptr;
+      smem_ = nullptr;
+      thrown = error_;
+      error_ = nullptr;
+    }
+    if (thrown) std::rethrow_exception(thrown);
     return failure;
   }
 
   void sync_threads() override {
-    ++barriers_passed_;
-    std::unique_lock<std::mutex> lock(mu_);
-    if (++arrived_ == live_) {
-      release_barrier();
-      return;
+    const int64_t k = barriers_passed_++;
+    release(&barrier_sync_[k % 2]);
+    {
+      IgnoreSync ignore;
+      std::unique_lock<std::mutex> lock(mu_);
+      if (++arrived_ == live_) {
+        release_barrier();
+      } else {
+        const uint64_t generation = barrier_generation_;
+        barrier_.wait(lock, [&] { return barrier_generation_ != generation; });
+      }
     }
-    const uint64_t generation = barrier_generation_;
-    barrier_.wait(lock, [&] { return barrier_generation_ != generation; });
+    acquire(&barrier_sync_[k % 2]);
   }
 
  private:
@@ -94,12 +163,19 @@ class Pool final : public ThreadHooks {
     barrier_.notify_all();
   }
 
+  // pthread_create runs outside IgnoreSync: it orders what the thread is handed (its Start, its Worker)
+  // before the thread runs.
   void grow(int threads) {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (static_cast<int>(workers_.size()) < threads) {
-      const int index = static_cast<int>(workers_.size());
-      workers_.push_back(std::make_unique<Worker>());
-      auto* start = new Start{this, index, block_seq_};
+    for (;;) {
+      Start* start = nullptr;
+      {
+        IgnoreSync ignore;
+        std::lock_guard<std::mutex> lock(mu_);
+        const int index = static_cast<int>(workers_.size());
+        if (index >= threads) return;
+        workers_.push_back(std::make_unique<Worker>());
+        start = new Start{this, index, block_seq_};
+      }
       pthread_attr_t attr;
       pthread_attr_init(&attr);
       pthread_attr_setstacksize(&attr, kWorkerStack);
@@ -108,8 +184,13 @@ class Pool final : public ThreadHooks {
       const int rc = pthread_create(&thread, &attr, &Pool::start, start);
       pthread_attr_destroy(&attr);
       if (rc != 0) {
+        {
+          IgnoreSync ignore;
+          std::lock_guard<std::mutex> lock(mu_);
+          workers_.pop_back();
+        }
+        const int index = start->index;
         delete start;
-        workers_.pop_back();
         TORCH_CHECK(false, "CUDA emulation: could not start thread ", index, " (", std::strerror(rc), ")");
       }
     }
@@ -124,17 +205,21 @@ class Pool final : public ThreadHooks {
 
   void work(int index, uint64_t seen) {
     t_hooks = this;
-    std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      workers_[index]->wake.wait(lock, [&] { return block_seq_ != seen && index < active_; });
-      seen = block_seq_;
-      threadIdx = thread_index(index, block_);
-      blockIdx = block_idx_;
-      blockDim = block_;
-      gridDim = grid_;
-      t_smem = smem_;
-      const std::function<void()>* body = body_;
-      lock.unlock();
+      const std::function<void()>* body = nullptr;
+      {
+        IgnoreSync ignore;
+        std::unique_lock<std::mutex> lock(mu_);
+        workers_[index]->wake.wait(lock, [&] { return block_seq_ != seen && index < active_; });
+        seen = block_seq_;
+        threadIdx = thread_index(index, block_);
+        blockIdx = block_idx_;
+        blockDim = block_;
+        gridDim = grid_;
+        t_smem = smem_;
+        body = body_;
+      }
+      acquire(&start_sync_);
       barriers_passed_ = 0;
       std::exception_ptr error;
       try {
@@ -142,11 +227,15 @@ class Pool final : public ThreadHooks {
       } catch (...) {
         error = std::current_exception();
       }
-      lock.lock();
-      if (error && !error_) error_ = error;
-      barriers_[index] = barriers_passed_;
-      if (--live_ > 0 && arrived_ == live_) release_barrier();  // the others wait for no one else
-      if (++finished_ == active_) done_.notify_one();
+      release(&end_sync_);
+      {
+        IgnoreSync ignore;
+        std::lock_guard<std::mutex> lock(mu_);
+        if (error && !error_) error_ = error;
+        barriers_[index] = barriers_passed_;
+        if (--live_ > 0 && arrived_ == live_) release_barrier();  // the others wait for no one else
+        if (++finished_ == active_) done_.notify_one();
+      }
     }
   }
 
@@ -165,6 +254,8 @@ class Pool final : public ThreadHooks {
   uint64_t barrier_generation_ = 0;
   std::vector<int64_t> barriers_;
   std::exception_ptr error_;
+  // Addresses for TSan's happens-before edges (their contents are never used).
+  char start_sync_ = 0, end_sync_ = 0, barrier_sync_[2] = {0, 0};
 };
 
 thread_local int64_t Pool::barriers_passed_ = 0;
