@@ -2,7 +2,15 @@
 // and fake (meta) kernels in Python (attnkern/ops/).
 #include <torch/library.h>
 
+#include <string>
+
+#include "common/cpu_capability.h"
+
 TORCH_LIBRARY(attnkern, m) {
+  // The CPU capability the vectorised CPU kernels run with: "default", "avx2" or "avx512"
+  // (common/cpu_capability.h). The one op defined with its kernel here: it takes no tensor to dispatch on.
+  m.def("cpu_capability() -> str", [] { return std::string(attnkern::cpu_capability_name(attnkern::cpu_capability())); });
+
   // covpool family (csrc/covpool): SAN's second-order channel attention.
   m.def("covpool(Tensor x) -> Tensor");
   m.def("covpool_backward(Tensor grad, Tensor x) -> Tensor");
