@@ -8,8 +8,9 @@ Implementations of the branch, all with the same weights (x [B, H·W, C] in, [B,
                      bias + mask materialised as a [B·nW, heads, N, N] attn_mask
   seed, compiled     the seed formulation under torch.compile (inductor)
   attnkern           qkv Linear on the image, attnkern.ops.window_attention, proj Linear: no copies
-The network rows run attnkern.models.SwinIR (lightweight ×2) forward on a 256×256 image, fused
-against the same network on the reference path (forward only).
+The network rows run attnkern.models.SwinIR (lightweight ×2) forward on 128×128 and 256×256 images,
+fused against the same network on the reference path (forward only).
+On the CPU this family is measured on every CPU capability the machine runs (attnkern.bench).
 """
 
 import torch
@@ -112,21 +113,22 @@ def network_cases(device, smoke):
     if smoke:
         config = dict(upscale=2, img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2,
                       upsampler="pixelshuffledirect")
-        label, side = "smoke SwinIR ×2 12×12", 12
+        sizes = [("smoke SwinIR ×2 12×12", 12)]
     else:  # SwinIR lightweight ×2, as the official main_test_swinir.py builds it
         config = dict(upscale=2, img_size=64, window_size=8, img_range=1.0, embed_dim=60, depths=[6, 6, 6, 6],
                       num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
-        label, side = "SwinIR-light ×2 1×3×256×256", 256
+        sizes = [(f"SwinIR-light ×2 1×3×{side}×{side}", side) for side in (128, 256)]
     fused = SwinIR(**config).to(device).eval()
     reference_path = SwinIR(**config).to(device).eval()
     reference_path.load_state_dict(fused.state_dict())
     set_fused_attention(reference_path, False)
 
-    def make_inputs(side=side):
-        return (torch.rand(1, 3, side, side, device=device),)
+    for label, side in sizes:
+        def make_inputs(side=side):
+            return (torch.rand(1, 3, side, side, device=device),)
 
-    yield Case(family="SwinIR network", shape=label, dtype=torch.float32, make_inputs=make_inputs,
-               impls={"reference path": reference_path, "attnkern": fused}, forward_only=True)
+        yield Case(family="SwinIR network", shape=label, dtype=torch.float32, make_inputs=make_inputs,
+                   impls={"reference path": reference_path, "attnkern": fused}, forward_only=True)
 
 
 def cases(device, smoke):

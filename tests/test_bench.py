@@ -14,6 +14,11 @@ def test_bench_smoke_runs_every_family():
     for family in families:
         names = {r.impl for r in results if r.family == family}
         assert "attnkern" in names and len(names) >= 2 and not any("compile" in n for n in names)
+    # the families with per-capability kernels: rows for every capability this CPU runs
+    supported = set(bench.cpu_capabilities_supported())
+    for family in ("window attention branch", "SwinIR network", "SEAttention layer", "CBAM layer"):
+        assert {r.cpu_capability for r in results if r.family == family} == supported
+    assert {r.cpu_capability for r in results if r.family == "covpool+sqrtm"} == {bench.cpu_capability()}
     for r in results:
         inference_only = r.family == "SwinIR network"
         assert r.fwd_ms > 0 and not math.isnan(r.peak_mib)
@@ -22,6 +27,7 @@ def test_bench_smoke_runs_every_family():
     assert sum(table.count(f"| {f} |") for f in families) == len(results)
     own_rows = table.count("1.0× / 1.0×") + table.count("1.0× / —")  # attnkern's rows, relative to themselves
     assert own_rows >= len(families)
+    assert f"CPU capability {bench.cpu_capability()}" in table
 
 
 def test_peak_memory_sees_an_allocation():
