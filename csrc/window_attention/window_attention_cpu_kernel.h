@@ -132,20 +132,19 @@ void gather_window(const Operands<scalar_t, acc_t>& op, const scalar_t* qkv_b, b
   }
 }
 
-// Asks the cache for window w's [3, heads, d] pixel rows (of sample b), ahead of gather_window: the
-// gather otherwise waits on memory for most of its reads (qkv is far larger than the caches).
+// Asks for part `part` of `parts` of window `window`'s [3, heads, d] pixel rows to be brought into L2,
+// ahead of its gather_window: spread over the previous window's heads, the reads overlap its arithmetic
+// (qkv is far larger than the caches, and the gather would otherwise wait on memory).
 template <typename scalar_t, typename acc_t>
-void prefetch_window(const Operands<scalar_t, acc_t>& op, int64_t window) {
+void prefetch_window(const Operands<scalar_t, acc_t>& op, int64_t window, int64_t part, int64_t parts) {
   const WindowGrid& grid = op.grid;
   const int64_t nW = grid.windows(), b = window / nW, w = window % nW, windows_x = grid.W / grid.window;
-  const int64_t y0 = (w / windows_x) * grid.window, x0 = (w % windows_x) * grid.window;
+  const int64_t y0 = (w / windows_x) * grid.window, x0 = (w % windows_x) * grid.window, N = grid.tokens();
   const int64_t row_bytes = 3 * op.heads * op.d * static_cast<int64_t>(sizeof(scalar_t));
   const char* sample = reinterpret_cast<const char*>(op.qkv + b * op.sample_stride());
-  for (int64_t ty = 0; ty < grid.window; ++ty) {
-    for (int64_t tx = 0; tx < grid.window; ++tx) {
-      const char* row = sample + grid.pixel_at(y0 + ty, x0 + tx) * row_bytes;
-      for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(row + byte);
-    }
+  for (int64_t t = part * N / parts; t < (part + 1) * N / parts; ++t) {
+    const char* row = sample + grid.pixel_at(y0 + t / grid.window, x0 + t % grid.window) * row_bytes;
+    for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(row + byte, 0, 2);
   }
 }
 
@@ -172,8 +171,8 @@ void forward_windows(const Operands<scalar_t, acc_t>& op, int64_t begin, int64_t
     const int64_t b = window / nW;
     const bool has_offset = locate_window(op, window % nW, s);
     gather_window(op, op.qkv + b * op.sample_stride(), /*backward=*/false, s);
-    if (window + 1 < end) prefetch_window(op, window + 1);
     for (int64_t h = 0; h < heads; ++h) {
+      if (window + 1 < end) prefetch_window(op, window + 1, h, heads);
       logits(h, has_offset, s);
       acc_t* p = s.logits.data();
       for (int64_t i = 0; i < N; ++i) {  // softmax along the keys of each row, unnormalised
@@ -214,7 +213,6 @@ void backward_windows(const Operands<scalar_t, acc_t>& op, int64_t group, int64_
     const int64_t b = window / nW;
     const bool has_offset = locate_window(op, window % nW, s);
     gather_window(op, op.qkv + b * op.sample_stride(), /*backward=*/true, s);
-    if (window + groups < op.batch * nW) prefetch_window(op, window + groups);
     for (int64_t i = 0; i < N; ++i) {  // dO as rows, lse and D_i = dO_i·o_i, per head
       const int64_t pixel = b * HW + s.pixel[i];
       for (int64_t h = 0; h < heads; ++h) {
@@ -231,6 +229,7 @@ void backward_windows(const Operands<scalar_t, acc_t>& op, int64_t group, int64_
       }
     }
     for (int64_t h = 0; h < heads; ++h) {
+      if (window + groups < op.batch * nW) prefetch_window(op, window + groups, h, heads);
       logits(h, has_offset, s);
       acc_t* p = s.logits.data();
       acc_t* ds = s.grad_logits.data();
