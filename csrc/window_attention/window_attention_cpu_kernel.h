@@ -76,8 +76,9 @@ struct WindowTiles {
 };
 
 // Window w's tokens (pixels and regions, row by row: no divisions per token) and, when it has one,
-// the offset every head adds to its logits: SwinIR's region mask and the explicit mask. Returns whether
-// the window has an offset.
+// the offset every head adds to its logits: SwinIR's region mask and the explicit mask, composed by
+// logit_offset of window_attention.h as in the CUDA kernels (the bias, per head, is added by logits()).
+// Returns whether the window has an offset.
 template <typename scalar_t, typename acc_t>
 bool locate_window(const Operands<scalar_t, acc_t>& op, int64_t w, WindowTiles<acc_t>& s) {
   const WindowGrid& grid = op.grid;
@@ -90,16 +91,12 @@ bool locate_window(const Operands<scalar_t, acc_t>& op, int64_t w, WindowTiles<a
     }
   }
   if (grid.shift == 0 && op.mask == nullptr) return false;
+  const acc_t* mask = op.mask != nullptr ? op.mask + w * N * N : nullptr;
+  const int* region = grid.shift > 0 ? s.region.data() : nullptr;
   for (int64_t i = 0; i < N; ++i) {
     acc_t* row = s.offset.data() + i * Lp;
-    for (int64_t j = 0; j < Lp; ++j) row[j] = 0;
-    if (op.mask != nullptr) {
-      const acc_t* mask_row = op.mask + (w * N + i) * N;
-      for (int64_t j = 0; j < N; ++j) row[j] = mask_row[j];
-    }
-    if (grid.shift > 0) {
-      for (int64_t j = 0; j < N; ++j) row[j] += region_penalty<acc_t>(s.region[i], s.region[j]);
-    }
+    for (int64_t j = 0; j < N; ++j) row[j] = logit_offset<acc_t, acc_t, acc_t>(nullptr, mask, region, i, j, N);
+    for (int64_t j = N; j < Lp; ++j) row[j] = 0;
   }
   return true;
 }
