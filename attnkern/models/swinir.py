@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import export
 from ..nn.swin import PatchEmbed, PatchUnEmbed, RSTB, Upsample, UpsampleOneStep, _conv_block
 
 __all__ = [
@@ -190,8 +191,12 @@ class SwinIR(nn.Module):
 
     def check_image_size(self, x: Tensor) -> Tensor:
         """Reflect-pads x at the bottom/right to multiples of window_size (as published; a pad longer than
-        the image repeats the reflection instead of failing)."""
+        the image repeats the reflection instead of failing). While an exporter traces the sizes, the pad
+        is a gather that follows the size (exported programs need sides of at least window_size)."""
         h, w = x.shape[-2:]
+        if export.is_traced_size(h, w):
+            # sizes traced by an exporter: the pad as gathers that follow the size (needs h, w >= window_size)
+            return export.reflect_pad_to_multiple(x, self.window_size)
         return _reflect_pad(x, (-h) % self.window_size, (-w) % self.window_size)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -238,6 +243,8 @@ class SwinIR(nn.Module):
             res = self.conv_after_body(self.forward_features(x_first)) + x_first
             x = x + self.conv_last(res)
         x = x / self.img_range + mean
+        if export.is_traced_size(H, W):
+            return export.crop(export.crop(x, 2, H * self.upscale), 3, W * self.upscale)
         return x[:, :, :H * self.upscale, :W * self.upscale]
 
     @classmethod

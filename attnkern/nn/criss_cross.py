@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor, nn
 
+from .. import export
 from ..ops.criss_cross import criss_cross_attention
 
 __all__ = ["CrissCrossAttention"]
@@ -21,6 +22,9 @@ class CrissCrossAttention(nn.Module):
     ``gamma``), so its state_dict loads. ``gamma`` starts at 0, as published: the layer is then the
     identity until trained. Fixed from the published code: the −inf diagonal built with ``.cuda()``
     (which fails on the CPU and on a second GPU) — the kernel leaves the pixel out of its own column.
+
+    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) as CCNet's row
+    and column products.
 
     Args:
         in_dim: input (and output) channels; at least 8.
@@ -42,7 +46,9 @@ class CrissCrossAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"CrissCrossAttention: expected input [B, C, H, W], got shape {tuple(x.shape)}")
+        attend = export.criss_cross_attention if export.is_portable() else criss_cross_attention
         for _ in range(self.recurrence):
-            attended = criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x))
+            attended = attend(self.query_conv(x), self.key_conv(x), self.value_conv(x))
             x = self.gamma * attended + x
         return x
+
