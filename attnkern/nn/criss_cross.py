@@ -23,6 +23,9 @@ class CrissCrossAttention(nn.Module):
     identity until trained. Fixed from the published code: the −inf diagonal built with ``.cuda()``
     (which fails on the CPU and on a second GPU) — the kernel leaves the pixel out of its own column.
 
+    mmcv's ``mmcv.ops.CrissCrossAttention`` (the same convolutions, one pass; ``gamma`` a ``Scale``
+    module) loads too, also with ``strict=True``: its 0-dim ``gamma.scale`` entry is read as ``gamma``.
+
     Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) as CCNet's row
     and column products.
 
@@ -52,3 +55,11 @@ class CrissCrossAttention(nn.Module):
             x = self.gamma * attended + x
         return x
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # mmcv's module keeps gamma in a Scale module: a 0-dim "gamma.scale".
+        mmcv_key = prefix + "gamma.scale"
+        if mmcv_key in state_dict and prefix + "gamma" not in state_dict:
+            state_dict[prefix + "gamma"] = state_dict.pop(mmcv_key).reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

@@ -155,7 +155,9 @@ class WindowAttention(nn.Module):
     Parameter and buffer names match SwinIR (``relative_position_bias_table``
     [(2·Wh−1)·(2·Ww−1), heads], ``relative_position_index`` [N, N], ``qkv``, ``proj``). Only square
     windows are supported: ``window_size`` is an int or a pair (ws, ws); ``self.window_size`` is the
-    pair, as published.
+    pair, as published. timm's ``WindowAttention`` does not save ``relative_position_index`` (a
+    non-persistent buffer there): a state_dict without it loads, also with ``strict=True``, the index
+    being the one this layer computed (it depends on the window size only).
 
     Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) as the published
     formulation.
@@ -202,6 +204,15 @@ class WindowAttention(nn.Module):
         """Whether forward runs the fused op: ``fused``, not exporting portably
         (:func:`attnkern.export.is_portable`) and no active attention dropout."""
         return self.fused and not (self.training and self.attn_drop.p > 0) and not export.is_portable()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # timm keeps relative_position_index out of its state_dicts: take the one computed here.
+        key = prefix + "relative_position_index"
+        if key not in state_dict and prefix + "relative_position_bias_table" in state_dict:
+            state_dict[key] = self.relative_position_index
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def attend_windows(self, qkv: Tensor, mask: Optional[Tensor]) -> Tensor:
         """The published attention on windows: qkv [B_, N, 3C] (the qkv Linear's output) → [B_, N, C],
