@@ -95,8 +95,7 @@ LAYERS = {
     # Swin layers on images; H, W not multiples of the window: the blocks pad and crop
     "SwinTransformerBlock": (lambda: TokensAsImage(ak.SwinTransformerBlock(16, (8, 8), 2, window_size=4, shift_size=2)),
                              (2, 16, 13, 11), (3, 16, 9, 20), 5),
-    "BasicLayer": (lambda: TokensAsImage(ak.BasicLayer(16, (8, 8), depth=2, num_heads=2, window_size=4)),
-                   (2, 16, 12, 10), (1, 16, 17, 8), 5),
+    # RSTB: a BasicLayer of a W-MSA and an SW-MSA block, then a convolution
     "RSTB": (lambda: TokensAsImage(ak.RSTB(16, (8, 8), 2, 2, 4, img_size=8, patch_size=1, resi_connection="3conv")),
              (2, 16, 13, 11), (3, 16, 9, 20), 5),
     "WindowAttention": (lambda: Windows(ak.WindowAttention(16, 4, 2)), (6, 16, 4, 4), (3, 16, 4, 4), None),
