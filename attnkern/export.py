@@ -29,7 +29,7 @@ as gathers. They are tested against the kernels (``tests/test_export.py``).
 
 import contextlib
 import os
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,19 +40,20 @@ from .reference.window_attention import SHIFT_MASK_VALUE
 
 __all__ = [
     "portable", "is_portable", "adaptive_avg_pool2d", "center_crop", "criss_cross_attention",
-    "dynamic_region_conv", "window_attention", "reflect_pad_to_multiple", "zero_pad_to_multiple", "crop", "round_up", "is_traced_size",
+    "dynamic_region_conv", "window_attention", "reflect_pad_to_multiple", "zero_pad_to_multiple", "crop",
+    "round_up", "is_traced_size",
 ]
 
 _ENV_PORTABLE = os.environ.get("ATTNKERN_PORTABLE", "0").strip().lower() in ("1", "true", "yes", "on")
-_depth = 0  # nesting depth of portable(True)
-_forced_off = 0  # nesting depth of portable(False)
+_modes: List[bool] = []  # the portable() blocks entered, innermost last
 
 
 @contextlib.contextmanager
 def portable(enabled: bool = True) -> Iterator[None]:
     """Within the block, attnkern's layers and ops use their standard-op formulation (``enabled=True``)
-    or their kernels (``enabled=False``, which also overrides ``ATTNKERN_PORTABLE``; ONNX export is
-    always portable). Nests; not thread-local (meant around an export call).
+    or their kernels (``enabled=False``, e.g. to override ``ATTNKERN_PORTABLE`` for one export; ONNX
+    export is portable whatever the mode). Blocks nest, the innermost one deciding; the mode is
+    process-wide, not per thread (meant around an export call).
 
     Example::
 
@@ -60,29 +61,22 @@ def portable(enabled: bool = True) -> Iterator[None]:
             traced = torch.jit.trace(model.eval(), example)      # runs without attnkern
             program = torch.export.export(model.eval(), (example,))
     """
-    global _depth, _forced_off
-    if enabled:
-        _depth += 1
-    else:
-        _forced_off += 1
+    _modes.append(bool(enabled))
     try:
         yield
     finally:
-        if enabled:
-            _depth -= 1
-        else:
-            _forced_off -= 1
+        _modes.pop()
 
 
 def is_portable() -> bool:
-    """Whether the standard-op formulation runs now: during ``torch.onnx.export``, inside
-    :func:`portable`, or with ``ATTNKERN_PORTABLE=1``. (Under ``torch.compile`` this is False unless
-    :func:`portable` is on: compiled code keeps the kernels.)"""
+    """Whether the standard-op formulation runs now: during ``torch.onnx.export``, else as the innermost
+    :func:`portable` block says, else with ``ATTNKERN_PORTABLE=1``. (Under ``torch.compile``, ONNX
+    export aside, the same rule: compiled code keeps the kernels by default.)"""
     if torch.onnx.is_in_onnx_export():
         return True
-    if _forced_off and not _depth:
-        return False
-    return bool(_depth) or _ENV_PORTABLE
+    if _modes:
+        return _modes[-1]
+    return _ENV_PORTABLE
 
 
 # ---- sizes that trace ------------------------------------------------------------------------------
@@ -111,14 +105,14 @@ def crop(x: Tensor, dim: int, length: Size) -> Tensor:
 
 def zero_pad_to_multiple(x: Tensor, dim: int, multiple: int) -> Tensor:
     """x zero-padded at the end of ``dim`` to a multiple of ``multiple`` (traceable: a gather of the
-    last entry and a mask, the same program whether the pad is empty or not)."""
+    last entry, then zeros where the index is past the end — the same program whether the pad is
+    empty or not)."""
     length = x.shape[dim]
     index = torch.arange(round_up(length, multiple), device=x.device)
-    inside = index < length
     shape = [1] * x.dim()
     shape[dim] = -1
     padded = x.index_select(dim, torch.clamp(index, max=length - 1))
-    return padded * inside.view(shape).to(x.dtype)
+    return torch.where((index < length).view(shape), padded, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
