@@ -89,6 +89,7 @@ class Case:
     make_inputs: Callable[[], Inputs]  # floating inputs that need a gradient have requires_grad
     impls: Dict[str, Callable[..., torch.Tensor]]  # name → fn(*inputs) → output
     skip: Dict[str, str] = field(default_factory=dict)  # name → why it is not run
+    notes: Dict[str, str] = field(default_factory=dict)  # name → a note for its row
     forward_only: bool = False  # inference rows: no backward; peak memory of the forward
 
     def result(self, impl: str, device: str, note: str = "") -> "Result":
@@ -132,6 +133,40 @@ def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, 
                 cases.append(Case(family=family, shape=f"{b}×{c}×{h}×{w}", dtype=dtype, make_inputs=make_inputs,
                                   impls=impls))
     return cases
+
+
+ONNX_RUNTIME = "ONNX Runtime"
+Row = Tuple[Dict[str, Callable[..., torch.Tensor]], Dict[str, str], Dict[str, str]]
+
+
+def onnxruntime_row(module: torch.nn.Module, example: torch.Tensor, device: str) -> Row:
+    """An "ONNX Runtime" row for a case: the module exported to ONNX (attnkern's standard-op
+    formulation, dynamic batch/height/width) and run by ONNX Runtime on the CPU with torch's thread
+    count; fn returns the first output. Returns the (impls, skip, notes) entries to merge into the Case:
+    a skipped row where onnxruntime is not installed; no row on CUDA or under a CPU-capability limit
+    (ONNX Runtime dispatches on the instruction set itself: its row is measured once, unlimited)."""
+    if device != "cpu" or os.environ.get("ATTNKERN_CPU_CAPABILITY"):
+        return {}, {}, {}
+    try:
+        import onnxruntime
+    except ImportError:
+        return {ONNX_RUNTIME: lambda *inputs: None}, {ONNX_RUNTIME: "onnxruntime not installed (pip install onnxruntime)"}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(module.eval(), (example,), path, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([output], {"x": x.detach().numpy()})[0])
+
+    note = (f"onnxruntime {onnxruntime.__version__}, CPU; peak memory: its arena, allocated at the warm-up and "
+            "reused, is not counted")
+    return {ONNX_RUNTIME: run}, {}, {ONNX_RUNTIME: note}
 
 
 def benchmarks_dir() -> Path:
@@ -222,7 +257,7 @@ class PeakMemory:
 
 
 def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str, budget_s: float) -> Result:
-    result = case.result(name, device)
+    result = case.result(name, device, note=case.notes.get(name, ""))
     inputs = case.make_inputs()
     leaves = [t for t in inputs if t.requires_grad]
     with torch.no_grad():

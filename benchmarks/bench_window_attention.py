@@ -9,7 +9,9 @@ Implementations of the branch, all with the same weights (x [B, H·W, C] in, [B,
   seed, compiled     the seed formulation under torch.compile (inductor)
   attnkern           qkv Linear on the image, attnkern.ops.window_attention, proj Linear: no copies
 The network rows run attnkern.models.SwinIR (lightweight ×2) forward on 128×128 and 256×256 images,
-fused against the same network on the reference path (forward only).
+fused against the same network on the reference path (forward only), and the same network exported to
+ONNX (standard operators) run by ONNX Runtime on the CPU, where onnxruntime is installed — the runtime
+a CPU user would deploy with.
 On the CPU this family is measured on every CPU capability the machine runs (attnkern.bench).
 """
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkern import ops, reference
-from attnkern.bench import Case
+from attnkern.bench import Case, onnxruntime_row
 
 SHAPES = [  # (label, B, H, W, C, heads, window, shift)
     ("SwinIR-light 4×64×64 C60 h6 w8 s4", 4, 64, 64, 60, 6, 8, 4),
@@ -123,12 +125,14 @@ def network_cases(device, smoke):
     reference_path.load_state_dict(fused.state_dict())
     set_fused_attention(reference_path, False)
 
+    ort_impls, ort_skip, ort_notes = onnxruntime_row(fused, torch.rand(1, 3, sizes[0][1], sizes[0][1]), device)
     for label, side in sizes:
         def make_inputs(side=side):
             return (torch.rand(1, 3, side, side, device=device),)
 
         yield Case(family="SwinIR network", shape=label, dtype=torch.float32, make_inputs=make_inputs,
-                   impls={"reference path": reference_path, "attnkern": fused}, forward_only=True)
+                   impls={"reference path": reference_path, "attnkern": fused, **ort_impls}, skip=ort_skip,
+                   notes=ort_notes, forward_only=True)
 
 
 def cases(device, smoke):

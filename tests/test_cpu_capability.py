@@ -29,6 +29,7 @@ KERNEL_TESTS = ["test_window_attention.py", "test_gating.py"]
 def run_python(code: str, capability=None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("ATTNKERN_CPU_CAPABILITY", None)
+    env.pop("TORCH_CPP_LOG_LEVEL", None)  # Ultralytics, once imported by another test, sets it to ERROR: no warnings
     if capability is not None:
         env["ATTNKERN_CPU_CAPABILITY"] = capability
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

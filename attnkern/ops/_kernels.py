@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from .. import _build_config
+from ..export import is_portable
 
 # Devices whose tensors go to torch.ops.attnkern; others run the pure-PyTorch reference.
 # "meta" covers fake tensors (torch.compile, opcheck): the ops' fake kernels handle them.
@@ -11,7 +12,9 @@ KERNEL_DEVICES = frozenset(("cpu", "meta", "cuda") if _build_config.with_cuda el
 
 
 def has_kernel(t: Tensor) -> bool:
-    return t.device.type in KERNEL_DEVICES
+    """Whether t's op runs attnkern's kernel: a device with kernels, and not in portable mode
+    (ONNX export, attnkern.export.portable()), where the pure-PyTorch reference runs instead."""
+    return t.device.type in KERNEL_DEVICES and not is_portable()
 
 
 def save_inputs(ctx, inputs, output) -> None:
