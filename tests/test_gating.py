@@ -175,6 +175,35 @@ def test_empty_batch(device):
     assert x.grad.shape == x.shape and cg.grad.shape == cg.shape and pg.grad.shape == pg.shape
 
 
+@pytest.mark.parametrize("hw", [(0, 4), (3, 0)])
+@pytest.mark.parametrize("gates", ["pixel", "channel", "both"])
+def test_apply_gates_backward_without_pixels(hw, gates):
+    """H·W = 0 used to crash the backward with a pixel gate alone (the empty pixel gate's null data
+    pointer sent it down the channel-gate-only branch, which read the absent channel gate)."""
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    cg = torch.randn(2, 3, dtype=torch.float64, requires_grad=True) if gates != "pixel" else None
+    pg = torch.randn(2, 1, *hw, dtype=torch.float64, requires_grad=True) if gates != "channel" else None
+    ops.apply_gates(x, cg, pg).sum().backward()
+    assert x.grad.shape == x.shape
+    if cg is not None:
+        assert torch.equal(cg.grad, torch.zeros_like(cg))  # a sum over no pixels; NaN if unwritten (poisoned)
+    if pg is not None:
+        assert pg.grad.shape == pg.shape
+
+
+@pytest.mark.parametrize("hw", [(0, 4), (3, 0)])
+def test_spatial_pool_gate_gradient_without_pixels(hw):
+    """The gate's gradient over no pixels is zero; it used to be left unwritten (torch.empty: values
+    like 4.6e-310, or the NaN conftest fills it with)."""
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    gate = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    ops.spatial_pool(x, gate).sum().backward()
+    assert torch.equal(gate.grad, torch.zeros_like(gate))
+    pooled = torch.randn(2, 2, *hw, dtype=torch.float64)
+    grad_x, grad_gate = torch.ops.attnkern.spatial_pool_backward(pooled, x.detach(), gate.detach(), pooled)
+    assert torch.equal(grad_gate, torch.zeros_like(gate)) and grad_x.shape == x.shape
+
+
 _x = torch.randn(2, 3, 4, 5)
 BAD_INPUTS = [
     (ops.channel_pool, (torch.randn(3, 4, 5),), ValueError, r"x must be \[B, C, H, W\]"),

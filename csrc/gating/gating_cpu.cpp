@@ -202,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cpu(const at::Tensor& g
         if (partial_ptr) partial_ptr[(b * blocks + blk) * C + c] = gate_part;
       }
     });
-    if (partial_ptr) {
+    if (gate.has_value()) {  // also with no pixels (no blocks): the gate's gradient is then zero
       scalar_t* gg_ptr = grad_gate.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, d.B * C, 1024, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
@@ -282,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
     const scalar_t* pg_ptr = optional_ptr<scalar_t>(pg);
     scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
     scalar_t* gcg_ptr = cg.has_value() ? grad_cg.mutable_data_ptr<scalar_t>() : nullptr;
-    if (pg_ptr == nullptr) {  // channel gate only (SE): one pass per plane, its dot product alongside
+    if (!pg.has_value()) {  // channel gate only (SE): one pass per plane, its dot product alongside
       cpu::parallel_vectorised(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = x_ptr + r * HW;
@@ -328,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
       }
       for (int64_t j = 0; j < n; ++j) gpg_ptr[b * HW + p0 + j] = static_cast<scalar_t>(pixel_sum[j]);
     });
-    if (partial_ptr) {
+    if (cg.has_value()) {  // also with no pixels (no blocks): the gate's gradient is then zero
       at::parallel_for(0, d.B * C, 1024, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t b = i / C, c = i % C;
