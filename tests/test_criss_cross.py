@@ -120,6 +120,18 @@ def test_empty_batch(device):
     assert ops.criss_cross_affinity(q, k).shape == (0, 8, 4, 5)
     assert ops.criss_cross_aggregate(attn, v).shape == (0, 2, 4, 5)
 
+@pytest.mark.parametrize("H,W", [(0, 3), (3, 0)])
+def test_image_without_rows_or_columns(H, W):
+    """H = 0 or W = 0: maps of H + W − 1 positions over no pixels, as the reference's (whose position
+    table used to fail on arange(H − 1))."""
+    q, k, v, attn = inputs((2, 4, H, W), 5, "cpu")
+    assert reference.criss_cross_positions(H, W).shape == (H + W - 1, H, W)
+    for fn, args in ((ops.criss_cross_affinity, (q, k)), (ops.criss_cross_aggregate, (attn, v)),
+                     (ops.criss_cross_attention, (q, k, v))):
+        out, expected = fn(*args), getattr(reference, fn.__name__)(*args)
+        assert out.shape == expected.shape and out.numel() == 0
+
+
 
 BAD_INPUTS = [
     (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError, "same number of channels"),

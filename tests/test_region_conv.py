@@ -94,6 +94,38 @@ def test_empty_batch(device):
     out.sum().backward()
     assert outputs.grad.shape == outputs.shape and guide.grad.shape == guide.shape
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_reference_selects_as_argmax_with_nan_and_inf(device):
+    """DRConv's asign_index is a gather: a NaN or +inf guide selects its region, an inf output is passed
+    on. The reference is a gather too (a straight-through product would give NaN: inf·0, NaN − NaN)."""
+    outputs = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, device=device)
+    guide = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)
+    guide[0, 1, 2, 3], guide[1, 2, 0, 0], guide[1, 0, 4, 5] = float("nan"), float("inf"), float("-inf")
+    outputs[0, 0, 1, 1, 1], outputs[1, 2, 3, 4, 5] = float("inf"), float("-inf")
+    selected = guide.argmax(dim=1).view(2, 1, 1, 5, 6).expand(2, 1, 4, 5, 6)
+    expected = outputs.gather(1, selected).squeeze(1)
+    assert torch.equal(reference.region_assign(outputs, guide), expected)  # no NaN introduced
+    assert torch.equal(ops.region_assign(outputs, guide), expected)
+
+
+def test_reference_gradients_are_drconvs():
+    outputs = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    got = torch.autograd.grad(reference.region_assign(outputs, guide), (outputs, guide), grad)
+    for g, expected in zip(got, seed_gradients(outputs.detach(), guide.detach(), grad)):
+        assert rel_error(g, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("B,Cout", [(0, 4), (2, 0)])
+def test_dynamic_conv_empty_batch_or_output_channels(B, Cout):
+    """No sample or no output channel: an empty output, like the reference's (whose grouped conv2d
+    used to fail on groups = 0 or on too few filters)."""
+    x, filters, guide = torch.randn(B, 3, 6, 5), torch.randn(B, 2, Cout, 3, 3, 3), torch.randn(B, 2, 4, 3)
+    out, expected = ops.dynamic_region_conv(x, filters, guide), reference.dynamic_region_conv(x, filters, guide)
+    assert out.shape == expected.shape == (B, Cout, 4, 3)
+
+
 
 BAD_INPUTS = [
     ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 2, 5, 6)), ValueError, r"guide must be \[B, r, H, W\] = \[2, 3, 5, 6\]"),

@@ -188,6 +188,19 @@ def test_empty_batch(device):
     grad_qkv, grad_bias = torch.autograd.grad(out.sum(), (qkv, bias))
     assert grad_qkv.shape == qkv.shape and torch.equal(grad_bias, torch.zeros_like(bias))
 
+@pytest.mark.parametrize("H,W", [(0, 8), (8, 0)])
+def test_image_without_windows(H, W):
+    """An image without windows: an empty output; the bias gets a zero gradient, as the reference's
+    (whose window partition and reverse used to fail on an ambiguous reshape(-1, ...))."""
+    qkv, bias, mask = make_inputs((2, H, W, 2, 3, 4, 2), "cpu", torch.float64, with_mask=True, requires_grad=True)
+    out = ops.window_attention(qkv, bias, 4, 2, mask)
+    expected = reference.window_attention(qkv, bias, 4, 2, mask)
+    assert out.shape == expected.shape == (2, H, W, 2, 3)
+    grads = torch.autograd.grad(out.sum(), (qkv, bias))
+    assert grads[0].shape == qkv.shape and torch.equal(grads[1], torch.zeros_like(bias))
+    assert torch.equal(reference.window_reverse(reference.window_partition(qkv, 4), 4, H, W, batch=2), qkv)
+
+
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpu_half_types(dtype):
