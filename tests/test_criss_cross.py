@@ -120,6 +120,7 @@ def test_empty_batch(device):
     assert ops.criss_cross_affinity(q, k).shape == (0, 8, 4, 5)
     assert ops.criss_cross_aggregate(attn, v).shape == (0, 2, 4, 5)
 
+
 @pytest.mark.parametrize("H,W", [(0, 3), (3, 0)])
 def test_image_without_rows_or_columns(H, W):
     """H = 0 or W = 0: maps of H + W − 1 positions over no pixels, as the reference's (whose position
@@ -132,17 +133,24 @@ def test_image_without_rows_or_columns(H, W):
         assert out.shape == expected.shape and out.numel() == 0
 
 
-
 BAD_INPUTS = [
-    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError, "same number of channels"),
+    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError,
+     r"q and k must have the same shape \[B, C, H, W\], got \[1, 4, 3, 3\] and \[1, 2, 3, 3\]"),
     (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 4)), ValueError, "same shape"),
-    (ops.criss_cross_affinity, (torch.randn(4, 3, 3), torch.randn(4, 3, 3)), ValueError, r"\[B, C, H, W\]"),
+    (ops.criss_cross_affinity, (torch.randn(4, 3, 3), torch.randn(4, 3, 3)), ValueError,
+     r"q: expected a 4-D tensor \[B, C, H, W\], got shape \[4, 3, 3\]"),
     (ops.criss_cross_affinity, (torch.ones(1, 4, 3, 3, dtype=torch.int64),) * 2, TypeError, "floating-point"),
-    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3).double()), TypeError, "share dtype"),
+    (ops.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3).double()), TypeError,
+     "q and k must have the same dtype, got Float and Double"),
+    (ops.criss_cross_affinity, (torch.randn(1, 4, 0, 0), torch.randn(1, 4, 0, 0)), ValueError,
+     "H and W cannot both be 0"),
     (ops.criss_cross_aggregate, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError,
-     r"H \+ W - 1 = 5 positions in dim 1, got 4"),
-    (ops.criss_cross_aggregate, (torch.randn(1, 6, 3, 4), torch.randn(1, 2, 3, 3)), ValueError, r"\[B, H\+W-1, H, W\]"),
-    (ops.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), torch.randn(2, 3, 3)), ValueError, r"v must be \[B, C, H, W\]"),
+     r"H \+ W - 1 = 5 positions in dim 1 for H = 3, W = 3, got 4"),
+    (ops.criss_cross_aggregate, (torch.randn(1, 6, 3, 4), torch.randn(1, 2, 3, 3)), ValueError,
+     "attn and v must share batch and spatial size"),
+    (ops.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), torch.randn(2, 3, 3)), ValueError,
+     r"v: expected a 4-D tensor \[B, C, H, W\]"),
+    (ops.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), "v"), TypeError, "v must be a torch.Tensor, got str"),
 ]
 
 
@@ -153,18 +161,19 @@ def test_bad_inputs(fn, args, exc, match):
 
 
 KERNEL_BAD_INPUTS = [
-    (torch.ops.attnkern.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), "same shape"),
-    (torch.ops.attnkern.criss_cross_aggregate, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)),
+    (torch.ops.attnkern.criss_cross_affinity, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError, "same shape"),
+    (torch.ops.attnkern.criss_cross_aggregate, (torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3)), ValueError,
      "H \\+ W - 1 = 5 positions"),
-    (torch.ops.attnkern.criss_cross_aggregate_transposed, (torch.randn(1, 5, 3, 3), torch.randn(1, 2, 3, 4)),
+    (torch.ops.attnkern.criss_cross_aggregate_transposed, (torch.randn(1, 5, 3, 3), torch.randn(1, 2, 3, 4)), ValueError,
      "share batch and spatial size"),
-    (torch.ops.attnkern.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), torch.randn(1, 2, 3, 3).double()), "same dtype"),
+    (torch.ops.attnkern.criss_cross_aggregate, (torch.randn(1, 5, 3, 3), torch.randn(1, 2, 3, 3).double()), TypeError,
+     "same dtype"),
 ]
 
 
-@pytest.mark.parametrize("op,args,match", KERNEL_BAD_INPUTS)
-def test_kernel_bad_inputs(op, args, match):
-    with pytest.raises(RuntimeError, match=match):
+@pytest.mark.parametrize("op,args,exc,match", KERNEL_BAD_INPUTS)
+def test_kernel_bad_inputs(op, args, exc, match):
+    with pytest.raises(exc, match=match):
         op(*args)
 
 
@@ -226,11 +235,15 @@ def test_attention_opcheck(device):
 
 
 ATTENTION_BAD_INPUTS = [
-    ((torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3)), ValueError, "same number of channels"),
-    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 4)), ValueError, r"v must be \[B, C', H, W\]"),
-    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(5, 3, 3)), ValueError, r"v must be"),
-    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3).double()), TypeError, "share q's dtype"),
+    ((torch.randn(1, 4, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3)), ValueError,
+     "q and k must have the same shape"),
+    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 4)), ValueError,
+     r"v \[B, C', H, W\] must share batch and spatial size with q, got \[1, 5, 3, 4\] and \[1, 2, 3, 3\]"),
+    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(5, 3, 3)), ValueError, r"v: expected a 4-D tensor"),
+    ((torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3).double()), TypeError,
+     "q and v must have the same dtype"),
     ((torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(2, 3, 3)), ValueError, r"\[B, C, H, W\]"),
+    ((torch.randn(1, 2, 0, 0), torch.randn(1, 2, 0, 0), torch.randn(1, 5, 0, 0)), ValueError, "H and W cannot both be 0"),
 ]
 
 
@@ -242,11 +255,11 @@ def test_attention_bad_inputs(args, exc, match):
 
 def test_attention_kernel_bad_inputs():
     q, k, v = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 4)
-    with pytest.raises(RuntimeError, match="v must share batch and spatial size"):
+    with pytest.raises(ValueError, match="v .* must share batch and spatial size"):
         torch.ops.attnkern.criss_cross_attention(q, k, v)
     v = torch.randn(1, 5, 3, 3)
     out, lse = torch.ops.attnkern.criss_cross_attention(q, k, v)
-    with pytest.raises(RuntimeError, match=r"lse: expected shape \[1, 3, 3\]"):
+    with pytest.raises(ValueError, match=r"lse: expected shape \[1, 3, 3\]"):
         torch.ops.attnkern.criss_cross_attention_backward(out, q, k, v, out, lse[:, :2])
 
 
