@@ -1,5 +1,7 @@
 """criss_cross family: affinity, aggregation and its transpose (CCNet)."""
 
+import math
+
 import pytest
 import torch
 
@@ -194,6 +196,27 @@ def test_attention_forward(device, dtype, shape):
     assert rel_error(out, seed_criss_cross(q, k, v)) <= TOLERANCE[dtype]
     two_op = ops.criss_cross_aggregate(ops.criss_cross_affinity(q, k).softmax(dim=1), v)
     assert rel_error(two_op, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_with_a_block_of_minus_inf_energies(device):
+    """A pixel whose column energies are all −inf (q·k against an infinite k) weighs its row alone; the
+    CPU kernel's column block used to compute exp(−inf − (−inf)) = NaN there (found by
+    test_properties.py)."""
+    q = torch.tensor([1.5, -0.25], device=device).view(1, 1, 2, 1)
+    k = torch.tensor([math.inf, -0.25], device=device).view(1, 1, 2, 1)
+    v = torch.tensor([1.0, 2.0], device=device).view(1, 1, 2, 1)
+    out = ops.criss_cross_attention(q, k, v)
+    expected = reference.criss_cross_attention(q.double(), k.double(), v.double())
+    assert torch.isnan(out[0, 0, 0, 0]) and torch.isnan(expected[0, 0, 0, 0])  # its own energy is +inf
+    assert out[0, 0, 1, 0] == expected[0, 0, 1, 0] == 2.0  # energy −inf to row 0: all weight on itself
+    # pixels of row 0: their whole row block is −inf, their column block is not
+    q = torch.ones(1, 1, 2, 2, device=device)
+    k = torch.tensor([[-math.inf, -math.inf], [0.5, 0.25]], device=device).view(1, 1, 2, 2)
+    v = torch.tensor([[1.0, 2.0], [3.0, 4.0]], device=device).view(1, 1, 2, 2)
+    out = ops.criss_cross_attention(q, k, v)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference.criss_cross_attention(q.double(), k.double(), v.double()).float())
 
 
 @pytest.mark.parametrize("device", DEVICES)
