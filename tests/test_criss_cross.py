@@ -217,6 +217,9 @@ def test_attention_with_a_block_of_minus_inf_energies(device):
     out = ops.criss_cross_attention(q, k, v)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, reference.criss_cross_attention(q.double(), k.double(), v.double()).float())
+    k[0, 0, 0, 0] = math.nan  # a NaN energy among −inf ones still makes the output NaN, as softmax's
+    out = ops.criss_cross_attention(q, k, v)
+    assert torch.equal(out.isnan(), reference.criss_cross_attention(q, k, v).isnan()) and out.isnan().any()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -111,8 +111,9 @@ void for_each_column_block(int64_t batch, int64_t H, int64_t W, const at::Tensor
 
 // Softmax numerators of the rows of a tile, in place: e[i, j] ← exp(e[i, j] − max_i), each row's max
 // and sum written `stride` apart. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself belongs
-// to its row block, not its column block. A row with nothing left, or only −inf energies (q·k = −inf
-// against an infinite k), gets max −inf, weights 0 and sum 0: exp(−inf − (−inf)) would be NaN.
+// to its row block, not its column block. An energy of −inf (q·k against an infinite k) has weight 0 also
+// when the row's max is −inf (exp(−inf − (−inf)) would be NaN); a NaN energy makes every weight NaN. A
+// row with nothing left gets max −inf and sum 0.
 template <typename scalar_t>
 void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max_out, int64_t stride,
                        scalar_t* sum_out) {
@@ -124,7 +125,7 @@ void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max
     }
     scalar_t sum = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const bool zero = (skip_diagonal && j == i) || max == -std::numeric_limits<scalar_t>::infinity();
+      const bool zero = (skip_diagonal && j == i) || row[j] == -std::numeric_limits<scalar_t>::infinity();
       row[j] = zero ? scalar_t(0) : std::exp(row[j] - max);
       sum += row[j];
     }
