@@ -239,8 +239,11 @@ def test_attention_backward(device, dtype, shape):
     reference.criss_cross_attention(*refs).backward(grad)
     mine = [t.to(dtype).requires_grad_() for t in (q, k, v)]
     ops.criss_cross_attention(*mine).backward(grad.to(dtype))
+    # With one position (a 1×1 image) the weight is 1 and q, k get exactly zero gradient, the kernel a
+    # rounding residue: measure every error against v's gradient too (the scale of grad·weights).
+    scale = refs[2].grad.norm().item()
     for name, r, m in zip("qkv", refs, mine):
-        assert rel_error(m.grad, r.grad) <= TOLERANCE[dtype], name
+        assert (m.grad.double() - r.grad).norm().item() <= TOLERANCE[dtype] * max(r.grad.norm().item(), scale), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
