@@ -23,7 +23,7 @@ build: build/.built
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest numpy expecttest pillow "ultralytics==8.4.190"
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest hypothesis numpy expecttest pillow "ultralytics==8.4.190"
 	touch $@
 
 # The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary.
