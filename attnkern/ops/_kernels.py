@@ -25,10 +25,6 @@ KERNEL_DEVICES = frozenset(("cpu", "meta", "cuda") if _build_config.with_cuda el
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def has_kernel(t: Tensor) -> bool:
-    return t.device.type in KERNEL_DEVICES
-
-
 def use_kernel(*tensors: Optional[Tensor]) -> bool:
     """Whether an op runs its kernel: its tensors (None for an absent optional one) all lie on one device
     that has kernels. Otherwise it runs the reference after its check op, which also rejects tensors on

@@ -12,7 +12,6 @@ from ._kernels import accumulation_dtype, check_int, check_tensor, run_check, sa
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
 
-
 _ops = torch.ops.attnkern
 
 
