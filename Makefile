@@ -1,5 +1,6 @@
 # make test   set up .venv, build attnkern (CUDA kernels too wherever nvcc exists), run the tests
 # make bench  the same set-up, then the benchmark table on the present device
+# make test-sanitizers  the CPU kernels built with AddressSanitizer + UBSan, and the tests run on them
 # Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp).
 
 PYTHON     ?= python3
@@ -11,7 +12,7 @@ PIP        := $(PY) -m pip
 FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
 SOURCES    := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: test bench build clean
+.PHONY: test bench build clean test-sanitizers
 
 test: build
 	$(PY) -m pytest -q tests
@@ -23,7 +24,7 @@ build: build/.built
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest numpy expecttest pillow "ultralytics==8.4.190" \
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest hypothesis numpy expecttest pillow "ultralytics==8.4.190" \
 		onnx onnxscript onnxruntime cloudpickle
 	touch $@
 
@@ -36,6 +37,35 @@ build/.built: $(VENV)/.deps $(SOURCES)
 	$(PY) -c "import attnkern; print('attnkern built:', attnkern.build_info())"
 	@echo "build log: build/build.log; CUDA resource usage: build/ptxas.txt"
 	touch $@
+
+# The CPU kernels built with $(SANITIZERS) (setup.py's ATTNKERN_SANITIZE: -O1 -g -fno-wrapv, so that signed
+# overflow is undefined and reported; objects in build/temp-sanitize) next to a copy of the Python package
+# in $(SANITIZE_DIR), and $(SANITIZE_TESTS) run on it with the sanitizer runtimes preloaded into Python
+# (torch is not instrumented; Python's own allocations are not leak-checked). pytest captures only
+# Python-level output (--capture=sys), so that reports reach the log; any report, or a failing test,
+# fails the target. The log: $(SANITIZE_DIR)/test.log.
+SANITIZERS     ?= address,undefined
+SANITIZE_TESTS ?= tests
+SANITIZE_DIR   := build/sanitize
+SANITIZE_RUNTIME = $(strip $(foreach lib,$(if $(findstring address,$(SANITIZERS)),libasan.so) \
+                   $(if $(findstring undefined,$(SANITIZERS)),libubsan.so),$(shell $(CXX) -print-file-name=$(lib))))
+SANITIZE_ENV = LD_PRELOAD="$(SANITIZE_RUNTIME)" ASAN_OPTIONS=detect_leaks=0 \
+               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+test-sanitizers: $(VENV)/.deps
+	rm -rf $(SANITIZE_DIR)/attnkern
+	mkdir -p $(SANITIZE_DIR)/attnkern
+	tar -C attnkern --exclude=__pycache__ --exclude='*.so' --exclude=_build_config.py -cf - . | tar -C $(SANITIZE_DIR)/attnkern -xf -
+	ln -sfn $(CURDIR)/benchmarks $(SANITIZE_DIR)/benchmarks  # attnkern.bench finds it next to the package
+	ATTNKERN_SANITIZE=$(SANITIZERS) $(PY) setup.py build_ext > $(SANITIZE_DIR)/build.log 2>&1 \
+		|| { tail -n 80 $(SANITIZE_DIR)/build.log; exit 1; }
+	{ cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c "import attnkern; print('attnkern from', attnkern.__file__)" \
+		&& $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys \
+		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS)); echo $$? > $(CURDIR)/$(SANITIZE_DIR)/status; } 2>&1 \
+		| tee $(SANITIZE_DIR)/test.log
+	! grep -E "runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer" $(SANITIZE_DIR)/test.log > /dev/null \
+		|| { echo "sanitizer reports in $(SANITIZE_DIR)/test.log"; exit 1; }
+	test "$$(cat $(SANITIZE_DIR)/status)" = 0
 
 clean:
 	rm -rf build attnkern/_C*.so attnkern/_build_config.py *.egg-info

@@ -210,7 +210,7 @@ def test_onnx_export_leaves_the_kernels_on(tmp_path):
     assert not export.is_portable()
     torch.onnx.export(ak.SOCA(16).eval(), (torch.randn(1, 16, 5, 5),), str(tmp_path / "soca.onnx"), dynamo=False)
     assert not export.is_portable()
-    assert ops._kernels.has_kernel(torch.zeros(1))
+    assert ops._kernels.use_kernel(torch.zeros(1))
 
 
 # ---- the portable formulations against the kernels (eager) ----------------------------------------
@@ -269,15 +269,15 @@ def test_portable_mode_switch(monkeypatch):
     x = torch.randn(1, 16, 6, 6)
     assert not export.is_portable()
     with export.portable():
-        assert export.is_portable() and not ops._kernels.has_kernel(x)
+        assert export.is_portable() and not ops._kernels.use_kernel(x)
         with export.portable(False):
-            assert not export.is_portable() and ops._kernels.has_kernel(x)  # the innermost block decides
+            assert not export.is_portable() and ops._kernels.use_kernel(x)  # the innermost block decides
         assert export.is_portable()
     assert not export.is_portable()
     monkeypatch.setattr(export, "_ENV_PORTABLE", True)
     assert export.is_portable()
     with export.portable(False):
-        assert not export.is_portable() and ops._kernels.has_kernel(x)
+        assert not export.is_portable() and ops._kernels.use_kernel(x)
 
 
 def test_environment_variable():
