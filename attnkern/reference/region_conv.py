@@ -5,13 +5,18 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 
+def _select_regions(outputs: Tensor, guide: Tensor) -> Tensor:
+    """outputs [B, r, C, H, W] at each pixel's argmax region of guide [B, r, H, W] → [B, C, H, W]."""
+    index = guide.argmax(dim=1, keepdim=True).unsqueeze(2)  # [B, 1, 1, H, W]
+    return outputs.gather(1, index.expand(-1, -1, outputs.shape[2], -1, -1)).squeeze(1)
+
+
 class _RegionAssign(torch.autograd.Function):
     """DRConv's ``asign_index``: a gather in the forward, the straight-through rule in the backward."""
 
     @staticmethod
     def forward(outputs: Tensor, guide: Tensor) -> Tensor:
-        index = guide.argmax(dim=1, keepdim=True).unsqueeze(2)  # [B, 1, 1, H, W]
-        return outputs.gather(1, index.expand(-1, -1, outputs.shape[2], -1, -1)).squeeze(1)
+        return _select_regions(outputs, guide)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -37,8 +42,11 @@ def region_assign(outputs: Tensor, guide: Tensor) -> Tensor:
     region only; the guide gets the softmax Jacobian s ⊙ (G − Σ s·G), s = softmax(guide, 1),
     G_r = Σ_c grad·outputs_r. As in DRConv, an autograd Function: the forward is the gather itself, so
     a non-finite guide or output selects as argmax says (the straight-through product
-    outputs·(onehot + s − s.detach()) would turn it into NaN).
+    outputs·(onehot + s − s.detach()) would turn it into NaN). Under torch.jit tracing (TorchScript
+    export, which cannot hold a Python autograd Function) the gather alone is recorded.
     """
+    if torch.jit.is_tracing():
+        return _select_regions(outputs, guide)
     return _RegionAssign.apply(outputs, guide)
 
 
