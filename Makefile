@@ -1,6 +1,7 @@
 # make test   set up .venv, build attnkern (CUDA kernels too wherever nvcc exists) and the emulated CUDA
 #             kernels (tools/cuda_emulation.py), run the tests (the CUDA kernels on the emulated device too)
 # make bench  the same set-up, then the benchmark table on the present device
+# make test-sanitizers  the CPU kernels built with AddressSanitizer + UBSan, and the tests run on them
 # make test-emulated-sanitizers   the emulated CUDA kernels' tests under ThreadSanitizer, then under
 #             AddressSanitizer + UndefinedBehaviorSanitizer
 # Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp and build/emulated).
@@ -17,7 +18,7 @@ SOURCES    := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o 
 EMULATION  := $(PY) tools/cuda_emulation.py
 EMULATED_TESTS := tests/test_cuda_emulated.py tests/test_emulator.py
 
-.PHONY: test bench build build-emulated test-emulated-sanitizers clean
+.PHONY: test bench build build-emulated test-sanitizers test-emulated-sanitizers clean
 
 test: build build-emulated
 	$(PY) -m pytest -q tests
@@ -29,7 +30,8 @@ build: build/.built
 
 $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest numpy expecttest pillow "ultralytics==8.4.190"
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest hypothesis numpy expecttest pillow "ultralytics==8.4.190" \
+		onnx onnxscript onnxruntime cloudpickle
 	touch $@
 
 # The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary.
@@ -53,6 +55,36 @@ test-emulated-sanitizers: build
 	$(EMULATION) build --variant asan
 	$(EMULATION) run --variant tsan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(EMULATED_TESTS)
 	$(EMULATION) run --variant asan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(EMULATED_TESTS)
+
+# The CPU kernels built with $(SANITIZERS) (setup.py's ATTNKERN_SANITIZE: -O1 -g -fno-wrapv, so that signed
+# overflow is undefined and reported; objects in build/temp-sanitize) next to a copy of the Python package
+# in $(SANITIZE_DIR), and $(SANITIZE_TESTS) run on it with the sanitizer runtimes preloaded into Python
+# (torch is not instrumented; Python's own allocations are not leak-checked). pytest captures only
+# Python-level output (--capture=sys), so that reports reach the log; any report, or a failing test,
+# fails the target. The log: $(SANITIZE_DIR)/test.log. The emulated CUDA kernels' tests are left to
+# test-emulated-sanitizers, which builds those kernels with the sanitizers.
+SANITIZERS     ?= address,undefined
+SANITIZE_TESTS ?= tests
+SANITIZE_DIR   := build/sanitize
+SANITIZE_RUNTIME = $(strip $(foreach lib,$(if $(findstring address,$(SANITIZERS)),libasan.so) \
+                   $(if $(findstring undefined,$(SANITIZERS)),libubsan.so),$(shell $(CXX) -print-file-name=$(lib))))
+SANITIZE_ENV = LD_PRELOAD="$(SANITIZE_RUNTIME)" ASAN_OPTIONS=detect_leaks=0 \
+               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+test-sanitizers: $(VENV)/.deps
+	rm -rf $(SANITIZE_DIR)/attnkern
+	mkdir -p $(SANITIZE_DIR)/attnkern
+	tar -C attnkern --exclude=__pycache__ --exclude='*.so' --exclude=_build_config.py -cf - . | tar -C $(SANITIZE_DIR)/attnkern -xf -
+	ln -sfn $(CURDIR)/benchmarks $(SANITIZE_DIR)/benchmarks  # attnkern.bench finds it next to the package
+	ATTNKERN_SANITIZE=$(SANITIZERS) $(PY) setup.py build_ext > $(SANITIZE_DIR)/build.log 2>&1 \
+		|| { tail -n 80 $(SANITIZE_DIR)/build.log; exit 1; }
+	{ cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c "import attnkern; print('attnkern from', attnkern.__file__)" \
+		&& $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys \
+		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS)) $(addprefix --ignore=$(CURDIR)/,$(EMULATED_TESTS)); echo $$? > $(CURDIR)/$(SANITIZE_DIR)/status; } 2>&1 \
+		| tee $(SANITIZE_DIR)/test.log
+	! grep -E "runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer" $(SANITIZE_DIR)/test.log > /dev/null \
+		|| { echo "sanitizer reports in $(SANITIZE_DIR)/test.log"; exit 1; }
+	test "$$(cat $(SANITIZE_DIR)/status)" = 0
 
 clean:
 	rm -rf build attnkern/_C*.so attnkern/_build_config.py *.egg-info

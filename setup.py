@@ -2,6 +2,11 @@
 
 Environment:
   ATTNKERN_CPU_ONLY=1    never compile CUDA kernels.
+  ATTNKERN_SANITIZE=address,undefined
+                         a separate CPU-only build with those sanitizers (and -fno-wrapv, so that signed
+                         overflow is reported): objects in build/temp-sanitize, the extension and its
+                         _build_config.py in build/sanitize/attnkern (copy the Python package there:
+                         `make test-sanitizers` does, and runs the tests on it).
   FORCE_CUDA=1           compile CUDA kernels even when no GPU is visible (needs a toolkit).
   TORCH_CUDA_ARCH_LIST   target architectures; defaults to DEFAULT_ARCHS when no GPU is visible.
   CUDA_HOME / CUDA_PATH  the toolkit to use; otherwise found from `nvcc` (following wrappers).
@@ -17,6 +22,7 @@ from setuptools import setup
 
 DEFAULT_ARCHS = "8.0;8.6;9.0+PTX"  # nvcc 13 supports sm_75 and newer only
 ROOT = os.path.dirname(os.path.abspath(__file__))
+SANITIZE_LIB = os.path.join(ROOT, "build", "sanitize")  # where ATTNKERN_SANITIZE builds put the package
 
 
 def _env_flag(name: str) -> bool:
@@ -62,7 +68,8 @@ def _extension():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     force_cuda = _env_flag("FORCE_CUDA")
-    if _env_flag("ATTNKERN_CPU_ONLY"):
+    sanitize = os.environ.get("ATTNKERN_SANITIZE", "")
+    if _env_flag("ATTNKERN_CPU_ONLY") or sanitize:
         with_cuda = False
     elif torch.version.cuda is None:
         if force_cuda:
@@ -87,6 +94,11 @@ def _extension():
     # compiled with OpenMP; -fopenmp links libgomp.so.1, the runtime torch has already loaded.
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     cxx_flags = ["-O3"] + openmp
+    link_flags = list(openmp)
+    if sanitize:  # after Python's own flags, which include -fwrapv: signed overflow must stay undefined here
+        sanitizer_flags = [f"-fsanitize={sanitize}", "-fno-wrapv", "-fno-omit-frame-pointer", "-g"]
+        cxx_flags = ["-O1"] + openmp + sanitizer_flags
+        link_flags += [f"-fsanitize={sanitize}"]
     define_macros = []
     if with_cuda:
         define_macros.append(("ATTNKERN_WITH_CUDA", None))
@@ -97,7 +109,7 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=openmp,
+            extra_link_args=link_flags,
         )
     else:
         ext = CppExtension(
@@ -106,7 +118,7 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=openmp,
+            extra_link_args=link_flags,
         )
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
@@ -114,6 +126,7 @@ def _extension():
         archs = ";".join(f"{major}.{minor}" for major, minor in
                          {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
     _write_build_config(
+        os.path.join(SANITIZE_LIB if sanitize else ROOT, "attnkern", "_build_config.py"),
         with_cuda=with_cuda,
         cuda_archs=archs,
         torch_version=torch.__version__,
@@ -122,17 +135,20 @@ def _extension():
     )
     class BuildExt(BuildExtension):
         """Keeps object files in build/temp (not a fresh temporary directory, as editable installs
-        use), so that ninja rebuilds only what changed."""
+        use), so that ninja rebuilds only what changed; a sanitizer build in build/temp-sanitize, its
+        extension in build/sanitize."""
 
         def finalize_options(self):
             super().finalize_options()
-            self.build_temp = os.path.join(ROOT, "build", "temp")
+            self.build_temp = os.path.join(ROOT, "build", "temp-sanitize" if sanitize else "temp")
+            if sanitize:
+                self.inplace, self.build_lib = False, SANITIZE_LIB
 
     return ext, BuildExt
 
 
-def _write_build_config(**config):
-    path = os.path.join(ROOT, "attnkern", "_build_config.py")
+def _write_build_config(path, **config):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     body = "".join(f"{key} = {value!r}\n" for key, value in config.items())
     with open(path, "w") as f:
         f.write('"""Written by setup.py at build time: what attnkern._C was compiled with."""\n\n' + body)

@@ -1,9 +1,15 @@
-"""Benchmark runner: ``python -m attnkern.bench [--family NAME] [--json FILE] [--smoke] [--no-compile] [--budget S]``.
+"""Benchmark runner: ``python -m attnkern.bench [--family NAME] [--json FILE] [--smoke] [--no-compile]
+[--budget S] [--cpu-capability default|avx2|avx512]``.
 
 Runs every ``benchmarks/bench_<family>.py`` of the source tree on the present device (CUDA when
 available, else CPU) and prints one markdown table: median time of the forward and of
 forward+backward, and peak memory of forward+backward (of the forward for inference-only rows), for
 each implementation at each shape.
+
+On the CPU the families with vectorised kernels (CAPABILITY_FAMILIES) are measured once per CPU
+capability this machine runs, each in a fresh process that runs as a CPU of that capability would:
+attnkern's kernels (ATTNKERN_CPU_CAPABILITY), ATen's (ATEN_CPU_CAPABILITY), MKL's and oneDNN's all
+limited to it. ``--cpu-capability`` runs the whole benchmark that way for one capability.
 
 A benchmark module defines ``cases(device, smoke) -> list[Case]``. Peak memory is measured as
 ``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU as the rise of the process's peak
@@ -13,6 +19,9 @@ heap pages (``malloc_trim``), so that memory reused during the measured call cou
 
 import argparse
 import ctypes
+import platform
+import subprocess
+import tempfile
 import importlib.util
 import json
 import math
@@ -31,22 +40,63 @@ import attnkern
 
 Inputs = Tuple[torch.Tensor, ...]
 
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+# Families whose CPU kernels are compiled per capability: measured on each one the machine runs.
+CAPABILITY_FAMILIES = ("window_attention", "gating")
+# What each library reads to limit itself to a capability.
+_CAPABILITY_ENVIRONMENT = {
+    "ATTNKERN_CPU_CAPABILITY": {"default": "default", "avx2": "avx2", "avx512": "avx512"},
+    "ATEN_CPU_CAPABILITY": {"default": "default", "avx2": "avx2", "avx512": "avx512"},
+    "MKL_ENABLE_INSTRUCTIONS": {"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512"},
+    "ONEDNN_MAX_CPU_ISA": {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"},
+}
+
+
+def capability_environment(capability: str) -> Dict[str, str]:
+    """The environment variables that make attnkern, ATen, MKL and oneDNN run as on a CPU of `capability`."""
+    return {name: values[capability] for name, values in _CAPABILITY_ENVIRONMENT.items()}
+
+
+def cpu_capability() -> str:
+    """The capability attnkern's CPU kernels run with in this process."""
+    return attnkern.build_info()["cpu_capability"]
+
+
+def cpu_capabilities_supported() -> List[str]:
+    """The capabilities this CPU runs, from the best one down (asked of a fresh process: this one's may
+    be lowered)."""
+    env = {k: v for k, v in os.environ.items() if k not in _CAPABILITY_ENVIRONMENT}
+    best = subprocess.run([sys.executable, "-c", "import attnkern; print(attnkern.build_info()['cpu_capability'])"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return list(reversed(CPU_CAPABILITIES[: CPU_CAPABILITIES.index(best) + 1]))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
 
 @dataclass
 class Case:
     """One shape of one family: fresh inputs, and the implementations to compare on them."""
 
-    family: str
+    family: str  # the row label; several benchmark files may share one
     shape: str
     dtype: torch.dtype
     make_inputs: Callable[[], Inputs]  # floating inputs that need a gradient have requires_grad
     impls: Dict[str, Callable[..., torch.Tensor]]  # name → fn(*inputs) → output
     skip: Dict[str, str] = field(default_factory=dict)  # name → why it is not run
+    notes: Dict[str, str] = field(default_factory=dict)  # name → a note for its row
     forward_only: bool = False  # inference rows: no backward; peak memory of the forward
 
     def result(self, impl: str, device: str, note: str = "") -> "Result":
         """An empty row of the table for one implementation of this case."""
-        return Result(self.family, self.shape, str(self.dtype).replace("torch.", ""), impl, device, note=note)
+        capability = cpu_capability() if device == "cpu" else ""
+        return Result(self.family, self.shape, str(self.dtype).replace("torch.", ""), impl, device, capability,
+                      note=note)
 
 
 @dataclass
@@ -56,10 +106,67 @@ class Result:
     dtype: str
     impl: str
     device: str
+    cpu_capability: str  # the CPU rows' capability ("" on CUDA)
     fwd_ms: Optional[float] = None
     fwd_bwd_ms: Optional[float] = None
     peak_mib: Optional[float] = None
     note: str = ""
+
+
+def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, int, int]], device: str) -> List[Case]:
+    """Cases comparing drop-in layers with their seeds, same weights, in training mode: for each
+    [B, C, H, W] shape, `layers(C)` lists (family, seed module, attnkern module, the seed's row name);
+    rows: the seed, the seed under torch.compile, attnkern."""
+    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+    cases = []
+    for b, c, h, w in shapes:
+        for dtype in dtypes:
+            for family, seed, layer, seed_name in layers(c):
+                seed = seed.to(device=device, dtype=dtype)
+                layer = layer.to(device=device, dtype=dtype)
+                layer.load_state_dict(seed.state_dict())
+
+                def make_inputs(b=b, c=c, h=h, w=w, dtype=dtype):
+                    return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
+
+                impls = {seed_name: seed, f"{seed_name}, compiled": torch.compile(seed, dynamic=False), "attnkern": layer}
+                cases.append(Case(family=family, shape=f"{b}×{c}×{h}×{w}", dtype=dtype, make_inputs=make_inputs,
+                                  impls=impls))
+    return cases
+
+
+ONNX_RUNTIME = "ONNX Runtime"
+Row = Tuple[Dict[str, Callable[..., torch.Tensor]], Dict[str, str], Dict[str, str]]
+
+
+def onnxruntime_row(module: torch.nn.Module, example: torch.Tensor, device: str) -> Row:
+    """An "ONNX Runtime" row for a case: the module exported to ONNX (attnkern's standard-op
+    formulation, dynamic batch/height/width) and run by ONNX Runtime on the CPU with torch's thread
+    count; fn returns the first output. Returns the (impls, skip, notes) entries to merge into the Case:
+    a skipped row where onnxruntime is not installed; no row on CUDA or under a CPU-capability limit
+    (ONNX Runtime dispatches on the instruction set itself: its row is measured once, unlimited)."""
+    if device != "cpu" or os.environ.get("ATTNKERN_CPU_CAPABILITY"):
+        return {}, {}, {}
+    try:
+        import onnxruntime
+    except ImportError:
+        return {ONNX_RUNTIME: lambda *inputs: None}, {ONNX_RUNTIME: "onnxruntime not installed (pip install onnxruntime)"}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(module.eval(), (example,), path, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([output], {"x": x.detach().numpy()})[0])
+
+    note = (f"onnxruntime {onnxruntime.__version__}, CPU; peak memory: its arena, allocated at the warm-up and "
+            "reused, is not counted")
+    return {ONNX_RUNTIME: run}, {}, {ONNX_RUNTIME: note}
 
 
 def benchmarks_dir() -> Path:
@@ -150,7 +257,7 @@ class PeakMemory:
 
 
 def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str, budget_s: float) -> Result:
-    result = case.result(name, device)
+    result = case.result(name, device, note=case.notes.get(name, ""))
     inputs = case.make_inputs()
     leaves = [t for t in inputs if t.requires_grad]
     with torch.no_grad():
@@ -179,12 +286,23 @@ def measure(case: Case, name: str, fn: Callable[..., torch.Tensor], device: str,
     return result
 
 
+# torch.compile is not run in a process whose ATen capability is forced: inductor then fails (C++
+# compile errors at "default"; at "avx2" the compiled CBAM crashes in ATen's adaptive_max_pool2d
+# backward, torch 2.14.1 on an AVX-512 machine).
+FORCED_CAPABILITY_COMPILE_NOTE = "not run: torch.compile fails under a forced ATEN_CPU_CAPABILITY"
+
+
 def run(families: Optional[Sequence[str]] = None, smoke: bool = False, compile: bool = True,
-        device: Optional[str] = None, log=sys.stderr, budget_s: Optional[float] = None) -> List[Result]:
+        device: Optional[str] = None, log=sys.stderr, every_capability: bool = True,
+        budget_s: Optional[float] = None) -> List[Result]:
+    """Measures the families (all by default). On the CPU with `every_capability`, the
+    CAPABILITY_FAMILIES are measured again for each lower capability the machine runs."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    forced = device == "cpu" and "ATEN_CPU_CAPABILITY" in os.environ
     budget = budget_s if budget_s is not None else 0.05 if smoke else 1.0
+    modules = load_families(families)
     results = []
-    for family, module in load_families(families).items():
+    for family, module in modules.items():
         for case in module.cases(device, smoke):
             for name, fn in case.impls.items():
                 if name in case.skip:
@@ -192,11 +310,45 @@ def run(families: Optional[Sequence[str]] = None, smoke: bool = False, compile: 
                     continue
                 if "compile" in name and not compile:
                     continue
+                if "compile" in name and forced:
+                    results.append(case.result(name, device, note=FORCED_CAPABILITY_COMPILE_NOTE))
+                    continue
                 print(f"  {family} {case.shape} {case.dtype} {name} ...", file=log, flush=True)
                 results.append(measure(case, name, fn, device, budget))
                 if device == "cuda":
                     torch.cuda.empty_cache()
-    return results
+    if device == "cpu" and every_capability:
+        vectorised = [family for family in modules if family in CAPABILITY_FAMILIES]
+        for capability in cpu_capabilities_supported():
+            if capability != cpu_capability() and vectorised:
+                results += run_with_capability(capability, vectorised, smoke, compile, log, budget_s)
+    return grouped(results)
+
+
+def run_with_capability(capability: str, families: Sequence[str], smoke: bool, compile: bool, log,
+                        budget_s: Optional[float] = None) -> List[Result]:
+    """The families measured in a fresh process limited to `capability` (capability_environment)."""
+    print(f"  CPU capability {capability}: {', '.join(families)} in a new process ...", file=log, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "results.json")
+        argv = [sys.executable, "-m", "attnkern.bench", "--device", "cpu", "--cpu-capability", capability,
+                "--json", path] + [a for f in families for a in ("--family", f)]
+        argv += ["--smoke"] * smoke + ["--no-compile"] * (not compile)
+        argv += ["--budget", str(budget_s)] if budget_s is not None else []
+        subprocess.run(argv, env={**os.environ, **capability_environment(capability)}, stdout=subprocess.DEVNULL,
+                       stderr=log, check=True)
+        with open(path) as f:
+            return [Result(**r) for r in json.load(f)]
+
+
+def grouped(results: List[Result]) -> List[Result]:
+    """Rows of a family together (in the order families first appear), then by shape and capability."""
+    first = {}
+    for i, r in enumerate(results):
+        first.setdefault(r.family, i)
+        first.setdefault((r.family, r.shape), i)
+    return sorted(results, key=lambda r: (first[r.family], first[(r.family, r.shape)],
+                                          -CPU_CAPABILITIES.index(r.cpu_capability) if r.cpu_capability else 0))
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -208,27 +360,34 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
 
 def markdown(results: List[Result], baseline: str = "attnkern") -> str:
     device = results[0].device if results else "?"
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    if device == "cuda":
+        where = torch.cuda.get_device_name()
+    else:
+        where = (f"CPU {cpu_name()}, {torch.get_num_threads()} threads; CPU capability {cpu_capability()} "
+                 f"(ATen {torch.backends.cpu.get_cpu_capability()}) unless a row says otherwise")
+    cpu = device == "cpu"
     lines = [
         f"attnkern {attnkern.__version__}, torch {torch.__version__}, {where}",
         "",
-        "| family | shape | dtype | implementation | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd, or fwd) "
-        f"| {baseline} speed-up fwd / fwd+bwd | note |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
+        "| family | shape | dtype |" + (" CPU capability |" if cpu else "") + " implementation | fwd ms | fwd+bwd ms "
+        f"| peak MiB (fwd+bwd, or fwd) | {baseline} speed-up fwd / fwd+bwd | note |",
+        "|---|---|---|" + ("---|" if cpu else "") + "---|---:|---:|---:|---:|---|",
     ]
-    base = {(r.family, r.shape, r.dtype): r for r in results if r.impl == baseline}
+    base = {(r.family, r.shape, r.dtype, r.cpu_capability): r for r in results if r.impl == baseline}
     for r in results:
-        b = base.get((r.family, r.shape, r.dtype))
+        b = base.get((r.family, r.shape, r.dtype, r.cpu_capability))
         speedup = "—"
         if b is not None and r.fwd_ms is not None and b.fwd_ms:
             speedup = f"{r.fwd_ms / b.fwd_ms:.1f}×"
             speedup += f" / {r.fwd_bwd_ms / b.fwd_bwd_ms:.1f}×" if r.fwd_bwd_ms is not None else " / —"
-        lines.append(f"| {r.family} | {r.shape} | {r.dtype} | {r.impl} | {_fmt(r.fwd_ms)} | {_fmt(r.fwd_bwd_ms)} "
+        capability = f" {r.cpu_capability} |" if cpu else ""
+        lines.append(f"| {r.family} | {r.shape} | {r.dtype} |{capability} {r.impl} | {_fmt(r.fwd_ms)} | {_fmt(r.fwd_bwd_ms)} "
                      f"| {_fmt(r.peak_mib, 1)} | {speedup} | {r.note} |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m attnkern.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--family", action="append", help="only this family (repeatable), e.g. covpool")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
@@ -237,9 +396,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="time spent timing each measurement (default 1, 0.05 with --smoke)")
+    parser.add_argument("--cpu-capability", choices=CPU_CAPABILITIES,
+                        help="run everything as on a CPU of this capability (attnkern, ATen, MKL and oneDNN "
+                             "limited to it); default: the CAPABILITY_FAMILIES on every capability this CPU runs")
     args = parser.parse_args(argv)
+    if args.cpu_capability:
+        env = capability_environment(args.cpu_capability)
+        if any(os.environ.get(k) != v for k, v in env.items()):  # the libraries read them when they load
+            os.execve(sys.executable, [sys.executable, "-m", "attnkern.bench", *argv], {**os.environ, **env})
+        if cpu_capability() != args.cpu_capability:
+            parser.error(f"this CPU does not run {args.cpu_capability} (attnkern runs {cpu_capability()})")
     results = run(args.family, smoke=args.smoke, compile=not args.no_compile, device=args.device,
-                  budget_s=args.budget)
+                  every_capability=not args.cpu_capability, budget_s=args.budget)
     print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:

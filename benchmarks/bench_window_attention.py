@@ -8,8 +8,11 @@ Implementations of the branch, all with the same weights (x [B, H·W, C] in, [B,
                      bias + mask materialised as a [B·nW, heads, N, N] attn_mask
   seed, compiled     the seed formulation under torch.compile (inductor)
   attnkern           qkv Linear on the image, attnkern.ops.window_attention, proj Linear: no copies
-The network rows run attnkern.models.SwinIR (lightweight ×2) forward on a 256×256 image, fused
-against the same network on the reference path (forward only).
+The network rows run attnkern.models.SwinIR (lightweight ×2) forward on 128×128 and 256×256 images,
+fused against the same network on the reference path (forward only), and the same network exported to
+ONNX (standard operators) run by ONNX Runtime on the CPU, where onnxruntime is installed — the runtime
+a CPU user would deploy with.
+On the CPU this family is measured on every CPU capability the machine runs (attnkern.bench).
 """
 
 import torch
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkern import ops, reference
-from attnkern.bench import Case
+from attnkern.bench import Case, onnxruntime_row
 
 SHAPES = [  # (label, B, H, W, C, heads, window, shift)
     ("SwinIR-light 4×64×64 C60 h6 w8 s4", 4, 64, 64, 60, 6, 8, 4),
@@ -112,21 +115,24 @@ def network_cases(device, smoke):
     if smoke:
         config = dict(upscale=2, img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2,
                       upsampler="pixelshuffledirect")
-        label, side = "smoke SwinIR ×2 12×12", 12
+        sizes = [("smoke SwinIR ×2 12×12", 12)]
     else:  # SwinIR lightweight ×2, as the official main_test_swinir.py builds it
         config = dict(upscale=2, img_size=64, window_size=8, img_range=1.0, embed_dim=60, depths=[6, 6, 6, 6],
                       num_heads=[6, 6, 6, 6], mlp_ratio=2, upsampler="pixelshuffledirect", resi_connection="1conv")
-        label, side = "SwinIR-light ×2 1×3×256×256", 256
+        sizes = [(f"SwinIR-light ×2 1×3×{side}×{side}", side) for side in (128, 256)]
     fused = SwinIR(**config).to(device).eval()
     reference_path = SwinIR(**config).to(device).eval()
     reference_path.load_state_dict(fused.state_dict())
     set_fused_attention(reference_path, False)
 
-    def make_inputs(side=side):
-        return (torch.rand(1, 3, side, side, device=device),)
+    ort_impls, ort_skip, ort_notes = onnxruntime_row(fused, torch.rand(1, 3, sizes[0][1], sizes[0][1]), device)
+    for label, side in sizes:
+        def make_inputs(side=side):
+            return (torch.rand(1, 3, side, side, device=device),)
 
-    yield Case(family="SwinIR network", shape=label, dtype=torch.float32, make_inputs=make_inputs,
-               impls={"reference path": reference_path, "attnkern": fused}, forward_only=True)
+        yield Case(family="SwinIR network", shape=label, dtype=torch.float32, make_inputs=make_inputs,
+                   impls={"reference path": reference_path, "attnkern": fused, **ort_impls}, skip=ort_skip,
+                   notes=ort_notes, forward_only=True)
 
 
 def cases(device, smoke):

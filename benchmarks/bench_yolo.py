@@ -3,6 +3,9 @@ attnkern.integrations.ultralytics), inference forward, with attnkern's SOCA agai
 with SAN's published SOCA formulation (covariance through the M×M centering matrix, Newton–Schulz
 through autograd) in its place, same weights.
 
+Where onnxruntime is installed, a row for the same detector exported to ONNX (standard operators,
+attnkern's portable formulation) and run by ONNX Runtime on the CPU.
+
 Needs the ``ultralytics`` package (the ``yolo`` extra); without it, or in --smoke runs, no rows.
 """
 
@@ -13,7 +16,7 @@ from torch import nn
 
 import attnkern
 from attnkern import reference
-from attnkern.bench import Case
+from attnkern.bench import Case, onnxruntime_row
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "yolo11n-soca.yaml"
 SHAPES = [("YOLO11n-SOCA 8×3×320×320", 8, 320), ("YOLO11n-SOCA 1×3×640×640", 1, 640)]
@@ -52,10 +55,11 @@ def cases(device, smoke):
     for attribute in ("i", "f", "type", "np"):  # what Ultralytics' forward reads from each layer
         setattr(seed_soca, attribute, getattr(soca, attribute))
     seed_model.model[index] = seed_soca
+    ort_impls, ort_skip, ort_notes = onnxruntime_row(model, torch.rand(1, 3, 320, 320, device=device), device)
     for label, batch, side in SHAPES:
         def make_inputs(batch=batch, side=side):
             return (torch.rand(batch, 3, side, side, device=device),)
 
         yield Case(family="YOLO11n-SOCA detector", shape=label, dtype=torch.float32, make_inputs=make_inputs,
-                   impls={"seed SOCA": lambda x: seed_model(x)[0], "attnkern": lambda x: model(x)[0]},
-                   forward_only=True)
+                   impls={"seed SOCA": lambda x: seed_model(x)[0], "attnkern": lambda x: model(x)[0], **ort_impls},
+                   skip=ort_skip, notes=ort_notes, forward_only=True)

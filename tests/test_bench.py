@@ -14,6 +14,15 @@ def test_bench_smoke_runs_every_family():
     for family in families:
         names = {r.impl for r in results if r.family == family}
         assert "attnkern" in names and len(names) >= 2 and not any("compile" in n for n in names)
+    # the families with per-capability kernels: rows for every capability this CPU runs
+    supported = set(bench.cpu_capabilities_supported())
+    for family in ("window attention branch", "SwinIR network", "SEAttention layer", "CBAM layer"):
+        assert {r.cpu_capability for r in results if r.family == family} == supported
+    assert {r.cpu_capability for r in results if r.family == "covpool+sqrtm"} == {bench.cpu_capability()}
+    # ONNX Runtime beside them where it is installed (a skipped row, with its reason, where not)
+    network = {r.impl: r for r in results if r.family == "SwinIR network" and r.cpu_capability == bench.cpu_capability()}
+    assert bench.ONNX_RUNTIME in network and "onnxruntime" in network[bench.ONNX_RUNTIME].note
+    results = [r for r in results if r.fwd_ms is not None or "not installed" not in r.note]
     for r in results:
         inference_only = r.family == "SwinIR network"
         assert r.fwd_ms > 0 and not math.isnan(r.peak_mib)
@@ -22,6 +31,7 @@ def test_bench_smoke_runs_every_family():
     assert sum(table.count(f"| {f} |") for f in families) == len(results)
     own_rows = table.count("1.0× / 1.0×") + table.count("1.0× / —")  # attnkern's rows, relative to themselves
     assert own_rows >= len(families)
+    assert f"CPU capability {bench.cpu_capability()}" in table
 
 
 def test_peak_memory_sees_an_allocation():
@@ -31,3 +41,14 @@ def test_peak_memory_sees_an_allocation():
         buf = torch.ones(16, 2**20)  # 64 MiB, written
         del buf
     assert peak.mib > 48
+
+
+def test_onnxruntime_row_is_skipped_without_onnxruntime(monkeypatch):
+    import sys
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    impls, skip, notes = bench.onnxruntime_row(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), "cpu")
+    assert set(impls) == set(skip) == {bench.ONNX_RUNTIME} and "not installed" in skip[bench.ONNX_RUNTIME]
+    assert bench.onnxruntime_row(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), "cuda") == ({}, {}, {})

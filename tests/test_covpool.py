@@ -221,17 +221,17 @@ def test_seed_names():
 # ---- bad inputs and empty batches ----------------------------------------------------------
 
 BAD_INPUTS = [
-    (ops.covpool, (torch.randn(2, 3),), ValueError, r"\[B, C, H, W\] or \[B, C, M\]"),
+    (ops.covpool, (torch.randn(2, 3),), ValueError, r"covpool: x: expected a 4-D tensor \[B, C, H, W\] or a 3-D tensor"),
     (ops.covpool, (torch.randn(2, 3, 0),), ValueError, "at least one position"),
-    (ops.covpool, (torch.ones(2, 3, 4, dtype=torch.int64),), TypeError, "floating-point"),
-    (ops.covpool, ([[1.0]],), TypeError, "torch.Tensor"),
-    (ops.sqrtm_newton_schulz, (torch.randn(2, 3, 4),), ValueError, r"square matrices \[B, C, C\]"),
-    (ops.sqrtm_newton_schulz, (torch.randn(3, 3),), ValueError, "square matrices"),
+    (ops.covpool, (torch.ones(2, 3, 4, dtype=torch.int64),), TypeError, "x: expected a floating-point tensor, got Long"),
+    (ops.covpool, ([[1.0]],), TypeError, "x must be a torch.Tensor, got list"),
+    (ops.sqrtm_newton_schulz, (torch.randn(2, 3, 4),), ValueError, r"a: expected a batch of square matrices \[B, C, C\]"),
+    (ops.sqrtm_newton_schulz, (torch.randn(3, 3),), ValueError, r"a: expected a 3-D tensor \[B, C, C\], got shape \[3, 3\]"),
     (ops.sqrtm_newton_schulz, (torch.ones(2, 3, 3, dtype=torch.int32),), TypeError, "floating-point"),
-    (ops.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 0), ValueError, "iters must be >= 1"),
-    (ops.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 2.5), TypeError, "iters must be an int"),
+    (ops.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 0), ValueError, r"iters must be in \[1, 1000\], got 0"),
+    (ops.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 2.5), TypeError, "iters must be an int, got float"),
     (ops.triuvec, (torch.randn(2, 3, 4),), ValueError, "square matrices"),
-    (ops.triuvec, (torch.randn(2, 2, 3, 3),), ValueError, "square matrices"),
+    (ops.triuvec, (torch.randn(2, 2, 3, 3),), ValueError, r"a: expected a 3-D tensor \[B, C, C\]"),
     (ops.triuvec, (torch.ones(1, 2, 2, dtype=torch.int64),), TypeError, "floating-point"),
 ]
 
@@ -243,26 +243,30 @@ def test_bad_inputs(fn, args, exc, match):
 
 
 KERNEL_BAD_INPUTS = [  # the registered ops check their arguments too (called directly)
-    (torch.ops.attnkern.covpool, (torch.randn(2, 3),), "expected a 3-D tensor"),
-    (torch.ops.attnkern.covpool_backward, (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 4)), "same device"),
-    (torch.ops.attnkern.covpool_backward, (torch.randn(2, 4, 4), torch.randn(2, 3, 4)), r"expected shape \[2, 3, 3\]"),
-    (torch.ops.attnkern.covpool_backward, (torch.randn(2, 3, 3).double(), torch.randn(2, 3, 4)), "same dtype"),
-    (torch.ops.attnkern.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 0), "iters must be >= 1"),
-    (torch.ops.attnkern.sqrtm_newton_schulz, (torch.randn(2, 3, 4), 5), "square matrices"),
+    (torch.ops.attnkern.covpool, (torch.randn(2, 3),), ValueError, "expected a 3-D tensor"),
+    (torch.ops.attnkern.covpool_backward, (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 4)), TypeError,
+     "same device"),
+    (torch.ops.attnkern.covpool_backward, (torch.randn(2, 4, 4), torch.randn(2, 3, 4)), ValueError,
+     r"expected shape \[2, 3, 3\]"),
+    (torch.ops.attnkern.covpool_backward, (torch.randn(2, 3, 3).double(), torch.randn(2, 3, 4)), TypeError, "same dtype"),
+    (torch.ops.attnkern.sqrtm_newton_schulz, (torch.randn(2, 3, 3), 0), ValueError, r"iters must be in \[1, 1000\]"),
+    (torch.ops.attnkern.sqrtm_newton_schulz, (torch.randn(2, 3, 4), 5), ValueError, "square matrices"),
     (torch.ops.attnkern.sqrtm_newton_schulz_backward,
-     (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 3), torch.empty(0), 5), "same device"),
+     (torch.randn(2, 3, 3, device="meta"), torch.randn(2, 3, 3), torch.empty(0), 5), TypeError, "same device"),
     (torch.ops.attnkern.sqrtm_newton_schulz_backward,
-     (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(4, 2, 3, 3), 2), r"iterates: expected shape \[5, 2, 3, 3\]"),
+     (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(4, 2, 3, 3), 2), ValueError,
+     r"iterates: expected shape \[5, 2, 3, 3\]"),
     (torch.ops.attnkern.sqrtm_newton_schulz_backward,
-     (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(5, 2, 3, 3).double(), 2), "iterates: expected Float"),
-    (torch.ops.attnkern.triuvec, (torch.ones(2, 3, 3, dtype=torch.int64),), "floating-point"),
-    (torch.ops.attnkern.triuvec_backward, (torch.randn(2, 5), 3), r"expected shape \[2, 6\]"),
+     (torch.randn(2, 3, 3), torch.randn(2, 3, 3), torch.randn(5, 2, 3, 3).double(), 2), TypeError,
+     "iterates: expected Float"),
+    (torch.ops.attnkern.triuvec, (torch.ones(2, 3, 3, dtype=torch.int64),), TypeError, "floating-point"),
+    (torch.ops.attnkern.triuvec_backward, (torch.randn(2, 5), 3), ValueError, r"expected shape \[2, 6\]"),
 ]
 
 
-@pytest.mark.parametrize("op,args,match", KERNEL_BAD_INPUTS)
-def test_kernel_bad_inputs(op, args, match):
-    with pytest.raises(RuntimeError, match=match):
+@pytest.mark.parametrize("op,args,exc,match", KERNEL_BAD_INPUTS)
+def test_kernel_bad_inputs(op, args, exc, match):
+    with pytest.raises(exc, match=match):
         op(*args)
 
 
@@ -277,6 +281,17 @@ def test_empty_batch(device):
     vec.sum().backward()
     assert x.grad.shape == x.shape
 
+
+
+def test_sqrtm_iters_bound_answers_at_once():
+    """iters = 2**62 used to reach a SymInt error (the iterate buffer's 3·iters − 1 overflowed) and,
+    without gradients, would have iterated for ever; up to 1000 iterations run."""
+    a = torch.randn(2, 3, 3, dtype=torch.float64)
+    a = a @ a.mT + torch.eye(3, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"iters must be in \[1, 1000\]"):
+        ops.sqrtm_newton_schulz(a, 2**62)
+    root = ops.sqrtm_newton_schulz(a, 1000)
+    torch.testing.assert_close(root @ root, a)
 
 # ---- the SOCA layer ------------------------------------------------------------------------
 

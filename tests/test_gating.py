@@ -192,19 +192,50 @@ def test_empty_batch(device):
     assert x.grad.shape == x.shape and cg.grad.shape == cg.shape and pg.grad.shape == pg.shape
 
 
+
+@pytest.mark.parametrize("hw", [(0, 4), (3, 0)])
+@pytest.mark.parametrize("gates", ["pixel", "channel", "both"])
+def test_apply_gates_backward_without_pixels(hw, gates):
+    """H·W = 0 used to crash the backward with a pixel gate alone (the empty pixel gate's null data
+    pointer sent it down the channel-gate-only branch, which read the absent channel gate)."""
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    cg = torch.randn(2, 3, dtype=torch.float64, requires_grad=True) if gates != "pixel" else None
+    pg = torch.randn(2, 1, *hw, dtype=torch.float64, requires_grad=True) if gates != "channel" else None
+    ops.apply_gates(x, cg, pg).sum().backward()
+    assert x.grad.shape == x.shape
+    if cg is not None:
+        assert torch.equal(cg.grad, torch.zeros_like(cg))  # a sum over no pixels; NaN if unwritten (poisoned)
+    if pg is not None:
+        assert pg.grad.shape == pg.shape
+
+
+@pytest.mark.parametrize("hw", [(0, 4), (3, 0)])
+def test_spatial_pool_gate_gradient_without_pixels(hw):
+    """The gate's gradient over no pixels is zero; it used to be left unwritten (torch.empty: values
+    like 4.6e-310, or the NaN conftest fills it with)."""
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    gate = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    ops.spatial_pool(x, gate).sum().backward()
+    assert torch.equal(gate.grad, torch.zeros_like(gate))
+    pooled = torch.randn(2, 2, *hw, dtype=torch.float64)
+    grad_x, grad_gate = torch.ops.attnkern.spatial_pool_backward(pooled, x.detach(), gate.detach(), pooled)
+    assert torch.equal(grad_gate, torch.zeros_like(gate)) and grad_x.shape == x.shape
+
 _x = torch.randn(2, 3, 4, 5)
 BAD_INPUTS = [
-    (ops.channel_pool, (torch.randn(3, 4, 5),), ValueError, r"x must be \[B, C, H, W\]"),
+    (ops.channel_pool, (torch.randn(3, 4, 5),), ValueError, r"x: expected a 4-D tensor \[B, C, H, W\], got shape \[3, 4, 5\]"),
     (ops.channel_pool, (torch.randn(2, 3, 0, 5),), ValueError, "at least one position"),
     (ops.channel_pool, (torch.ones(2, 3, 4, 5, dtype=torch.int64),), TypeError, "floating-point"),
     (ops.channel_pool, ([1.0],), TypeError, "must be a torch.Tensor"),
     (ops.spatial_pool, (torch.randn(2, 0, 4, 5),), ValueError, "at least one channel"),
-    (ops.spatial_pool, (_x, torch.rand(2, 4)), ValueError, r"gate must be \[B, C\] = \[2, 3\]"),
-    (ops.spatial_pool, (_x, torch.rand(2, 3).double()), TypeError, "share x's dtype"),
+    (ops.spatial_pool, (_x, torch.rand(2, 4)), ValueError, r"gate: expected shape \[B, C\] = \[2, 3\], got \[2, 4\]"),
+    (ops.spatial_pool, (_x, torch.rand(2, 3).double()), TypeError, "gate and x must have the same dtype"),
+    (ops.spatial_pool, (_x, 1.0), TypeError, "gate must be a torch.Tensor or None, got float"),
     (ops.apply_gates, (_x, None, None), ValueError, "got neither"),
-    (ops.apply_gates, (_x, torch.rand(2, 3, 1, 1)), ValueError, r"channel_gate must be \[B, C\]"),
-    (ops.apply_gates, (_x, None, torch.rand(2, 4, 5)), ValueError, r"pixel_gate must be \[B, 1, H, W\] = \[2, 1, 4, 5\]"),
-    (ops.apply_gates, (_x, None, torch.rand(2, 1, 4, 5).double()), TypeError, "share x's dtype"),
+    (ops.apply_gates, (_x, torch.rand(2, 3, 1, 1)), ValueError, r"channel_gate: expected shape \[B, C\]"),
+    (ops.apply_gates, (_x, None, torch.rand(2, 4, 5)), ValueError,
+     r"pixel_gate: expected shape \[B, 1, H, W\] = \[2, 1, 4, 5\]"),
+    (ops.apply_gates, (_x, None, torch.rand(2, 1, 4, 5).double()), TypeError, "pixel_gate and x must have the same dtype"),
 ]
 
 
@@ -216,15 +247,17 @@ def test_bad_inputs(fn, args, exc, match):
 
 def test_kernel_bad_inputs():
     ak = torch.ops.attnkern
-    with pytest.raises(RuntimeError, match=r"channel_pool: x: expected a 4-D tensor"):
+    with pytest.raises(ValueError, match=r"channel_pool: x: expected a 4-D tensor"):
         ak.channel_pool(torch.randn(3, 4, 5))
-    with pytest.raises(RuntimeError, match=r"spatial_pool: gate: expected shape \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"spatial_pool: gate: expected shape \[B, C\] = \[2, 3\]"):
         ak.spatial_pool(_x, torch.rand(3, 2))
-    with pytest.raises(RuntimeError, match=r"apply_gates: needs a channel_gate, a pixel_gate or both"):
+    with pytest.raises(ValueError, match=r"apply_gates: needs a channel_gate, a pixel_gate or both"):
         ak.apply_gates(_x, None, None)
-    with pytest.raises(RuntimeError, match=r"channel_pool_backward: max: expected shape \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"channel_pool_backward: max: expected shape \[2, 3\]"):
         ak.channel_pool_backward(None, torch.rand(2, 3), _x, torch.rand(2, 4))
-    with pytest.raises(RuntimeError, match=r"spatial_pool_backward: pooled: expected shape \[2, 2, 4, 5\]"):
+    with pytest.raises(ValueError, match=r"spatial_pool_backward: pooled: expected shape \[2, 2, 4, 5\]"):
         ak.spatial_pool_backward(torch.rand(2, 2, 4, 5), _x, None, torch.rand(2, 1, 4, 5))
-    with pytest.raises(RuntimeError, match=r"apply_gates_backward: grad: expected shape \[2, 3, 4, 5\]"):
+    with pytest.raises(ValueError, match=r"apply_gates_backward: grad: expected shape \[2, 3, 4, 5\]"):
         ak.apply_gates_backward(torch.rand(2, 3, 4, 4), _x, torch.rand(2, 3), None)
+    with pytest.raises(TypeError, match=r"apply_gates_backward: grad and x must have the same dtype"):
+        ak.apply_gates_backward(torch.rand(2, 3, 4, 5).double(), _x, torch.rand(2, 3), None)

@@ -95,6 +95,37 @@ def test_empty_batch(device):
     assert outputs.grad.shape == outputs.shape and guide.grad.shape == guide.shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_reference_selects_as_argmax_with_nan_and_inf(device):
+    """DRConv's asign_index is a gather: a NaN or +inf guide selects its region, an inf output is passed
+    on. The reference is a gather too (a straight-through product would give NaN: inf·0, NaN − NaN)."""
+    outputs = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, device=device)
+    guide = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)
+    guide[0, 1, 2, 3], guide[1, 2, 0, 0], guide[1, 0, 4, 5] = float("nan"), float("inf"), float("-inf")
+    outputs[0, 0, 1, 1, 1], outputs[1, 2, 3, 4, 5] = float("inf"), float("-inf")
+    selected = guide.argmax(dim=1).view(2, 1, 1, 5, 6).expand(2, 1, 4, 5, 6)
+    expected = outputs.gather(1, selected).squeeze(1)
+    assert torch.equal(reference.region_assign(outputs, guide), expected)  # no NaN introduced
+    assert torch.equal(ops.region_assign(outputs, guide), expected)
+
+
+def test_reference_gradients_are_drconvs():
+    outputs = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    got = torch.autograd.grad(reference.region_assign(outputs, guide), (outputs, guide), grad)
+    for g, expected in zip(got, seed_gradients(outputs.detach(), guide.detach(), grad)):
+        assert rel_error(g, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("B,Cout", [(0, 4), (2, 0)])
+def test_dynamic_conv_empty_batch_or_output_channels(B, Cout):
+    """No sample or no output channel: an empty output, like the reference's (whose grouped conv2d
+    used to fail on groups = 0 or on too few filters)."""
+    x, filters, guide = torch.randn(B, 3, 6, 5), torch.randn(B, 2, Cout, 3, 3, 3), torch.randn(B, 2, 4, 3)
+    out, expected = ops.dynamic_region_conv(x, filters, guide), reference.dynamic_region_conv(x, filters, guide)
+    assert out.shape == expected.shape == (B, Cout, 4, 3)
+
 
 def test_reference_dynamic_conv_empty_batch():
     """The reference (what devices without kernels run) returns an empty batch too, with gradients."""
@@ -108,12 +139,13 @@ def test_reference_dynamic_conv_empty_batch():
 
 
 BAD_INPUTS = [
-    ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 2, 5, 6)), ValueError, r"guide must be \[B, r, H, W\] = \[2, 3, 5, 6\]"),
-    ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 7)), ValueError, "guide must be"),
-    ((torch.randn(3, 4, 5, 6), torch.randn(3, 5, 6)), ValueError, r"outputs must be \[B, r, C, H, W\]"),
-    ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 6).double()), TypeError, "share dtype"),
+    ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 2, 5, 6)), ValueError,
+     r"outputs \[B, r, C, H, W\] and guide \[B, r, H, W\] must agree in B, r, H and W, got \[2, 3, 4, 5, 6\] and \[2, 2, 5, 6\]"),
+    ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 7)), ValueError, "must agree in B, r, H and W"),
+    ((torch.randn(3, 4, 5, 6), torch.randn(3, 5, 6)), ValueError, r"outputs: expected a 5-D tensor \[B, r, C, H, W\]"),
+    ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 6).double()), TypeError, "outputs and guide must have the same dtype"),
     ((torch.ones(2, 3, 4, 5, 6, dtype=torch.int64), torch.randn(2, 3, 5, 6)), TypeError, "floating-point"),
-    ((torch.randn(2, 0, 4, 5, 6), torch.randn(2, 0, 5, 6)), ValueError, "at least one region"),
+    ((torch.randn(2, 0, 4, 5, 6), torch.randn(2, 0, 5, 6)), ValueError, r"at least one region \(r >= 1\)"),
 ]
 
 
@@ -124,9 +156,9 @@ def test_bad_inputs(args, exc, match):
 
 
 def test_kernel_bad_inputs():
-    with pytest.raises(RuntimeError, match="must agree in B, r, H and W"):
+    with pytest.raises(ValueError, match="must agree in B, r, H and W"):
         torch.ops.attnkern.region_assign(torch.randn(2, 3, 4, 5, 6), torch.randn(2, 2, 5, 6))
-    with pytest.raises(RuntimeError, match=r"grad: expected shape \[2, 4, 5, 6\]"):
+    with pytest.raises(ValueError, match=r"grad: expected shape \[2, 4, 5, 6\]"):
         torch.ops.attnkern.region_assign_backward(torch.randn(2, 4, 5, 5), torch.randn(2, 3, 4, 5, 6),
                                                   torch.randn(2, 3, 5, 6))
 
@@ -205,18 +237,17 @@ def test_dynamic_conv_under_torch_compile():
     assert rel_error(compiled(x, filters, guide), ops.dynamic_region_conv(x, filters, guide, **geometry)) <= 1e-6
 
 
+_x6, _f3 = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3)
 CONV_BAD_INPUTS = [
-    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 2, 3, 3), torch.randn(2, 4, 4, 4)), {}, ValueError,
-     "must match x .* in B and Cin"),
-    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6)), {}, ValueError,
-     r"guide must have the output's spatial size \[4, 4\]"),
-    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 3, 4, 4)), {}, ValueError,
-     "guide .* must match filters in B and r"),
-    ((torch.randn(3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 4, 4)), {}, ValueError, r"expected x \[B"),
-    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6)), {"padding": (1, 1, 1)},
-     TypeError, "pair of ints"),
-    ((torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3).double(), torch.randn(2, 4, 4, 4)), {}, TypeError,
-     "share dtype"),
+    ((_x6, torch.randn(2, 4, 5, 2, 3, 3), torch.randn(2, 4, 4, 4)), {}, ValueError, "must match x .* in B and Cin"),
+    ((_x6, _f3, torch.randn(2, 4, 6, 6)), {}, ValueError, r"guide must have the output's spatial size \[H', W'\] = \[4, 4\]"),
+    ((_x6, _f3, torch.randn(2, 3, 4, 4)), {}, ValueError, "guide .* must match filters in B and r"),
+    ((torch.randn(3, 6, 6), _f3, torch.randn(2, 4, 4, 4)), {}, ValueError, r"x: expected a 4-D tensor \[B, Cin, H, W\]"),
+    ((_x6, _f3, torch.randn(2, 4, 6, 6)), {"padding": (1, 1, 1)}, TypeError, "padding must be an int or a pair of ints"),
+    ((_x6, _f3.double(), torch.randn(2, 4, 4, 4)), {}, TypeError, "x and filters must have the same dtype"),
+    ((_x6, _f3, torch.randn(2, 4, 4, 4)), {"stride": 0}, ValueError, r"stride must be >= 1, got \[0, 0\]"),
+    ((_x6, _f3, torch.randn(2, 4, 4, 4)), {"dilation": (1, 0)}, ValueError, r"dilation must be >= 1, got \[1, 0\]"),
+    ((_x6, _f3, torch.randn(2, 4, 4, 4)), {"padding": -1}, ValueError, r"padding must be >= 0, got \[-1, -1\]"),
 ]
 
 
@@ -228,10 +259,13 @@ def test_dynamic_conv_bad_inputs(args, kwargs, exc, match):
 
 def test_dynamic_conv_kernel_bad_inputs():
     op = torch.ops.attnkern.dynamic_region_conv
-    with pytest.raises(RuntimeError, match=r"guide must have the output's spatial size \[4, 4\]"):
-        op(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 6, 6), [1, 1], [0, 0], [1, 1])
-    with pytest.raises(RuntimeError, match="stride and dilation must be >= 1"):
-        op(torch.randn(2, 3, 6, 6), torch.randn(2, 4, 5, 3, 3, 3), torch.randn(2, 4, 4, 4), [0, 1], [0, 0], [1, 1])
+    with pytest.raises(ValueError, match=r"guide must have the output's spatial size \[H', W'\] = \[4, 4\]"):
+        op(_x6, _f3, torch.randn(2, 4, 6, 6), [1, 1], [0, 0], [1, 1])
+    with pytest.raises(ValueError, match=r"stride must be >= 1, got \[0, 1\]"):
+        op(_x6, _f3, torch.randn(2, 4, 4, 4), [0, 1], [0, 0], [1, 1])
+    with pytest.raises(TypeError, match="dynamic_region_conv_backward: grad and x must have the same dtype"):
+        torch.ops.attnkern.dynamic_region_conv_backward(torch.randn(2, 5, 4, 4).double(), _x6, _f3,
+                                                        torch.randn(2, 4, 4, 4), [1, 1], [0, 0], [1, 1])
 
 
 # ---- the DRConv2d layer --------------------------------------------------------------------

@@ -189,6 +189,19 @@ def test_empty_batch(device):
     assert grad_qkv.shape == qkv.shape and torch.equal(grad_bias, torch.zeros_like(bias))
 
 
+@pytest.mark.parametrize("H,W", [(0, 8), (8, 0)])
+def test_image_without_windows(H, W):
+    """An image without windows: an empty output; the bias gets a zero gradient, as the reference's
+    (whose window partition and reverse used to fail on an ambiguous reshape(-1, ...))."""
+    qkv, bias, mask = make_inputs((2, H, W, 2, 3, 4, 2), "cpu", torch.float64, with_mask=True, requires_grad=True)
+    out = ops.window_attention(qkv, bias, 4, 2, mask)
+    expected = reference.window_attention(qkv, bias, 4, 2, mask)
+    assert out.shape == expected.shape == (2, H, W, 2, 3)
+    grads = torch.autograd.grad(out.sum(), (qkv, bias))
+    assert grads[0].shape == qkv.shape and torch.equal(grads[1], torch.zeros_like(bias))
+    assert torch.equal(reference.window_reverse(reference.window_partition(qkv, 4), 4, H, W, batch=2), qkv)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpu_half_types(dtype):
     qkv, bias, _ = make_inputs(SHAPES[1], "cpu", dtype, requires_grad=True)
@@ -204,17 +217,19 @@ _bias = torch.randn(2, 16, 16)
 
 
 @pytest.mark.parametrize("args,kwargs,exc,match", [
-    ((torch.randn(1, 8, 8, 3, 8), None, 4), {}, ValueError, r"\[B, H, W, 3, heads, d\]"),
-    ((torch.randn(1, 8, 8, 2, 2, 4), None, 4), {}, ValueError, r"\[B, H, W, 3, heads, d\]"),
-    ((torch.randn(1, 8, 6, 3, 2, 4), None, 4), {}, ValueError, "multiples of window_size 4"),
-    ((_qkv, None, 0), {}, ValueError, "window_size must be a positive int"),
-    ((_qkv, None, 4, 4), {}, ValueError, r"shift_size must be an int in \[0, window_size\)"),
+    ((torch.randn(1, 8, 8, 3, 8), None, 4), {}, ValueError, r"qkv: expected a 6-D tensor \[B, H, W, 3, heads, d\]"),
+    ((torch.randn(1, 8, 8, 2, 2, 4), None, 4), {}, ValueError, r"qkv must hold q, k and v in dim 3"),
+    ((torch.randn(1, 8, 6, 3, 2, 4), None, 4), {}, ValueError, "multiples of window_size 4, got H = 8, W = 6"),
+    ((_qkv, None, 0), {}, ValueError, "window_size must be >= 1, got 0"),
+    ((_qkv, None, True), {}, TypeError, "window_size must be an int, got bool"),
+    ((_qkv, None, 4, 4), {}, ValueError, r"shift_size must be in \[0, window_size\) = \[0, 4\), got 4"),
     ((_qkv, None, 4, -1), {}, ValueError, "shift_size"),
-    ((_qkv, torch.randn(2, 16, 15), 4), {}, ValueError, r"bias must be \[heads, N, N\] = \[2, 16, 16\]"),
-    ((_qkv, torch.randn(3, 16, 16), 4), {}, ValueError, "bias must be"),
-    ((_qkv, _bias.double(), 4), {}, TypeError, "bias must share qkv's dtype"),
-    ((_qkv, _bias, 4), {"mask": torch.zeros(3, 16, 16)}, ValueError, r"mask must be \[nW, N, N\] = \[4, 16, 16\]"),
-    ((_qkv.long(), None, 4), {}, TypeError, "qkv must be a floating-point tensor"),
+    ((_qkv, torch.randn(2, 16, 15), 4), {}, ValueError, r"bias: expected shape \[heads, N, N\] = \[2, 16, 16\], got \[2, 16, 15\]"),
+    ((_qkv, torch.randn(3, 16, 16), 4), {}, ValueError, "bias: expected shape"),
+    ((_qkv, _bias.double(), 4), {}, TypeError, "bias and qkv must have the same dtype"),
+    ((_qkv, _bias, 4), {"mask": torch.zeros(3, 16, 16)}, ValueError, r"mask: expected shape \[nW, N, N\] = \[4, 16, 16\]"),
+    ((_qkv, _bias, 4), {"scale": "a"}, TypeError, "scale must be a real number, got str"),
+    ((_qkv.long(), None, 4), {}, TypeError, "qkv: expected a floating-point tensor, got Long"),
     (([1.0], None, 4), {}, TypeError, "qkv must be a torch.Tensor"),
 ])
 def test_bad_inputs(args, kwargs, exc, match):
@@ -228,16 +243,16 @@ def test_bad_inputs(args, kwargs, exc, match):
     ((_qkv, None, None, 4, 5, 1.0), r"shift_size must be in \[0, window_size\)"),
     ((_qkv, torch.randn(2, 16, 8), None, 4, 0, 1.0), "bias: expected shape"),
     ((_qkv, None, torch.randn(2, 16, 16), 4, 0, 1.0), "mask: expected shape"),
-    ((torch.randn(1, 8, 8, 3, 0, 4), None, None, 4, 0, 1.0), "at least one head"),
+    ((torch.randn(1, 8, 8, 3, 0, 4), None, None, 4, 0, 1.0), r"at least one head \(heads >= 1\)"),
 ])
 def test_kernel_bad_inputs(args, match):
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(ValueError, match=match):
         torch.ops.attnkern.window_attention(*args)
 
 
 def test_backward_kernel_checks_saved_tensors():
     out, lse = torch.ops.attnkern.window_attention(_qkv, _bias, None, 4, 0, 0.5)
-    with pytest.raises(RuntimeError, match="lse: expected shape"):
+    with pytest.raises(ValueError, match="lse: expected shape"):
         torch.ops.attnkern.window_attention_backward(out, _qkv, _bias, None, out, lse[..., :1], 4, 0, 0.5)
-    with pytest.raises(RuntimeError, match="lse must be Float"):
+    with pytest.raises(TypeError, match="lse must be Float"):
         torch.ops.attnkern.window_attention_backward(out, _qkv, _bias, None, out, lse.double(), 4, 0, 0.5)

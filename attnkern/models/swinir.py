@@ -5,6 +5,12 @@ attnkern's fused window attention, official checkpoint loading, and a command-li
         --weights 001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth --input lr.png --output sr.png \\
         --tile 256 --tile-overlap 32 [--device cuda --half]
 
+The image is padded as the official test script (main_test_swinir.py) pads it — always
+(h // window + 1)·window − h rows and columns of mirror padding, a whole window even when a side is
+already a multiple (a 48×40 image runs at 56×48) — so outputs match the script's and the published
+PSNR tables; ``--pad minimal`` pads only up to the next multiple. ``--tile`` runs the script's tile
+procedure (:func:`tiled_forward`).
+
 Tasks (the official test script's configurations, :func:`task_config`): ``classical_sr``,
 ``lightweight_sr``, ``real_sr`` (``--large`` or detected from the checkpoint), ``denoise``, ``jpeg``.
 Images are read and written with Pillow (``pip install pillow``); ``.npy`` files (H×W or H×W×C, floats
@@ -22,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import export
 from ..nn.swin import PatchEmbed, PatchUnEmbed, RSTB, Upsample, UpsampleOneStep, _conv_block
 
 __all__ = [
     "SwinIR", "select_state_dict", "load_checkpoint", "task_config", "TASKS", "tiled_forward", "pad_to_multiple",
+    "official_pad", "PAD_MODES",
     "read_image", "write_image", "main",
 ]
 
@@ -190,8 +198,12 @@ class SwinIR(nn.Module):
 
     def check_image_size(self, x: Tensor) -> Tensor:
         """Reflect-pads x at the bottom/right to multiples of window_size (as published; a pad longer than
-        the image repeats the reflection instead of failing)."""
+        the image repeats the reflection instead of failing). While an exporter traces the sizes, the pad
+        is a gather that follows the size (exported programs need sides of at least window_size)."""
         h, w = x.shape[-2:]
+        if export.is_traced_size(h, w):
+            # sizes traced by an exporter: the pad as gathers that follow the size (needs h, w >= window_size)
+            return export.reflect_pad_to_multiple(x, self.window_size)
         return _reflect_pad(x, (-h) % self.window_size, (-w) % self.window_size)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -238,6 +250,8 @@ class SwinIR(nn.Module):
             res = self.conv_after_body(self.forward_features(x_first)) + x_first
             x = x + self.conv_last(res)
         x = x / self.img_range + mean
+        if export.is_traced_size(H, W):
+            return export.crop(export.crop(x, 2, H * self.upscale), 3, W * self.upscale)
         return x[:, :, :H * self.upscale, :W * self.upscale]
 
     @classmethod
@@ -359,9 +373,37 @@ def task_config(task: str, scale: Optional[int] = None, large: bool = False, in_
     return dict(common, upscale=1, img_size=126, window_size=7, img_range=255.0, upsampler="")
 
 
+PAD_MODES = ("official", "minimal")
+
+
+def official_pad(img: Tensor, window_size: int, mode: str = "official") -> Tensor:
+    """Pads img [..., H, W] at the bottom/right before the model runs, as the official test script
+    (main_test_swinir.py) does.
+
+    ``mode="official"`` (the script's rule): always (H // window_size + 1)·window_size − H rows and the
+    same for the columns — a whole window even when H is already a multiple (a 48×40 image is run at
+    56×48), which changes the outputs near the bottom/right border compared with no padding.
+    ``mode="minimal"``: only up to the next multiple ((−H) mod window_size; nothing for multiples).
+
+    The pad is the mirror image including the edge row (``cat([img, img.flip(-2)])``, as the script),
+    taken once: an image shorter than its pad (H < window_size / 2) stays short of the multiple, and
+    the model's own reflect padding adds the rest — as in the script.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {PAD_MODES}, got {mode!r}")
+    h, w = img.shape[-2:]
+    if mode == "official":
+        pad_h, pad_w = (h // window_size + 1) * window_size - h, (w // window_size + 1) * window_size - w
+    else:
+        pad_h, pad_w = (-h) % window_size, (-w) % window_size
+    img = torch.cat([img, img.flip(-2)], dim=-2)[..., :h + pad_h, :]
+    return torch.cat([img, img.flip(-1)], dim=-1)[..., :w + pad_w]
+
+
 def pad_to_multiple(img: Tensor, multiple: int) -> Tensor:
-    """Pads img [..., H, W] at the bottom/right to multiples of ``multiple`` with its mirror image
-    (edge row included), as the official test script does before running the model."""
+    """Pads img [..., H, W] at the bottom/right to the next multiples of ``multiple`` with its mirror
+    image (edge row included; repeated for images shorter than the pad), so the result is always a
+    multiple. (The command line pads with :func:`official_pad`.)"""
     h, w = img.shape[-2:]
     target_h, target_w = h + (-h) % multiple, w + (-w) % multiple
     while img.shape[-2] < target_h:
@@ -388,8 +430,11 @@ def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
 
 def tiled_forward(model: Callable[[Tensor], Tensor], img: Tensor, scale: int, tile: Optional[int] = None,
                   tile_overlap: int = 32, progress: bool = False) -> Tensor:
-    """model(img) computed tile by tile: tiles of min(tile, H, W) pixels with ``tile_overlap`` pixels of
-    overlap; each output pixel is the mean of the tiles' outputs covering it (accumulated in float32).
+    """model(img) computed tile by tile, the official test script's procedure: tiles of
+    t = min(tile, H, W) pixels starting at ``range(0, H − t, t − tile_overlap)`` and at H − t (the same
+    across W), each tile's output added into a sum E and a count W, the result E / W — each output pixel
+    the mean of the tiles covering it. (The sum is kept in float32 where the script keeps the image's
+    dtype: the same for float32 images, more accurate for float16.)
 
     Args:
         model: maps [B, C, h, w] to [B, C', h·scale, w·scale].
@@ -495,6 +540,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output image (PNG with Pillow, or .npy)")
     p.add_argument("--tile", type=int, default=None, help="tile size (default: the whole image at once)")
     p.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles (default 32)")
+    p.add_argument("--pad", choices=PAD_MODES, default="official",
+                   help="official (default): as main_test_swinir.py, always (h // window + 1)·window − h rows "
+                        "(and columns) of mirror padding, a whole window even when h is a multiple (a 48×40 "
+                        "image runs at 56×48), so results compare with the published tables; minimal: only "
+                        "up to the next multiple of the window")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
     p.add_argument("--large", action="store_true", help="real_sr: the large model (also detected from the weights)")
@@ -524,8 +574,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.half:
             model, img = model.half(), img.half()
         h, w = img.shape[-2:]
+        window = config["window_size"]
+        padded = official_pad(img, window, args.pad)
+        if args.tile is not None and min(args.tile, *padded.shape[-2:]) % window:
+            raise ValueError(f"--tile: the tile side min(tile, padded height, padded width) = "
+                             f"{min(args.tile, *padded.shape[-2:])} must be a multiple of the window ({window}), "
+                             "as in the official script")
         with torch.inference_mode():
-            padded = pad_to_multiple(img, config["window_size"])
             out = tiled_forward(model, padded, config["upscale"], args.tile, args.tile_overlap,
                                 progress=not args.quiet)
         write_image(out[..., :h * config["upscale"], :w * config["upscale"]], args.output)

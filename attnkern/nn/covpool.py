@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor, nn
 
+from .. import export
 from ..ops.covpool import covpool, sqrtm_newton_schulz
 
 __all__ = ["SOCA"]
@@ -30,6 +31,9 @@ class SOCA(nn.Module):
     per channel) gives y = conv_du(0) instead of NaN. SAN's unused ``max_pool`` (no parameters) is
     omitted.
 
+    Exports (ONNX, TorchScript, ``torch.export``, see :mod:`attnkern.export`) at any input size: with
+    traced sizes the crop is a gather whose bounds follow the size (over 1000 pixels too).
+
     Args:
         channel: number of input channels C.
         reduction: channel reduction r of the gating MLP (C // r hidden channels).
@@ -53,7 +57,10 @@ class SOCA(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"SOCA: expected input [B, C, H, W], got shape {tuple(x.shape)}")
         batch, channels = x.shape[:2]
-        cov = covpool(center_crop(x, self.crop_size))
+        if export.is_traced_size(*x.shape[2:]):
+            cov = covpool(export.center_crop(x, self.crop_size))  # the crop follows the traced size
+        else:
+            cov = covpool(center_crop(x, self.crop_size))
         root = sqrtm_newton_schulz(cov, self.iters)
         y = torch.mean(root, 1).view(batch, channels, 1, 1)
         return self.conv_du(y) * x

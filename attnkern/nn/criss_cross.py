@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor, nn
 
+from .. import export
 from ..ops.criss_cross import criss_cross_attention
 
 __all__ = ["CrissCrossAttention"]
@@ -21,6 +22,12 @@ class CrissCrossAttention(nn.Module):
     ``gamma``), so its state_dict loads. ``gamma`` starts at 0, as published: the layer is then the
     identity until trained. Fixed from the published code: the −inf diagonal built with ``.cuda()``
     (which fails on the CPU and on a second GPU) — the kernel leaves the pixel out of its own column.
+
+    mmcv's ``mmcv.ops.CrissCrossAttention`` (the same convolutions, one pass; ``gamma`` a ``Scale``
+    module) loads too, also with ``strict=True``: its 0-dim ``gamma.scale`` entry is read as ``gamma``.
+
+    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) as CCNet's row
+    and column products.
 
     Args:
         in_dim: input (and output) channels; at least 8.
@@ -42,7 +49,17 @@ class CrissCrossAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"CrissCrossAttention: expected input [B, C, H, W], got shape {tuple(x.shape)}")
+        attend = export.criss_cross_attention if export.is_portable() else criss_cross_attention
         for _ in range(self.recurrence):
-            attended = criss_cross_attention(self.query_conv(x), self.key_conv(x), self.value_conv(x))
+            attended = attend(self.query_conv(x), self.key_conv(x), self.value_conv(x))
             x = self.gamma * attended + x
         return x
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # mmcv's module keeps gamma in a Scale module: a 0-dim "gamma.scale".
+        mmcv_key = prefix + "gamma.scale"
+        if mmcv_key in state_dict and prefix + "gamma" not in state_dict:
+            state_dict[prefix + "gamma"] = state_dict.pop(mmcv_key).reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

@@ -2,6 +2,7 @@
 
 from torch import Tensor, nn
 
+from .. import export
 from ..ops.region_conv import dynamic_region_conv
 
 __all__ = ["DRConv2d"]
@@ -22,6 +23,11 @@ class DRConv2d(nn.Module):
         in_channels, out_channels, kernel_size: as ``nn.Conv2d`` (square kernel).
         region_num: number of regions r.
         **kwargs: ``stride``, ``padding``, ``dilation`` of both the guide and the dynamic convolution.
+
+    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) at any input size:
+    the guide pooling (``conv_kernel.0``, the published ``AdaptiveAvgPool2d((k, k))``, which ONNX lacks)
+    becomes two pooling matrices built from the input size, and the convolution every region's
+    convolution as k·k batched products, then the guide's choice.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, region_num: int = 8, **kwargs):
@@ -47,5 +53,12 @@ class DRConv2d(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"DRConv2d: expected input [B, C, H, W], got shape {tuple(x.shape)}")
         k = self.kernel_size
-        filters = self.conv_kernel(x).view(x.shape[0], self.region_num, self.out_channels, self.in_channels, k, k)
-        return dynamic_region_conv(x, filters, self.conv_guide(x), **self.kwargs)
+        if export.is_portable():
+            kernel = export.adaptive_avg_pool2d(x, (k, k))
+            for layer in list(self.conv_kernel)[1:]:
+                kernel = layer(kernel)
+            conv = export.dynamic_region_conv
+        else:
+            kernel, conv = self.conv_kernel(x), dynamic_region_conv
+        filters = kernel.view(x.shape[0], self.region_num, self.out_channels, self.in_channels, k, k)
+        return conv(x, filters, self.conv_guide(x), **self.kwargs)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .. import reference
+from .. import export, reference
 from ..ops.window_attention import window_attention
 
 __all__ = [
@@ -63,10 +63,18 @@ def _check_tokens(x: Tensor, x_size: Sequence[int], dim: int, who: str) -> Tuple
     if x.dim() != 3:
         raise ValueError(f"{who}: expected tokens x [B, L, C], got shape {tuple(x.shape)}")
     try:
-        H, W = (int(s) for s in x_size)
+        H, W = x_size
     except (TypeError, ValueError):
         raise ValueError(f"{who}: x_size must be a pair (H, W), got {x_size!r}") from None
     B, L, C = x.shape
+    if not all(isinstance(s, int) for s in (L, H, W)):
+        # traced sizes (torch.jit.trace: tensors; torch.export: SymInts): kept as they are, so that the
+        # program follows the input size; int() would freeze them
+        return B, L, C, H, W
+    try:
+        H, W = int(H), int(W)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: x_size must be a pair (H, W), got {x_size!r}") from None
     if L != H * W:
         raise ValueError(f"{who}: x has L = {L} tokens but x_size = ({H}, {W}) needs H·W = {H * W}")
     if C != dim:
@@ -147,7 +155,12 @@ class WindowAttention(nn.Module):
     Parameter and buffer names match SwinIR (``relative_position_bias_table``
     [(2·Wh−1)·(2·Ww−1), heads], ``relative_position_index`` [N, N], ``qkv``, ``proj``). Only square
     windows are supported: ``window_size`` is an int or a pair (ws, ws); ``self.window_size`` is the
-    pair, as published.
+    pair, as published. timm's ``WindowAttention`` does not save ``relative_position_index`` (a
+    non-persistent buffer there): a state_dict without it loads, also with ``strict=True``, the index
+    being the one this layer computed (it depends on the window size only).
+
+    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) as the published
+    formulation.
 
     Args:
         dim: channels C; a multiple of num_heads.
@@ -188,8 +201,18 @@ class WindowAttention(nn.Module):
         return bias.permute(2, 0, 1).contiguous()
 
     def uses_kernel(self) -> bool:
-        """Whether forward runs the fused op: ``fused`` and no active attention dropout."""
-        return self.fused and not (self.training and self.attn_drop.p > 0)
+        """Whether forward runs the fused op: ``fused``, not exporting portably
+        (:func:`attnkern.export.is_portable`) and no active attention dropout."""
+        return self.fused and not (self.training and self.attn_drop.p > 0) and not export.is_portable()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # timm keeps relative_position_index out of its state_dicts: take the one computed here.
+        key = prefix + "relative_position_index"
+        if key not in state_dict and prefix + "relative_position_bias_table" in state_dict:
+            state_dict[key] = self.relative_position_index
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def attend_windows(self, qkv: Tensor, mask: Optional[Tensor]) -> Tensor:
         """The published attention on windows: qkv [B_, N, 3C] (the qkv Linear's output) → [B_, N, C],
@@ -267,6 +290,9 @@ class SwinTransformerBlock(nn.Module):
     cropped back before ``proj``. Both paths do the same. SwinIR itself pads the image (reflect) to a
     multiple of the window, so its blocks never pad.
 
+    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) at any H, W: the
+    padding, the shift mask and the crop follow the traced size.
+
     Args:
         dim: channels C.
         input_resolution: (H, W) the block is built for (sets ``attn_mask``).
@@ -322,18 +348,35 @@ class SwinTransformerBlock(nn.Module):
         H, W = self.padded_size(x_size)
         return reference.shift_region_mask(H, W, self.window_size, self.shift_size)
 
-    def _attention_fused(self, x: Tensor, H: int, W: int) -> Tensor:
+    def _padded_image(self, x: Tensor, H, W) -> Tuple[Tensor, int, int]:
+        """Normalised tokens x [B, H·W, C] as an image [B, Hp, Wp, C] zero-padded at the bottom/right to
+        multiples of the window, with Hp, Wp. Traced sizes (export) take the padding as gathers, the
+        same program whether the pad is empty or not."""
         B, _, C = x.shape
-        ws, heads = self.window_size, self.num_heads
+        image = x.view(B, H, W, C)
+        if export.is_traced_size(H, W):
+            image = export.zero_pad_to_multiple(export.zero_pad_to_multiple(image, 1, self.window_size), 2,
+                                                self.window_size)
+            return image, image.shape[1], image.shape[2]
         Hp, Wp = self.padded_size((H, W))
         if (Hp, Wp) != (H, W):
-            x = F.pad(x.view(B, H, W, C), (0, 0, 0, Wp - W, 0, Hp - H))
-        qkv = self.attn.qkv(x).view(B, Hp, Wp, 3, heads, C // heads)
+            image = F.pad(image, (0, 0, 0, Wp - W, 0, Hp - H))
+        return image, Hp, Wp
+
+    @staticmethod
+    def _cropped(out: Tensor, H, W) -> Tensor:
+        """out [B, Hp, Wp, …] cropped to [B, H, W, …] (a gather for traced sizes)."""
+        if export.is_traced_size(H, W):
+            return export.crop(export.crop(out, 1, H), 2, W)
+        return out[:, :H, :W] if tuple(out.shape[1:3]) != (H, W) else out
+
+    def _attention_fused(self, x: Tensor, H, W) -> Tensor:
+        B, _, C = x.shape
+        image, Hp, Wp = self._padded_image(x, H, W)
+        qkv = self.attn.qkv(image).view(B, Hp, Wp, 3, self.num_heads, C // self.num_heads)
         bias = self.attn.relative_position_bias().to(qkv.dtype)
-        out = window_attention(qkv, bias, ws, self.shift_size, None, self.attn.scale)
-        if (Hp, Wp) != (H, W):
-            out = out[:, :H, :W]
-        return self.attn.proj_drop(self.attn.proj(out.reshape(B, H * W, C)))
+        out = window_attention(qkv, bias, self.window_size, self.shift_size, None, self.attn.scale)
+        return self.attn.proj_drop(self.attn.proj(self._cropped(out, H, W).reshape(B, H * W, C)))
 
     def _attention_reference(self, x: Tensor, H: int, W: int) -> Tensor:
         B, _, C = x.shape
@@ -356,16 +399,32 @@ class SwinTransformerBlock(nn.Module):
             x = x[:, :H, :W]
         return x.reshape(B, H * W, C)
 
+    def _attention_portable(self, x: Tensor, H, W) -> Tensor:
+        """The fused path's order (pad, qkv on the image, attention, crop, proj) with the attention in
+        standard ops (:func:`attnkern.export.window_attention`: roll, windows, softmax)."""
+        B, _, C = x.shape
+        image, Hp, Wp = self._padded_image(x, H, W)
+        qkv = self.attn.qkv(image).view(B, Hp, Wp, 3, self.num_heads, C // self.num_heads)
+        bias = self.attn.relative_position_bias().to(qkv.dtype)
+        out = export.window_attention(qkv, bias, self.window_size, self.shift_size, self.attn.scale)
+        return self.attn.proj_drop(self.attn.proj(self._cropped(out, H, W).reshape(B, H * W, C)))
+
     def uses_kernel(self) -> bool:
-        """Whether forward runs the fused path: ``fused`` and no active attention dropout."""
-        return self.fused and not (self.training and self.attn.attn_drop.p > 0)
+        """Whether forward runs the fused path: ``fused``, not exporting portably
+        (:func:`attnkern.export.is_portable`) and no active attention dropout."""
+        return self.fused and not (self.training and self.attn.attn_drop.p > 0) and not export.is_portable()
 
     def forward(self, x: Tensor, x_size: Sequence[int]) -> Tensor:
         """x [B, H·W, C] tokens of an H×W image, x_size = (H, W) → [B, H·W, C]."""
         _, _, _, H, W = _check_tokens(x, x_size, self.dim, "SwinTransformerBlock")
         shortcut = x
         x = self.norm1(x)
-        x = self._attention_fused(x, H, W) if self.uses_kernel() else self._attention_reference(x, H, W)
+        if self.uses_kernel():
+            x = self._attention_fused(x, H, W)
+        elif export.is_portable() and not (self.training and self.attn.attn_drop.p > 0):
+            x = self._attention_portable(x, H, W)
+        else:
+            x = self._attention_reference(x, H, W)
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -497,6 +556,10 @@ class PatchUnEmbed(nn.Module):
 
     def forward(self, x: Tensor, x_size: Sequence[int]) -> Tensor:
         B, _, C, H, W = _check_tokens(x, x_size, self.embed_dim, "PatchUnEmbed")
+        if export.is_traced_size(H, W):
+            # a contiguous image, as the convolution after it writes: an exporter then never compares
+            # the two layouts' strides (which depend on the traced size) in the residual addition
+            return x.transpose(1, 2).contiguous().view(B, C, H, W)
         return x.transpose(1, 2).reshape(B, C, H, W)
 
 

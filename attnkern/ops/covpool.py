@@ -8,34 +8,41 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import accumulation_dtype, check_floating, check_square_batch, has_kernel, save_inputs
+from ._kernels import accumulation_dtype, check_int, check_tensor, run_check, save_inputs, use_kernel
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
+
+_ops = torch.ops.attnkern
 
 
 def covpool(x: Tensor) -> Tensor:
     """Covariance of the channels over positions.
 
     Args:
-        x: [B, C, H, W] or [B, C, M], floating point.
+        x: [B, C, H, W] or [B, C, M], floating point, with M = H·W ≥ 1.
 
     Returns:
         [B, C, C] = (1/M)·Xc·Xcᵀ with Xc = X − (mean over the M = H·W positions). Same numbers as
         SAN's ``Covpool`` (X·Î·Xᵀ with its M×M centering matrix Î) without any M×M matrix.
 
+    Raises:
+        TypeError: x is not a floating-point tensor.
+        ValueError: x is not [B, C, H, W] or [B, C, M], or has no position (M = 0).
+
     Example:
         >>> cov = attnkern.ops.covpool(torch.randn(16, 64, 48, 48))   # [16, 64, 64]
     """
-    check_floating(x, "x", "covpool")
+    op = "covpool"
+    check_tensor(x, "x", op)
     if x.dim() == 4:
         x = x.flatten(2)
     elif x.dim() != 3:
-        raise ValueError(f"covpool: x must be [B, C, H, W] or [B, C, M], got shape {tuple(x.shape)}")
-    if x.shape[2] == 0:
-        raise ValueError(f"covpool: x needs at least one position (M = H·W > 0), got shape {tuple(x.shape)}")
-    if not has_kernel(x):
-        return reference.covpool(x)
-    return torch.ops.attnkern.covpool(x)
+        raise ValueError(f"{op}: x: expected a 4-D tensor [B, C, H, W] or a 3-D tensor [B, C, M], got shape "
+                         f"{list(x.shape)}")
+    if use_kernel(x):
+        return _ops.covpool(x)
+    run_check(_ops.covpool_check, x)
+    return reference.covpool(x)
 
 
 def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
@@ -44,27 +51,30 @@ def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
     Args:
         a: [B, C, C], floating point; meant for symmetric positive (semi-)definite matrices such as
             covariances. A matrix with zero trace gives zeros (and zero gradient).
-        iters: number of iterations, >= 1 (SAN uses 5).
+        iters: number of iterations, 1 ≤ iters ≤ 1000 (SAN uses 5; 1000 steps converge for any
+            eigenvalue a float64 holds).
 
     Returns:
         [B, C, C] ≈ a^½: with t = tr(a), A = a/t, Y₀ = A, Z₀ = I, Tₖ = ½(3I − ZₖYₖ), Yₖ₊₁ = YₖTₖ,
         Zₖ₊₁ = TₖZₖ, the result is ½·Y(3I − ZY)·√t after iters − 1 steps. The gradient is the exact
         gradient of this forward (for any incoming gradient, symmetric or not).
 
+    Raises:
+        TypeError: a is not a floating-point tensor, or iters not an int.
+        ValueError: a is not [B, C, C], or iters is out of range.
+
     Example:
         >>> root = attnkern.ops.sqrtm_newton_schulz(attnkern.ops.covpool(x), iters=5)
     """
-    check_floating(a, "a", "sqrtm_newton_schulz")
-    check_square_batch(a, "a", "sqrtm_newton_schulz")
-    if isinstance(iters, bool) or not isinstance(iters, int):
-        raise TypeError(f"sqrtm_newton_schulz: iters must be an int, got {type(iters).__name__}")
-    if iters < 1:
-        raise ValueError(f"sqrtm_newton_schulz: iters must be >= 1, got {iters}")
-    if not has_kernel(a):
-        return reference.sqrtm_newton_schulz(a, iters)
-    # Training keeps the iterates for the backward (3·iters − 1 matrices per input); inference does not.
-    save_iterates = torch.is_grad_enabled() and a.requires_grad
-    return torch.ops.attnkern.sqrtm_newton_schulz(a, iters, save_iterates)[0]
+    op = "sqrtm_newton_schulz"
+    check_tensor(a, "a", op)
+    iters = check_int(iters, "iters", op)
+    if use_kernel(a):
+        # Training keeps the iterates for the backward (3·iters − 1 matrices per input); inference does not.
+        save_iterates = torch.is_grad_enabled() and a.requires_grad
+        return _ops.sqrtm_newton_schulz(a, iters, save_iterates)[0]
+    run_check(_ops.sqrtm_newton_schulz_check, a, iters)
+    return reference.sqrtm_newton_schulz(a, iters)
 
 
 def triuvec(a: Tensor) -> Tensor:
@@ -73,15 +83,20 @@ def triuvec(a: Tensor) -> Tensor:
     The order is SAN's ``Triuvec``: a[0,0], a[1,0], a[1,1], a[2,0], … (for the symmetric matrices it
     is used on, the upper triangle).
 
+    Raises:
+        TypeError: a is not a floating-point tensor.
+        ValueError: a is not [B, C, C].
+
     Example:
         >>> attnkern.ops.triuvec(torch.randn(2, 3, 3)).shape
         torch.Size([2, 6])
     """
-    check_floating(a, "a", "triuvec")
-    check_square_batch(a, "a", "triuvec")
-    if not has_kernel(a):
-        return reference.triuvec(a)
-    return torch.ops.attnkern.triuvec(a)
+    op = "triuvec"
+    check_tensor(a, "a", op)
+    if use_kernel(a):
+        return _ops.triuvec(a)
+    run_check(_ops.triuvec_check, a)
+    return reference.triuvec(a)
 
 
 # The names of SAN's MPNCOV module, for code written against it.
@@ -143,7 +158,7 @@ def _covpool_fake(x):
 
 
 def _check_same_device(grad, grad_name, t, t_name, op):
-    torch._check(
+    torch._check_type(
         grad.device == t.device,
         lambda: f"{op}: {grad_name} and {t_name} must be on the same device, got {grad.device} and {t.device}",
     )

@@ -9,58 +9,37 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import accumulation_dtype, check_floating, has_kernel, save_inputs
+from ._kernels import accumulation_dtype, check_tensor, run_check, save_inputs, use_kernel
 
 __all__ = ["criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention"]
 
-
-def _check_map_pair(attn: Tensor, x: Tensor, x_name: str, op: str) -> None:
-    check_floating(attn, "attn", op)
-    check_floating(x, x_name, op)
-    if x.dim() != 4:
-        raise ValueError(f"{op}: {x_name} must be [B, C, H, W], got shape {tuple(x.shape)}")
-    B, _, H, W = x.shape
-    if attn.dim() != 4 or (attn.shape[0], attn.shape[2], attn.shape[3]) != (B, H, W):
-        raise ValueError(f"{op}: attn must be [B, H+W-1, H, W] = [{B}, {H + W - 1}, {H}, {W}] for {x_name} of shape "
-                         f"{tuple(x.shape)}, got {tuple(attn.shape)}")
-    if attn.shape[1] != H + W - 1:
-        raise ValueError(f"{op}: attn must hold H + W - 1 = {H + W - 1} positions in dim 1, got {attn.shape[1]}")
-    if attn.dtype != x.dtype or attn.device != x.device:
-        raise TypeError(f"{op}: attn and {x_name} must share dtype and device, got {attn.dtype} on {attn.device} "
-                        f"and {x.dtype} on {x.device}")
-
-
-def _check_qk(q: Tensor, k: Tensor, op: str) -> None:
-    check_floating(q, "q", op)
-    check_floating(k, "k", op)
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"{op}: q and k must be [B, C, H, W], got shapes {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.shape[1] != k.shape[1]:
-        raise ValueError(f"{op}: q and k must have the same number of channels, got {q.shape[1]} and {k.shape[1]}")
-    if q.shape != k.shape:
-        raise ValueError(f"{op}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if q.dtype != k.dtype or q.device != k.device:
-        raise TypeError(f"{op}: q and k must share dtype and device, got {q.dtype} on {q.device} and "
-                        f"{k.dtype} on {k.device}")
+_ops = torch.ops.attnkern
 
 
 def criss_cross_affinity(q: Tensor, k: Tensor) -> Tensor:
     """Energies of each pixel over its row and column.
 
     Args:
-        q, k: [B, C, H, W], same shape, dtype and device.
+        q, k: [B, C, H, W], same shape, dtype and device; H and W not both 0.
 
     Returns:
         [B, H+W−1, H, W]: ``e[b, p, h, w] = Σ_c q[b, c, h, w]·k[b, c, position p of (h, w)]``, positions
         laid out as the module docstring says (row first, then the column without the pixel).
 
+    Raises:
+        TypeError: q or k is not a floating-point tensor, or they differ in dtype or device.
+        ValueError: q or k is not [B, C, H, W], their shapes differ, or H = W = 0.
+
     Example:
         >>> attn = attnkern.ops.criss_cross_affinity(q, k).softmax(dim=1)
     """
-    _check_qk(q, k, "criss_cross_affinity")
-    if not has_kernel(q):
-        return reference.criss_cross_affinity(q, k)
-    return torch.ops.attnkern.criss_cross_affinity(q, k)
+    op = "criss_cross_affinity"
+    check_tensor(q, "q", op)
+    check_tensor(k, "k", op)
+    if use_kernel(q, k):
+        return _ops.criss_cross_affinity(q, k)
+    run_check(_ops.criss_cross_affinity_check, q, k)
+    return reference.criss_cross_affinity(q, k)
 
 
 def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
@@ -68,15 +47,22 @@ def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
 
     Args:
         attn: [B, H+W−1, H, W] weights (e.g. the softmax of :func:`criss_cross_affinity` over dim 1).
-        v: [B, C, H, W].
+        v: [B, C, H, W], attn's dtype and device; H and W not both 0.
 
     Returns:
         [B, C, H, W]: ``out[b, c, h, w] = Σ_p attn[b, p, h, w]·v[b, c, position p of (h, w)]``.
+
+    Raises:
+        TypeError: attn or v is not a floating-point tensor, or they differ in dtype or device.
+        ValueError: the shapes do not fit each other, or H = W = 0.
     """
-    _check_map_pair(attn, v, "v", "criss_cross_aggregate")
-    if not has_kernel(v):
-        return reference.criss_cross_aggregate(attn, v)
-    return torch.ops.attnkern.criss_cross_aggregate(attn, v)
+    op = "criss_cross_aggregate"
+    check_tensor(attn, "attn", op)
+    check_tensor(v, "v", op)
+    if use_kernel(attn, v):
+        return _ops.criss_cross_aggregate(attn, v)
+    run_check(_ops.criss_cross_aggregate_check, attn, v)
+    return reference.criss_cross_aggregate(attn, v)
 
 
 def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -88,28 +74,25 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     backward recomputes the weights from it.
 
     Args:
-        q, k: [B, C, H, W]; v: [B, C', H, W]; one dtype and device.
+        q, k: [B, C, H, W]; v: [B, C', H, W]; one dtype and device; H and W not both 0.
 
     Returns:
         [B, C', H, W].
+
+    Raises:
+        TypeError: a tensor is not floating point, or they differ in dtype or device.
+        ValueError: the shapes do not fit each other, or H = W = 0.
     """
     op = "criss_cross_attention"
-    _check_qk(q, k, op)
-    check_floating(v, "v", op)
-    if v.dim() != 4 or (v.shape[0], v.shape[2], v.shape[3]) != (q.shape[0], q.shape[2], q.shape[3]):
-        raise ValueError(f"{op}: v must be [B, C', H, W] with q's B, H, W = {q.shape[0]}, {q.shape[2]}, {q.shape[3]}, "
-                         f"got {tuple(v.shape)}")
-    if v.dtype != q.dtype or v.device != q.device:
-        raise TypeError(f"{op}: v must share q's dtype and device, got {v.dtype} on {v.device} and "
-                        f"{q.dtype} on {q.device}")
-    if not has_kernel(q):
-        return reference.criss_cross_attention(q, k, v)
-    return torch.ops.attnkern.criss_cross_attention(q, k, v)[0]
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        check_tensor(t, name, op)
+    if use_kernel(q, k, v):
+        return _ops.criss_cross_attention(q, k, v)[0]
+    run_check(_ops.criss_cross_attention_check, q, k, v)
+    return reference.criss_cross_attention(q, k, v)
 
 
 # ---- autograd and fake kernels (gradients in csrc/criss_cross/criss_cross.h) -------------------
-
-_ops = torch.ops.attnkern
 
 
 def _affinity_backward(ctx, grad):

@@ -8,7 +8,8 @@ on the CPU, channel_pool's forward is ATen's two vectorised reductions, measured
 
 Maxima follow ``torch.amax``: a NaN wins, and the gradient is split evenly between tied maxima (the
 published CBAM's ``AdaptiveMaxPool2d`` / ``torch.max`` route it all to one of them; both agree when the
-maximum is unique).
+maximum is unique). A NaN maximum passes no gradient, as no element equals it (``torch.amax``'s gradient
+is NaN over the whole reduction there).
 """
 
 from typing import Optional, Tuple
@@ -17,25 +18,11 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import check_floating, has_kernel
+from ._kernels import check_tensor, run_check, use_kernel
 
 __all__ = ["channel_pool", "spatial_pool", "apply_gates"]
 
-
-def _check_x(x: object, op: str) -> None:
-    check_floating(x, "x", op)
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must be [B, C, H, W], got shape {tuple(x.shape)}")
-
-
-def _check_gate(gate: object, name: str, shape: Tuple[int, ...], layout: str, x: Tensor, op: str) -> None:
-    check_floating(gate, name, op)
-    if tuple(gate.shape) != shape:
-        raise ValueError(f"{op}: {name} must be {layout} = {list(shape)} for x of shape {tuple(x.shape)}, "
-                         f"got {tuple(gate.shape)}")
-    if gate.dtype != x.dtype or gate.device != x.device:
-        raise TypeError(f"{op}: {name} must share x's dtype and device, got {gate.dtype} on {gate.device} and "
-                        f"{x.dtype} on {x.device}")
+_ops = torch.ops.attnkern
 
 
 def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -45,17 +32,21 @@ def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
         x: [B, C, H, W] with H·W ≥ 1.
 
     Returns:
-        (mean, max), each [B, C] in x's dtype (float32 accumulation for half types). Backward: the
-        mean's gradient spreads evenly over the positions, the max's goes to the maximum (split
-        evenly between tied maxima, as ``torch.amax``).
+        (mean, max), each [B, C] in x's dtype (float32 accumulation for half types). A NaN in a channel
+        makes its mean and its maximum NaN; ±inf count as numbers (+inf wins the max; +inf and −inf
+        together give a NaN mean). Backward: the mean's gradient spreads evenly over the positions, the
+        max's goes to the maximum (split evenly between tied maxima, as ``torch.amax``).
+
+    Raises:
+        TypeError: x is not a floating-point tensor.
+        ValueError: x is not [B, C, H, W], or has no position (H·W = 0).
     """
     op = "channel_pool"
-    _check_x(x, op)
-    if x.shape[2] * x.shape[3] == 0:
-        raise ValueError(f"{op}: x needs at least one position to pool, got shape {tuple(x.shape)}")
-    if not has_kernel(x):
-        return reference.channel_pool(x)
-    return torch.ops.attnkern.channel_pool(x)
+    check_tensor(x, "x", op)
+    if use_kernel(x):
+        return _ops.channel_pool(x)
+    run_check(_ops.channel_pool_check, x)
+    return reference.channel_pool(x)
 
 
 def spatial_pool(x: Tensor, gate: Optional[Tensor] = None) -> Tensor:
@@ -67,18 +58,21 @@ def spatial_pool(x: Tensor, gate: Optional[Tensor] = None) -> Tensor:
         gate: optional [B, C] channel gate, x's dtype and device.
 
     Returns:
-        [B, 2, H, W]: channel 0 the mean, channel 1 the maximum (CBAM's ``cat([mean, max], 1)``).
-        Gradients reach x and gate; the maximum's is split evenly between tied maxima.
+        [B, 2, H, W]: channel 0 the mean, channel 1 the maximum (CBAM's ``cat([mean, max], 1)``), NaN
+        winning as in :func:`channel_pool`. Gradients reach x and gate; the maximum's is split evenly
+        between tied maxima. With no pixels (H·W = 0) the gate's gradient is zero.
+
+    Raises:
+        TypeError: a tensor is not floating point, or gate differs from x in dtype or device.
+        ValueError: x is not [B, C, H, W] or has no channel, or gate is not [B, C].
     """
     op = "spatial_pool"
-    _check_x(x, op)
-    if x.shape[1] == 0:
-        raise ValueError(f"{op}: x needs at least one channel to pool, got shape {tuple(x.shape)}")
-    if gate is not None:
-        _check_gate(gate, "gate", tuple(x.shape[:2]), "[B, C]", x, op)
-    if not has_kernel(x):
-        return reference.spatial_pool(x, gate)
-    return torch.ops.attnkern.spatial_pool(x, gate)
+    check_tensor(x, "x", op)
+    check_tensor(gate, "gate", op, optional=True)
+    if use_kernel(x, gate):
+        return _ops.spatial_pool(x, gate)
+    run_check(_ops.spatial_pool_check, x, gate)
+    return reference.spatial_pool(x, gate)
 
 
 def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Optional[Tensor] = None) -> Tensor:
@@ -87,24 +81,24 @@ def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Op
     Args:
         x: [B, C, H, W].
         channel_gate: [B, C] (SE, CBAM's channel attention).
-        pixel_gate: [B, 1, H, W] (CBAM's spatial attention).
+        pixel_gate: [B, 1, H, W] (CBAM's spatial attention). Both in x's dtype and on its device.
 
     Returns:
         [B, C, H, W]. Backward is one pass too: grad_x, and the gates' gradients Σ_hw grad·x·g_hw and
-        Σ_c grad·x·g_c, reduced in a fixed order (deterministic).
+        Σ_c grad·x·g_c, reduced in a fixed order (deterministic); zero where the sum is empty.
+
+    Raises:
+        TypeError: a tensor is not floating point, or a gate differs from x in dtype or device.
+        ValueError: x is not [B, C, H, W], a gate's shape does not fit x, or both gates are None.
     """
     op = "apply_gates"
-    _check_x(x, op)
-    if channel_gate is None and pixel_gate is None:
-        raise ValueError(f"{op}: needs a channel_gate, a pixel_gate or both, got neither")
-    B, C, H, W = x.shape
-    if channel_gate is not None:
-        _check_gate(channel_gate, "channel_gate", (B, C), "[B, C]", x, op)
-    if pixel_gate is not None:
-        _check_gate(pixel_gate, "pixel_gate", (B, 1, H, W), "[B, 1, H, W]", x, op)
-    if not has_kernel(x):
-        return reference.apply_gates(x, channel_gate, pixel_gate)
-    return torch.ops.attnkern.apply_gates(x, channel_gate, pixel_gate)
+    check_tensor(x, "x", op)
+    check_tensor(channel_gate, "channel_gate", op, optional=True)
+    check_tensor(pixel_gate, "pixel_gate", op, optional=True)
+    if use_kernel(x, channel_gate, pixel_gate):
+        return _ops.apply_gates(x, channel_gate, pixel_gate)
+    run_check(_ops.apply_gates_check, x, channel_gate, pixel_gate)
+    return reference.apply_gates(x, channel_gate, pixel_gate)
 
 
 # ---- autograd and fake kernels --------------------------------------------------------------
@@ -116,7 +110,7 @@ def _channel_pool_setup(ctx, inputs, output):
 
 def _channel_pool_backward(ctx, grad_mean, grad_max):
     x, mx = ctx.saved_tensors
-    return torch.ops.attnkern.channel_pool_backward(grad_mean, grad_max, x, mx)
+    return _ops.channel_pool_backward(grad_mean, grad_max, x, mx)
 
 
 def _spatial_pool_setup(ctx, inputs, output):
@@ -125,7 +119,7 @@ def _spatial_pool_setup(ctx, inputs, output):
 
 def _spatial_pool_backward(ctx, grad):
     x, gate, pooled = ctx.saved_tensors
-    grad_x, grad_gate = torch.ops.attnkern.spatial_pool_backward(grad, x, gate, pooled)
+    grad_x, grad_gate = _ops.spatial_pool_backward(grad, x, gate, pooled)
     return grad_x, (grad_gate if gate is not None else None)
 
 
@@ -135,7 +129,7 @@ def _apply_gates_setup(ctx, inputs, output):
 
 def _apply_gates_backward(ctx, grad):
     x, channel_gate, pixel_gate = ctx.saved_tensors
-    grad_x, grad_c, grad_p = torch.ops.attnkern.apply_gates_backward(grad, x, channel_gate, pixel_gate)
+    grad_x, grad_c, grad_p = _ops.apply_gates_backward(grad, x, channel_gate, pixel_gate)
     return grad_x, (grad_c if channel_gate is not None else None), (grad_p if pixel_gate is not None else None)
 
 

@@ -12,40 +12,11 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import accumulation_dtype, check_floating, has_kernel
+from ._kernels import accumulation_dtype, check_int, check_real, check_tensor, run_check, use_kernel
 
 __all__ = ["window_attention"]
 
-
-def _check(qkv: Tensor, bias: Optional[Tensor], window_size: int, shift_size: int, mask: Optional[Tensor]) -> None:
-    op = "window_attention"
-    check_floating(qkv, "qkv", op)
-    if qkv.dim() != 6 or qkv.shape[3] != 3:
-        raise ValueError(f"{op}: qkv must be [B, H, W, 3, heads, d] (the qkv Linear's output viewed in image layout), "
-                         f"got shape {tuple(qkv.shape)}")
-    if not isinstance(window_size, int) or window_size < 1:
-        raise ValueError(f"{op}: window_size must be a positive int, got {window_size!r}")
-    if not isinstance(shift_size, int) or not 0 <= shift_size < window_size:
-        raise ValueError(f"{op}: shift_size must be an int in [0, window_size) = [0, {window_size}), got {shift_size!r}")
-    B, H, W, _, heads, d = qkv.shape
-    if H % window_size or W % window_size:
-        raise ValueError(f"{op}: H and W must be multiples of window_size {window_size}, got H = {H}, W = {W} "
-                         "(pad the image first; attnkern.nn.SwinTransformerBlock does)")
-    N = window_size * window_size
-    if bias is not None:
-        check_floating(bias, "bias", op)
-        if tuple(bias.shape) != (heads, N, N):
-            raise ValueError(f"{op}: bias must be [heads, N, N] = [{heads}, {N}, {N}], got {tuple(bias.shape)}")
-        if bias.dtype != qkv.dtype or bias.device != qkv.device:
-            raise TypeError(f"{op}: bias must share qkv's dtype and device, got {bias.dtype} on {bias.device} and "
-                            f"{qkv.dtype} on {qkv.device}")
-    if mask is not None:
-        check_floating(mask, "mask", op)
-        n_windows = (H // window_size) * (W // window_size)
-        if tuple(mask.shape) != (n_windows, N, N):
-            raise ValueError(f"{op}: mask must be [nW, N, N] = [{n_windows}, {N}, {N}], got {tuple(mask.shape)}")
-        if mask.device != qkv.device:
-            raise TypeError(f"{op}: mask must be on qkv's device {qkv.device}, got {mask.device}")
+_ops = torch.ops.attnkern
 
 
 def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: int, shift_size: int = 0,
@@ -68,20 +39,38 @@ def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: int, shif
             SwinIR's region mask (−100 between tokens of different regions of a shifted window) itself.
         mask: optional extra additive mask [nW, N, N], windows numbered row-major over the shifted
             image (added for every sample and head); it receives no gradient.
-        scale: multiplies q·kᵀ; default d^-0.5.
+        scale: multiplies q·kᵀ; default d^-0.5. Any real number (NaN and ±inf propagate as in the
+            reference).
 
     Returns:
         [B, H, W, heads, d]: ``.reshape(B, H·W, C)`` feeds the output projection.
+
+    Raises:
+        TypeError: a tensor argument is not a floating-point tensor (bias: not qkv's dtype) or not on
+            qkv's device; window_size or shift_size is not an int (a bool is not), scale not a number.
+        ValueError: a shape does not fit (qkv [B, H, W, 3, heads, d] with heads, d ≥ 1, H and W
+            multiples of window_size; bias [heads, N, N]; mask [nW, N, N]), window_size < 1, or
+            shift_size outside [0, window_size).
 
     Example:
         >>> qkv = block.attn.qkv(x).view(B, H, W, 3, heads, C // heads)
         >>> out = window_attention(qkv, bias, window_size=8, shift_size=4).reshape(B, H * W, C)
     """
-    _check(qkv, bias, window_size, shift_size, mask)
-    scale = qkv.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not has_kernel(qkv):
-        return reference.window_attention(qkv, bias, window_size, shift_size, mask, scale)
-    return torch.ops.attnkern.window_attention(qkv, bias, mask, window_size, shift_size, scale)[0]
+    op = "window_attention"
+    check_tensor(qkv, "qkv", op)
+    check_tensor(bias, "bias", op, optional=True)
+    check_tensor(mask, "mask", op, optional=True)
+    window_size = check_int(window_size, "window_size", op)
+    shift_size = check_int(shift_size, "shift_size", op)
+    if scale is None:
+        d = qkv.shape[-1] if qkv.dim() > 0 else 0
+        scale = d ** -0.5 if d > 0 else 1.0  # d = 0 (or another rank) is the op's ValueError below
+    else:
+        scale = check_real(scale, "scale", op)
+    if use_kernel(qkv, bias, mask):
+        return _ops.window_attention(qkv, bias, mask, window_size, shift_size, scale)[0]
+    run_check(_ops.window_attention_check, qkv, bias, mask, window_size, shift_size)
+    return reference.window_attention(qkv, bias, window_size, shift_size, mask, scale)
 
 
 # ---- autograd and fake kernels (gradients in csrc/window_attention/window_attention.h) ----------
@@ -100,7 +89,7 @@ def _backward(ctx, grad, grad_lse):
     if grad is None:
         return None, None, None, None, None, None
     qkv, bias, mask, out, lse = ctx.saved_tensors
-    grad_qkv, grad_bias = torch.ops.attnkern.window_attention_backward(grad, qkv, bias, mask, out, lse, *ctx.geometry)
+    grad_qkv, grad_bias = _ops.window_attention_backward(grad, qkv, bias, mask, out, lse, *ctx.geometry)
     return grad_qkv, (grad_bias if ctx.has_bias else None), None, None, None, None
 
 

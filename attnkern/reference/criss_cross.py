@@ -9,7 +9,10 @@ from torch import Tensor
 
 
 def criss_cross_positions(H: int, W: int, device=None) -> Tensor:
-    """[P, H, W] int64: the flat offset (y·W + x) of each pixel's P positions."""
+    """[P, H, W] int64: the flat offset (y·W + x) of each pixel's P = H + W − 1 positions (an image
+    without pixels, H or W = 0, has an empty map; H = W = 0 has none: P would be −1)."""
+    if H == 0 or W == 0:
+        return torch.empty(H + W - 1, H, W, dtype=torch.int64, device=device)
     h = torch.arange(H, device=device).view(1, H, 1)
     w = torch.arange(W, device=device).view(1, 1, W)
     row = h * W + torch.arange(W, device=device).view(W, 1, 1)  # [W, H, 1]: (h, p)

@@ -22,14 +22,16 @@ def window_partition(x: Tensor, window_size: int) -> Tensor:
     rest = x.shape[3:]
     x = x.view(B, H // window_size, window_size, W // window_size, window_size, *rest)
     x = x.transpose(2, 3)
-    return x.reshape(-1, window_size * window_size, *rest)
+    return x.reshape(B * (H // window_size) * (W // window_size), window_size * window_size, *rest)
 
 
-def window_reverse(windows: Tensor, window_size: int, H: int, W: int) -> Tensor:
-    """The inverse of :func:`window_partition`: [B·nW, N, *rest] → [B, H, W, *rest]."""
+def window_reverse(windows: Tensor, window_size: int, H: int, W: int, batch: Optional[int] = None) -> Tensor:
+    """The inverse of :func:`window_partition`: [B·nW, N, *rest] → [B, H, W, *rest]. ``batch`` is B; by
+    default B·nW / nW (SwinIR's rule), which an image without windows (H or W = 0) needs given."""
     rest = windows.shape[2:]
-    x = windows.reshape(-1, H // window_size, W // window_size, window_size, window_size, *rest)
-    return x.transpose(2, 3).reshape(-1, H, W, *rest)
+    B = windows.shape[0] // ((H // window_size) * (W // window_size)) if batch is None else batch
+    x = windows.reshape(B, H // window_size, W // window_size, window_size, window_size, *rest)
+    return x.transpose(2, 3).reshape(B, H, W, *rest)
 
 
 def relative_position_index(window_size: int, device=None) -> Tensor:
@@ -85,11 +87,11 @@ def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: int, shif
     n_windows = (H // window_size) * (W // window_size)
     if shift_size:
         region_mask = shift_region_mask(H, W, window_size, shift_size, qkv.device, attn.dtype)
-        attn = (attn.view(B, n_windows, heads, N, N) + region_mask[None, :, None]).view(-1, heads, N, N)
+        attn = (attn.view(B, n_windows, heads, N, N) + region_mask[None, :, None]).view(B * n_windows, heads, N, N)
     if mask is not None:
-        attn = (attn.view(B, n_windows, heads, N, N) + mask[None, :, None]).view(-1, heads, N, N)
+        attn = (attn.view(B, n_windows, heads, N, N) + mask[None, :, None]).view(B * n_windows, heads, N, N)
     out = (attn.softmax(dim=-1) @ v).transpose(1, 2)  # [B·nW, N, heads, d]
-    out = window_reverse(out, window_size, H, W)
+    out = window_reverse(out, window_size, H, W, batch=B)
     if shift_size:
         out = torch.roll(out, shifts=(shift_size, shift_size), dims=(1, 2))
     return out

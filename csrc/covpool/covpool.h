@@ -49,6 +49,15 @@ ATTNKERN_HD inline T trace_grad_coefficient(const T& gA_dot_A, const T& G_dot_P,
 
 // ---- host side ------------------------------------------------------------------------------
 
+// The largest iteration count sqrtm_newton_schulz accepts. Until it converges quadratically, a step
+// multiplies the smallest eigenvalue of A = a/tr(a) by about 2.25, so 1000 steps bring any eigenvalue
+// a float64 can hold (≥ 1e-308) to convergence; more only costs time (and 3·iters − 1 saved matrices).
+constexpr int64_t kMaxIters = 1000;
+
+// n(n+1)/2, the length of triuvec's output for n×n matrices; a ValueError naming `name` on overflow.
+int64_t triuvec_length(int64_t n, const char* name);
+
+// Argument checks: the kernels and the check ops (what attnkern.ops runs before a reference) call them.
 void check_covpool_input(const at::Tensor& x);
 void check_sqrtm_input(const at::Tensor& a, int64_t iters);
 void check_triuvec_input(const at::Tensor& a);

@@ -2,6 +2,8 @@
 // Newton–Schulz square root over batched GEMMs (see covpool.h for the equations).
 #include "covpool/covpool.h"
 
+#include <torch/library.h>
+
 #include <vector>
 
 #include "common/checks.h"
@@ -9,31 +11,45 @@
 namespace attnkern {
 namespace covpool {
 
+namespace {
+
+void check_square_batch(const at::Tensor& a, const char* name) {
+  check_rank(a, name, 3, "[B, C, C]");
+  check_floating(a, name);
+  TORCH_CHECK_VALUE(a.size(1) == a.size(2), name, ": expected a batch of square matrices [B, C, C], got shape ",
+                    shape_str(a));
+}
+
+}  // namespace
+
+int64_t triuvec_length(int64_t n, const char* name) {
+  return checked_mul(n, checked_add(n, 1, name), name) / 2;
+}
+
 void check_covpool_input(const at::Tensor& x) {
   check_rank(x, "covpool: x", 3, "[B, C, M]");
   check_floating(x, "covpool: x");
-  TORCH_CHECK(x.size(2) > 0, "covpool: x needs at least one position (M = H·W > 0), got shape ",
-              shape_str(x));
+  TORCH_CHECK_VALUE(x.size(2) > 0, "covpool: x needs at least one position (M = H·W > 0), got shape ",
+                    shape_str(x));
+  checked_mul(x.size(1), x.size(1), "covpool: the output size C·C of x");
 }
 
 void check_sqrtm_input(const at::Tensor& a, int64_t iters) {
-  check_rank(a, "sqrtm_newton_schulz: a", 3, "[B, C, C]");
-  check_floating(a, "sqrtm_newton_schulz: a");
-  TORCH_CHECK(a.size(1) == a.size(2), "sqrtm_newton_schulz: a must hold square matrices [B, C, C], got shape ",
-              shape_str(a));
-  TORCH_CHECK(iters >= 1, "sqrtm_newton_schulz: iters must be >= 1, got ", iters);
+  check_square_batch(a, "sqrtm_newton_schulz: a");
+  check_in_range(iters, "sqrtm_newton_schulz: iters", 1, kMaxIters);
 }
 
 void check_triuvec_input(const at::Tensor& a) {
-  check_rank(a, "triuvec: a", 3, "[B, C, C]");
-  check_floating(a, "triuvec: a");
-  TORCH_CHECK(a.size(1) == a.size(2), "triuvec: a must hold square matrices [B, C, C], got shape ",
-              shape_str(a));
+  check_square_batch(a, "triuvec: a");
+  triuvec_length(a.size(1), "triuvec: the output length C(C+1)/2 of a");
 }
 
 void check_triuvec_grad(const at::Tensor& grad, int64_t n) {
-  check_rank(grad, "triuvec_backward: grad", 2, "[B, C(C+1)/2]");
-  check_shape(grad, "triuvec_backward: grad", {grad.size(0), n * (n + 1) / 2});
+  TORCH_CHECK_VALUE(n >= 0, "triuvec_backward: n must be >= 0, got ", n);
+  const int64_t length = triuvec_length(n, "triuvec_backward: the length n(n+1)/2 of grad");
+  check_rank(grad, "triuvec_backward: grad", 2, "[B, n(n+1)/2]");
+  check_floating(grad, "triuvec_backward: grad");
+  check_shape(grad, "triuvec_backward: grad", {grad.size(0), length});
 }
 
 void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef expected,
@@ -55,8 +71,8 @@ void check_saved_iterates(const at::Tensor& saved, const at::Tensor& a, int64_t 
   const char* name = "sqrtm_newton_schulz_backward: iterates";
   check_shape(saved, name, {3 * iters - 1, a.size(0), a.size(1), a.size(2)});
   check_same_device(saved, name, a, "a");
-  TORCH_CHECK(saved.scalar_type() == at::toOpMathType(a.scalar_type()), name, ": expected ",
-              at::toOpMathType(a.scalar_type()), " (a's accumulation type), got ", saved.scalar_type());
+  TORCH_CHECK_TYPE(saved.scalar_type() == at::toOpMathType(a.scalar_type()), name, ": expected ",
+                   at::toOpMathType(a.scalar_type()), " (a's accumulation type), got ", saved.scalar_type());
 }
 
 namespace {
@@ -169,6 +185,12 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   grad.diagonal(0, 1, 2).add_(coef.view({-1, 1}));
   grad.masked_fill_(zero_trace.view({-1, 1, 1}), 0);
   return grad.to(a_in.scalar_type());
+}
+
+TORCH_LIBRARY_IMPL(attnkern, CompositeImplicitAutograd, m) {
+  m.impl("covpool_check", &check_covpool_input);
+  m.impl("sqrtm_newton_schulz_check", &check_sqrtm_input);
+  m.impl("triuvec_check", &check_triuvec_input);
 }
 
 }  // namespace covpool

@@ -111,7 +111,9 @@ void for_each_column_block(int64_t batch, int64_t H, int64_t W, const at::Tensor
 
 // Softmax numerators of the rows of a tile, in place: e[i, j] ← exp(e[i, j] − max_i), each row's max
 // and sum written `stride` apart. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself belongs
-// to its row block, not its column block. A row with nothing left gets max −inf and sum 0.
+// to its row block, not its column block. An energy of −inf (q·k against an infinite k) has weight 0 also
+// when the row's max is −inf (exp(−inf − (−inf)) would be NaN); a NaN energy makes every weight NaN. A
+// row with nothing left gets max −inf and sum 0.
 template <typename scalar_t>
 void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max_out, int64_t stride,
                        scalar_t* sum_out) {
@@ -123,7 +125,8 @@ void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max
     }
     scalar_t sum = 0;
     for (int64_t j = 0; j < n; ++j) {
-      row[j] = (skip_diagonal && j == i) ? scalar_t(0) : std::exp(row[j] - max);
+      const bool zero = (skip_diagonal && j == i) || row[j] == -std::numeric_limits<scalar_t>::infinity();
+      row[j] = zero ? scalar_t(0) : std::exp(row[j] - max);
       sum += row[j];
     }
     max_out[i * stride] = max;
@@ -170,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
       for (int64_t w = 0; w < W; ++w) {
         const scalar_t cmax = col_max.const_data_ptr<scalar_t>()[first + w];
         const scalar_t csum = col_sum.const_data_ptr<scalar_t>()[first + w];
-        const scalar_t max = std::max(row_max[w], cmax);  // finite: the row block is never empty
+        const scalar_t max = std::max(row_max[w], cmax);  // −inf only if every energy is: NaN, as softmax's
         const scalar_t rs = std::exp(row_max[w] - max), cs = std::exp(cmax - max);
         const scalar_t total = row_sum[w] * rs + csum * cs;
         lse.mutable_data_ptr<scalar_t>()[first + w] = max + std::log(total);

@@ -1,7 +1,6 @@
-// CPU kernels of the gating family. Reductions along a channel plane run over kLanes independent
-// accumulators (a fixed-size inner loop the compiler turns into SIMD without reassociating a single
-// sum); reductions across channels walk the planes of a block of kBlock pixels with per-pixel
-// accumulators, so every inner loop is contiguous. Every reduction has a fixed order.
+// CPU kernels of the gating family: argument checks, operands, threads and the final sums of the
+// per-block partial gradients here; the loops themselves (gating_cpu_kernel.h) are compiled once per
+// CPU capability and the version of the capability in use runs (common/cpu_capability.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,29 +12,62 @@
 #include <limits>
 
 #include "common/checks.h"
-#include "common/cpu_simd.h"
+#include "common/macros.h"
 #include "gating/gating.h"
 
 namespace attnkern {
 namespace gating {
+
+template <typename scalar_t>
+using Acc = at::opmath_type<scalar_t>;
+
+// Pixels per task of the kernels that reduce across channels.
+constexpr int64_t kPixelBlock = 256;
+inline int64_t pixel_blocks(int64_t HW) { return (HW + kPixelBlock - 1) / kPixelBlock; }
+
+// The kernels' operands: contiguous tensors as pointers; an absent optional one is null.
+template <typename scalar_t>
+struct ChannelPoolGrad {
+  int64_t HW;
+  const scalar_t *x, *max, *grad_mean, *grad_max;
+  scalar_t* grad_x;
+};
+template <typename scalar_t>
+struct SpatialPool {
+  int64_t C, HW;
+  const scalar_t *x, *gate;
+  scalar_t* pooled;  // [B, 2, H, W]
+};
+template <typename scalar_t>
+struct SpatialPoolGrad {
+  int64_t C, HW;
+  const scalar_t *x, *gate, *grad, *pooled;
+  scalar_t* grad_x;
+  Acc<scalar_t>* gate_partial;  // [B, blocks, C], with a gate
+};
+template <typename scalar_t>
+struct Gates {
+  int64_t C, HW;
+  const scalar_t *x, *channel_gate, *pixel_gate;
+  scalar_t* out;
+};
+template <typename scalar_t>
+struct GatesGrad {
+  int64_t C, HW;
+  const scalar_t *x, *grad, *channel_gate, *pixel_gate;
+  scalar_t *grad_x, *grad_channel_gate, *grad_pixel_gate;
+  Acc<scalar_t>* channel_partial;  // [B, blocks, C], with both gates
+};
+
+}  // namespace gating
+}  // namespace attnkern
+
+#define ATTNKERN_CPU_KERNEL_BODY "gating/gating_cpu_kernel.h"
+#include "common/cpu_foreach_capability.h"
+
+namespace attnkern {
+namespace gating {
 namespace {
-
-using cpu::kLanes;
-constexpr int64_t kBlock = 256;  // pixels per task in the cross-channel kernels
-
-// Σ_{j<n} term(j) over kLanes accumulators; term may write elements as a side effect.
-template <typename acc_t, typename Term>
-ATTNKERN_ALWAYS_INLINE acc_t lane_sum(int64_t n, Term term) {
-  acc_t lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) lanes[k] += term(j + k);
-  }
-  acc_t sum = 0;
-  for (; j < n; ++j) sum += term(j);
-  for (int64_t k = 0; k < kLanes; ++k) sum += lanes[k];
-  return sum;
-}
 
 // Rows of n elements per parallel task: enough work for each to pay for its scheduling.
 inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
@@ -43,6 +75,20 @@ inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::m
 template <typename T>
 const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+// out[b, c] = Σ_block partial[b, block, c]: the per-block partial gradients of a [B, C] gate, summed in a
+// fixed order. With no pixels there are no blocks and the gradient is 0.
+template <typename scalar_t>
+void sum_block_partials(const Acc<scalar_t>* partial, int64_t B, int64_t blocks, int64_t C, scalar_t* out) {
+  at::parallel_for(0, B * C, 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / C, c = i % C;
+      Acc<scalar_t> sum = 0;
+      for (int64_t block = 0; block < blocks; ++block) sum += partial[(b * blocks + block) * C + c];
+      out[i] = static_cast<scalar_t>(sum);
+    }
+  });
 }
 
 // ---- channel_pool ----------------------------------------------------------------------------
@@ -65,48 +111,18 @@ at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_
   if (grad_mean_in.has_value()) grad_mean = grad_mean_in->contiguous();
   if (grad_max_in.has_value()) grad_max = grad_max_in->contiguous();
   auto grad_x = at::empty_like(x);
-  const int64_t HW = d.HW();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    const scalar_t* max_ptr = max.const_data_ptr<scalar_t>();
-    const scalar_t* gmean_ptr = optional_ptr<scalar_t>(grad_mean);
-    const scalar_t* gmax_ptr = optional_ptr<scalar_t>(grad_max);
-    scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
-    cpu::parallel_vectorised(0, d.B * d.C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = x_ptr + r * HW;
-        scalar_t* out = gx_ptr + r * HW;
-        const acc_t mean_share = gmean_ptr ? static_cast<acc_t>(gmean_ptr[r]) / static_cast<acc_t>(HW) : acc_t(0);
-        if (gmax_ptr == nullptr) {
-          std::fill(out, out + HW, static_cast<scalar_t>(mean_share));
-          continue;
-        }
-        const acc_t mx = static_cast<acc_t>(max_ptr[r]);
-        const acc_t ties = lane_sum<acc_t>(HW, [&](int64_t j) ATTNKERN_INLINE_LAMBDA { return acc_t(static_cast<acc_t>(row[j]) == mx); });
-        const acc_t share = max_share(static_cast<acc_t>(gmax_ptr[r]), static_cast<int64_t>(ties));
-        for (int64_t j = 0; j < HW; ++j) {
-          out[j] = static_cast<scalar_t>(pool_gradient(mean_share, share, static_cast<acc_t>(row[j]) == mx));
-        }
-      }
-    });
+    const ChannelPoolGrad<scalar_t> a{d.HW(), x.const_data_ptr<scalar_t>(), max.const_data_ptr<scalar_t>(),
+                                      optional_ptr<scalar_t>(grad_mean), optional_ptr<scalar_t>(grad_max),
+                                      grad_x.mutable_data_ptr<scalar_t>()};
+    const auto kernel = ATTNKERN_CPU_DISPATCH(channel_pool_backward_rows<scalar_t>);
+    at::parallel_for(0, d.B * d.C, row_grain(d.HW()), [&](int64_t r0, int64_t r1) { kernel(a, r0, r1); });
   });
   return grad_x;
 }
 
 // ---- spatial_pool ----------------------------------------------------------------------------
-// Tasks are (sample, block of kBlock pixels); each walks the C planes of its block.
-
-template <typename Fn>
-ATTNKERN_ALWAYS_INLINE void for_pixel_blocks(int64_t B, int64_t HW, Fn fn) {
-  const int64_t blocks = (HW + kBlock - 1) / kBlock;
-  cpu::parallel_vectorised(0, B * blocks, 1, [&](int64_t t0, int64_t t1) ATTNKERN_INLINE_LAMBDA {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / blocks, blk = t % blocks, p0 = blk * kBlock;
-      fn(b, blk, p0, std::min(kBlock, HW - p0));
-    }
-  });
-}
+// Tasks are (sample, block of kPixelBlock pixels); each walks the C planes of its block.
 
 at::Tensor spatial_pool_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& gate_in) {
   const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool");
@@ -114,39 +130,11 @@ at::Tensor spatial_pool_cpu(const at::Tensor& x_in, const std::optional<at::Tens
   std::optional<at::Tensor> gate;
   if (gate_in.has_value()) gate = gate_in->contiguous();
   auto pooled = at::empty({d.B, 2, d.H, d.W}, x.options());
-  const int64_t C = d.C, HW = d.HW();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    const scalar_t* g_ptr = optional_ptr<scalar_t>(gate);
-    scalar_t* out_ptr = pooled.mutable_data_ptr<scalar_t>();
-    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t, int64_t p0, int64_t n) ATTNKERN_INLINE_LAMBDA {
-      acc_t sum[kBlock], mx[kBlock];
-      std::fill(sum, sum + n, acc_t(0));
-      std::fill(mx, mx + n, -std::numeric_limits<acc_t>::infinity());
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = x_ptr + (b * C + c) * HW + p0;
-        const acc_t g = g_ptr ? static_cast<acc_t>(g_ptr[b * C + c]) : acc_t(1);
-        for (int64_t j = 0; j < n; ++j) {
-          const acc_t y = gated(row[j], g);
-          sum[j] += y;
-          mx[j] = y > mx[j] ? y : mx[j];
-        }
-      }
-      scalar_t* mean_out = out_ptr + b * 2 * HW + p0;
-      scalar_t* max_out = mean_out + HW;
-      for (int64_t j = 0; j < n; ++j) {
-        if (std::isnan(sum[j])) {  // rescan this pixel, NaN winning
-          mx[j] = -std::numeric_limits<acc_t>::infinity();
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t g = g_ptr ? static_cast<acc_t>(g_ptr[b * C + c]) : acc_t(1);
-            mx[j] = nan_max(gated(x_ptr[(b * C + c) * HW + p0 + j], g), mx[j]);
-          }
-        }
-        mean_out[j] = static_cast<scalar_t>(sum[j] / static_cast<acc_t>(C));
-        max_out[j] = static_cast<scalar_t>(mx[j]);
-      }
-    });
+    const SpatialPool<scalar_t> a{d.C, d.HW(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate),
+                                  pooled.mutable_data_ptr<scalar_t>()};
+    const auto kernel = ATTNKERN_CPU_DISPATCH(spatial_pool_blocks<scalar_t>);
+    at::parallel_for(0, d.B * pixel_blocks(d.HW()), 1, [&](int64_t t0, int64_t t1) { kernel(a, t0, t1); });
   });
   return pooled;
 }
@@ -159,59 +147,26 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cpu(const at::Tensor& g
   auto x = x_in.contiguous(), grad = grad_in.contiguous(), pooled = pooled_in.contiguous();
   std::optional<at::Tensor> gate;
   if (gate_in.has_value()) gate = gate_in->contiguous();
-  const int64_t C = d.C, HW = d.HW(), blocks = (HW + kBlock - 1) / kBlock;
+  const int64_t blocks = pixel_blocks(d.HW());
   auto grad_x = at::empty_like(x);
   auto grad_gate = gate.has_value() ? at::empty_like(*gate) : x.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     // Per (sample, block, channel): Σ over the block's pixels of x·w (the gate's gradient, partly).
-    auto partial = gate.has_value() ? at::empty({d.B, blocks, C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value))
-                                    : at::Tensor();
-    acc_t* partial_ptr = gate.has_value() ? partial.mutable_data_ptr<acc_t>() : nullptr;
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    const scalar_t* g_ptr = optional_ptr<scalar_t>(gate);
-    const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
-    const scalar_t* pooled_ptr = pooled.const_data_ptr<scalar_t>();
-    scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
-    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t blk, int64_t p0, int64_t n) ATTNKERN_INLINE_LAMBDA {
-      acc_t mx[kBlock], ties[kBlock], mean_share[kBlock], share[kBlock];
-      const scalar_t* grad_mean = grad_ptr + b * 2 * HW + p0;
-      const scalar_t* max_in = pooled_ptr + b * 2 * HW + HW + p0;
-      for (int64_t j = 0; j < n; ++j) {
-        mx[j] = static_cast<acc_t>(max_in[j]);
-        ties[j] = 0;
-        mean_share[j] = static_cast<acc_t>(grad_mean[j]) / static_cast<acc_t>(C);
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = x_ptr + (b * C + c) * HW + p0;
-        const acc_t g = g_ptr ? static_cast<acc_t>(g_ptr[b * C + c]) : acc_t(1);
-        for (int64_t j = 0; j < n; ++j) ties[j] += acc_t(gated(row[j], g) == mx[j]);
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        share[j] = max_share(static_cast<acc_t>(grad_mean[HW + j]), static_cast<int64_t>(ties[j]));
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* row = x_ptr + (b * C + c) * HW + p0;
-        scalar_t* out = gx_ptr + (b * C + c) * HW + p0;
-        const acc_t g = g_ptr ? static_cast<acc_t>(g_ptr[b * C + c]) : acc_t(1);
-        const acc_t gate_part = lane_sum<acc_t>(n, [&](int64_t j) ATTNKERN_INLINE_LAMBDA {
-          const acc_t w = pool_gradient(mean_share[j], share[j], gated(row[j], g) == mx[j]);
-          out[j] = static_cast<scalar_t>(g * w);
-          return static_cast<acc_t>(row[j]) * w;
-        });
-        if (partial_ptr) partial_ptr[(b * blocks + blk) * C + c] = gate_part;
-      }
-    });
-    if (partial_ptr) {
-      scalar_t* gg_ptr = grad_gate.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, d.B * C, 1024, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b = i / C, c = i % C;
-          acc_t sum = 0;
-          for (int64_t blk = 0; blk < blocks; ++blk) sum += partial_ptr[(b * blocks + blk) * C + c];
-          gg_ptr[i] = static_cast<scalar_t>(sum);
-        }
-      });
+    auto partial = gate.has_value()
+                       ? at::empty({d.B, blocks, d.C}, x.options().dtype(c10::CppTypeToScalarType<Acc<scalar_t>>::value))
+                       : at::Tensor();
+    const SpatialPoolGrad<scalar_t> a{d.C,
+                                      d.HW(),
+                                      x.const_data_ptr<scalar_t>(),
+                                      optional_ptr<scalar_t>(gate),
+                                      grad.const_data_ptr<scalar_t>(),
+                                      pooled.const_data_ptr<scalar_t>(),
+                                      grad_x.mutable_data_ptr<scalar_t>(),
+                                      gate.has_value() ? partial.mutable_data_ptr<Acc<scalar_t>>() : nullptr};
+    const auto kernel = ATTNKERN_CPU_DISPATCH(spatial_pool_backward_blocks<scalar_t>);
+    at::parallel_for(0, d.B * blocks, 1, [&](int64_t t0, int64_t t1) { kernel(a, t0, t1); });
+    if (gate.has_value()) {
+      sum_block_partials(partial.const_data_ptr<Acc<scalar_t>>(), d.B, blocks, d.C, grad_gate.mutable_data_ptr<scalar_t>());
     }
   });
   return {grad_x, grad_gate};
@@ -232,28 +187,11 @@ at::Tensor apply_gates_cpu(const at::Tensor& x_in, const std::optional<at::Tenso
   if (cg_in.has_value()) cg = cg_in->contiguous();
   if (pg_in.has_value()) pg = pg_in->contiguous();
   auto out = at::empty_like(x);
-  const int64_t C = d.C, HW = d.HW();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    const scalar_t* cg_ptr = optional_ptr<scalar_t>(cg);
-    const scalar_t* pg_ptr = optional_ptr<scalar_t>(pg);
-    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-    cpu::parallel_vectorised(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = x_ptr + r * HW;
-        scalar_t* o = out_ptr + r * HW;
-        const acc_t g = cg_ptr ? static_cast<acc_t>(cg_ptr[r]) : acc_t(1);
-        if (pg_ptr == nullptr) {
-          for (int64_t j = 0; j < HW; ++j) o[j] = static_cast<scalar_t>(static_cast<acc_t>(row[j]) * g);
-        } else {
-          const scalar_t* p = pg_ptr + (r / C) * HW;
-          for (int64_t j = 0; j < HW; ++j) {
-            o[j] = static_cast<scalar_t>(static_cast<acc_t>(row[j]) * g * static_cast<acc_t>(p[j]));
-          }
-        }
-      }
-    });
+    const Gates<scalar_t> a{d.C, d.HW(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
+                            optional_ptr<scalar_t>(pg), out.mutable_data_ptr<scalar_t>()};
+    const auto kernel = ATTNKERN_CPU_DISPATCH(apply_gates_rows<scalar_t>);
+    at::parallel_for(0, d.B * d.C, row_grain(d.HW()), [&](int64_t r0, int64_t r1) { kernel(a, r0, r1); });
   });
   return out;
 }
@@ -270,74 +208,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
   std::optional<at::Tensor> cg, pg;
   if (cg_in.has_value()) cg = cg_in->contiguous();
   if (pg_in.has_value()) pg = pg_in->contiguous();
-  const int64_t C = d.C, HW = d.HW();
+  const int64_t blocks = pixel_blocks(d.HW());
   auto grad_x = at::empty_like(x);
   auto grad_cg = cg.has_value() ? at::empty_like(*cg) : x.new_empty({0});
   auto grad_pg = pg.has_value() ? at::empty_like(*pg) : x.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-    const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
-    const scalar_t* cg_ptr = optional_ptr<scalar_t>(cg);
-    const scalar_t* pg_ptr = optional_ptr<scalar_t>(pg);
-    scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
-    scalar_t* gcg_ptr = cg.has_value() ? grad_cg.mutable_data_ptr<scalar_t>() : nullptr;
-    if (pg_ptr == nullptr) {  // channel gate only (SE): one pass per plane, its dot product alongside
-      cpu::parallel_vectorised(0, d.B * C, row_grain(HW), [&](int64_t r0, int64_t r1) ATTNKERN_INLINE_LAMBDA {
-        for (int64_t r = r0; r < r1; ++r) {
-          const scalar_t* row = x_ptr + r * HW;
-          const scalar_t* dy = grad_ptr + r * HW;
-          scalar_t* out = gx_ptr + r * HW;
-          const acc_t g = static_cast<acc_t>(cg_ptr[r]);
-          gcg_ptr[r] = static_cast<scalar_t>(lane_sum<acc_t>(HW, [&](int64_t j) ATTNKERN_INLINE_LAMBDA {
-            const acc_t dyj = static_cast<acc_t>(dy[j]);
-            out[j] = static_cast<scalar_t>(dyj * g);
-            return dyj * static_cast<acc_t>(row[j]);
-          }));
-        }
-      });
+    // With both gates: per (sample, block, channel), the block's part of the channel gate's gradient.
+    const bool both = cg.has_value() && pg.has_value();
+    auto partial = both ? at::empty({d.B, blocks, d.C}, x.options().dtype(c10::CppTypeToScalarType<Acc<scalar_t>>::value))
+                        : at::Tensor();
+    const GatesGrad<scalar_t> a{d.C,
+                                d.HW(),
+                                x.const_data_ptr<scalar_t>(),
+                                grad.const_data_ptr<scalar_t>(),
+                                optional_ptr<scalar_t>(cg),
+                                optional_ptr<scalar_t>(pg),
+                                grad_x.mutable_data_ptr<scalar_t>(),
+                                cg.has_value() ? grad_cg.mutable_data_ptr<scalar_t>() : nullptr,
+                                pg.has_value() ? grad_pg.mutable_data_ptr<scalar_t>() : nullptr,
+                                both ? partial.mutable_data_ptr<Acc<scalar_t>>() : nullptr};
+    if (!pg.has_value()) {  // channel gate only (SE): one pass per plane
+      const auto kernel = ATTNKERN_CPU_DISPATCH(apply_channel_gate_backward_rows<scalar_t>);
+      at::parallel_for(0, d.B * d.C, row_grain(d.HW()), [&](int64_t r0, int64_t r1) { kernel(a, r0, r1); });
       return;
     }
-    // A pixel gate: tasks over (sample, pixel block); the pixel gate's gradient accumulates per pixel
-    // across the planes, the channel gate's per block, summed over the blocks afterwards.
-    const int64_t blocks = (HW + kBlock - 1) / kBlock;
-    auto partial = cg_ptr ? at::empty({d.B, blocks, C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value))
-                          : at::Tensor();
-    acc_t* partial_ptr = cg_ptr ? partial.mutable_data_ptr<acc_t>() : nullptr;
-    scalar_t* gpg_ptr = grad_pg.mutable_data_ptr<scalar_t>();
-    for_pixel_blocks(d.B, HW, [&](int64_t b, int64_t blk, int64_t p0, int64_t n) ATTNKERN_INLINE_LAMBDA {
-      acc_t pixel_sum[kBlock], pgate[kBlock];
-      const scalar_t* p = pg_ptr + b * HW + p0;
-      for (int64_t j = 0; j < n; ++j) {
-        pixel_sum[j] = 0;
-        pgate[j] = static_cast<acc_t>(p[j]);
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t offset = (b * C + c) * HW + p0;
-        const scalar_t* row = x_ptr + offset;
-        const scalar_t* dy = grad_ptr + offset;
-        scalar_t* out = gx_ptr + offset;
-        const acc_t g = cg_ptr ? static_cast<acc_t>(cg_ptr[b * C + c]) : acc_t(1);
-        const acc_t channel_part = lane_sum<acc_t>(n, [&](int64_t j) ATTNKERN_INLINE_LAMBDA {
-          const acc_t dyj = static_cast<acc_t>(dy[j]), xj = static_cast<acc_t>(row[j]);
-          out[j] = static_cast<scalar_t>(dyj * g * pgate[j]);
-          pixel_sum[j] += dyj * xj * g;
-          return dyj * xj * pgate[j];
-        });
-        if (partial_ptr) partial_ptr[(b * blocks + blk) * C + c] = channel_part;
-      }
-      for (int64_t j = 0; j < n; ++j) gpg_ptr[b * HW + p0 + j] = static_cast<scalar_t>(pixel_sum[j]);
-    });
-    if (partial_ptr) {
-      at::parallel_for(0, d.B * C, 1024, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b = i / C, c = i % C;
-          acc_t sum = 0;
-          for (int64_t blk = 0; blk < blocks; ++blk) sum += partial_ptr[(b * blocks + blk) * C + c];
-          gcg_ptr[i] = static_cast<scalar_t>(sum);
-        }
-      });
-    }
+    const auto kernel = ATTNKERN_CPU_DISPATCH(apply_gates_backward_blocks<scalar_t>);
+    at::parallel_for(0, d.B * blocks, 1, [&](int64_t t0, int64_t t1) { kernel(a, t0, t1); });
+    if (both) sum_block_partials(partial.const_data_ptr<Acc<scalar_t>>(), d.B, blocks, d.C, grad_cg.mutable_data_ptr<scalar_t>());
   });
   return {grad_x, grad_cg, grad_pg};
 }

@@ -1,5 +1,7 @@
-// Argument checks of the gating family, shared by the CPU and CUDA kernels.
+// Argument checks of the gating family, shared by the CPU and CUDA kernels and the check ops.
 #include "gating/gating.h"
+
+#include <torch/library.h>
 
 #include <string>
 
@@ -15,8 +17,9 @@ Dims dims_of(const at::Tensor& x, const std::string& prefix) {
   return {x.size(0), x.size(1), x.size(2), x.size(3)};
 }
 
-void check_like(const at::Tensor& t, const std::string& name, at::IntArrayRef shape, const at::Tensor& x) {
-  check_shape(t, name.c_str(), shape);
+void check_like(const at::Tensor& t, const std::string& name, at::IntArrayRef shape, const at::Tensor& x,
+                const char* layout = nullptr) {
+  check_shape(t, name.c_str(), shape, layout);
   check_same_dtype(t, name.c_str(), x, "x");
   check_same_device(t, name.c_str(), x, "x");
 }
@@ -25,7 +28,7 @@ void check_like(const at::Tensor& t, const std::string& name, at::IntArrayRef sh
 
 Dims check_channel_pool(const at::Tensor& x) {
   const Dims d = dims_of(x, "channel_pool: ");
-  TORCH_CHECK(d.HW() >= 1, "channel_pool: x needs at least one position to pool, got shape ", shape_str(x));
+  TORCH_CHECK_VALUE(d.HW() >= 1, "channel_pool: x needs at least one position to pool, got shape ", shape_str(x));
   return d;
 }
 
@@ -41,8 +44,8 @@ Dims check_channel_pool_backward(const std::optional<at::Tensor>& grad_mean, con
 Dims check_spatial_pool(const at::Tensor& x, const std::optional<at::Tensor>& gate, const char* op) {
   const std::string prefix = std::string(op) + ": ";
   const Dims d = dims_of(x, prefix);
-  TORCH_CHECK(d.C >= 1, prefix, "x needs at least one channel to pool, got shape ", shape_str(x));
-  if (gate.has_value()) check_like(*gate, prefix + "gate", {d.B, d.C}, x);
+  TORCH_CHECK_VALUE(d.C >= 1, prefix, "x needs at least one channel to pool, got shape ", shape_str(x));
+  if (gate.has_value()) check_like(*gate, prefix + "gate", {d.B, d.C}, x, "[B, C]");
   return d;
 }
 
@@ -56,11 +59,32 @@ Dims check_apply_gates(const at::Tensor& x, const std::optional<at::Tensor>& cha
                        const std::optional<at::Tensor>& pixel_gate, const char* op) {
   const std::string prefix = std::string(op) + ": ";
   const Dims d = dims_of(x, prefix);
-  TORCH_CHECK(channel_gate.has_value() || pixel_gate.has_value(), prefix,
-              "needs a channel_gate, a pixel_gate or both, got neither");
-  if (channel_gate.has_value()) check_like(*channel_gate, prefix + "channel_gate", {d.B, d.C}, x);
-  if (pixel_gate.has_value()) check_like(*pixel_gate, prefix + "pixel_gate", {d.B, 1, d.H, d.W}, x);
+  TORCH_CHECK_VALUE(channel_gate.has_value() || pixel_gate.has_value(), prefix,
+                    "needs a channel_gate, a pixel_gate or both, got neither");
+  if (channel_gate.has_value()) check_like(*channel_gate, prefix + "channel_gate", {d.B, d.C}, x, "[B, C]");
+  if (pixel_gate.has_value()) check_like(*pixel_gate, prefix + "pixel_gate", {d.B, 1, d.H, d.W}, x, "[B, 1, H, W]");
   return d;
+}
+
+namespace {
+
+void channel_pool_check(const at::Tensor& x) { check_channel_pool(x); }
+
+void spatial_pool_check(const at::Tensor& x, const std::optional<at::Tensor>& gate) {
+  check_spatial_pool(x, gate, "spatial_pool");
+}
+
+void apply_gates_check(const at::Tensor& x, const std::optional<at::Tensor>& channel_gate,
+                       const std::optional<at::Tensor>& pixel_gate) {
+  check_apply_gates(x, channel_gate, pixel_gate, "apply_gates");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnkern, CompositeImplicitAutograd, m) {
+  m.impl("channel_pool_check", &channel_pool_check);
+  m.impl("spatial_pool_check", &spatial_pool_check);
+  m.impl("apply_gates_check", &apply_gates_check);
 }
 
 }  // namespace gating

@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto g = conv_geometry(x_in, filters_in, guide_in, stride, padding, dilation, "dynamic_region_conv_backward");
   const int64_t B = x_in.size(0), R = filters_in.size(1), L = g.out_height * g.out_width, K = g.filter_size();
-  check_shape(grad_in, "dynamic_region_conv_backward: grad", {B, g.out_channels, g.out_height, g.out_width});
+  check_conv_grad(grad_in, x_in, g, "dynamic_region_conv_backward");
   auto x = to_compute_dtype(x_in).contiguous(), filters = to_compute_dtype(filters_in).contiguous();
   auto grad = to_compute_dtype(grad_in).contiguous();
   auto guide = guide_in.contiguous();

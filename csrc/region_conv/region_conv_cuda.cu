@@ -232,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cuda
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const auto g = conv_geometry(x_in, filters_in, guide_in, stride, padding, dilation, "dynamic_region_conv_backward");
   const int64_t B = x_in.size(0), R = filters_in.size(1);
-  check_shape(grad_in, "dynamic_region_conv_backward: grad", {B, g.out_channels, g.out_height, g.out_width});
+  check_conv_grad(grad_in, x_in, g, "dynamic_region_conv_backward");
   c10::cuda::CUDAGuard device_guard(x_in.device());
   auto x = x_in.contiguous(), filters = filters_in.contiguous(), guide = guide_in.contiguous();
   auto grad = grad_in.contiguous();

@@ -3,6 +3,7 @@
 #include "window_attention/window_attention.h"
 
 #include <ATen/OpMathType.h>
+#include <torch/library.h>
 
 #include <string>
 
@@ -17,25 +18,30 @@ WindowGrid check_inputs(const at::Tensor& qkv, const c10::optional<at::Tensor>& 
   const std::string prefix = std::string(op) + ": ";
   check_rank(qkv, (prefix + "qkv").c_str(), 6, "[B, H, W, 3, heads, d]");
   check_floating(qkv, (prefix + "qkv").c_str());
-  TORCH_CHECK(qkv.size(3) == 3, prefix, "qkv must hold q, k and v in dim 3 ([B, H, W, 3, heads, d]), got ",
-              shape_str(qkv));
-  TORCH_CHECK(qkv.size(4) >= 1 && qkv.size(5) >= 1, prefix, "qkv must have at least one head of at least one channel, got ",
-              shape_str(qkv));
-  TORCH_CHECK(window_size >= 1, prefix, "window_size must be >= 1, got ", window_size);
-  TORCH_CHECK(shift_size >= 0 && shift_size < window_size, prefix,
-              "shift_size must be in [0, window_size) = [0, ", window_size, "), got ", shift_size);
+  TORCH_CHECK_VALUE(qkv.size(3) == 3, prefix, "qkv must hold q, k and v in dim 3 ([B, H, W, 3, heads, d]), got shape ",
+                    shape_str(qkv));
+  TORCH_CHECK_VALUE(qkv.size(4) >= 1 && qkv.size(5) >= 1, prefix,
+                    "qkv must have at least one head (heads >= 1) of at least one channel (d >= 1), got shape ",
+                    shape_str(qkv));
+  TORCH_CHECK_VALUE(window_size >= 1, prefix, "window_size must be >= 1, got ", window_size);
+  // N = window_size² tokens per window, and the N×N attention matrix of a window (bias, mask, the kernels).
+  const std::string window = prefix + "window_size " + std::to_string(window_size) + ": ";
+  const int64_t N = checked_mul(window_size, window_size, (window + "the tokens per window N").c_str());
+  checked_mul(N, N, (window + "a window's N×N attention matrix").c_str());
+  TORCH_CHECK_VALUE(shift_size >= 0 && shift_size < window_size, prefix,
+                    "shift_size must be in [0, window_size) = [0, ", window_size, "), got ", shift_size);
   const int64_t H = qkv.size(1), W = qkv.size(2), heads = qkv.size(4);
-  TORCH_CHECK(H % window_size == 0 && W % window_size == 0, prefix, "H and W must be multiples of window_size ",
-              window_size, ", got H = ", H, ", W = ", W, " (pad the image first)");
+  TORCH_CHECK_VALUE(H % window_size == 0 && W % window_size == 0, prefix,
+                    "qkv's H and W must be multiples of window_size ", window_size, ", got H = ", H, ", W = ", W,
+                    " (pad the image first)");
   const WindowGrid grid{H, W, window_size, shift_size};
-  const int64_t N = grid.tokens();
   if (bias.has_value()) {
-    check_shape(*bias, (prefix + "bias").c_str(), {heads, N, N});
+    check_shape(*bias, (prefix + "bias").c_str(), {heads, N, N}, "[heads, N, N]");
     check_same_dtype(*bias, (prefix + "bias").c_str(), qkv, "qkv");
     check_same_device(*bias, (prefix + "bias").c_str(), qkv, "qkv");
   }
   if (mask.has_value()) {
-    check_shape(*mask, (prefix + "mask").c_str(), {grid.windows(), N, N});
+    check_shape(*mask, (prefix + "mask").c_str(), {grid.windows(), N, N}, "[nW, N, N]");
     check_floating(*mask, (prefix + "mask").c_str());
     check_same_device(*mask, (prefix + "mask").c_str(), qkv, "qkv");
   }
@@ -51,8 +57,8 @@ void check_saved(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor
   check_shape(lse, (prefix + "lse").c_str(), {B, H, W, heads});
   check_same_dtype(grad, (prefix + "grad").c_str(), qkv, "qkv");
   check_same_dtype(out, (prefix + "out").c_str(), qkv, "qkv");
-  TORCH_CHECK(lse.scalar_type() == at::toOpMathType(qkv.scalar_type()), prefix, "lse must be ",
-              at::toOpMathType(qkv.scalar_type()), ", got ", lse.scalar_type());
+  TORCH_CHECK_TYPE(lse.scalar_type() == at::toOpMathType(qkv.scalar_type()), prefix, "lse must be ",
+                   at::toOpMathType(qkv.scalar_type()), ", got ", lse.scalar_type());
   for (const auto* t : {&grad, &out, &lse}) check_same_device(*t, (prefix + "grad, out and lse").c_str(), qkv, "qkv");
 }
 
@@ -62,6 +68,19 @@ at::Tensor bias_operand(const c10::optional<at::Tensor>& bias) {
 
 at::Tensor mask_operand(const c10::optional<at::Tensor>& mask, const at::Tensor& qkv) {
   return mask.has_value() ? mask->to(at::toOpMathType(qkv.scalar_type())).contiguous() : at::Tensor();
+}
+
+namespace {
+
+void window_attention_check(const at::Tensor& qkv, const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& mask, int64_t window_size, int64_t shift_size) {
+  check_inputs(qkv, bias, mask, window_size, shift_size, "window_attention");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(attnkern, CompositeImplicitAutograd, m) {
+  m.impl("window_attention_check", &window_attention_check);
 }
 
 }  // namespace window_attention

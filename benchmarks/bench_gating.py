@@ -1,0 +1,29 @@
+"""gating family: the layers that run on the gating kernels (channel_pool, spatial_pool, apply_gates),
+SE and CBAM, at YOLO-neck shapes, against their seed formulations (attnkern.reference.modules) with the
+same weights, in training mode.
+
+Implementations:
+  seed              the published formulation
+  seed, compiled    the same under torch.compile (inductor)
+  attnkern          attnkern.nn.SEAttention / CBAM: poolings and gates in one pass each way
+On the CPU this family is measured on every CPU capability the machine runs (attnkern.bench).
+"""
+
+import attnkern
+from attnkern.bench import layer_cases
+from attnkern.reference import modules as seeds
+
+SHAPES = [(8, 256, 40, 40), (8, 512, 20, 20)]  # YOLO neck P3 / P4 feature maps
+SMOKE_SHAPES = [(2, 64, 5, 7)]
+
+
+def layers(c):
+    """(family, seed module, attnkern module, seed's impl name) for c channels."""
+    return [
+        ("SEAttention layer", seeds.SeedSEAttention(c, 16), attnkern.nn.SEAttention(c, 16), "seed"),
+        ("CBAM layer", seeds.SeedCBAM(c, 16, 7), attnkern.nn.CBAM(c, 16, 7), "seed"),
+    ]
+
+
+def cases(device, smoke):
+    return layer_cases(layers, SMOKE_SHAPES if smoke else SHAPES, device)
