@@ -238,7 +238,7 @@ class Launch:
     reuse_set: float = 0.0  # bytes the kernel re-reads through L2
     note: str = ""
     template: Tuple[str, ...] = ()  # template literals, to pick the ptxas entry (aggregate_kernel<true>)
-    aten: Optional[float] = None  # an ATen/cuBLAS call of the host code: its modelled time (plain model)
+    aten: Optional[Callable[["Device"], float]] = None  # an ATen/cuBLAS call of the host code: its plain model
 
     @property
     def ctas(self) -> int:
@@ -249,8 +249,10 @@ class Launch:
         return self.block[0] * self.block[1] * self.block[2]
 
 
-def aten_call(family: str, what: str, seconds: float, flops: float = 0.0, nbytes: float = 0.0) -> Launch:
-    return Launch(family, what, (0, 0, 0), (0, 0, 0), flops=flops, min_bytes=nbytes, aten=seconds)
+def aten_call(family: str, what: str, time_of: Callable[["Device"], float], flops: float = 0.0,
+              nbytes: float = 0.0) -> Launch:
+    """An ATen or cuBLAS call the host code makes, timed by the plain-path model."""
+    return Launch(family, what, (0, 0, 0), (0, 0, 0), flops=flops, min_bytes=nbytes, aten=time_of)
 
 
 def occupancy(threads: int, regs: int, smem: int) -> int:
@@ -271,7 +273,7 @@ def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
     out["floor_tc"] = launch.flops / dev.tc
     out["floor"] = max(out["floor_mem"], out["floor_fp32"])
     if launch.aten is not None:
-        out.update(time=launch.aten, bound="ATen/cuBLAS (plain model)", bps=None, occ=None, waves=None, smem=None)
+        out.update(time=launch.aten(dev), bound="ATen/cuBLAS (plain model)", bps=None, occ=None, waves=None, smem=None)
         return out
     regs = res.regs if res else REGS_UNKNOWN
     smem = (res.smem if res else launch.static_smem) + launch.dyn_smem
@@ -365,6 +367,221 @@ OPS: List[Op] = []  # filled family by family below
 
 
 # ==== kernel families (one function per kernel, named after it) ====================================
+
+
+# ---- covpool (csrc/covpool/covpool_cuda.cu) ---------------------------------------------------------
+COV_TILE, MEAN_THREADS, SQRTM_THREADS, MAX_GRID_Y = 16, 256, 256, 65535
+
+
+def row_mean_kernel(B: int, C: int, M: int, elem: int) -> Launch:
+    """covpool_cuda.cu: row_means — one CTA of 256 threads per row, a strided sum, a block reduction."""
+    rows, lines, sectors = B * C, *global_access([m * elem for m in range(32)])
+    warp_iters = rows * min(8, warps_of(M)) * ceil_div(M, MEAN_THREADS)
+    reduce = rows * 8 * 8  # block_sum: 8 levels, every warp
+    return Launch("covpool", "row_mean_kernel", (rows, 1, 1), (MEAN_THREADS, 1, 1), static_smem=MEAN_THREADS * 4,
+                  flops=rows * M, min_bytes=rows * M * elem + rows * 4, alu=warp_iters * 4 + reduce * 6,
+                  mem=warp_iters + reduce * 3, lsu=warp_iters * lines + reduce * 3, l2=warp_iters * sectors * 32,
+                  gld=warp_iters, ilp=4, note="coalesced rows, one CTA per row")
+
+
+def covariance_kernel(B: int, C: int, M: int, elem: int) -> Launch:
+    """covpool_cuda.cu: covpool_cuda — grid (tiles, tiles, B), 16×16 threads; tiles below the diagonal exit."""
+    tiles, steps = ceil_div(C, COV_TILE), ceil_div(M, COV_TILE)
+    active = B * tiles * (tiles + 1) // 2
+    lanes = [(lane // 16, lane % 16) for lane in range(32)]  # (ty, tx) of warp 0
+    lines, sectors = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[load_i * M + m]
+    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx * 17 for _, tx in lanes])  # rows_i[ty][k], rows_j[tx][k]
+    sts = bank_ways([ty * 17 + tx for ty, tx in lanes])
+    mirror, _ = global_access([(tx * C + ty) * elem for ty, tx in lanes])  # ob[j * C + i]
+    ws = active * 8 * steps  # warp-steps
+    return Launch("covpool", "covariance_kernel", (tiles, tiles, min(B, MAX_GRID_Y)), (COV_TILE, COV_TILE, 1),
+                  static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
+                  min_bytes=B * C * M * elem + B * C * C * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
+                  mem=ws * (2 + 2 + 2 * COV_TILE), lsu=ws * (2 * lines + 2 * sts + COV_TILE * ways) + active * 8 * (1 + mirror),
+                  l2=ws * 2 * sectors * 32, gld=ws * 2, ilp=2, ctas_active=active, phased=True,
+                  reuse_set=B * C * M * elem,
+                  note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
+
+
+def covpool_backward_kernel(B: int, C: int, M: int, elem: int) -> Launch:
+    """covpool_cuda.cu: covpool_backward_cuda — grid (⌈M/16⌉, ⌈C/16⌉, B), 16×16 threads."""
+    grid, steps = (ceil_div(M, COV_TILE), ceil_div(C, COV_TILE), min(B, MAX_GRID_Y)), ceil_div(C, COV_TILE)
+    lanes = [(lane // 16, lane % 16) for lane in range(32)]
+    lines_s, sectors_s = global_access([(ty * C + tx) * 4 for ty, tx in lanes])  # sb[i * C + sym_col]
+    lines_x, sectors_x = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[xc_row * M + m]
+    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx for _, tx in lanes])  # sym_tile[ty][k], xc_tile[k][tx]
+    ws = grid[0] * grid[1] * grid[2] * 8 * steps
+    return Launch("covpool", "covpool_backward_kernel", grid, (COV_TILE, COV_TILE, 1),
+                  static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
+                  min_bytes=B * C * C * 4 + 2 * B * C * M * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
+                  mem=ws * (3 + 2 + 2 * COV_TILE), lsu=ws * (lines_s + lines_x + 1 + 2 + COV_TILE * ways),
+                  l2=ws * (sectors_s + sectors_x + 1) * 32, gld=ws * 3, ilp=3, phased=True,
+                  reuse_set=B * C * C * 4 + B * C * M * elem,
+                  note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
+
+
+def sqrtm_fits_one_block(n: int) -> bool:  # covpool_cuda.cu: sqrtm_fits_one_block (float accumulation)
+    return (4 * n * n + SQRTM_THREADS) * 4 <= SMEM_OPTIN
+
+
+def product_wavefronts(n: int, a: Tuple[str, bool], b: Tuple[str, bool]) -> float:
+    """L1/shared wavefronts of one k-step of product_entry (covpool_cuda.cu) for a warp of block_product's
+    element loop (lanes e → i = e / n, j = e % n), averaged over the warps of the first 256 elements.
+    Operands: (where, transposed), where 'shared' (the block's matrices) or 'global' (saved iterates)."""
+    total, warps = 0.0, max(1, min(8, warps_of(n * n)))
+    for w in range(warps):
+        lanes = [(e // n, e % n) for e in range(32 * w, min(32 * w + 32, n * n))]
+        k = 1
+        words_a = [k * n + i if a[1] else i * n + k for i, _ in lanes]  # op(A)[i, k]
+        words_b = [j * n + k if b[1] else k * n + j for _, j in lanes]  # op(B)[k, j]
+        for (where, _), words in ((a, words_a), (b, words_b)):
+            total += bank_ways(words) if where == "shared" else global_access([4 * x for x in words])[0]
+    return total / warps
+
+
+def block_products(n: int, matrices: int, products: Sequence[Tuple[Tuple[str, bool], Tuple[str, bool]]]) -> dict:
+    """Counts of `products` n×n block products (block_product / product_entry) for `matrices` CTAs."""
+    wi = matrices * 8 * ceil_div(n * n, SQRTM_THREADS)  # warp-iterations of the element loop
+    lsu = sum(product_wavefronts(n, a, b) for a, b in products) * n * wi + len(products) * wi
+    return dict(ffma=len(products) * wi * n, mem=len(products) * wi * (2 * n + 2), lsu=lsu,
+                alu=len(products) * wi * (n + DIV32 + 6))
+
+
+def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> Launch:
+    """covpool_cuda.cu: sqrtm_newton_schulz_cuda — one CTA of 256 threads per matrix, all in shared memory."""
+    nn, S = n * n, ("shared", False)
+    products = 3 * (iters - 1) + 2
+    c = block_products(n, B, [(S, S)] * products)
+    saved = (3 * iters - 1) * nn * 4 * B if save else 0
+    wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
+    return Launch("covpool", "sqrtm_forward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
+                  dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * products * n ** 3 * B,
+                  min_bytes=2 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * 30, mem=c["mem"] + wi * 8,
+                  lsu=c["lsu"] + wi * 8, l2=2 * B * nn * elem + saved, gld=wi * (2 + (3 * iters - 1 if save else 0)),
+                  ilp=4, note=f"{products} n×n products in one CTA per matrix: 2 shared loads per FMA")
+
+
+def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
+    """covpool_cuda.cu: sqrtm_newton_schulz_backward_cuda — one CTA per matrix; the saved iterates are read
+    from global memory (L1), Y_f, Z_f, Y_k, Z_k, T_k transposed where the reverse step needs it."""
+    nn, S, ST, G, GT = n * n, ("shared", False), ("shared", True), ("global", False), ("global", True)
+    prologue = [(G, G), (G, S), (S, ST), (ST, S), (GT, S), (S, GT)]
+    step = [(GT, S), (S, GT), (S, GT), (GT, S), (GT, S), (S, GT)]
+    products = prologue + step * (iters - 1)
+    c = block_products(n, B, products)
+    wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
+    iterates = (3 * iters - 1) * nn * 4 * B
+    worst = max(product_wavefronts(n, a, b) for a, b in products)
+    return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
+                  dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * len(products) * n ** 3 * B,
+                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * 40, mem=c["mem"] + wi * 10,
+                  lsu=c["lsu"] + wi * 10, l2=3 * B * nn * elem + iterates, gld=wi * (3 + 3 * iters - 1), ilp=4,
+                  note=f"{len(products)} products; transposed operands: {worst:.0f} wavefronts per k-step "
+                       f"(bank conflicts / uncoalesced lines) instead of 2")
+
+
+def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
+    """covpool_cuda.cu: triuvec_cuda — one thread per output element (grid-stride), a gather."""
+    length = n * (n + 1) // 2
+    total = B * length
+    k0 = length // 2
+    rows = [int((math.sqrt(8 * k + 1) - 1) / 2) for k in range(k0, k0 + 32)]  # triu_row_col
+    src = [(i * n + (k - i * (i + 1) // 2)) * elem for i, k in zip(rows, range(k0, k0 + 32))]
+    lines, sectors = global_access(src)
+    w = warps_of(total)
+    return Launch("covpool", "triuvec_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=2 * total * elem, alu=w * (DIV64 + 40), mem=w * 2, lsu=w * (lines + 1),
+                  l2=w * (sectors + elem) * 32, gld=w * 2, note="int64 divide and fp64 sqrt per element")
+
+
+def triuvec_backward_kernel(B: int, n: int, elem: int) -> Launch:
+    """covpool_cuda.cu: triuvec_backward_cuda — one thread per element of [B, n, n] (grid-stride)."""
+    length, total = n * (n + 1) // 2, B * n * n
+    w = warps_of(total)
+    return Launch("covpool", "triuvec_backward_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=B * length * elem + total * elem, alu=w * (3 * DIV64 + 10), mem=w * 2, lsu=w * 3,
+                  l2=w * 2 * elem * 32, gld=w * 2, note="three int64 divides per element")
+
+
+def covpool_dims(p: dict) -> Tuple[int, int, int]:
+    return p["B"], p["C"], p["H"] * p["W"]
+
+
+def sqrtm_batched(p: dict, elem: int, backward: bool) -> List[Launch]:
+    """covpool_host.cpp: sqrtm_batched_forward / _backward — matrices too large for one CTA: at::bmm."""
+    B, n, _ = covpool_dims(p)
+    it = SQRTM_ITERS
+    gemms = 6 + 6 * (it - 1) - 2 if backward else 3 * (it - 1) + 2
+    ews = 12 if backward else 9
+    flops = 2.0 * gemms * B * n ** 3
+    return [aten_call("covpool", f"at::bmm/baddbmm ×{gemms} (cuBLAS)", lambda d: gemms * plain_gemm(d, B, n, n, n, 4),
+                      flops=flops, nbytes=gemms * 3 * B * n * n * 4),
+            aten_call("covpool", f"ATen elementwise ×{ews}", lambda d: ews * plain_ew(d, 3 * B * n * n * 4),
+                      nbytes=ews * 3 * B * n * n * 4)]
+
+
+def plain_covpool(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.covpool: xc = x − mean, bmm(xc, xcᵀ) / M; its autograd backward."""
+    B, C, M = covpool_dims(p)
+    x, cc = B * C * M * elem, B * C * C * elem
+    if not backward:
+        return plain_ew(dev, x) + plain_ew(dev, 2 * x) + plain_gemm(dev, B, C, C, M, elem) + plain_ew(dev, 2 * cc)
+    return (plain_ew(dev, 2 * cc) + 2 * plain_gemm(dev, B, C, M, C, elem) + plain_ew(dev, 3 * x) + plain_ew(dev, x)
+            + plain_ew(dev, 3 * x))
+
+
+def plain_sqrtm(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.sqrtm_newton_schulz: a loop of bmm and elementwise ops; its autograd backward."""
+    B, n, _ = covpool_dims(p)
+    products, it = 3 * (SQRTM_ITERS - 1) + 2, SQRTM_ITERS
+    gemms, ews = (2 * products, 3 * (it - 1) + 10) if backward else (products, 2 * (it - 1) + 8)
+    return gemms * plain_gemm(dev, B, n, n, n, elem) + ews * plain_ew(dev, 3 * B * n * n * elem)
+
+
+def plain_triuvec(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.triuvec: a[:, rows, cols] (tril_indices, an index gather); backward: zeros + index_put."""
+    B, n, _ = covpool_dims(p)
+    length = n * (n + 1) // 2
+    return plain_ew(dev, 16 * length) + plain_ew(dev, B * length * elem * 2 + 16 * length + (B * n * n * elem if backward else 0))
+
+
+def covpool_forward(p: dict, elem: int) -> List[Launch]:
+    B, C, M = covpool_dims(p)
+    return [row_mean_kernel(B, C, M, elem), covariance_kernel(B, C, M, elem)]
+
+
+def covpool_backward(p: dict, elem: int) -> List[Launch]:
+    B, C, M = covpool_dims(p)
+    cc = B * C * C * 4
+    return [row_mean_kernel(B, C, M, elem),
+            aten_call("covpool", "ATen: sym = (G + Gᵀ) / M", lambda d: plain_ew(d, 3 * cc) + plain_ew(d, 2 * cc),
+                      nbytes=5 * cc),
+            covpool_backward_kernel(B, C, M, elem)]
+
+
+def sqrtm_forward(p: dict, elem: int) -> List[Launch]:
+    B, n, _ = covpool_dims(p)
+    if not sqrtm_fits_one_block(n):
+        return sqrtm_batched(p, elem, backward=False)
+    return [sqrtm_forward_kernel(B, n, SQRTM_ITERS, True, elem)]
+
+
+def sqrtm_backward(p: dict, elem: int) -> List[Launch]:
+    B, n, _ = covpool_dims(p)
+    if not sqrtm_fits_one_block(n):
+        return sqrtm_batched(p, elem, backward=True)
+    return [sqrtm_backward_kernel(B, n, SQRTM_ITERS, elem)]
+
+
+OPS += [
+    Op("covpool", "covpool", covpool_forward, covpool_backward,
+       lambda d, p, e: plain_covpool(d, p, e, False), lambda d, p, e: plain_covpool(d, p, e, True)),
+    Op("covpool", "sqrtm_newton_schulz (5 it.)", sqrtm_forward, sqrtm_backward,
+       lambda d, p, e: plain_sqrtm(d, p, e, False), lambda d, p, e: plain_sqrtm(d, p, e, True)),
+    Op("covpool", "triuvec", lambda p, e: [triuvec_kernel(p["B"], p["C"], e)],
+       lambda p, e: [triuvec_backward_kernel(p["B"], p["C"], e)],
+       lambda d, p, e: plain_triuvec(d, p, e, False), lambda d, p, e: plain_triuvec(d, p, e, True)),
+]
 
 
 # ---- report -----------------------------------------------------------------------------------------
