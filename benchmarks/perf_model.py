@@ -235,7 +235,7 @@ class Launch:
     ctas_active: Optional[int] = None  # CTAs that do work (default: all)
     warps_busy: Optional[int] = None  # warps of a CTA that do work (default: all)
     phased: bool = False  # load and compute phases separated by __syncthreads
-    reuse_set: float = 0.0  # bytes the kernel re-reads through L2
+    reuse_set: float = 0.0  # bytes re-read through L2 while the grid sweeps one sample
     note: str = ""
     template: Tuple[str, ...] = ()  # template literals, to pick the ptxas entry (aggregate_kernel<true>)
     aten: Optional[Callable[["Device"], float]] = None  # an ATen/cuBLAS call of the host code: its plain model
@@ -399,7 +399,7 @@ def covariance_kernel(B: int, C: int, M: int, elem: int) -> Launch:
                   min_bytes=B * C * M * elem + B * C * C * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
                   mem=ws * (2 + 2 + 2 * COV_TILE), lsu=ws * (2 * lines + 2 * sts + COV_TILE * ways) + active * 8 * (1 + mirror),
                   l2=ws * 2 * sectors * 32, gld=ws * 2, ilp=2, ctas_active=active, phased=True,
-                  reuse_set=B * C * M * elem,
+                  reuse_set=C * M * elem,
                   note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
 
 
@@ -416,7 +416,7 @@ def covpool_backward_kernel(B: int, C: int, M: int, elem: int) -> Launch:
                   min_bytes=B * C * C * 4 + 2 * B * C * M * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
                   mem=ws * (3 + 2 + 2 * COV_TILE), lsu=ws * (lines_s + lines_x + 1 + 2 + COV_TILE * ways),
                   l2=ws * (sectors_s + sectors_x + 1) * 32, gld=ws * 3, ilp=3, phased=True,
-                  reuse_set=B * C * C * 4 + B * C * M * elem,
+                  reuse_set=C * C * 4 + C * M * elem,
                   note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
 
 
@@ -581,6 +581,220 @@ OPS += [
     Op("covpool", "triuvec", lambda p, e: [triuvec_kernel(p["B"], p["C"], e)],
        lambda p, e: [triuvec_backward_kernel(p["B"], p["C"], e)],
        lambda d, p, e: plain_triuvec(d, p, e, False), lambda d, p, e: plain_triuvec(d, p, e, True)),
+]
+
+
+# ---- criss_cross (csrc/criss_cross/criss_cross_cuda.cu, criss_cross.h) -------------------------------
+PIXEL_THREADS = 128  # criss_cross_cuda.cu: kPixelThreads
+
+
+def position_offset(p: int, h: int, w: int, H: int, W: int) -> int:  # criss_cross.h: position_offset
+    return h * W + p if p < W else ((p - W) if (p - W) < h else (p - W) + 1) * W + w
+
+
+def mean_access(warps: Sequence[Sequence[int]], elem: int) -> Tuple[float, float]:
+    """Average (lines, sectors) over warps given as lists of element offsets."""
+    if not warps:
+        return 0.0, 0.0
+    stats = [global_access([a * elem for a in warp]) for warp in warps]
+    return sum(s[0] for s in stats) / len(stats), sum(s[1] for s in stats) / len(stats)
+
+
+def spread(n: int, k: int) -> List[int]:
+    """k indices spread evenly over range(n) (all of them when n <= k)."""
+    return list(range(n)) if n <= k else [i * n // k for i in range(k)]
+
+
+def affinity_kernel(B: int, C: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: affinity_cuda — one thread per energy e[b, p, h, w] (w fastest), a channel loop."""
+    HW, P = H * W, H + W - 1
+    total = B * P * HW
+    q_warps, k_warps = [], []
+    for p in spread(P, 12):
+        for start in spread(HW, 8):
+            lanes = [((p * HW + start + t) // HW) % P for t in range(32)], [(start + t) % HW for t in range(32)]
+            for c in (0, 1):
+                q_warps.append([c * HW + px for px in lanes[1]])
+                k_warps.append([c * HW + position_offset(pp, px // W, px % W, H, W) for pp, px in zip(*lanes)])
+    (lq, sq), (lk, sk) = mean_access(q_warps, elem), mean_access(k_warps, elem)
+    w = warps_of(total)
+    return Launch("criss_cross", "affinity_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * total * C, min_bytes=2 * B * C * HW * elem + total * elem, ffma=w * C,
+                  alu=w * (4 * DIV64 + 3 * C + 10), mem=w * (2 * C + 1), lsu=w * (C * (lq + lk) + 1),
+                  l2=w * (C * (sq + sk) + elem) * 32, gld=w * (2 * C + 1), ilp=8, reuse_set=2 * C * HW * elem,
+                  note=f"one thread per energy, {C}-channel loop; {lq + lk:.1f} lines per channel step")
+
+
+def aggregate_kernel(transposed: bool, B: int, C: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: aggregate_cuda<transposed> — one thread per output element (w fastest), a loop
+    over the P positions (aggregate_entry) or over the pixels whose lists hold it (aggregate_transposed_entry)."""
+    HW, P = H * W, H + W - 1
+    total = B * C * HW
+    a_warps, x_warps = [], []
+    for start in spread(HW, 8):
+        px = [(start + t) % HW for t in range(32)]
+        hs, ws = [q // W for q in px], [q % W for q in px]
+        if not transposed:
+            for p in spread(P, 48):
+                a_warps.append([p * HW + q for q in px])
+                x_warps.append([position_offset(p, h, w, H, W) for h, w in zip(hs, ws)])
+        else:
+            for w2 in spread(W, 24):  # the row loop: a[x·HW + y·W + w'], g[y·W + w']
+                a_warps.append([x * HW + y * W + w2 for y, x in zip(hs, ws)])
+                x_warps.append([y * W + w2 for y in hs])
+            for h2 in spread(H, 24):  # the column loop: a[(W + column_index(y, h))·HW + h·W + x], g[h·W + x]
+                a_warps.append([(W + (y if y < h2 else y - 1)) * HW + h2 * W + x for y, x in zip(hs, ws) if y != h2])
+                x_warps.append([h2 * W + x for y, x in zip(hs, ws) if y != h2])
+    (la, sa), (lx, sx) = mean_access(a_warps, elem), mean_access(x_warps, elem)
+    w = warps_of(total)
+    steps = (W + H - 1) if transposed else P
+    kind = "transposed: rows of attn gathered HW apart" if transposed else "P-position loop"
+    return Launch("criss_cross", "aggregate_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * total * P, min_bytes=B * P * HW * elem + 2 * total * elem, ffma=w * steps,
+                  alu=w * (4 * DIV64 + 8 * steps), mem=w * (2 * steps + 1), lsu=w * (steps * (la + lx) + 1),
+                  l2=w * (steps * (sa + sx) + elem) * 32, gld=w * (2 * steps + 1), ilp=4,
+                  reuse_set=P * HW * elem + HW * elem, template=("b1",) if transposed else ("b0",),
+                  note=f"{kind}; {la + lx:.1f} lines per step")
+
+
+def pixel_gathers(H: int, W: int, h: int, w: int, channels: int, elem: int, by_lane: str) -> Tuple[float, float, float]:
+    """(wavefronts, L2 sectors, requests) per CTA of a fused kernel's gathers of a [C, H, W] tensor at the P
+    positions of pixel (h, w), for `channels` channels. by_lane='position': lanes take positions (a channel
+    loop inside); by_lane='channel': lanes take channels (a position loop inside, L1 keeping a sector while
+    a lane walks the row)."""
+    HW, P = H * W, H + W - 1
+    wavefronts = requests = sectors = 0.0
+    if by_lane == "position":
+        for w0 in range(0, P, 32):
+            offsets = [position_offset(p, h, w, H, W) for p in range(w0, min(P, w0 + 32))]
+            lines, secs = mean_access([[c * HW + o for o in offsets] for c in (0, 1)], elem)
+            wavefronts, sectors, requests = wavefronts + lines * channels, sectors + secs * channels, requests + channels
+    else:
+        for c0 in range(0, channels, 32):
+            lanes = range(c0, min(channels, c0 + 32))
+            for p in spread(P, 16):
+                lines, _ = global_access([(c * HW + position_offset(p, h, w, H, W)) * elem for c in lanes])
+                wavefronts += lines * P / min(P, 16)
+            requests += P
+        distinct = len({position_offset(p, h, w, H, W) * elem // 32 for p in range(P)})
+        sectors = channels * distinct
+    return wavefronts, sectors, requests
+
+
+def fused_launch(kernel: str, B: int, H: int, W: int, arrays: int, phase1: Sequence[Tuple[int, str]],
+                 phase2_channels: int, broadcast_loads: int, flops: float, min_bytes: float, reuse: float,
+                 elem: int, note: str) -> Launch:
+    """A fused criss-cross kernel: one CTA of 128 threads per pixel; phase 1 over positions (lanes = p) with
+    channel loops over the tensors in `phase1` ((channels, 'gather' | 'broadcast')), block reductions, then
+    phase 2 over `phase2_channels` channels (lanes = c) with a P-position gather loop."""
+    HW, P = H * W, H + W - 1
+    h, w = H // 2, W // 2
+    pw = ceil_div(P, 32)  # warp-iterations of phase 1
+    wf = sec = req = 0.0
+    ch1 = sum(c for c, _ in phase1)
+    for channels, kind in phase1:
+        if kind == "gather":
+            a, b, c = pixel_gathers(H, W, h, w, channels, elem, "position")
+            wf, sec, req = wf + a, sec + b, req + c
+        else:
+            wf, sec, req = wf + pw * channels, sec + pw * channels, req + pw * channels
+    a, b, c = pixel_gathers(H, W, h, w, phase2_channels, elem, "channel")
+    cw = ceil_div(phase2_channels, 32)
+    wf, sec, req = wf + a + cw * 32 + pw * broadcast_loads, sec + b + cw * 32 + pw * broadcast_loads, req + c + cw + pw * broadcast_loads
+    reduce = 2 * 4 * 7  # block_max / block_sum: 7 levels, 4 warps
+    per_cta = dict(ffma=pw * ch1 + cw * P, alu=pw * (3 * ch1 + 2 * EXP_ALU + 20) + cw * P * 9 + reduce * 4,
+                   mufu=pw * 2, mem=pw * (2 * ch1 + 4) + cw * (2 * P + 1) + reduce * 3,
+                   lsu=wf + cw * P + pw * 2 + reduce * 3)
+    n = B * HW
+    return Launch("criss_cross", kernel, (n, 1, 1), (PIXEL_THREADS, 1, 1), dyn_smem=(arrays * P + PIXEL_THREADS) * 4,
+                  flops=flops, min_bytes=min_bytes, ffma=n * per_cta["ffma"], alu=n * per_cta["alu"],
+                  mufu=n * per_cta["mufu"], mem=n * per_cta["mem"], lsu=n * per_cta["lsu"], l2=n * sec * 32,
+                  gld=n * req, ilp=2, warps_busy=4, reuse_set=reuse, note=note)
+
+
+def attention_forward_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: attention_cuda — grid B·H·W, 128 threads, (P + 128)·4 B of shared memory."""
+    HW, P = H * W, H + W - 1
+    return fused_launch("attention_forward_kernel", B, H, W, 1, [(Cq, "gather")], Cv, 0,
+                        flops=2.0 * B * HW * P * (Cq + Cv), min_bytes=B * HW * (2 * Cq + 2 * Cv) * elem + B * HW * 4,
+                        reuse=HW * (Cq + Cv) * elem, elem=elem,
+                        note="lanes map to channels: v gathered H·W apart, one line per element")
+
+
+def attention_grad_q_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
+    HW, P = H * W, H + W - 1
+    return fused_launch("attention_grad_q_kernel", B, H, W, 1, [(Cq, "gather"), (Cv, "gather")], Cq, 2,
+                        flops=2.0 * B * HW * P * (2 * Cq + Cv),
+                        min_bytes=B * HW * (3 * Cq + 2 * Cv) * elem + 2 * B * HW * 4,
+                        reuse=HW * (Cq + Cv) * elem, elem=elem,
+                        note="energies recomputed; k gathered H·W apart per channel lane")
+
+
+def attention_grad_kv_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
+    HW, P = H * W, H + W - 1
+    return fused_launch("attention_grad_kv_kernel", B, H, W, 2, [(Cq, "gather"), (Cv, "gather")], Cq + Cv, 2,
+                        flops=4.0 * B * HW * P * (Cq + Cv),
+                        min_bytes=B * HW * (3 * Cq + 3 * Cv) * elem + 2 * B * HW * 4,
+                        reuse=HW * (Cq + Cv) * elem, elem=elem,
+                        note="weights recomputed per partner; q and g gathered H·W apart per channel lane")
+
+
+def cc_dims(p: dict) -> Tuple[int, int, int, int, int, int]:
+    B, C, H, W = p["B"], p["C"], p["H"], p["W"]
+    return B, C // 8, C, H, W, H + W - 1
+
+
+def plain_energies(dev: Device, p: dict, elem: int) -> float:
+    """The two einsum energies (permute copies of q and k, two bmm) and their concatenation."""
+    B, Cq, _, H, W, P = cc_dims(p)
+    q = B * Cq * H * W * elem
+    return (4 * plain_ew(dev, 2 * q) + plain_gemm(dev, B * W, H, H, Cq, elem) + plain_gemm(dev, B * H, W, W, Cq, elem)
+            + plain_ew(dev, 2 * B * H * W * P * elem))
+
+
+def plain_outputs(dev: Device, p: dict, elem: int) -> float:
+    """The two einsum outputs (attention slices and v permuted, two bmm, outputs permuted back) and their sum."""
+    B, _, Cv, H, W, P = cc_dims(p)
+    v, a = B * Cv * H * W * elem, B * H * W * P * elem
+    return (2 * plain_ew(dev, 2 * a / 2) + 4 * plain_ew(dev, 2 * v) + plain_gemm(dev, B * W, Cv, H, H, elem)
+            + plain_gemm(dev, B * H, Cv, W, W, elem) + plain_ew(dev, 3 * v))
+
+
+def plain_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """bench_criss_cross.einsum_attention: energies, −inf diagonal, softmax, outputs; autograd backward: twice
+    the bmm, the copies again, the softmax backward."""
+    B, _, _, H, W, P = cc_dims(p)
+    a = B * H * W * P * elem
+    forward = plain_energies(dev, p, elem) + plain_outputs(dev, p, elem) + 2 * plain_ew(dev, 2 * a)
+    return 2 * forward + plain_ew(dev, 3 * a) if backward else forward
+
+
+def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
+    B, Cq, Cv, H, W, _ = cc_dims(p)
+    return [attention_forward_kernel(B, Cq, Cv, H, W, elem)]
+
+
+def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
+    B, Cq, Cv, H, W, _ = cc_dims(p)
+    x = B * Cv * H * W
+    return [aten_call("criss_cross", "ATen: D = Σ_c g·out", lambda d: plain_ew(d, 3 * x * elem) + plain_ew(d, 4 * x),
+                      nbytes=3 * x * elem + 4 * x),
+            attention_grad_q_kernel(B, Cq, Cv, H, W, elem), attention_grad_kv_kernel(B, Cq, Cv, H, W, elem)]
+
+
+OPS += [
+    Op("criss_cross", "criss_cross_attention", cc_attention_forward, cc_attention_backward,
+       lambda d, p, e: plain_attention(d, p, e, False), lambda d, p, e: plain_attention(d, p, e, True)),
+    Op("criss_cross", "criss_cross_affinity (q, k: C/8)",
+       lambda p, e: [affinity_kernel(p["B"], p["C"] // 8, p["H"], p["W"], e)],
+       lambda p, e: [aggregate_kernel(False, p["B"], p["C"] // 8, p["H"], p["W"], e),
+                     aggregate_kernel(True, p["B"], p["C"] // 8, p["H"], p["W"], e)],
+       plain_energies, lambda d, p, e: 2 * plain_energies(d, p, e)),
+    Op("criss_cross", "criss_cross_aggregate (v: C)",
+       lambda p, e: [aggregate_kernel(False, p["B"], p["C"], p["H"], p["W"], e)],
+       lambda p, e: [affinity_kernel(p["B"], p["C"], p["H"], p["W"], e),
+                     aggregate_kernel(True, p["B"], p["C"], p["H"], p["W"], e)],
+       plain_outputs, lambda d, p, e: 2 * plain_outputs(d, p, e)),
 ]
 
 
