@@ -798,6 +798,165 @@ OPS += [
 ]
 
 
+# ---- window_attention (csrc/window_attention/window_attention_cuda.cu, window_attention.h) -----------
+
+
+def wa_block_threads(N: int) -> int:  # window_attention_cuda.cu: block_threads
+    return min(ceil_div(N, 32) * 32, 256)
+
+
+def wa_smem_bytes(N: int, d: int, arrays: int, scalars: int) -> int:  # window_attention_cuda.cu: smem_bytes
+    return (arrays * N * (d + 1) + scalars * N) * 4 + N * (8 + 4)
+
+
+class WindowGrid:  # window_attention.h: WindowGrid
+    def __init__(self, H: int, W: int, window: int, shift: int):
+        self.H, self.W, self.window, self.shift = H, W, window, shift
+        self.N, self.nW = window * window, (H // window) * (W // window)
+
+    def pixel(self, w: int, t: int) -> int:
+        sy = (w // (self.W // self.window)) * self.window + t // self.window
+        sx = (w % (self.W // self.window)) * self.window + t % self.window
+        y, x = sy + self.shift, sx + self.shift
+        return (y if y < self.H else y - self.H) * self.W + (x if x < self.W else x - self.W)
+
+
+def window_patterns(g: WindowGrid, heads: int, d: int, elem: int) -> dict:
+    """Access costs of the window kernels for head 0 of a window in the middle of the image."""
+    N, ld, w = g.N, d + 1, g.nW // 2 + (g.W // g.window) // 2
+    pix = [g.pixel(w, t) for t in range(N)]
+    element_warps = [range(s, min(s + 32, N * d)) for s in range(0, N * d, 32)]
+    qkv = mean_access([[((pix[e // d] * 3) * heads) * d + e % d for e in lanes] for lanes in element_warps], elem)
+    out = mean_access([[(pix[e // d] * heads) * d + e % d for e in lanes] for lanes in element_warps], elem)
+    sts = sum(bank_ways([(e // d) * ld + e % d for e in lanes]) for lanes in element_warps) / len(element_warps)
+    row_warps = [range(s, min(s + 32, N)) for s in range(0, N, 32)]
+    rows = [bank_ways([i * ld for i in lanes]) for lanes in row_warps]  # x[i·ld + c], lanes = rows
+    bias_rows = [mean_access([[i * N + j for i in lanes] for j in spread(N, 8)], elem) for lanes in row_warps]
+    bias_cols = [mean_access([[i * N + j for j in lanes] for i in spread(N, 8)], elem) for lanes in row_warps]
+    by_token = [mean_access([[(pix[i] * heads) * d for i in lanes]], 4) for lanes in row_warps]  # lse, o rows
+    return dict(qkv=qkv, out=out, sts=sts, rows=rows, bias_rows=bias_rows, bias_cols=bias_cols, by_token=by_token,
+                element_warps=len(element_warps), row_warps=len(row_warps))
+
+
+def window_load_counts(pt: dict, d: int, loads: int) -> dict:
+    """load_window (+ dO): per CTA and window, `loads` gathered tensors of N·d elements into shared memory."""
+    ew = pt["element_warps"]
+    return dict(alu=pt["row_warps"] * (6 * DIV64 + 20) + ew * (DIV64 + 4 * loads), mem=ew * (1 + 2 * loads),
+                lsu=ew * (2 + loads * (pt["qkv"][0] + pt["sts"])), l2=ew * loads * pt["qkv"][1] * 32, gld=ew * loads)
+
+
+def forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
+    """window_attention_cuda.cu: window_attention_cuda — one CTA per (window, head), thread i owns query row i;
+    logits computed in two passes (max/sum, then P·v into a shared-memory accumulator row)."""
+    N, ctas = g.N, B * g.nW * heads
+    pt = window_patterns(g, heads, d, elem)
+    ld = window_load_counts(pt, d, 3)
+    region = 2 if g.shift else 0
+    ffma = alu = mem = lsu = 0.0
+    for ways, (bias_lines, _), (tok_lines, _) in zip(pt["rows"], pt["bias_rows"], pt["by_token"]):
+        per_j_dot = dict(ffma=d, lds=2 * d, lsu=d * (ways + 1))
+        ffma += N * (3 * d)
+        mem += N * (2 * per_j_dot["lds"] + 2 + 2 * region + 3 * d) + d + 2
+        lsu += N * (2 * per_j_dot["lsu"] + 2 * bias_lines + 2 * region + d * (2 * ways + 1)) + d * ways + tok_lines + 1
+        alu += N * (3 * d + 2 * EXP_ALU + 30)
+    out_lines, out_sectors = pt["out"]
+    lsu += pt["element_warps"] * (2 + pt["sts"] + out_lines)
+    mem += pt["element_warps"] * 3
+    alu += pt["element_warps"] * DIV64
+    pixels, bias = B * g.H * g.W, heads * N * N * elem
+    l2_cta = ld["l2"] + N * (ceil_div(N * elem, 32) + 1) * 32 + pt["element_warps"] * out_sectors * 32 + N * 32
+    return Launch("window_attention", "forward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
+                  dyn_smem=wa_smem_bytes(N, d, 4, 0), flops=4.0 * ctas * N * N * d,
+                  min_bytes=pixels * 4 * heads * d * elem + pixels * heads * 4 + bias,
+                  ffma=ctas * ffma, alu=ctas * (alu + ld["alu"]), mufu=ctas * pt["row_warps"] * N * 2,
+                  mem=ctas * (mem + ld["mem"]), lsu=ctas * (lsu + ld["lsu"]), l2=ctas * l2_cta,
+                  gld=ctas * (ld["gld"] + pt["row_warps"] * (2 * N + 1) + pt["element_warps"]), ilp=2,
+                  warps_busy=pt["row_warps"],
+                  note=f"logits twice, 3 shared accesses per P·v FMA, bias read by rows "
+                       f"({pt['bias_rows'][0][0]:.0f} lines per request), {wa_block_threads(N)} threads for N = {N}")
+
+
+def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
+    """window_attention_cuda.cu: window_attention_backward_cuda — min(B·nW, 64)·heads CTAs, each walking its
+    windows; rows pass (dq, bias gradient RMW in global memory), then columns pass (dk, dv); dS recomputed."""
+    N, windows = g.N, B * g.nW
+    groups = min(windows, 64)  # window_attention.h: backward_groups
+    ctas, per_cta = groups * heads, ceil_div(windows, groups)
+    pt = window_patterns(g, heads, d, elem)
+    ld = window_load_counts(pt, d, 4)
+    region = 2 if g.shift else 0
+    ffma = alu = mem = lsu = 0.0
+    for ways, (bias_r, _), (bias_c, _), (tok, _) in zip(pt["rows"], pt["bias_rows"], pt["bias_cols"], pt["by_token"]):
+        dots = dict(lds=4 * d, lsu=2 * d * (ways + 1))  # the two row dots of logit_grad_at
+        rows = dict(mem=dots["lds"] + 3 + region + 2 + 2 + 3 * d,
+                    lsu=dots["lsu"] + bias_r + region + 2 + 2 * bias_r + d * (2 * ways + 1))
+        cols = dict(mem=dots["lds"] + 3 + region + 2 + 6 * d, lsu=dots["lsu"] + bias_c + region + 2 + 2 * d * (2 * ways + 1))
+        ffma += N * 7 * d + d
+        mem += N * (rows["mem"] + cols["mem"]) + 2 * d + 4
+        lsu += N * (rows["lsu"] + cols["lsu"]) + d * (ways + tok) + 2 * tok
+        alu += N * (2 * (4 * d + 2 * EXP_ALU + 30))
+    out_lines, out_sectors = pt["out"]
+    lsu += pt["element_warps"] * 3 * (2 + pt["sts"] + out_lines)
+    mem += pt["element_warps"] * 9
+    alu += pt["element_warps"] * 3 * DIV64
+    l2_window = (ld["l2"] + N * (ceil_div(N * elem, 32) + 1) * 32 + 3 * pt["element_warps"] * out_sectors * 32
+                 + N * (d * elem + 32) + 1.5 * N * N * 32)  # o rows, lse; bias-gradient RMW sector per element
+    pixels = B * g.H * g.W
+    return Launch("window_attention", "backward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
+                  dyn_smem=wa_smem_bytes(N, d, 6, 2), flops=10.0 * windows * heads * N * N * d,
+                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,
+                  ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
+                  mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
+                  lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,
+                  gld=ctas * per_cta * (ld["gld"] + pt["row_warps"] * (4 * N + d + 1) + 3 * pt["element_warps"]),
+                  ilp=2, warps_busy=pt["row_warps"],
+                  note=f"{ctas} CTAs of {wa_block_threads(N)} threads ({per_cta} windows each); dS recomputed "
+                       f"twice, bias-gradient RMW in global memory by rows")
+
+
+def wa_dims(p: dict) -> Tuple[int, WindowGrid, int, int]:
+    return p["B"], WindowGrid(p["H"], p["W"], p["window"], p["shift"]), p["heads"], p["C"] // p["heads"]
+
+
+def plain_window_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """bench_window_attention.seed_branch(use_sdpa=True), the attention part: roll and window_partition
+    copies of x (the qkv Linear then writes q, k, v in window order, which SDPA reads as strided views), the
+    bias (+ shift mask) materialised as a [B·nW, heads, N, N] attn_mask (also when N is not a multiple of 16,
+    which the memory-efficient kernel needs), SDPA, then the output's transpose, window_reverse and roll-back
+    copies; backward: SDPA backward (2.5× the forward's FLOPs) writing the mask gradient, its sum over
+    windows, and the same five copies of the gradients."""
+    B, g, heads, d = wa_dims(p)
+    N, pairs = g.N, B * g.nW * heads
+    qkv, out = B * g.H * g.W * 3 * heads * d * elem, B * g.H * g.W * heads * d * elem
+    mask = pairs * N * N * 4 if (g.shift or N % 16) else heads * N * N * 4
+    flops = 4.0 * pairs * N * N * d
+    t = 5 * plain_ew(dev, 2 * out) + (plain_ew(dev, 2 * mask) if mask > heads * N * N * 4 else 0)
+    if not backward:
+        return t + plain_sdpa(dev, flops, qkv + out + mask, elem)
+    return t + plain_sdpa(dev, 2.5 * flops, 2 * qkv + 2 * out + 2 * mask, elem) + plain_ew(dev, mask)
+
+
+def wa_forward(p: dict, elem: int) -> List[Launch]:
+    B, g, heads, d = wa_dims(p)
+    return [forward_kernel(B, g, heads, d, elem)]
+
+
+def wa_backward(p: dict, elem: int) -> List[Launch]:
+    B, g, heads, d = wa_dims(p)
+    partial = min(B * g.nW, 64) * heads * g.N * g.N * 4
+    return [aten_call("window_attention", "ATen: zeros (partial bias gradients)", lambda dev: plain_ew(dev, partial),
+                      nbytes=partial),
+            backward_kernel(B, g, heads, d, elem),
+            aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial),
+                      nbytes=partial)]
+
+
+OPS += [
+    Op("window_attention", "window_attention", wa_forward, wa_backward,
+       lambda d, p, e: plain_window_attention(d, p, e, False), lambda d, p, e: plain_window_attention(d, p, e, True)),
+]
+
+
 # ---- report -----------------------------------------------------------------------------------------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
