@@ -22,8 +22,9 @@ The model (one small function per kernel, named after it, counts what one launch
     1 L1/shared wavefront (128 B). L2→SM 10 TB/s (at most 64 B/clk/SM), HBM at 90 % of peak.
     Work is spread over min(CTAs, SMs) SMs with whole CTAs per SM (ctas / ceil(ctas / SMs)).
   * Latency hiding (Little's law): a pipe needs 16 (FMA/issue) or 32 (LSU) independent warp-operations in
-    flight per SM; resident warps × the kernel's `ilp` provide them. Memory time is at least
-    bytes × latency / bytes in flight (L2 hit 150 ns, DRAM 550 ns).
+    flight per SM; resident warps × the kernel's `ilp` provide them. Memory time is at least global
+    requests × their average latency / (resident warps × ilp) per SM (L1 hit 20 ns, L2 150 ns, DRAM 550 ns;
+    the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM).
   * time = max(core terms, memory terms) + 4 µs launch; for tiled kernels whose load and compute phases
     are separated by __syncthreads and which have one CTA per SM, the core and memory terms add.
   * DRAM bytes = the minimum, plus re-reads where a kernel's re-read set exceeds 75 % of L2.
@@ -59,7 +60,8 @@ REGS_PER_SM, SMEM_PER_SM, SMEM_OPTIN, SMEM_RESERVED = 65536, 228 * 1024, 227 * 1
 THREADS_PER_SM, CTAS_PER_SM, MAX_THREADS_PER_BLOCK, STATIC_SMEM_MAX = 2048, 32, 1024, 48 * 1024
 # model constants (see the docstring)
 L2_BW, L2_BYTES_PER_CLK_SM, HBM_EFF = 10e12, 64, 0.9
-LAT_L2, LAT_DRAM = 150e-9, 550e-9
+LAT_L1, LAT_L2, LAT_DRAM = 20e-9, 150e-9, 550e-9
+L1_BYTES = 200 * 1024  # L1 data cache left to a CTA that uses little shared memory
 LAUNCH = 4e-6
 DIV64, DIV32, EXP_ALU = 25, 15, 8
 PLAIN_GEMM_EFF, PLAIN_CONV_EFF, PLAIN_SDPA_EFF, PLAIN_BW_EFF = 0.7, 0.4, 0.35, 0.8
@@ -302,9 +304,10 @@ def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
         "L2": launch.l2 / min(L2_BW, sm_eff * L2_BYTES_PER_CLK_SM * clk),
         "DRAM": dram / (HBM_EFF * dev.hbm),
     }
-    if launch.gld > 0 and launch.l2 > 0:
-        in_flight = sm_eff * resident * launch.ilp * (launch.l2 / launch.gld)
-        mem_terms["latency"] = (launch.l2 * LAT_L2 + dram * (LAT_DRAM - LAT_L2)) / in_flight
+    if launch.gld > 0:  # Little's law on requests: each miss fraction from the bytes that go further
+        miss = min(1.0, launch.l2 / (32 * launch.gld))
+        latency = LAT_L1 + miss * (LAT_L2 - LAT_L1) + miss * min(1.0, dram / max(launch.l2, 1.0)) * (LAT_DRAM - LAT_L2)
+        mem_terms["latency"] = launch.gld * latency / (sm_eff * resident * launch.ilp)
     core_bound = max(terms, key=terms.get)
     mem_bound = max(mem_terms, key=mem_terms.get)
     t_core, t_mem = terms[core_bound], mem_terms[mem_bound]
@@ -954,6 +957,209 @@ def wa_backward(p: dict, elem: int) -> List[Launch]:
 OPS += [
     Op("window_attention", "window_attention", wa_forward, wa_backward,
        lambda d, p, e: plain_window_attention(d, p, e, False), lambda d, p, e: plain_window_attention(d, p, e, True)),
+]
+
+
+# ---- region_conv (csrc/region_conv/region_conv_cuda.cu, region_conv.h) ------------------------------
+# The guide is taken to select regions uniformly at random per pixel: lanes of a warp gather from
+# distinct_regions(32, R) regions' filters or outputs.
+
+
+def distinct_regions(lanes: int, R: int) -> float:
+    """Expected number of distinct regions among `lanes` pixels with uniformly random regions."""
+    return R * (1 - (1 - 1 / R) ** lanes)
+
+
+def rc_dims(p: dict) -> Tuple[int, int, int, int, int, int, int]:
+    return p["B"], p["Cin"], p["Cout"], p["k"], p["R"], p["H"], p["W"]
+
+
+def conv_taps(Cin: int, k: int, H: int, W: int, elem: int) -> Tuple[float, float, float]:
+    """for_each_tap (region_conv.h) for warps of 32 consecutive output pixels (padding k // 2, stride 1):
+    (taps a warp loads, lines per x load, L2 sectors per (channel, kernel row) with L1 keeping a warp's
+    sectors across the kernel columns), averaged over sampled warps and taps."""
+    L, pad = H * W, k // 2
+    taps = lines = sectors = 0.0
+    starts = spread(ceil_div(L, 32), 6)
+    for s in starts:
+        ls = range(32 * s, min(32 * s + 32, L))
+        for u in range(k):
+            row_sectors = set()
+            for v in range(k):
+                src = [(l // W + u - pad) * W + (l % W + v - pad) for l in ls
+                       if 0 <= l // W + u - pad < H and 0 <= l % W + v - pad < W]
+                if src:
+                    taps += 1
+                    lines += global_access([a * elem for a in src])[0]
+                    row_sectors |= {a * elem // 32 for a in src}
+            sectors += len(row_sectors)
+    n = len(starts)
+    return Cin * taps / n, lines / max(taps, 1), Cin * sectors / n
+
+
+def selected_regions_kernel(B: int, R: int, L: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: selected_regions — one thread per pixel: the argmax over the R guide channels."""
+    total, w = B * L, warps_of(B * L)
+    return Launch("region_conv", "selected_regions_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=total * R * elem + total * 8, alu=w * (DIV64 + 6 * R), mem=w * (2 * R),
+                  lsu=w * (2 * R + 2), l2=w * (R * elem + 8) * 32, gld=w * (R + 1), ilp=2, note="argmax per pixel")
+
+
+def dynamic_conv_forward_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_cuda — one thread per output element (pixels fastest), the
+    selected region's filter row over every tap (conv_entry)."""
+    L = H * W
+    total, w = B * Cout * L, warps_of(B * Cout * L)
+    taps, x_lines, x_sectors = conv_taps(Cin, k, H, W, elem)
+    regions = distinct_regions(32, R)
+    filters = B * R * Cout * Cin * k * k * elem
+    return Launch("region_conv", "dynamic_conv_forward_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * total * Cin * k * k,
+                  min_bytes=B * Cin * L * elem + filters + B * L * 8 + total * elem, ffma=w * taps,
+                  alu=w * (4 * DIV64 + 8 * Cin * k * k), mem=w * (2 * taps + 2),
+                  lsu=w * (taps * (x_lines + regions) + 3), l2=w * (x_sectors + taps * regions / 8 + 9) * 32,
+                  gld=w * (2 * taps + 2), ilp=4, reuse_set=(R * Cout + 1) * Cin * k * k * elem + Cin * L * elem,
+                  note=f"filter rows gathered from {regions:.1f} regions per warp (random guide)")
+
+
+def dynamic_conv_grad_x_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per element of x: every tap's
+    output pixel (output_of_tap: an int64 divide each), its region's filter column over Cout."""
+    L = H * W
+    total, w = B * Cin * L, warps_of(B * Cin * L)
+    taps, _, _ = conv_taps(1, k, H, W, elem)  # valid taps per warp (the same geometry, mirrored)
+    regions = distinct_regions(32, R)
+    grad_lines, grad_sectors = global_access([l * elem for l in range(32)])
+    filters = B * R * Cout * Cin * k * k * elem
+    return Launch("region_conv", "dynamic_conv_grad_x_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * Cout * L * Cin * k * k,
+                  min_bytes=B * Cout * L * elem + filters + B * L * 8 + total * elem, ffma=w * taps * Cout,
+                  alu=w * ((4 + k + k * k) * DIV64 + taps * Cout * 4), mem=w * taps * (1 + 2 * Cout),
+                  lsu=w * taps * (2 + Cout * (regions + grad_lines)),
+                  l2=w * taps * (8 + Cout * (regions + grad_sectors)) * 32, gld=w * taps * (1 + 2 * Cout), ilp=4,
+                  reuse_set=(R * Cout * Cin * k * k + Cout * L) * elem,
+                  note=f"{k + k * k} int64 divides per element; filter columns from {regions:.1f} regions per warp")
+
+
+def dynamic_conv_grad_filters_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per filter element, a loop over
+    all L pixels that skips the other regions' (1/R of them contribute)."""
+    L, K = H * W, Cin * k * k
+    total, w = B * R * Cout * K, warps_of(B * R * Cout * K)
+    pad = k // 2
+    x_lines = x_sectors = 0.0
+    samples = spread(L, 16)
+    for l in samples:  # lanes: consecutive (i, u, v) of one output channel
+        idx = [(e // (k * k), (e // k) % k, e % k) for e in range(32)]
+        src = [(i * H + l // W + u - pad) * W + l % W + v - pad for i, u, v in idx
+               if 0 <= l // W + u - pad < H and 0 <= l % W + v - pad < W]
+        a, b = global_access([s * elem for s in src]) if src else (0, 0)
+        x_lines, x_sectors = x_lines + a / len(samples), x_sectors + b / len(samples)
+    hits = L / R  # pixels of the warp's region
+    return Launch("region_conv", "dynamic_conv_grad_filters_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * Cout * L * K,
+                  min_bytes=B * Cout * L * elem + B * Cin * L * elem + B * L * 8 + total * elem,
+                  ffma=w * hits, alu=w * (5 * DIV64 + 4 * L + hits * (DIV64 + 10)), mem=w * (L + 2 * hits),
+                  lsu=w * (L + hits * (1 + x_lines)), l2=w * hits * (1 + x_sectors) * 32, gld=w * (L + 2 * hits),
+                  ilp=2, reuse_set=(Cout + Cin) * L * elem,
+                  note=f"every thread walks all {L} pixels for the {L / R:.0f} of its region")
+
+
+def dynamic_conv_grad_guide_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per pixel: every region's response
+    G_r = Σ_o grad·(filter_r ∗ x), computed twice by guide_gradient (region_conv.h)."""
+    L = H * W
+    total, w = B * L, warps_of(B * L)
+    taps, x_lines, x_sectors = conv_taps(Cin, k, H, W, elem)
+    calls = 2 * R * Cout  # response(r) twice per region, Cout conv_entry each
+    filters = B * R * Cout * Cin * k * k * elem
+    per_thread = calls * (Cin * k * k + 1)
+    # Each call re-reads the warp's x window (x_sectors): from L1 when the 8 warps' windows fit in it.
+    window_fits = 8 * x_sectors * 32 <= L1_BYTES
+    x_l2 = x_sectors / calls if window_fits else x_sectors
+    return Launch("region_conv", "dynamic_conv_grad_guide_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * R * Cout * L * (Cin * k * k + 1),
+                  min_bytes=B * Cout * L * elem + B * Cin * L * elem + filters + 2 * B * R * L * elem,
+                  ffma=w * calls * (taps + 1), alu=w * (calls * (2 * DIV64 + 8 * Cin * k * k) + 2 * R * EXP_ALU),
+                  mufu=w * 2 * R, mem=w * calls * (2 * taps + 1), lsu=w * calls * (taps * (x_lines + 1) + 1),
+                  l2=w * calls * (x_l2 + taps / 8 + 4) * 32, gld=w * calls * (2 * taps + 1), ilp=4,
+                  reuse_set=(R * Cout * Cin * k * k + (Cin + Cout) * L) * elem,
+                  note=f"{per_thread / 1e3:.0f}k FMAs a thread on {ceil_div(total, 256)} CTAs"
+                       f"{'' if window_fits else '; x windows overflow L1'}")
+
+
+def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: region_assign_cuda — one thread per output element, the argmax then a gather."""
+    total, w, per_sector = B * C * L, warps_of(B * C * L), 32 // elem
+    regions = distinct_regions(32, R)
+    touched = total / per_sector * distinct_regions(per_sector, R) * 32  # outputs' sectors a warp pulls
+    return Launch("region_conv", "region_assign_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=B * R * L * elem + 2 * total * elem, dram=B * R * L * elem + total * elem + touched,
+                  alu=w * (3 * DIV64 + 6 * R), mem=w * (2 * R + 1), lsu=w * (2 * R + regions + 1),
+                  l2=w * R * elem * 32 + touched + total * elem, gld=w * (R + 2), ilp=2,
+                  reuse_set=R * L * elem, note=f"gather from {regions:.1f} regions' planes per warp")
+
+
+def region_assign_grad_outputs_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    total, w = B * R * C * L, warps_of(B * R * C * L)
+    return Launch("region_conv", "region_assign_grad_outputs_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=B * R * L * elem + B * C * L * elem + total * elem, alu=w * (4 * DIV64 + 6 * R),
+                  mem=w * (2 * R + 2), lsu=w * (2 * R + 2), l2=w * (R * elem + 2 * elem) * 32, gld=w * (R + 2),
+                  ilp=2, reuse_set=(R + C) * L * elem, note="argmax again for every (region, channel)")
+
+
+def region_assign_grad_guide_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    total, w = B * L, warps_of(B * L)
+    return Launch("region_conv", "region_assign_grad_guide_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * R * C * L, min_bytes=B * C * L * elem + B * R * C * L * elem + 2 * B * R * L * elem,
+                  ffma=w * 2 * R * C, alu=w * (2 * DIV64 + 2 * R * (C * 3 + EXP_ALU)), mufu=w * 2 * R,
+                  mem=w * (4 * R * C + 2 * R), lsu=w * (4 * R * C + 2 * R), l2=w * (4 * R * C + 2 * R) * elem * 32,
+                  gld=w * (4 * R * C + 2 * R), ilp=4, reuse_set=B * (R + 1) * C * L * elem,
+                  note=f"G_r computed twice; one thread per pixel on {ceil_div(total, 256)} CTAs")
+
+
+def plain_region_assign(dev: Device, B: int, R: int, C: int, L: int, elem: int, backward: bool) -> float:
+    """reference.region_assign: argmax, gather; backward: zeros + scatter into every region, Σ_c grad·outputs
+    for every region (mul, sum), the softmax Jacobian (three small elementwise ops)."""
+    out, outputs, guide = B * C * L * elem, B * R * C * L * elem, B * R * L * elem
+    if not backward:
+        return plain_ew(dev, guide + B * L * 8) + plain_ew(dev, 2 * out + B * L * 8 + out * distinct_regions(8, R))
+    return (plain_ew(dev, outputs) + plain_ew(dev, out + outputs) + plain_ew(dev, 2 * outputs + out)
+            + plain_ew(dev, outputs + guide) + 3 * plain_ew(dev, 3 * guide))
+
+
+def plain_drconv(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.dynamic_region_conv: every region's convolution (conv2d with groups = B, R·Cout filters per
+    group), then region_assign; backward: the convolution's data and weight gradients and region_assign's."""
+    B, Cin, Cout, k, R, H, W = rc_dims(p)
+    L = H * W
+    flops = 2.0 * B * R * Cout * L * Cin * k * k
+    nbytes = (B * Cin * L + B * R * Cout * Cin * k * k + B * R * Cout * L) * elem
+    conv = plain_conv(dev, flops, nbytes, elem)
+    return (2 * conv if backward else conv) + plain_region_assign(dev, B, R, Cout, L, elem, backward)
+
+
+def drconv_forward(p: dict, elem: int) -> List[Launch]:
+    B, Cin, Cout, k, R, H, W = rc_dims(p)
+    return [selected_regions_kernel(B, R, H * W, elem), dynamic_conv_forward_kernel(B, Cin, Cout, k, R, H, W, elem)]
+
+
+def drconv_backward(p: dict, elem: int) -> List[Launch]:
+    B, Cin, Cout, k, R, H, W = rc_dims(p)
+    return [selected_regions_kernel(B, R, H * W, elem), dynamic_conv_grad_x_kernel(B, Cin, Cout, k, R, H, W, elem),
+            dynamic_conv_grad_filters_kernel(B, Cin, Cout, k, R, H, W, elem),
+            dynamic_conv_grad_guide_kernel(B, Cin, Cout, k, R, H, W, elem)]
+
+
+OPS += [
+    Op("region_conv", "dynamic_region_conv", drconv_forward, drconv_backward,
+       lambda d, p, e: plain_drconv(d, p, e, False), lambda d, p, e: plain_drconv(d, p, e, True)),
+    Op("region_conv", "region_assign (outputs B×r×Cout×H×W)",
+       lambda p, e: [region_assign_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
+       lambda p, e: [region_assign_grad_outputs_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e),
+                     region_assign_grad_guide_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
+       lambda d, p, e: plain_region_assign(d, p["B"], p["R"], p["Cout"], p["H"] * p["W"], e, False),
+       lambda d, p, e: plain_region_assign(d, p["B"], p["R"], p["Cout"], p["H"] * p["W"], e, True)),
 ]
 
 
