@@ -1163,6 +1163,122 @@ OPS += [
 ]
 
 
+# ---- gating (csrc/gating/gating_cuda.cu, gating.h) --------------------------------------------------
+PLANE_THREADS = 256  # gating_cuda.cu: kPlaneThreads
+
+
+def ga_dims(p: dict) -> Tuple[int, int, int]:
+    return p["B"], p["C"], p["H"] * p["W"]
+
+
+def plane_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, stores: int, alu: int,
+                 reductions: int, smem: int, min_bytes: float, note: str) -> Launch:
+    """A one-CTA-per-(b, c)-plane kernel: a coalesced strided loop over the HW pixels with `loads` plane-sized
+    loads and `stores` stores per pixel, then `reductions` block reductions (8 levels)."""
+    planes = B * C
+    lines, sectors = global_access([i * elem for i in range(32)])
+    wi = planes * min(8, warps_of(HW)) * ceil_div(HW, PLANE_THREADS)
+    red = planes * 8 * 8 * reductions
+    return Launch("gating", kernel, (planes, 1, 1), (PLANE_THREADS, 1, 1), static_smem=smem, min_bytes=min_bytes,
+                  alu=wi * alu + red * 6, mem=wi * (loads + stores) + red * 3,
+                  lsu=wi * (loads + stores) * lines + red * 3, l2=wi * (loads + stores) * sectors * 32,
+                  gld=wi * (loads + stores), ilp=4, note=note)
+
+
+def pixel_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, broadcast: int, ffma: int, alu: int,
+                 extra_bytes: float, min_bytes: float) -> Launch:
+    """A one-thread-per-pixel kernel walking the C channel planes (coalesced across the warp's pixels)."""
+    total, w = B * HW, warps_of(B * HW)
+    lines, sectors = global_access([i * elem for i in range(32)])
+    return Launch("gating", kernel, (element_blocks(total), 1, 1), (256, 1, 1), min_bytes=min_bytes,
+                  ffma=w * C * ffma, alu=w * (2 * DIV64 + C * alu), mem=w * C * (loads + broadcast),
+                  lsu=w * C * (loads * lines + broadcast), l2=w * C * (loads * sectors + broadcast) * 32 + extra_bytes,
+                  gld=w * C * (loads + broadcast), ilp=4,
+                  note=f"one thread per pixel, a {C}-channel loop, {ceil_div(total, 256)} CTAs")
+
+
+def channel_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return plane_launch("channel_pool_kernel", B, C, HW, elem, 1, 0, 6, 2, PLANE_THREADS * 4,
+                        B * C * HW * elem + 2 * B * C * elem, "one CTA per plane")
+
+
+def channel_pool_backward_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return plane_launch("channel_pool_backward_kernel", B, C, HW, elem, 2, 1, 6, 1, PLANE_THREADS * 8,
+                        2 * B * C * HW * elem + 3 * B * C * elem, "x read twice (ties, then gradient)")
+
+
+def spatial_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    x = B * C * HW * elem
+    return pixel_launch("spatial_pool_kernel", B, C, HW, elem, 1, 1, 0, 8, 2 * B * HW * elem * 32 / 4,
+                        x + B * C * elem + 2 * B * HW * elem)
+
+
+def spatial_pool_weights_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    x = B * C * HW * elem
+    return pixel_launch("spatial_pool_weights_kernel", B, C, HW, elem, 1, 1, 0, 6, 5 * B * HW * 4 * 8,
+                        x + B * C * elem + 3 * B * HW * elem + 2 * B * HW * 4)
+
+
+def spatial_pool_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return plane_launch("spatial_pool_grad_kernel", B, C, HW, elem, 4, 1, 10, 1, PLANE_THREADS * 4,
+                        2 * B * C * HW * elem + B * HW * (elem + 8) + B * C * elem, "pooled maxima and weights re-read per plane")
+
+
+def apply_gates_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:
+    total, w = B * C * HW, warps_of(B * C * HW)
+    lines, sectors = global_access([i * elem for i in range(32)])
+    loads = 2 + (1 if pixel_gate else 0)
+    return Launch("gating", "apply_gates_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=2 * total * elem + B * C * elem + (B * HW * elem if pixel_gate else 0),
+                  alu=w * (2 * DIV64 + 4), mem=w * (loads + 1), lsu=w * (loads + 1) * lines,
+                  l2=w * (loads + 1) * sectors * 32, gld=w * (loads + 1), ilp=loads,
+                  note="elementwise, one element a thread, int64 index math")
+
+
+def apply_gates_plane_grad_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:
+    loads = 2 + (1 if pixel_gate else 0)
+    return plane_launch("apply_gates_plane_grad_kernel", B, C, HW, elem, loads, 1, 6, 1, PLANE_THREADS * 4,
+                        3 * B * C * HW * elem + B * C * elem * 2 + (B * HW * elem if pixel_gate else 0),
+                        "one CTA per plane")
+
+
+def apply_gates_pixel_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return pixel_launch("apply_gates_pixel_grad_kernel", B, C, HW, elem, 2, 1, 2, 4, B * HW * elem * 8,
+                        2 * B * C * HW * elem + B * C * elem + B * HW * elem)
+
+
+def plain_gating(dev: Device, p: dict, elem: int, passes: int, reductions: int) -> float:
+    """ATen elementwise ops (`passes` reads or writes of an x-sized tensor in all) and `reductions` reductions."""
+    B, C, HW = ga_dims(p)
+    x = B * C * HW * elem
+    return reductions * plain_ew(dev, x) + (passes / 2) * plain_ew(dev, 2 * x) if passes else reductions * plain_ew(dev, x)
+
+
+def gating_op(name: str, forward, backward, plain_fwd: Tuple[int, int], plain_bwd: Tuple[int, int]) -> Op:
+    return Op("gating", name, lambda p, e: forward(*ga_dims(p), e), lambda p, e: backward(*ga_dims(p), e),
+              lambda d, p, e: plain_gating(d, p, e, *plain_fwd), lambda d, p, e: plain_gating(d, p, e, *plain_bwd))
+
+
+OPS += [
+    # CBAM's channel attention: x.mean((2, 3)) and x.amax((2, 3)); backward: the mean's expand, the max's
+    # mask, count and scatter, their sum.
+    gating_op("channel_pool (CBAM)", lambda B, C, HW, e: [channel_pool_kernel(B, C, HW, e)],
+              lambda B, C, HW, e: [channel_pool_backward_kernel(B, C, HW, e)], (0, 2), (8, 1)),
+    # CBAM's spatial attention on x·cg: the product, mean and max over channels; backward: expand, mask and
+    # scatter, sum, the product's gradients (x and cg).
+    gating_op("spatial_pool (CBAM, gated)", lambda B, C, HW, e: [spatial_pool_kernel(B, C, HW, e)],
+              lambda B, C, HW, e: [spatial_pool_weights_kernel(B, C, HW, e), spatial_pool_grad_kernel(B, C, HW, e)],
+              (2, 2), (12, 2)),
+    # x·cg·pg as two broadcast products; backward: their gradients and the gates' reductions.
+    gating_op("apply_gates (CBAM: cg, pg)", lambda B, C, HW, e: [apply_gates_kernel(B, C, HW, e, True)],
+              lambda B, C, HW, e: [apply_gates_plane_grad_kernel(B, C, HW, e, True),
+                                   apply_gates_pixel_grad_kernel(B, C, HW, e)], (4, 0), (12, 2)),
+    # SE: x·y; backward: grad·y and (grad·x).sum((2, 3)).
+    gating_op("apply_gates (SE: cg)", lambda B, C, HW, e: [apply_gates_kernel(B, C, HW, e, False)],
+              lambda B, C, HW, e: [apply_gates_plane_grad_kernel(B, C, HW, e, False)], (2, 0), (5, 1)),
+]
+
+
 # ---- report -----------------------------------------------------------------------------------------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
