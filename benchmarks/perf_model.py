@@ -27,7 +27,12 @@ The model (one small function per kernel, named after it, counts what one launch
     the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM).
   * time = max(core terms, memory terms) + 4 µs launch; for tiled kernels whose load and compute phases
     are separated by __syncthreads and which have one CTA per SM, the core and memory terms add.
-  * DRAM bytes = the minimum, plus re-reads where a kernel's re-read set exceeds 75 % of L2.
+  * L1 keeps the sectors a lane walks through consecutively (a row read element by element), and a warp's
+    re-read window where the resident warps' windows fit in 200 KB; other re-reads go to L2.
+  * DRAM bytes = the minimum, plus re-reads where the set re-read while the grid sweeps one sample exceeds
+    75 % of L2.
+  * --dtype bfloat16 halves the bytes of the tensors (accumulation stays FP32, so the kernels' counts do
+    not change) and puts the plain path's GEMMs, convolutions and SDPA on tensor cores.
   * The plain-PyTorch path (what a user writes instead: the benchmark's einsum/bmm/SDPA/conv formulation)
     is a list of library calls: cuBLAS GEMM at 70 % of FP32 peak on the SMs its tiles fill (split-K when
     the tiles cannot fill the GPU), cuDNN convolution at 40 % of the TF32 tensor-core peak (PyTorch's
@@ -46,7 +51,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 # ---- devices -------------------------------------------------------------------------------------
@@ -86,9 +91,12 @@ SHAPES = [  # (family, case, parameters, main): the benchmark's order; `main` ma
     ("criss_cross", "CCNet head 2×512×97×97", dict(B=2, C=512, H=97, W=97), True),
     ("criss_cross", "YOLO P5 8×1024×20×20", dict(B=8, C=1024, H=20, W=20), False),
     ("criss_cross", "1×256×64×64", dict(B=1, C=256, H=64, W=64), False),
-    ("window_attention", "SwinIR-light 4×64×64 C60 h6 w8 s4", dict(B=4, H=64, W=64, C=60, heads=6, window=8, shift=4), False),
-    ("window_attention", "SwinIR classical 2×64×64 C180 h6 w8", dict(B=2, H=64, W=64, C=180, heads=6, window=8, shift=0), False),
-    ("window_attention", "Swin-T stage 1 32×56×56 C96 h3 w7 s3", dict(B=32, H=56, W=56, C=96, heads=3, window=7, shift=3), True),
+    ("window_attention", "SwinIR-light 4×64×64 C60 h6 w8 s4",
+     dict(B=4, H=64, W=64, C=60, heads=6, window=8, shift=4), False),
+    ("window_attention", "SwinIR classical 2×64×64 C180 h6 w8",
+     dict(B=2, H=64, W=64, C=180, heads=6, window=8, shift=0), False),
+    ("window_attention", "Swin-T stage 1 32×56×56 C96 h3 w7 s3",
+     dict(B=32, H=56, W=56, C=96, heads=3, window=7, shift=3), True),
     ("region_conv", "8×64→64 k3 r8 32×32", dict(B=8, Cin=64, Cout=64, k=3, R=8, H=32, W=32), True),
     ("region_conv", "16×128→128 k3 r8 40×40", dict(B=16, Cin=128, Cout=128, k=3, R=8, H=40, W=40), False),
     ("region_conv", "8×256→256 k1 r4 20×20", dict(B=8, Cin=256, Cout=256, k=1, R=4, H=20, W=20), False),
@@ -393,14 +401,16 @@ def covariance_kernel(B: int, C: int, M: int, elem: int) -> Launch:
     active = B * tiles * (tiles + 1) // 2
     lanes = [(lane // 16, lane % 16) for lane in range(32)]  # (ty, tx) of warp 0
     lines, sectors = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[load_i * M + m]
-    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx * 17 for _, tx in lanes])  # rows_i[ty][k], rows_j[tx][k]
+    # rows_i[ty][k], rows_j[tx][k]
+    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx * 17 for _, tx in lanes])
     sts = bank_ways([ty * 17 + tx for ty, tx in lanes])
     mirror, _ = global_access([(tx * C + ty) * elem for ty, tx in lanes])  # ob[j * C + i]
     ws = active * 8 * steps  # warp-steps
     return Launch("covpool", "covariance_kernel", (tiles, tiles, min(B, MAX_GRID_Y)), (COV_TILE, COV_TILE, 1),
                   static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
                   min_bytes=B * C * M * elem + B * C * C * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
-                  mem=ws * (2 + 2 + 2 * COV_TILE), lsu=ws * (2 * lines + 2 * sts + COV_TILE * ways) + active * 8 * (1 + mirror),
+                  mem=ws * (2 + 2 + 2 * COV_TILE),
+                  lsu=ws * (2 * lines + 2 * sts + COV_TILE * ways) + active * 8 * (1 + mirror),
                   l2=ws * 2 * sectors * 32, gld=ws * 2, ilp=2, ctas_active=active, phased=True,
                   reuse_set=C * M * elem,
                   note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
@@ -412,7 +422,8 @@ def covpool_backward_kernel(B: int, C: int, M: int, elem: int) -> Launch:
     lanes = [(lane // 16, lane % 16) for lane in range(32)]
     lines_s, sectors_s = global_access([(ty * C + tx) * 4 for ty, tx in lanes])  # sb[i * C + sym_col]
     lines_x, sectors_x = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[xc_row * M + m]
-    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx for _, tx in lanes])  # sym_tile[ty][k], xc_tile[k][tx]
+    # sym_tile[ty][k], xc_tile[k][tx]
+    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx for _, tx in lanes])
     ws = grid[0] * grid[1] * grid[2] * 8 * steps
     return Launch("covpool", "covpool_backward_kernel", grid, (COV_TILE, COV_TILE, 1),
                   static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
@@ -477,7 +488,8 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     worst = max(product_wavefronts(n, a, b) for a, b in products)
     return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * len(products) * n ** 3 * B,
-                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * 40, mem=c["mem"] + wi * 10,
+                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * 40,
+                  mem=c["mem"] + wi * 10,
                   lsu=c["lsu"] + wi * 10, l2=3 * B * nn * elem + iterates, gld=wi * (3 + 3 * iters - 1), ilp=4,
                   note=f"{len(products)} products; transposed operands: {worst:.0f} wavefronts per k-step "
                        f"(bank conflicts / uncoalesced lines) instead of 2")
@@ -545,7 +557,8 @@ def plain_triuvec(dev: Device, p: dict, elem: int, backward: bool) -> float:
     """reference.triuvec: a[:, rows, cols] (tril_indices, an index gather); backward: zeros + index_put."""
     B, n, _ = covpool_dims(p)
     length = n * (n + 1) // 2
-    return plain_ew(dev, 16 * length) + plain_ew(dev, B * length * elem * 2 + 16 * length + (B * n * n * elem if backward else 0))
+    scatter = B * n * n * elem if backward else 0
+    return plain_ew(dev, 16 * length) + plain_ew(dev, B * length * elem * 2 + 16 * length + scatter)
 
 
 def covpool_forward(p: dict, elem: int) -> List[Launch]:
@@ -671,7 +684,8 @@ def pixel_gathers(H: int, W: int, h: int, w: int, channels: int, elem: int, by_l
         for w0 in range(0, P, 32):
             offsets = [position_offset(p, h, w, H, W) for p in range(w0, min(P, w0 + 32))]
             lines, secs = mean_access([[c * HW + o for o in offsets] for c in (0, 1)], elem)
-            wavefronts, sectors, requests = wavefronts + lines * channels, sectors + secs * channels, requests + channels
+            wavefronts, sectors, requests = (wavefronts + lines * channels, sectors + secs * channels,
+                                             requests + channels)
     else:
         for c0 in range(0, channels, 32):
             lanes = range(c0, min(channels, c0 + 32))
@@ -703,7 +717,8 @@ def fused_launch(kernel: str, B: int, H: int, W: int, arrays: int, phase1: Seque
             wf, sec, req = wf + pw * channels, sec + pw * channels, req + pw * channels
     a, b, c = pixel_gathers(H, W, h, w, phase2_channels, elem, "channel")
     cw = ceil_div(phase2_channels, 32)
-    wf, sec, req = wf + a + cw * 32 + pw * broadcast_loads, sec + b + cw * 32 + pw * broadcast_loads, req + c + cw + pw * broadcast_loads
+    extra = cw * 32 + pw * broadcast_loads  # phase 2's strided stores, phase 1's per-pixel scalars (lse, D)
+    wf, sec, req = wf + a + extra, sec + b + extra, req + c + cw + pw * broadcast_loads
     reduce = 2 * 4 * 7  # block_max / block_sum: 7 levels, 4 warps
     per_cta = dict(ffma=pw * ch1 + cw * P, alu=pw * (3 * ch1 + 2 * EXP_ALU + 20) + cw * P * 9 + reduce * 4,
                    mufu=pw * 2, mem=pw * (2 * ch1 + 4) + cw * (2 * P + 1) + reduce * 3,
@@ -893,7 +908,8 @@ def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Lau
         dots = dict(lds=4 * d, lsu=2 * d * (ways + 1))  # the two row dots of logit_grad_at
         rows = dict(mem=dots["lds"] + 3 + region + 2 + 2 + 3 * d,
                     lsu=dots["lsu"] + bias_r + region + 2 + 2 * bias_r + d * (2 * ways + 1))
-        cols = dict(mem=dots["lds"] + 3 + region + 2 + 6 * d, lsu=dots["lsu"] + bias_c + region + 2 + 2 * d * (2 * ways + 1))
+        cols = dict(mem=dots["lds"] + 3 + region + 2 + 6 * d,
+                    lsu=dots["lsu"] + bias_c + region + 2 + 2 * d * (2 * ways + 1))
         ffma += N * 7 * d + d
         mem += N * (rows["mem"] + cols["mem"]) + 2 * d + 4
         lsu += N * (rows["lsu"] + cols["lsu"]) + d * (ways + tok) + 2 * tok
@@ -1221,7 +1237,8 @@ def spatial_pool_weights_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
 
 def spatial_pool_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
     return plane_launch("spatial_pool_grad_kernel", B, C, HW, elem, 4, 1, 10, 1, PLANE_THREADS * 4,
-                        2 * B * C * HW * elem + B * HW * (elem + 8) + B * C * elem, "pooled maxima and weights re-read per plane")
+                        2 * B * C * HW * elem + B * HW * (elem + 8) + B * C * elem,
+                        "pooled maxima and weights re-read per plane")
 
 
 def apply_gates_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:
@@ -1251,7 +1268,7 @@ def plain_gating(dev: Device, p: dict, elem: int, passes: int, reductions: int) 
     """ATen elementwise ops (`passes` reads or writes of an x-sized tensor in all) and `reductions` reductions."""
     B, C, HW = ga_dims(p)
     x = B * C * HW * elem
-    return reductions * plain_ew(dev, x) + (passes / 2) * plain_ew(dev, 2 * x) if passes else reductions * plain_ew(dev, x)
+    return reductions * plain_ew(dev, x) + ((passes / 2) * plain_ew(dev, 2 * x) if passes else 0.0)
 
 
 def gating_op(name: str, forward, backward, plain_fwd: Tuple[int, int], plain_bwd: Tuple[int, int]) -> Op:
@@ -1282,7 +1299,8 @@ OPS += [
 # ---- report -----------------------------------------------------------------------------------------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PTXAS_DEFAULTS = [os.path.join(ROOT, "build", "ptxas.txt"), os.path.join(ROOT, "benchmarks", "results", "ptxas-sm90.txt")]
+PTXAS_DEFAULTS = [os.path.join(ROOT, "build", "ptxas.txt"),
+                  os.path.join(ROOT, "benchmarks", "results", "ptxas-sm90.txt")]
 ELEM = {"float32": 4, "bfloat16": 2}
 
 
@@ -1376,8 +1394,9 @@ def markdown(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> st
                        f"{us(r['plain'])} | {r['time'] / r['plain']:.2f} |")
     out += ["", "## Verdicts", ""] + verdicts(rows)
     out += ["", "## Every launch", "",
-            "| op | shape | dir | kernel | CTAs × threads | regs | spill st/ld B | smem B (static + dyn) | occ | waves | "
-            "FLOP | bytes | floor µs mem / FP32 / TC | model µs | ×floor | plain µs | ×plain | main cause |",
+            "| op | shape | dir | kernel | CTAs × threads | regs | spill st/ld B | smem B (static + dyn) | occ | "
+            "waves | FLOP | bytes | floor µs mem / FP32 / TC | model µs | ×floor | plain µs | ×plain | "
+            "main cause |",
             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         for k in r["kernels"]:
@@ -1390,7 +1409,8 @@ def markdown(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> st
                 regs = "?" if res is None else str(res.regs)
                 spill = "?" if res is None or res.spill_stores is None else f"{res.spill_stores}/{res.spill_loads}"
                 smem, occ, waves = f"{k['smem']:,}", f"{k['occ']:.0%}", f"{k['waves']:.2g}"
-            out.append(f"| {r['op']} | {r['case']} | {r['direction']} | `{launch.kernel}` | {cfg} | {regs} | {spill} | {smem} | "
+            out.append(f"| {r['op']} | {r['case']} | {r['direction']} | `{launch.kernel}` | {cfg} | {regs} | {spill} | "
+                       f"{smem} | "
                        f"{occ} | {waves} | {quantity(launch.flops)} | {quantity(launch.min_bytes)} | "
                        f"{us(k['floor_mem'])} / {us(k['floor_fp32'])} / {us(k['floor_tc'])} | {us(k['time'])} | "
                        f"{k['time'] / max(k['floor'], 1e-12):.0f} | | | {kernel_cause(k)} |")
@@ -1413,14 +1433,22 @@ def text(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> str:
 
 
 def load_ptxas(path: Optional[str]) -> Tuple[dict, str]:
-    candidates = [path] if path else PTXAS_DEFAULTS
-    for candidate in candidates:
-        if candidate and os.path.exists(candidate):
-            with open(candidate, encoding="utf-8", errors="replace") as f:
-                return parse_ptxas(f.read()), os.path.relpath(candidate, ROOT)
+    """The ptxas table: `path`, else build/ptxas.txt with benchmarks/results/ptxas-sm90.txt filling the kernels
+    it lacks (an incremental build logs only the files it recompiled)."""
     if path:
-        raise SystemExit(f"perf_model: no such ptxas file: {path}")
-    return {}, "none (registers assumed 32)"
+        if not os.path.exists(path):
+            raise SystemExit(f"perf_model: no such ptxas file: {path}")
+        candidates = [path]
+    else:
+        candidates = [c for c in reversed(PTXAS_DEFAULTS) if os.path.exists(c)]
+    table, sources = {}, []
+    for candidate in candidates:  # later files win
+        with open(candidate, encoding="utf-8", errors="replace") as f:
+            entries = parse_ptxas(f.read())
+        if entries:
+            table.update(entries)
+            sources.insert(0, os.path.relpath(candidate, ROOT))
+    return table, " + ".join(sources) if sources else "none (registers assumed 32)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
