@@ -34,12 +34,13 @@ $(VENV)/.deps: pyproject.toml
 		onnx onnxscript onnxruntime cloudpickle
 	touch $@
 
-# The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary.
+# The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary (registers, shared
+# memory, stack and spills per kernel), which benchmarks/perf_model.py reads.
 build/.built: $(VENV)/.deps $(SOURCES)
 	mkdir -p build
 	FORCE_CUDA=$(FORCE_CUDA) $(PIP) install --no-build-isolation --no-deps -v -e . > build/build.log 2>&1 \
 		|| { tail -n 80 build/build.log; exit 1; }
-	grep -E "ptxas info *: (Compiling|Function properties|Used)" build/build.log > build/ptxas.txt || true
+	grep -E "ptxas info *: (Compiling|Function properties|Used)|bytes stack frame" build/build.log > build/ptxas.txt || true
 	$(PY) -c "import attnkern; print('attnkern built:', attnkern.build_info())"
 	@echo "build log: build/build.log; CUDA resource usage: build/ptxas.txt"
 	touch $@
