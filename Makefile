@@ -1,7 +1,10 @@
-# make test   set up .venv, build attnkern (CUDA kernels too wherever nvcc exists), run the tests
+# make test   set up .venv, build attnkern (CUDA kernels too wherever nvcc exists) and the emulated CUDA
+#             kernels (tools/cuda_emulation.py), run the tests (the CUDA kernels on the emulated device too)
 # make bench  the same set-up, then the benchmark table on the present device
 # make test-sanitizers  the CPU kernels built with AddressSanitizer + UBSan, and the tests run on them
-# Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp).
+# make test-emulated-sanitizers   the emulated CUDA kernels' tests under ThreadSanitizer, then under
+#             AddressSanitizer + UndefinedBehaviorSanitizer
+# Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp and build/emulated).
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -12,9 +15,12 @@ PIP        := $(PY) -m pip
 FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
 SOURCES    := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: test bench build clean test-sanitizers
+EMULATION  := $(PY) tools/cuda_emulation.py
+EMULATED_TESTS := tests/test_cuda_emulated.py tests/test_emulator.py
 
-test: build
+.PHONY: test bench build build-emulated test-sanitizers test-emulated-sanitizers clean
+
+test: build build-emulated
 	$(PY) -m pytest -q tests
 
 bench: build
@@ -28,22 +34,36 @@ $(VENV)/.deps: pyproject.toml
 		onnx onnxscript onnxruntime cloudpickle
 	touch $@
 
-# The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary.
+# The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary (registers, shared
+# memory, stack and spills per kernel), which benchmarks/perf_model.py reads.
 build/.built: $(VENV)/.deps $(SOURCES)
 	mkdir -p build
 	FORCE_CUDA=$(FORCE_CUDA) $(PIP) install --no-build-isolation --no-deps -v -e . > build/build.log 2>&1 \
 		|| { tail -n 80 build/build.log; exit 1; }
-	grep -E "ptxas info *: (Compiling|Function properties|Used)" build/build.log > build/ptxas.txt || true
+	grep -E "ptxas info *: (Compiling|Function properties|Used)|bytes stack frame" build/build.log > build/ptxas.txt || true
 	$(PY) -c "import attnkern; print('attnkern built:', attnkern.build_info())"
 	@echo "build log: build/build.log; CUDA resource usage: build/ptxas.txt"
 	touch $@
+
+# The CUDA kernels compiled by the host compiler against csrc/emulation (build/emulated/plain).
+build-emulated: $(VENV)/.deps
+	$(EMULATION) build
+
+# Each sanitized library loads only under its runtime (LD_PRELOAD, set by `cuda_emulation.py run`);
+# --capture=sys leaves stderr to the sanitizer, whose report would otherwise die with pytest's capture.
+test-emulated-sanitizers: build
+	$(EMULATION) build --variant tsan
+	$(EMULATION) build --variant asan
+	$(EMULATION) run --variant tsan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(EMULATED_TESTS)
+	$(EMULATION) run --variant asan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(EMULATED_TESTS)
 
 # The CPU kernels built with $(SANITIZERS) (setup.py's ATTNKERN_SANITIZE: -O1 -g -fno-wrapv, so that signed
 # overflow is undefined and reported; objects in build/temp-sanitize) next to a copy of the Python package
 # in $(SANITIZE_DIR), and $(SANITIZE_TESTS) run on it with the sanitizer runtimes preloaded into Python
 # (torch is not instrumented; Python's own allocations are not leak-checked). pytest captures only
 # Python-level output (--capture=sys), so that reports reach the log; any report, or a failing test,
-# fails the target. The log: $(SANITIZE_DIR)/test.log.
+# fails the target. The log: $(SANITIZE_DIR)/test.log. The emulated CUDA kernels' tests are left to
+# test-emulated-sanitizers, which builds those kernels with the sanitizers.
 SANITIZERS     ?= address,undefined
 SANITIZE_TESTS ?= tests
 SANITIZE_DIR   := build/sanitize
@@ -60,7 +80,7 @@ test-sanitizers: $(VENV)/.deps
 		|| { tail -n 80 $(SANITIZE_DIR)/build.log; exit 1; }
 	{ cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c "import attnkern; print('attnkern from', attnkern.__file__)" \
 		&& $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys \
-		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS)); echo $$? > $(CURDIR)/$(SANITIZE_DIR)/status; } 2>&1 \
+		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS)) $(addprefix --ignore=$(CURDIR)/,$(EMULATED_TESTS)); echo $$? > $(CURDIR)/$(SANITIZE_DIR)/status; } 2>&1 \
 		| tee $(SANITIZE_DIR)/test.log
 	! grep -E "runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer" $(SANITIZE_DIR)/test.log > /dev/null \
 		|| { echo "sanitizer reports in $(SANITIZE_DIR)/test.log"; exit 1; }

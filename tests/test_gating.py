@@ -122,6 +122,23 @@ def test_nan_wins_the_max(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_nan_max_gets_a_nan_gradient(device):
+    """As torch.amax: every element of a set whose maximum is NaN gets a NaN gradient (none did)."""
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, device=device)
+    x[0, 1, 2, 3] = float("nan")
+    for op, ref in ((ops.channel_pool, reference.channel_pool), (ops.spatial_pool, reference.spatial_pool)):
+        mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        outs, refs = op(mine), ref(theirs)
+        outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
+        grads = [torch.randn_like(r) for r in refs]
+        torch.autograd.backward(list(outs), grads)
+        torch.autograd.backward(list(refs), grads)
+        assert torch.equal(mine.grad.isnan(), theirs.grad.isnan()) and mine.grad.isnan().any()
+        finite = ~theirs.grad.isnan()
+        assert torch.allclose(mine.grad[finite], theirs.grad[finite])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck(device):
     x, cg, pg = (t.requires_grad_() for t in inputs((2, 3, 4, 5), device))
     assert torch.autograd.gradcheck(lambda t: ops.channel_pool(t), (x,))

@@ -365,13 +365,16 @@ def test_argmax_picks_the_nan_region_and_amax_lets_nan_win():
 
 
 def test_gradient_where_the_reference_is_nan():
-    """The max of a channel holding a NaN is NaN and passes no gradient (no element equals it): the
-    mean's share stays finite, where torch.amax's gradient is NaN for the whole channel."""
+    """The max of a channel holding a NaN is NaN, and a gradient reaching it makes the whole channel's
+    gradient NaN, as torch.amax's; a zero gradient reaching it passes nothing (the mean's share only)."""
     x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
     x[0, 0, 1, 1] = math.nan
     mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     torch.autograd.backward(OPS["channel_pool"].fn(mine), [torch.ones(1, 2, dtype=torch.float64)] * 2)
     torch.autograd.backward(OPS["channel_pool"].ref(ref), [torch.ones(1, 2, dtype=torch.float64)] * 2)
-    assert torch.isnan(ref.grad[0, 0]).all()
-    assert torch.equal(mine.grad[0, 0], torch.full((3, 3), 1 / 9, dtype=torch.float64))
+    assert torch.isnan(ref.grad[0, 0]).all() and torch.isnan(mine.grad[0, 0]).all()
+    quiet = x.clone().requires_grad_()
+    grad_max = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    torch.autograd.backward(OPS["channel_pool"].fn(quiet), [torch.ones(1, 2, dtype=torch.float64), grad_max])
+    assert torch.equal(quiet.grad[0, 0], torch.full((3, 3), 1 / 9, dtype=torch.float64))
     torch.testing.assert_close(mine.grad[0, 1], ref.grad[0, 1])

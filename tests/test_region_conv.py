@@ -127,6 +127,17 @@ def test_dynamic_conv_empty_batch_or_output_channels(B, Cout):
     assert out.shape == expected.shape == (B, Cout, 4, 3)
 
 
+def test_reference_dynamic_conv_empty_batch():
+    """The reference (what devices without kernels run) returns an empty batch too, with gradients."""
+    x = torch.randn(0, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    filters = torch.randn(0, 2, 4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(0, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = reference.dynamic_region_conv(x, filters, guide, stride=2, padding=1)
+    assert out.shape == (0, 4, 3, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and filters.grad.shape == filters.shape and guide.grad.shape == guide.shape
+
+
 BAD_INPUTS = [
     ((torch.randn(2, 3, 4, 5, 6), torch.randn(2, 2, 5, 6)), ValueError,
      r"outputs \[B, r, C, H, W\] and guide \[B, r, H, W\] must agree in B, r, H and W, got \[2, 3, 4, 5, 6\] and \[2, 2, 5, 6\]"),

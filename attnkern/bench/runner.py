@@ -1,5 +1,5 @@
 """Benchmark runner: ``python -m attnkern.bench [--family NAME] [--json FILE] [--smoke] [--no-compile]
-[--cpu-capability default|avx2|avx512]``.
+[--budget S] [--cpu-capability default|avx2|avx512]``.
 
 Runs the benchmark module of every family (``attnkern.bench.<family>``, :data:`FAMILIES`) on the
 present device (CUDA when available, else CPU) and prints one markdown table: median time of the
@@ -188,12 +188,13 @@ FORCED_CAPABILITY_COMPILE_NOTE = "not run: torch.compile fails under a forced AT
 
 
 def run(families: Optional[Sequence[str]] = None, smoke: bool = False, compile: bool = True,
-        device: Optional[str] = None, log=sys.stderr, every_capability: bool = True) -> List[Result]:
+        device: Optional[str] = None, log=sys.stderr, every_capability: bool = True,
+        budget_s: Optional[float] = None) -> List[Result]:
     """Measures the families (all by default). On the CPU with `every_capability`, the
     CAPABILITY_FAMILIES are measured again for each lower capability the machine runs."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     forced = device == "cpu" and "ATEN_CPU_CAPABILITY" in os.environ
-    budget = 0.05 if smoke else 1.0
+    budget = budget_s if budget_s is not None else 0.05 if smoke else 1.0
     modules = load_families(families)
     results = []
     for family, module in modules.items():
@@ -215,11 +216,12 @@ def run(families: Optional[Sequence[str]] = None, smoke: bool = False, compile: 
         vectorised = [family for family in modules if family in CAPABILITY_FAMILIES]
         for capability in cpu_capabilities_supported():
             if capability != cpu_capability() and vectorised:
-                results += run_with_capability(capability, vectorised, smoke, compile, log)
+                results += run_with_capability(capability, vectorised, smoke, compile, log, budget_s)
     return grouped(results)
 
 
-def run_with_capability(capability: str, families: Sequence[str], smoke: bool, compile: bool, log) -> List[Result]:
+def run_with_capability(capability: str, families: Sequence[str], smoke: bool, compile: bool, log,
+                        budget_s: Optional[float] = None) -> List[Result]:
     """The families measured in a fresh process limited to `capability` (capability_environment)."""
     print(f"  CPU capability {capability}: {', '.join(families)} in a new process ...", file=log, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,6 +229,7 @@ def run_with_capability(capability: str, families: Sequence[str], smoke: bool, c
         argv = [sys.executable, "-m", "attnkern.bench", "--device", "cpu", "--cpu-capability", capability,
                 "--json", path] + [a for f in families for a in ("--family", f)]
         argv += ["--smoke"] * smoke + ["--no-compile"] * (not compile)
+        argv += ["--budget", str(budget_s)] if budget_s is not None else []
         subprocess.run(argv, env={**os.environ, **capability_environment(capability)}, stdout=subprocess.DEVNULL,
                        stderr=log, check=True)
         with open(path) as f:
@@ -286,6 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, short timings (checks the harness)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="time spent timing each measurement (default 1, 0.05 with --smoke)")
     parser.add_argument("--cpu-capability", choices=CPU_CAPABILITIES,
                         help="run everything as on a CPU of this capability (attnkern, ATen, MKL and oneDNN "
                              "limited to it); default: the CAPABILITY_FAMILIES on every capability this CPU runs")
@@ -297,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if cpu_capability() != args.cpu_capability:
             parser.error(f"this CPU does not run {args.cpu_capability} (attnkern runs {cpu_capability()})")
     results = run(args.family, smoke=args.smoke, compile=not args.no_compile, device=args.device,
-                  every_capability=not args.cpu_capability)
+                  every_capability=not args.cpu_capability, budget_s=args.budget)
     print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -57,7 +57,8 @@ def region_correlation(x: Tensor, filters: Tensor, stride=1, padding=0, dilation
     if B == 0 or C_out == 0:  # conv2d's grouped form needs B·R·Cout ≥ B filters: the response is empty
         size = [(x.shape[2 + i] + 2 * p - d * (k - 1) - 1) // s + 1
                 for i, (k, s, p, d) in enumerate(zip((kh, kw), _pair(stride), _pair(padding), _pair(dilation)))]
-        return x.new_zeros(B, R, C_out, *size)
+        # Empty, and still a function of x and filters, so that their gradients are zeros of their shapes.
+        return x.new_zeros(B, R, C_out, *size) + (x.sum() + filters.sum()) * 0
     out = torch.nn.functional.conv2d(x.reshape(1, B * C_in, *x.shape[2:]), filters.reshape(B * R * C_out, C_in, kh, kw),
                                      stride=stride, padding=padding, dilation=dilation, groups=B)
     return out.view(B, R, C_out, *out.shape[2:])

@@ -1,12 +1,38 @@
 // CUDA launch helpers: every launch goes on the current stream and is followed by a launch check.
+//
+// The .cu files are also compiled by the host compiler for the emulated device (-DATTNKERN_CUDA_EMULATION,
+// csrc/emulation/cuda_emulation.h). The three CUDA constructs no macro can reach from outside are
+// written with the macros below, which are the real thing under nvcc:
+//   ATTNKERN_LAUNCH(grid, block, smem, stream, kernel)(args...)   kernel<<<grid, block, smem, stream>>>(args...)
+//   ATTNKERN_DYNAMIC_SHARED(type, name);                          extern __shared__ type name[];
+//   ATTNKERN_CUDA_KERNELS(m) { m.impl(...); }                     TORCH_LIBRARY_IMPL(attnkern, CUDA, m)
+// (the kernel comes last in ATTNKERN_LAUNCH because its template arguments may hold commas). In the
+// emulated build they launch on the emulator, use the block's emulated dynamic shared memory, and
+// register the kernels as torch.ops.attnkern_emulated.* for CPU tensors.
 #pragma once
+
+#if defined(ATTNKERN_CUDA_EMULATION)
+#include "emulation/cuda_emulation.h"  // before the c10/cuda headers, which are its stand-ins there
+#endif
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
+
+#if defined(ATTNKERN_CUDA_EMULATION)
+#define ATTNKERN_LAUNCH(grid, block, smem, stream, ...) \
+  ::attnkern::emulation::make_launch(__VA_ARGS__, #__VA_ARGS__, __FILE__, grid, block, smem, stream)
+#define ATTNKERN_DYNAMIC_SHARED(type, name) type* const name = ::attnkern::emulation::dynamic_shared_memory<type>()
+#define ATTNKERN_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(attnkern_emulated, CPU, m)
+#else
+#define ATTNKERN_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define ATTNKERN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define ATTNKERN_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(attnkern, CUDA, m)
+#endif
 
 namespace attnkern {
 
@@ -16,7 +42,11 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 constexpr int kElementThreads = 256;
 
 inline int64_t element_blocks(int64_t total) {
-  return std::min<int64_t>(ceil_div(total, kElementThreads), int64_t(65535) * 16);
+  int64_t cap = int64_t(65535) * 16;
+#if defined(ATTNKERN_CUDA_EMULATION)
+  cap = emulation::grid_stride_block_cap(cap);  // tests lower it to make small grid-stride loops wrap
+#endif
+  return std::min<int64_t>(ceil_div(total, kElementThreads), cap);
 }
 
 #define ATTNKERN_GRID_STRIDE_LOOP(idx, total)                                                      \

@@ -187,7 +187,7 @@ __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W
 template <typename scalar_t, typename acc_t>
 __global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out,
                                      acc_t* __restrict__ iterates, int n, int iters) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   const int nn = n * n;
   acc_t *Y = smem, *Z = smem + nn, *T = smem + 2 * nn, *W = smem + 3 * nn, *scratch = smem + 4 * nn;
@@ -224,7 +224,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ a,
                                       scalar_t* __restrict__ grad_a, acc_t* __restrict__ iterates_all,
                                       bool recompute, int n, int iters) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   const int nn = n * n;
   acc_t *b0 = smem, *b1 = smem + nn, *b2 = smem + 2 * nn, *b3 = smem + 3 * nn, *scratch = smem + 4 * nn;
@@ -332,7 +332,7 @@ at::Tensor row_means(const at::Tensor& x) {  // x contiguous [B, C, M] -> [B, C]
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "covpool_row_means", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    row_mean_kernel<scalar_t, acc_t><<<rows, kMeanThreads, 0, stream>>>(
+    ATTNKERN_LAUNCH(rows, kMeanThreads, 0, stream, row_mean_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(), M);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -353,7 +353,7 @@ at::Tensor covpool_cuda(const at::Tensor& x_in) {
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
       const dim3 grid(tiles, tiles, std::min(batch - b0, kMaxGridY));
-      covariance_kernel<scalar_t, acc_t><<<grid, dim3(kTile, kTile), 0, stream>>>(
+      ATTNKERN_LAUNCH(grid, dim3(kTile, kTile), 0, stream, covariance_kernel<scalar_t, acc_t>)(
           x.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), C, M, b0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -377,7 +377,7 @@ at::Tensor covpool_backward_cuda(const at::Tensor& grad, const at::Tensor& x_in)
     using acc_t = at::opmath_type<scalar_t>;
     for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
       const dim3 grid(ceil_div(M, kTile), ceil_div(C, kTile), std::min(batch - b0, kMaxGridY));
-      covpool_backward_kernel<scalar_t, acc_t><<<grid, dim3(kTile, kTile), 0, stream>>>(
+      ATTNKERN_LAUNCH(grid, dim3(kTile, kTile), 0, stream, covpool_backward_kernel<scalar_t, acc_t>)(
           sym.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
           grad_x.mutable_data_ptr<scalar_t>(), C, M, b0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -403,9 +403,9 @@ std::tuple<at::Tensor, at::Tensor> sqrtm_newton_schulz_cuda(const at::Tensor& a_
     auto out = at::empty_like(a);
     auto iterates = save_iterates ? iterates_alloc(a, iters) : iterates_empty(a);
     const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
-    auto kernel = sqrtm_forward_kernel<scalar_t, acc_t>;
-    allow_smem(kernel, smem);
-    kernel<<<batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+    allow_smem(sqrtm_forward_kernel<scalar_t, acc_t>, smem);
+    ATTNKERN_LAUNCH(batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream(),
+                    sqrtm_forward_kernel<scalar_t, acc_t>)(
         a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
         save_iterates ? iterates.mutable_data_ptr<acc_t>() : nullptr, n, iters);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -435,9 +435,9 @@ at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at
     if (!recompute) check_saved_iterates(iterates, a, iters);
     grad_a = at::empty_like(a);
     const int64_t smem = sqrtm_smem_bytes<acc_t>(n);
-    auto kernel = sqrtm_backward_kernel<scalar_t, acc_t>;
-    allow_smem(kernel, smem);
-    kernel<<<batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+    allow_smem(sqrtm_backward_kernel<scalar_t, acc_t>, smem);
+    ATTNKERN_LAUNCH(batch, kSqrtmThreads, smem, c10::cuda::getCurrentCUDAStream(),
+                    sqrtm_backward_kernel<scalar_t, acc_t>)(
         grad.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(),
         iterates.mutable_data_ptr<acc_t>(), recompute, n, iters);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -474,7 +474,8 @@ at::Tensor triuvec_cuda(const at::Tensor& a_in) {
   const int64_t total = out.numel();
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "triuvec_cuda", [&] {
-    triuvec_kernel<scalar_t><<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    triuvec_kernel<scalar_t>)(
         a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, len, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -490,7 +491,8 @@ at::Tensor triuvec_backward_cuda(const at::Tensor& grad_in, int64_t n) {
   const int64_t total = grad_a.numel();
   if (total == 0) return grad_a;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "triuvec_backward_cuda", [&] {
-    triuvec_backward_kernel<scalar_t><<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    triuvec_backward_kernel<scalar_t>)(
         grad.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(), n, len, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -499,7 +501,7 @@ at::Tensor triuvec_backward_cuda(const at::Tensor& grad_in, int64_t n) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+ATTNKERN_CUDA_KERNELS(m) {
   m.impl("covpool", &covpool_cuda);
   m.impl("covpool_backward", &covpool_backward_cuda);
   m.impl("sqrtm_newton_schulz", &sqrtm_newton_schulz_cuda);

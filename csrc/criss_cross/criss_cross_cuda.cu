@@ -48,8 +48,8 @@ at::Tensor affinity_cuda(const at::Tensor& q_in, const at::Tensor& k_in) {
   const int64_t total = energy.numel();
   if (total == 0) return energy;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_affinity_cuda", [&] {
-    affinity_kernel<scalar_t, at::opmath_type<scalar_t>>
-        <<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    affinity_kernel<scalar_t, at::opmath_type<scalar_t>>)(
             q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), energy.mutable_data_ptr<scalar_t>(), C, H, W,
             total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -68,8 +68,8 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
   const int64_t total = out.numel();
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "criss_cross_aggregate_cuda", [&] {
-    aggregate_kernel<transposed, scalar_t, at::opmath_type<scalar_t>>
-        <<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    aggregate_kernel<transposed, scalar_t, at::opmath_type<scalar_t>>)(
             attn.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), C, H, W,
             total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -92,7 +92,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void attention_forward_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                                          const scalar_t* __restrict__ v, scalar_t* __restrict__ out,
                                          acc_t* __restrict__ lse, int64_t Cq, int64_t Cv, int64_t H, int64_t W) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* weights = reinterpret_cast<acc_t*>(smem_raw);
   const int64_t HW = H * W, P = H + W - 1;
   acc_t* scratch = weights + P;
@@ -126,7 +126,7 @@ __global__ void attention_grad_q_kernel(const scalar_t* __restrict__ grad, const
                                         const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
                                         const acc_t* __restrict__ lse, const acc_t* __restrict__ d,
                                         scalar_t* __restrict__ grad_q, int64_t Cq, int64_t Cv, int64_t H, int64_t W) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* energy_grads = reinterpret_cast<acc_t*>(smem_raw);
   const int64_t HW = H * W, P = H + W - 1;
   const int64_t b = blockIdx.x / HW, pixel = blockIdx.x % HW, h = pixel / W, w = pixel % W;
@@ -156,7 +156,7 @@ __global__ void attention_grad_kv_kernel(const scalar_t* __restrict__ grad, cons
                                          const acc_t* __restrict__ lse, const acc_t* __restrict__ d,
                                          scalar_t* __restrict__ grad_k, scalar_t* __restrict__ grad_v, int64_t Cq,
                                          int64_t Cv, int64_t H, int64_t W) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int64_t HW = H * W, P = H + W - 1;
   acc_t* weights = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* energy_grads = weights + P;
@@ -209,8 +209,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     check_positions_fit<acc_t>(P, 1, "criss_cross_attention");
-    attention_forward_kernel<scalar_t, acc_t>
-        <<<B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 1), c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 1), c10::cuda::getCurrentCUDAStream(),
+                    attention_forward_kernel<scalar_t, acc_t>)(
             q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
             out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), Cq, Cv, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -234,12 +234,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     check_positions_fit<acc_t>(P, 2, "criss_cross_attention_backward");
-    attention_grad_q_kernel<scalar_t, acc_t><<<B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 1), stream>>>(
+    ATTNKERN_LAUNCH(B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 1), stream,
+                    attention_grad_q_kernel<scalar_t, acc_t>)(
         g.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
         v.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), d.const_data_ptr<acc_t>(),
         grad_q.mutable_data_ptr<scalar_t>(), Cq, Cv, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attention_grad_kv_kernel<scalar_t, acc_t><<<B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 2), stream>>>(
+    ATTNKERN_LAUNCH(B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 2), stream,
+                    attention_grad_kv_kernel<scalar_t, acc_t>)(
         g.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
         v.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), d.const_data_ptr<acc_t>(),
         grad_k.mutable_data_ptr<scalar_t>(), grad_v.mutable_data_ptr<scalar_t>(), Cq, Cv, H, W);
@@ -250,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+ATTNKERN_CUDA_KERNELS(m) {
   m.impl("criss_cross_affinity", &affinity_cuda);
   m.impl("criss_cross_aggregate", &aggregate_cuda<false>);
   m.impl("criss_cross_aggregate_transposed", &aggregate_cuda<true>);

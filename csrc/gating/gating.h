@@ -35,16 +35,19 @@ ATTNKERN_HD inline acc_t gated(scalar_t x, acc_t g) {
   return static_cast<acc_t>(static_cast<scalar_t>(static_cast<acc_t>(x) * g));
 }
 
-// The share of a maximum's gradient each of its `ties` equal elements receives.
+// The share of a maximum's gradient each of its `ties` equal elements receives: grad_max / ties, as in
+// torch.amax's backward. No element equals a NaN maximum (ties = 0): a nonzero gradient then becomes ±inf,
+// which pool_gradient turns into NaN for every element, as torch.amax does; a zero gradient stays 0.
 template <typename acc_t>
 ATTNKERN_HD inline acc_t max_share(acc_t grad_max, int64_t ties) {
-  return ties > 0 ? grad_max / static_cast<acc_t>(ties) : acc_t(0);
+  return ties > 0 || grad_max != acc_t(0) ? grad_max / static_cast<acc_t>(ties) : acc_t(0);
 }
 
-// Gradient reaching one pooled element: the mean's share plus, at a maximum, the max's share.
+// Gradient reaching one pooled element: the mean's share plus, at a maximum, the max's share — as
+// torch's mean_share + share·[is_max], so that an infinite or NaN share makes every element NaN.
 template <typename acc_t>
 ATTNKERN_HD inline acc_t pool_gradient(acc_t mean_share, acc_t max_share_, bool is_max) {
-  return is_max ? mean_share + max_share_ : mean_share;
+  return mean_share + max_share_ * static_cast<acc_t>(is_max);
 }
 
 // ---- argument checks (gating_host.cpp) ----

@@ -81,7 +81,8 @@ std::tuple<at::Tensor, at::Tensor> channel_pool_cuda(const at::Tensor& x_in) {
   if (d.B * d.C == 0) return {mean, max};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    channel_pool_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    channel_pool_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(), max.mutable_data_ptr<scalar_t>(), d.HW());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -99,7 +100,8 @@ at::Tensor channel_pool_backward_cuda(const std::optional<at::Tensor>& grad_mean
   if (x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    channel_pool_backward_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    channel_pool_backward_kernel<scalar_t, acc_t>)(
         optional_ptr<scalar_t>(grad_mean), optional_ptr<scalar_t>(grad_max), x.const_data_ptr<scalar_t>(),
         max.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), d.HW());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -179,8 +181,8 @@ at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Ten
   if (total == 0) return pooled;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    spatial_pool_kernel<scalar_t, acc_t><<<element_blocks(total), kElementThreads, 0,
-                                           c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    spatial_pool_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate), pooled.mutable_data_ptr<scalar_t>(), d.C, d.HW(),
         total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -207,11 +209,11 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto weights = at::empty({d.B, 2, d.HW()}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    spatial_pool_weights_kernel<scalar_t, acc_t><<<element_blocks(pixels), kElementThreads, 0, stream>>>(
+    ATTNKERN_LAUNCH(element_blocks(pixels), kElementThreads, 0, stream, spatial_pool_weights_kernel<scalar_t, acc_t>)(
         grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate),
         pooled.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), d.C, d.HW(), pixels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    spatial_pool_grad_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, stream>>>(
+    ATTNKERN_LAUNCH(d.B * d.C, kPlaneThreads, 0, stream, spatial_pool_grad_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate), pooled.const_data_ptr<scalar_t>(),
         weights.const_data_ptr<acc_t>(), grad_x.mutable_data_ptr<scalar_t>(),
         gate.has_value() ? grad_gate.mutable_data_ptr<scalar_t>() : nullptr, d.C, d.HW());
@@ -286,8 +288,8 @@ at::Tensor apply_gates_cuda(const at::Tensor& x_in, const std::optional<at::Tens
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    apply_gates_kernel<scalar_t, acc_t><<<element_blocks(total), kElementThreads, 0,
-                                          c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    apply_gates_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg), optional_ptr<scalar_t>(pg),
         out.mutable_data_ptr<scalar_t>(), d.C, d.HW(), total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -317,14 +319,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    apply_gates_plane_grad_kernel<scalar_t, acc_t><<<d.B * d.C, kPlaneThreads, 0, stream>>>(
+    ATTNKERN_LAUNCH(d.B * d.C, kPlaneThreads, 0, stream, apply_gates_plane_grad_kernel<scalar_t, acc_t>)(
         grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
         optional_ptr<scalar_t>(pg), grad_x.mutable_data_ptr<scalar_t>(),
         cg.has_value() ? grad_cg.mutable_data_ptr<scalar_t>() : nullptr, d.C, d.HW());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pg.has_value()) {
       const int64_t pixels = d.B * d.HW();
-      apply_gates_pixel_grad_kernel<scalar_t, acc_t><<<element_blocks(pixels), kElementThreads, 0, stream>>>(
+      ATTNKERN_LAUNCH(element_blocks(pixels), kElementThreads, 0, stream,
+                      apply_gates_pixel_grad_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
           grad_pg.mutable_data_ptr<scalar_t>(), d.C, d.HW(), pixels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -335,7 +338,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+ATTNKERN_CUDA_KERNELS(m) {
   m.impl("channel_pool", &channel_pool_cuda);
   m.impl("channel_pool_backward", &channel_pool_backward_cuda);
   m.impl("spatial_pool", &spatial_pool_cuda);

@@ -59,7 +59,8 @@ at::Tensor region_assign_cuda(const at::Tensor& outputs_in, const at::Tensor& gu
   const int64_t total = out.numel();
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outputs.scalar_type(), "region_assign_cuda", [&] {
-    region_assign_kernel<scalar_t><<<element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    region_assign_kernel<scalar_t>)(
         outputs.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), R, C,
         HW, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -80,13 +81,15 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cuda(const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outputs.scalar_type(), "region_assign_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (outputs.numel() > 0) {
-      region_assign_grad_outputs_kernel<scalar_t><<<element_blocks(outputs.numel()), kElementThreads, 0, stream>>>(
+      ATTNKERN_LAUNCH(element_blocks(outputs.numel()), kElementThreads, 0, stream,
+                      region_assign_grad_outputs_kernel<scalar_t>)(
           grad.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(), grad_outputs.mutable_data_ptr<scalar_t>(),
           R, C, HW, outputs.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (B * HW > 0) {
-      region_assign_grad_guide_kernel<scalar_t, acc_t><<<element_blocks(B * HW), kElementThreads, 0, stream>>>(
+      ATTNKERN_LAUNCH(element_blocks(B * HW), kElementThreads, 0, stream,
+                      region_assign_grad_guide_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), outputs.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(),
           grad_guide.mutable_data_ptr<scalar_t>(), R, C, HW, B * HW);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -197,7 +200,8 @@ at::Tensor selected_regions(const at::Tensor& guide) {  // [B, L] int64
   auto region = at::empty({B, L}, guide.options().dtype(at::kLong));
   if (B * L == 0) return region;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "selected_regions_cuda", [&] {
-    selected_regions_kernel<scalar_t><<<element_blocks(B * L), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(B * L), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    selected_regions_kernel<scalar_t>)(
         guide.const_data_ptr<scalar_t>(), region.mutable_data_ptr<int64_t>(), R, L, B * L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -214,8 +218,8 @@ at::Tensor dynamic_region_conv_cuda(const at::Tensor& x_in, const at::Tensor& fi
   if (out.numel() == 0) return out;
   auto region = selected_regions(guide);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_region_conv_cuda", [&] {
-    dynamic_conv_forward_kernel<scalar_t, at::opmath_type<scalar_t>>
-        <<<element_blocks(out.numel()), kElementThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    ATTNKERN_LAUNCH(element_blocks(out.numel()), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    dynamic_conv_forward_kernel<scalar_t, at::opmath_type<scalar_t>>)(
             x.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(), region.const_data_ptr<int64_t>(),
             out.mutable_data_ptr<scalar_t>(), g, R, out.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -238,20 +242,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cuda
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_region_conv_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (grad_x.numel() > 0) {
-      dynamic_conv_grad_x_kernel<scalar_t, acc_t><<<element_blocks(grad_x.numel()), kElementThreads, 0, stream>>>(
+      ATTNKERN_LAUNCH(element_blocks(grad_x.numel()), kElementThreads, 0, stream,
+                      dynamic_conv_grad_x_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(), region.const_data_ptr<int64_t>(),
           grad_x.mutable_data_ptr<scalar_t>(), g, R, grad_x.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_filters.numel() > 0) {
-      dynamic_conv_grad_filters_kernel<scalar_t, acc_t><<<element_blocks(grad_filters.numel()), kElementThreads, 0, stream>>>(
+      ATTNKERN_LAUNCH(element_blocks(grad_filters.numel()), kElementThreads, 0, stream,
+                      dynamic_conv_grad_filters_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), region.const_data_ptr<int64_t>(),
           grad_filters.mutable_data_ptr<scalar_t>(), g, R, grad_filters.numel());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_guide.numel() > 0) {
       const int64_t pixels = B * g.out_height * g.out_width;
-      dynamic_conv_grad_guide_kernel<scalar_t, acc_t><<<element_blocks(pixels), kElementThreads, 0, stream>>>(
+      ATTNKERN_LAUNCH(element_blocks(pixels), kElementThreads, 0, stream,
+                      dynamic_conv_grad_guide_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), filters.const_data_ptr<scalar_t>(),
           guide.const_data_ptr<scalar_t>(), grad_guide.mutable_data_ptr<scalar_t>(), g, R, pixels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -262,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cuda
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+ATTNKERN_CUDA_KERNELS(m) {
   m.impl("region_assign", &region_assign_cuda);
   m.impl("region_assign_backward", &region_assign_backward_cuda);
   m.impl("dynamic_region_conv", &dynamic_region_conv_cuda);

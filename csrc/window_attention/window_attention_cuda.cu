@@ -75,7 +75,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ qkv, const scalar_t* __restrict__ bias,
                                const acc_t* __restrict__ mask, scalar_t* __restrict__ out, acc_t* __restrict__ lse,
                                WindowGrid grid, int64_t heads, int64_t d, acc_t scale) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int64_t N = grid.tokens(), nW = grid.windows(), ld = d + 1, HW = grid.H * grid.W;
   const int64_t h = blockIdx.x % heads, w = (blockIdx.x / heads) % nW, b = blockIdx.x / (heads * nW);
   acc_t* q = reinterpret_cast<acc_t*>(smem_raw);
@@ -95,7 +95,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ qkv, const scalar_t*
       if (s > max) {
         sum = sum * exp(max - s) + 1;
         max = s;
-      } else {
+      } else if (s != -INFINITY) {  // a −inf logit adds nothing (while max is −inf, exp(s − max) would be NaN)
         sum += exp(s - max);
       }
     }
@@ -122,7 +122,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_
                                 const scalar_t* __restrict__ out, const acc_t* __restrict__ lse,
                                 scalar_t* __restrict__ grad_qkv, acc_t* __restrict__ grad_bias_partial, WindowGrid grid,
                                 int64_t batch, int64_t heads, int64_t d, acc_t scale, int64_t groups) {
-  extern __shared__ unsigned char smem_raw[];
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int64_t N = grid.tokens(), nW = grid.windows(), ld = d + 1, HW = grid.H * grid.W;
   const int64_t h = blockIdx.x % heads, group = blockIdx.x / heads;
   acc_t* q = reinterpret_cast<acc_t*>(smem_raw);
@@ -217,9 +217,9 @@ std::tuple<at::Tensor, at::Tensor> window_attention_cuda(const at::Tensor& qkv_i
   if (blocks == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto kernel = forward_kernel<scalar_t, acc_t>;
-    const int64_t bytes = launch_smem<acc_t>(kernel, N, d, 4, 0, op);
-    kernel<<<blocks, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream()>>>(
+    const int64_t bytes = launch_smem<acc_t>(forward_kernel<scalar_t, acc_t>, N, d, 4, 0, op);
+    ATTNKERN_LAUNCH(blocks, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
+                    forward_kernel<scalar_t, acc_t>)(
         qkv.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
         mask.defined() ? mask.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
         lse.mutable_data_ptr<acc_t>(), grid, heads, d, static_cast<acc_t>(scale));
@@ -246,9 +246,9 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
   if (groups > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      auto kernel = backward_kernel<scalar_t, acc_t>;
-      const int64_t bytes = launch_smem<acc_t>(kernel, N, d, 6, 2, op);
-      kernel<<<groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream()>>>(
+      const int64_t bytes = launch_smem<acc_t>(backward_kernel<scalar_t, acc_t>, N, d, 6, 2, op);
+      ATTNKERN_LAUNCH(groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
+                      backward_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
           bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
           mask.defined() ? mask.const_data_ptr<acc_t>() : nullptr, out.const_data_ptr<scalar_t>(),
@@ -264,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(attnkern, CUDA, m) {
+ATTNKERN_CUDA_KERNELS(m) {
   m.impl("window_attention", &window_attention_cuda);
   m.impl("window_attention_backward", &window_attention_backward_cuda);
 }

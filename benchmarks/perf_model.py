@@ -1,0 +1,1470 @@
+"""A performance model of every attnkern CUDA kernel — the design document until a GPU measures.
+
+    python benchmarks/perf_model.py [--gpu h200|h100] [--ptxas FILE] [--dtype float32|bfloat16] [--markdown]
+
+For each op at each benchmark shape (SHAPES, the case names of benchmarks/bench_<family>.py) and for every
+kernel launch the op makes, forward and backward: the launch configuration as the .cu host code computes
+it, FLOPs, minimum bytes, the device's floors, registers / static shared memory / spills from
+`-Xptxas -v` (sm_90), occupancy, waves, a modelled time, and the plain-PyTorch formulation's modelled
+time. Pure Python: no torch, no GPU. It is a model, not a measurement: good to ±2–3×.
+
+The model (one small function per kernel, named after it, counts what one launch executes):
+  * Counts are warp-level totals taken from the loop structure of the kernel: FMAs (`ffma`), other issued
+    arithmetic (`alu`: index math, compares, loop overhead; a 64-bit integer division or modulo by a
+    runtime value costs DIV64 issue slots, a 32-bit one DIV32), special-function ops (`mufu`: one per
+    exp/log, plus EXP_ALU issue slots of range reduction), memory instructions (`mem`), L1/shared
+    wavefronts (`lsu`), bytes between L1 and L2 (`l2`), bytes from DRAM (`dram`, at least the minimum).
+  * Coalescing and bank conflicts come from the index pattern: the kernel's own index formulas are
+    evaluated for the 32 lanes of a representative warp; a global access costs one wavefront per distinct
+    128-byte line and moves its distinct 32-byte sectors; a shared access costs as many wavefronts as the
+    most-used bank has distinct words (broadcasts are free).
+  * Per SM and clock (sm_90): 4 warp-instructions issued, 4 warp-FMAs (the FP32 peak), 0.5 MUFU,
+    1 L1/shared wavefront (128 B). L2→SM 10 TB/s (at most 64 B/clk/SM), HBM at 90 % of peak.
+    Work is spread over min(CTAs, SMs) SMs with whole CTAs per SM (ctas / ceil(ctas / SMs)).
+  * Latency hiding (Little's law): a pipe needs 16 (FMA/issue) or 32 (LSU) independent warp-operations in
+    flight per SM; resident warps × the kernel's `ilp` provide them. Memory time is at least global
+    requests × their average latency / (resident warps × ilp) per SM (L1 hit 20 ns, L2 150 ns, DRAM 550 ns;
+    the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM).
+  * time = max(core terms, memory terms) + 4 µs launch; for tiled kernels whose load and compute phases
+    are separated by __syncthreads and which have one CTA per SM, the core and memory terms add.
+  * L1 keeps the sectors a lane walks through consecutively (a row read element by element), and a warp's
+    re-read window where the resident warps' windows fit in 200 KB; other re-reads go to L2.
+  * DRAM bytes = the minimum, plus re-reads where the set re-read while the grid sweeps one sample exceeds
+    75 % of L2.
+  * --dtype bfloat16 halves the bytes of the tensors (accumulation stays FP32, so the kernels' counts do
+    not change) and puts the plain path's GEMMs, convolutions and SDPA on tensor cores.
+  * The plain-PyTorch path (what a user writes instead: the benchmark's einsum/bmm/SDPA/conv formulation)
+    is a list of library calls: cuBLAS GEMM at 70 % of FP32 peak on the SMs its tiles fill (split-K when
+    the tiles cannot fill the GPU), cuDNN convolution at 40 % of the TF32 tensor-core peak (PyTorch's
+    default allows TF32 in cuDNN), SDPA memory-efficient (fp32 SIMT) at 35 % of FP32 peak, elementwise
+    and reductions at 80 % of HBM bandwidth; each call + 4 µs launch.
+  * Floors: bytes / HBM bandwidth, FLOPs / FP32 peak, FLOPs / dense BF16 tensor-core peak. ×floor is the
+    modelled time over max(memory, FP32) floor: these kernels run on CUDA cores in FP32 arithmetic. The
+    tensor-core floor says what a tensor-core formulation could reach.
+  * Data assumptions: the guide of DRConv selects regions uniformly at random per pixel (worst case for
+    the gathers); sqrtm's training forward saves the iterates; window attention has a bias, no explicit
+    mask; criss-cross layer: q, k with C/8 channels, v with C.
+"""
+
+import argparse
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+# ---- devices -------------------------------------------------------------------------------------
+
+GPUS = {
+    "h200": dict(name="H200 SXM", hbm=4.8e12, fp32=67e12, tc=990e12, sms=132, l2_size=50 * 2**20),
+    "h100": dict(name="H100 SXM", hbm=3.35e12, fp32=67e12, tc=989e12, sms=132, l2_size=50 * 2**20),
+}
+# sm_90 limits
+REGS_PER_SM, SMEM_PER_SM, SMEM_OPTIN, SMEM_RESERVED = 65536, 228 * 1024, 227 * 1024, 1024
+THREADS_PER_SM, CTAS_PER_SM, MAX_THREADS_PER_BLOCK, STATIC_SMEM_MAX = 2048, 32, 1024, 48 * 1024
+# model constants (see the docstring)
+L2_BW, L2_BYTES_PER_CLK_SM, HBM_EFF = 10e12, 64, 0.9
+LAT_L1, LAT_L2, LAT_DRAM = 20e-9, 150e-9, 550e-9
+L1_BYTES = 200 * 1024  # L1 data cache left to a CTA that uses little shared memory
+LAUNCH = 4e-6
+DIV64, DIV32, EXP_ALU = 25, 15, 8
+PLAIN_GEMM_EFF, PLAIN_CONV_EFF, PLAIN_SDPA_EFF, PLAIN_BW_EFF = 0.7, 0.4, 0.35, 0.8
+REGS_UNKNOWN = 32  # assumed when the ptxas output has no entry for a kernel
+
+
+class Device:
+    def __init__(self, key: str):
+        spec = GPUS[key]
+        self.key, self.name, self.sms, self.l2_size = key, spec["name"], spec["sms"], spec["l2_size"]
+        self.hbm, self.fp32, self.tc = spec["hbm"], spec["fp32"], spec["tc"]
+        self.clock = self.fp32 / (self.sms * 128 * 2)  # FP32 peak = SMs × 128 lanes × 2 FLOP × clock
+
+
+# ---- the benchmark shapes (case names as in benchmarks/bench_<family>.py) --------------------------
+
+SHAPES = [  # (family, case, parameters, main): the benchmark's order; `main` marks the shape the summary shows
+    ("covpool", "SAN training 16×64×48×48", dict(B=16, C=64, H=48, W=48), True),
+    ("covpool", "SAN test crop 1×64×200×200", dict(B=1, C=64, H=200, W=200), False),
+    ("covpool", "iSQRT-COV 32×256×14×14", dict(B=32, C=256, H=14, W=14), False),
+    ("covpool", "YOLO P5 8×1024×20×20", dict(B=8, C=1024, H=20, W=20), False),
+    ("criss_cross", "CCNet head 2×512×97×97", dict(B=2, C=512, H=97, W=97), True),
+    ("criss_cross", "YOLO P5 8×1024×20×20", dict(B=8, C=1024, H=20, W=20), False),
+    ("criss_cross", "1×256×64×64", dict(B=1, C=256, H=64, W=64), False),
+    ("window_attention", "SwinIR-light 4×64×64 C60 h6 w8 s4",
+     dict(B=4, H=64, W=64, C=60, heads=6, window=8, shift=4), False),
+    ("window_attention", "SwinIR classical 2×64×64 C180 h6 w8",
+     dict(B=2, H=64, W=64, C=180, heads=6, window=8, shift=0), False),
+    ("window_attention", "Swin-T stage 1 32×56×56 C96 h3 w7 s3",
+     dict(B=32, H=56, W=56, C=96, heads=3, window=7, shift=3), True),
+    ("region_conv", "8×64→64 k3 r8 32×32", dict(B=8, Cin=64, Cout=64, k=3, R=8, H=32, W=32), True),
+    ("region_conv", "16×128→128 k3 r8 40×40", dict(B=16, Cin=128, Cout=128, k=3, R=8, H=40, W=40), False),
+    ("region_conv", "8×256→256 k1 r4 20×20", dict(B=8, Cin=256, Cout=256, k=1, R=4, H=20, W=20), False),
+    ("gating", "8×256×40×40", dict(B=8, C=256, H=40, W=40), True),
+    ("gating", "8×512×20×20", dict(B=8, C=512, H=20, W=20), False),
+]
+SQRTM_ITERS = 5  # bench_covpool.ITERS
+
+# ---- ptxas -v output -------------------------------------------------------------------------------
+
+DTYPE_CODES = {"f": "float32", "d": "float64", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}
+
+
+@dataclass
+class Resources:
+    regs: int
+    smem: int = 0  # static shared memory, bytes
+    stack: Optional[int] = None
+    spill_stores: Optional[int] = None
+    spill_loads: Optional[int] = None
+
+
+def demangle_kernel(mangled: str) -> Tuple[List[str], Optional[str], Tuple[str, ...]]:
+    """(nested names, first template type as a dtype name, template literals) of an Itanium-mangled
+    kernel name: `_ZN8attnkern7covpool<anon>23triuvec_backward_kernelIfEEv…` → (['attnkern', 'covpool',
+    '<anon>', 'triuvec_backward_kernel'], 'float32', ()). Enough for the names ptxas prints for these kernels."""
+    if mangled.startswith("_ZN"):
+        s, nested = mangled[3:], True
+    elif mangled.startswith("_Z"):
+        s, nested = mangled[2:], False
+    else:
+        return [mangled], None, ()
+    names, i = [], 0
+    while i < len(s) and s[i].isdigit():
+        j = i
+        while j < len(s) and s[j].isdigit():
+            j += 1
+        n = int(s[i:j])
+        names.append(s[j:j + n])
+        i = j + n
+        if not nested:
+            break
+    rest, dtype, literals = s[i:], None, []
+    if rest.startswith("I"):
+        k = 1
+        while rest.startswith("L", k):  # non-type template arguments: Lb0E, Li3E, ...
+            end = rest.index("E", k)
+            literals.append(rest[k + 1:end])
+            k = end + 1
+        for code, name in DTYPE_CODES.items():
+            if rest.startswith(code, k):
+                dtype = name
+                break
+    return names, dtype, tuple(literals)
+
+
+def parse_ptxas(text: str, arch: str = "sm_90") -> Dict[Tuple[str, str, str, Tuple[str, ...]], Resources]:
+    """{(family namespace, kernel base name, dtype, template literals): Resources} for `arch`, from
+    `-Xptxas -v` output (the whole build log, or build/ptxas.txt's filtered lines)."""
+    entries, props, current = {}, {}, None
+    pending_props = None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'", line)
+        if m:
+            current = (m.group(1), m.group(2))
+            pending_props = None
+            continue
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            pending_props = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and pending_props:
+            props[pending_props] = tuple(int(g) for g in m.groups())
+            pending_props = None
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and current:
+            smem = re.search(r"(\d+) bytes smem", line)
+            entries[current] = Resources(regs=int(m.group(1)), smem=int(smem.group(1)) if smem else 0)
+            current = None
+    table = {}
+    for (mangled, entry_arch), res in entries.items():
+        if entry_arch.rstrip("a") != arch:
+            continue
+        if mangled in props:
+            res.stack, res.spill_stores, res.spill_loads = props[mangled]
+        names, dtype, literals = demangle_kernel(mangled)
+        family = names[1] if len(names) > 2 and names[0] == "attnkern" else ""
+        table[(family, names[-1], dtype or "", literals)] = res
+    return table
+
+
+# ---- access patterns ------------------------------------------------------------------------------
+
+
+def global_access(byte_addresses: Sequence[int]) -> Tuple[int, int]:
+    """(distinct 128-byte lines, distinct 32-byte sectors) of one warp's global access."""
+    return len({a // 128 for a in byte_addresses}), len({a // 32 for a in byte_addresses})
+
+
+def bank_ways(word_addresses: Sequence[int]) -> int:
+    """Wavefronts of one warp's shared-memory access: the most distinct words any of the 32 banks holds."""
+    banks: Dict[int, set] = {}
+    for a in word_addresses:
+        banks.setdefault(a % 32, set()).add(a)
+    return max((len(v) for v in banks.values()), default=1)
+
+
+def warps_of(count: int) -> int:
+    return -(-count // 32)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def element_blocks(total: int) -> int:  # csrc/common/cuda_utils.cuh: element_blocks
+    return min(ceil_div(total, 256), 65535 * 16)
+
+
+# ---- one kernel launch and its model --------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """What one launch executes, as warp-level totals (see the module docstring)."""
+
+    family: str
+    kernel: str
+    grid: Tuple[int, int, int]
+    block: Tuple[int, int, int]
+    dyn_smem: int = 0
+    static_smem: int = 0  # from the code; ptxas's figure is used when present
+    flops: float = 0.0
+    min_bytes: float = 0.0
+    ffma: float = 0.0
+    alu: float = 0.0
+    mufu: float = 0.0
+    mem: float = 0.0  # memory instructions (issue slots)
+    lsu: float = 0.0  # L1/shared wavefronts
+    l2: float = 0.0  # bytes between L1 and L2
+    dram: float = 0.0  # bytes from/to DRAM (raised to min_bytes)
+    gld: float = 0.0  # global warp requests (for bytes in flight)
+    ilp: float = 1.0  # independent operations in flight per warp
+    ctas_active: Optional[int] = None  # CTAs that do work (default: all)
+    warps_busy: Optional[int] = None  # warps of a CTA that do work (default: all)
+    phased: bool = False  # load and compute phases separated by __syncthreads
+    reuse_set: float = 0.0  # bytes re-read through L2 while the grid sweeps one sample
+    note: str = ""
+    template: Tuple[str, ...] = ()  # template literals, to pick the ptxas entry (aggregate_kernel<true>)
+    aten: Optional[Callable[["Device"], float]] = None  # an ATen/cuBLAS call of the host code: its plain model
+
+    @property
+    def ctas(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    @property
+    def threads(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
+
+
+def aten_call(family: str, what: str, time_of: Callable[["Device"], float], flops: float = 0.0,
+              nbytes: float = 0.0) -> Launch:
+    """An ATen or cuBLAS call the host code makes, timed by the plain-path model."""
+    return Launch(family, what, (0, 0, 0), (0, 0, 0), flops=flops, min_bytes=nbytes, aten=time_of)
+
+
+def occupancy(threads: int, regs: int, smem: int) -> int:
+    """Resident CTAs per SM on sm_90 (registers allocated per warp in units of 256, 1 KiB reserved per CTA)."""
+    warps = warps_of(threads)
+    by_threads = THREADS_PER_SM // (warps * 32)
+    regs_per_warp = ceil_div(max(regs, 1), 8) * 8 * 32
+    by_regs = (REGS_PER_SM // regs_per_warp) // warps
+    by_smem = SMEM_PER_SM // (ceil_div(smem + SMEM_RESERVED, 128) * 128)
+    return max(0, min(by_threads, by_regs, by_smem, CTAS_PER_SM))
+
+
+def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
+    """The modelled time of one launch, with the quantities the report shows."""
+    out = dict(launch=launch, res=res, regs=res.regs if res else None)
+    out["floor_mem"] = launch.min_bytes / dev.hbm
+    out["floor_fp32"] = launch.flops / dev.fp32
+    out["floor_tc"] = launch.flops / dev.tc
+    out["floor"] = max(out["floor_mem"], out["floor_fp32"])
+    if launch.aten is not None:
+        out.update(time=launch.aten(dev), bound="ATen/cuBLAS (plain model)", bps=None, occ=None, waves=None, smem=None)
+        return out
+    regs = res.regs if res else REGS_UNKNOWN
+    smem = (res.smem if res else launch.static_smem) + launch.dyn_smem
+    bps = occupancy(launch.threads, regs, smem)
+    ctas = launch.ctas_active if launch.ctas_active is not None else launch.ctas
+    warps_cta = launch.warps_busy or warps_of(launch.threads)
+    out.update(smem=smem, bps=bps, occ=bps * warps_of(launch.threads) * 32 / THREADS_PER_SM,
+               waves=launch.ctas / max(1, bps * dev.sms))
+    if ctas == 0 or bps == 0:
+        out.update(time=LAUNCH, bound="empty" if ctas == 0 else "does not fit an SM")
+        return out
+    clk, sm_eff = dev.clock, ctas / ceil_div(ctas, dev.sms)
+    resident = min(bps, ceil_div(ctas, dev.sms)) * warps_cta
+    eff_core = min(1.0, resident * launch.ilp / 16)
+    eff_lsu = min(1.0, resident * launch.ilp / 32)
+    dram = max(launch.dram, launch.min_bytes)
+    if launch.reuse_set > 0.75 * dev.l2_size:  # the re-read set spills from L2
+        dram += max(0.0, launch.l2 - dram) * (1 - 0.75 * dev.l2_size / launch.reuse_set)
+    terms = {
+        "issue": (launch.ffma + launch.alu + launch.mufu + launch.mem) / (4 * clk * sm_eff) / eff_core,
+        "FP32": launch.ffma / (4 * clk * sm_eff) / eff_core,
+        "SFU": launch.mufu / (0.5 * clk * sm_eff) / eff_core,
+        "LSU": launch.lsu / (clk * sm_eff) / eff_lsu,
+    }
+    mem_terms = {
+        "L2": launch.l2 / min(L2_BW, sm_eff * L2_BYTES_PER_CLK_SM * clk),
+        "DRAM": dram / (HBM_EFF * dev.hbm),
+    }
+    if launch.gld > 0:  # Little's law on requests: each miss fraction from the bytes that go further
+        miss = min(1.0, launch.l2 / (32 * launch.gld))
+        latency = LAT_L1 + miss * (LAT_L2 - LAT_L1) + miss * min(1.0, dram / max(launch.l2, 1.0)) * (LAT_DRAM - LAT_L2)
+        mem_terms["latency"] = launch.gld * latency / (sm_eff * resident * launch.ilp)
+    core_bound = max(terms, key=terms.get)
+    mem_bound = max(mem_terms, key=mem_terms.get)
+    t_core, t_mem = terms[core_bound], mem_terms[mem_bound]
+    if launch.phased and resident <= warps_cta:  # one CTA per SM: phases do not overlap
+        t, bound = t_core + t_mem, f"{core_bound}+{mem_bound}"
+    else:
+        t, bound = max(t_core, t_mem), core_bound if t_core >= t_mem else mem_bound
+    out.update(time=t + LAUNCH, bound=bound, terms={**terms, **mem_terms}, dram=dram, eff_core=eff_core)
+    return out
+
+
+# ---- the plain-PyTorch path: library calls ---------------------------------------------------------
+
+
+def plain_ew(dev: Device, nbytes: float, flops: float = 0.0) -> float:
+    """An elementwise or reduction kernel of ATen."""
+    return max(nbytes / (PLAIN_BW_EFF * dev.hbm), flops / dev.fp32) + LAUNCH
+
+
+def plain_gemm(dev: Device, batch: int, m: int, n: int, k: int, elem: int) -> float:
+    """cuBLAS (batched) GEMM: 128×128 tiles (64×64 for small outputs), split-K when the tiles cannot fill
+    the GPU; FP32 without TF32 (PyTorch's default for matmul), tensor cores for 16-bit types."""
+    tile = 128 if m >= 128 and n >= 128 else 64
+    ctas = batch * ceil_div(m, tile) * ceil_div(n, tile)
+    split = min(k // (2 * tile), ceil_div(dev.sms, ctas)) if ctas < dev.sms and k >= 4 * tile else 1
+    total = ctas * max(split, 1)
+    util = total / (dev.sms * ceil_div(total, dev.sms))
+    peak = dev.fp32 if elem == 4 else dev.tc
+    nbytes = elem * batch * (m * k + k * n + m * n)
+    return max(2.0 * batch * m * n * k / (PLAIN_GEMM_EFF * peak * util), nbytes / (PLAIN_BW_EFF * dev.hbm)) + LAUNCH
+
+
+def plain_conv(dev: Device, flops: float, nbytes: float, elem: int) -> float:
+    """cuDNN convolution: TF32 tensor cores for float32 (torch.backends.cudnn.allow_tf32 defaults to True)."""
+    peak = dev.tc / 2 if elem == 4 else dev.tc
+    return max(flops / (PLAIN_CONV_EFF * peak), nbytes / (PLAIN_BW_EFF * dev.hbm)) + LAUNCH
+
+
+def plain_sdpa(dev: Device, flops: float, nbytes: float, elem: int) -> float:
+    """F.scaled_dot_product_attention, memory-efficient backend (an attn_mask rules out flash)."""
+    peak = dev.fp32 if elem == 4 else dev.tc
+    return max(flops / (PLAIN_SDPA_EFF * peak), nbytes / (PLAIN_BW_EFF * dev.hbm)) + LAUNCH
+
+
+# ---- ops: which kernels each op launches, and its plain formulation --------------------------------
+
+
+@dataclass
+class Op:
+    family: str
+    name: str
+    forward: Callable[[dict, int], List[Launch]]  # (shape parameters, element size) → launches
+    backward: Callable[[dict, int], List[Launch]]
+    plain_forward: Callable[[Device, dict, int], float]
+    plain_backward: Callable[[Device, dict, int], float]
+    note: str = ""
+
+
+OPS: List[Op] = []  # filled family by family below
+
+
+# ==== kernel families (one function per kernel, named after it) ====================================
+
+
+# ---- covpool (csrc/covpool/covpool_cuda.cu) ---------------------------------------------------------
+COV_TILE, MEAN_THREADS, SQRTM_THREADS, MAX_GRID_Y = 16, 256, 256, 65535
+
+
+def row_mean_kernel(B: int, C: int, M: int, elem: int) -> Launch:
+    """covpool_cuda.cu: row_means — one CTA of 256 threads per row, a strided sum, a block reduction."""
+    rows, lines, sectors = B * C, *global_access([m * elem for m in range(32)])
+    warp_iters = rows * min(8, warps_of(M)) * ceil_div(M, MEAN_THREADS)
+    reduce = rows * 8 * 8  # block_sum: 8 levels, every warp
+    return Launch("covpool", "row_mean_kernel", (rows, 1, 1), (MEAN_THREADS, 1, 1), static_smem=MEAN_THREADS * 4,
+                  flops=rows * M, min_bytes=rows * M * elem + rows * 4, alu=warp_iters * 4 + reduce * 6,
+                  mem=warp_iters + reduce * 3, lsu=warp_iters * lines + reduce * 3, l2=warp_iters * sectors * 32,
+                  gld=warp_iters, ilp=4, note="coalesced rows, one CTA per row")
+
+
+def covariance_kernel(B: int, C: int, M: int, elem: int) -> Launch:
+    """covpool_cuda.cu: covpool_cuda — grid (tiles, tiles, B), 16×16 threads; tiles below the diagonal exit."""
+    tiles, steps = ceil_div(C, COV_TILE), ceil_div(M, COV_TILE)
+    active = B * tiles * (tiles + 1) // 2
+    lanes = [(lane // 16, lane % 16) for lane in range(32)]  # (ty, tx) of warp 0
+    lines, sectors = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[load_i * M + m]
+    # rows_i[ty][k], rows_j[tx][k]
+    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx * 17 for _, tx in lanes])
+    sts = bank_ways([ty * 17 + tx for ty, tx in lanes])
+    mirror, _ = global_access([(tx * C + ty) * elem for ty, tx in lanes])  # ob[j * C + i]
+    ws = active * 8 * steps  # warp-steps
+    return Launch("covpool", "covariance_kernel", (tiles, tiles, min(B, MAX_GRID_Y)), (COV_TILE, COV_TILE, 1),
+                  static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
+                  min_bytes=B * C * M * elem + B * C * C * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
+                  mem=ws * (2 + 2 + 2 * COV_TILE),
+                  lsu=ws * (2 * lines + 2 * sts + COV_TILE * ways) + active * 8 * (1 + mirror),
+                  l2=ws * 2 * sectors * 32, gld=ws * 2, ilp=2, ctas_active=active, phased=True,
+                  reuse_set=C * M * elem,
+                  note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
+
+
+def covpool_backward_kernel(B: int, C: int, M: int, elem: int) -> Launch:
+    """covpool_cuda.cu: covpool_backward_cuda — grid (⌈M/16⌉, ⌈C/16⌉, B), 16×16 threads."""
+    grid, steps = (ceil_div(M, COV_TILE), ceil_div(C, COV_TILE), min(B, MAX_GRID_Y)), ceil_div(C, COV_TILE)
+    lanes = [(lane // 16, lane % 16) for lane in range(32)]
+    lines_s, sectors_s = global_access([(ty * C + tx) * 4 for ty, tx in lanes])  # sb[i * C + sym_col]
+    lines_x, sectors_x = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[xc_row * M + m]
+    # sym_tile[ty][k], xc_tile[k][tx]
+    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx for _, tx in lanes])
+    ws = grid[0] * grid[1] * grid[2] * 8 * steps
+    return Launch("covpool", "covpool_backward_kernel", grid, (COV_TILE, COV_TILE, 1),
+                  static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
+                  min_bytes=B * C * C * 4 + 2 * B * C * M * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
+                  mem=ws * (3 + 2 + 2 * COV_TILE), lsu=ws * (lines_s + lines_x + 1 + 2 + COV_TILE * ways),
+                  l2=ws * (sectors_s + sectors_x + 1) * 32, gld=ws * 3, ilp=3, phased=True,
+                  reuse_set=C * C * 4 + C * M * elem,
+                  note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
+
+
+def sqrtm_fits_one_block(n: int) -> bool:  # covpool_cuda.cu: sqrtm_fits_one_block (float accumulation)
+    return (4 * n * n + SQRTM_THREADS) * 4 <= SMEM_OPTIN
+
+
+def product_wavefronts(n: int, a: Tuple[str, bool], b: Tuple[str, bool]) -> float:
+    """L1/shared wavefronts of one k-step of product_entry (covpool_cuda.cu) for a warp of block_product's
+    element loop (lanes e → i = e / n, j = e % n), averaged over the warps of the first 256 elements.
+    Operands: (where, transposed), where 'shared' (the block's matrices) or 'global' (saved iterates)."""
+    total, warps = 0.0, max(1, min(8, warps_of(n * n)))
+    for w in range(warps):
+        lanes = [(e // n, e % n) for e in range(32 * w, min(32 * w + 32, n * n))]
+        k = 1
+        words_a = [k * n + i if a[1] else i * n + k for i, _ in lanes]  # op(A)[i, k]
+        words_b = [j * n + k if b[1] else k * n + j for _, j in lanes]  # op(B)[k, j]
+        for (where, _), words in ((a, words_a), (b, words_b)):
+            total += bank_ways(words) if where == "shared" else global_access([4 * x for x in words])[0]
+    return total / warps
+
+
+def block_products(n: int, matrices: int, products: Sequence[Tuple[Tuple[str, bool], Tuple[str, bool]]]) -> dict:
+    """Counts of `products` n×n block products (block_product / product_entry) for `matrices` CTAs."""
+    wi = matrices * 8 * ceil_div(n * n, SQRTM_THREADS)  # warp-iterations of the element loop
+    lsu = sum(product_wavefronts(n, a, b) for a, b in products) * n * wi + len(products) * wi
+    return dict(ffma=len(products) * wi * n, mem=len(products) * wi * (2 * n + 2), lsu=lsu,
+                alu=len(products) * wi * (n + DIV32 + 6))
+
+
+def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> Launch:
+    """covpool_cuda.cu: sqrtm_newton_schulz_cuda — one CTA of 256 threads per matrix, all in shared memory."""
+    nn, S = n * n, ("shared", False)
+    products = 3 * (iters - 1) + 2
+    c = block_products(n, B, [(S, S)] * products)
+    saved = (3 * iters - 1) * nn * 4 * B if save else 0
+    wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
+    return Launch("covpool", "sqrtm_forward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
+                  dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * products * n ** 3 * B,
+                  min_bytes=2 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * 30, mem=c["mem"] + wi * 8,
+                  lsu=c["lsu"] + wi * 8, l2=2 * B * nn * elem + saved, gld=wi * (2 + (3 * iters - 1 if save else 0)),
+                  ilp=4, note=f"{products} n×n products in one CTA per matrix: 2 shared loads per FMA")
+
+
+def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
+    """covpool_cuda.cu: sqrtm_newton_schulz_backward_cuda — one CTA per matrix; the saved iterates are read
+    from global memory (L1), Y_f, Z_f, Y_k, Z_k, T_k transposed where the reverse step needs it."""
+    nn, S, ST, G, GT = n * n, ("shared", False), ("shared", True), ("global", False), ("global", True)
+    prologue = [(G, G), (G, S), (S, ST), (ST, S), (GT, S), (S, GT)]
+    step = [(GT, S), (S, GT), (S, GT), (GT, S), (GT, S), (S, GT)]
+    products = prologue + step * (iters - 1)
+    c = block_products(n, B, products)
+    wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
+    iterates = (3 * iters - 1) * nn * 4 * B
+    worst = max(product_wavefronts(n, a, b) for a, b in products)
+    return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
+                  dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * len(products) * n ** 3 * B,
+                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * 40,
+                  mem=c["mem"] + wi * 10,
+                  lsu=c["lsu"] + wi * 10, l2=3 * B * nn * elem + iterates, gld=wi * (3 + 3 * iters - 1), ilp=4,
+                  note=f"{len(products)} products; transposed operands: {worst:.0f} wavefronts per k-step "
+                       f"(bank conflicts / uncoalesced lines) instead of 2")
+
+
+def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
+    """covpool_cuda.cu: triuvec_cuda — one thread per output element (grid-stride), a gather."""
+    length = n * (n + 1) // 2
+    total = B * length
+    k0 = length // 2
+    rows = [int((math.sqrt(8 * k + 1) - 1) / 2) for k in range(k0, k0 + 32)]  # triu_row_col
+    src = [(i * n + (k - i * (i + 1) // 2)) * elem for i, k in zip(rows, range(k0, k0 + 32))]
+    lines, sectors = global_access(src)
+    w = warps_of(total)
+    return Launch("covpool", "triuvec_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=2 * total * elem, alu=w * (DIV64 + 40), mem=w * 2, lsu=w * (lines + 1),
+                  l2=w * (sectors + elem) * 32, gld=w * 2, note="int64 divide and fp64 sqrt per element")
+
+
+def triuvec_backward_kernel(B: int, n: int, elem: int) -> Launch:
+    """covpool_cuda.cu: triuvec_backward_cuda — one thread per element of [B, n, n] (grid-stride)."""
+    length, total = n * (n + 1) // 2, B * n * n
+    w = warps_of(total)
+    return Launch("covpool", "triuvec_backward_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=B * length * elem + total * elem, alu=w * (3 * DIV64 + 10), mem=w * 2, lsu=w * 3,
+                  l2=w * 2 * elem * 32, gld=w * 2, note="three int64 divides per element")
+
+
+def covpool_dims(p: dict) -> Tuple[int, int, int]:
+    return p["B"], p["C"], p["H"] * p["W"]
+
+
+def sqrtm_batched(p: dict, elem: int, backward: bool) -> List[Launch]:
+    """covpool_host.cpp: sqrtm_batched_forward / _backward — matrices too large for one CTA: at::bmm."""
+    B, n, _ = covpool_dims(p)
+    it = SQRTM_ITERS
+    gemms = 6 + 6 * (it - 1) - 2 if backward else 3 * (it - 1) + 2
+    ews = 12 if backward else 9
+    flops = 2.0 * gemms * B * n ** 3
+    return [aten_call("covpool", f"at::bmm/baddbmm ×{gemms} (cuBLAS)", lambda d: gemms * plain_gemm(d, B, n, n, n, 4),
+                      flops=flops, nbytes=gemms * 3 * B * n * n * 4),
+            aten_call("covpool", f"ATen elementwise ×{ews}", lambda d: ews * plain_ew(d, 3 * B * n * n * 4),
+                      nbytes=ews * 3 * B * n * n * 4)]
+
+
+def plain_covpool(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.covpool: xc = x − mean, bmm(xc, xcᵀ) / M; its autograd backward."""
+    B, C, M = covpool_dims(p)
+    x, cc = B * C * M * elem, B * C * C * elem
+    if not backward:
+        return plain_ew(dev, x) + plain_ew(dev, 2 * x) + plain_gemm(dev, B, C, C, M, elem) + plain_ew(dev, 2 * cc)
+    return (plain_ew(dev, 2 * cc) + 2 * plain_gemm(dev, B, C, M, C, elem) + plain_ew(dev, 3 * x) + plain_ew(dev, x)
+            + plain_ew(dev, 3 * x))
+
+
+def plain_sqrtm(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.sqrtm_newton_schulz: a loop of bmm and elementwise ops; its autograd backward."""
+    B, n, _ = covpool_dims(p)
+    products, it = 3 * (SQRTM_ITERS - 1) + 2, SQRTM_ITERS
+    gemms, ews = (2 * products, 3 * (it - 1) + 10) if backward else (products, 2 * (it - 1) + 8)
+    return gemms * plain_gemm(dev, B, n, n, n, elem) + ews * plain_ew(dev, 3 * B * n * n * elem)
+
+
+def plain_triuvec(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.triuvec: a[:, rows, cols] (tril_indices, an index gather); backward: zeros + index_put."""
+    B, n, _ = covpool_dims(p)
+    length = n * (n + 1) // 2
+    scatter = B * n * n * elem if backward else 0
+    return plain_ew(dev, 16 * length) + plain_ew(dev, B * length * elem * 2 + 16 * length + scatter)
+
+
+def covpool_forward(p: dict, elem: int) -> List[Launch]:
+    B, C, M = covpool_dims(p)
+    return [row_mean_kernel(B, C, M, elem), covariance_kernel(B, C, M, elem)]
+
+
+def covpool_backward(p: dict, elem: int) -> List[Launch]:
+    B, C, M = covpool_dims(p)
+    cc = B * C * C * 4
+    return [row_mean_kernel(B, C, M, elem),
+            aten_call("covpool", "ATen: sym = (G + Gᵀ) / M", lambda d: plain_ew(d, 3 * cc) + plain_ew(d, 2 * cc),
+                      nbytes=5 * cc),
+            covpool_backward_kernel(B, C, M, elem)]
+
+
+def sqrtm_forward(p: dict, elem: int) -> List[Launch]:
+    B, n, _ = covpool_dims(p)
+    if not sqrtm_fits_one_block(n):
+        return sqrtm_batched(p, elem, backward=False)
+    return [sqrtm_forward_kernel(B, n, SQRTM_ITERS, True, elem)]
+
+
+def sqrtm_backward(p: dict, elem: int) -> List[Launch]:
+    B, n, _ = covpool_dims(p)
+    if not sqrtm_fits_one_block(n):
+        return sqrtm_batched(p, elem, backward=True)
+    return [sqrtm_backward_kernel(B, n, SQRTM_ITERS, elem)]
+
+
+OPS += [
+    Op("covpool", "covpool", covpool_forward, covpool_backward,
+       lambda d, p, e: plain_covpool(d, p, e, False), lambda d, p, e: plain_covpool(d, p, e, True)),
+    Op("covpool", "sqrtm_newton_schulz (5 it.)", sqrtm_forward, sqrtm_backward,
+       lambda d, p, e: plain_sqrtm(d, p, e, False), lambda d, p, e: plain_sqrtm(d, p, e, True)),
+    Op("covpool", "triuvec", lambda p, e: [triuvec_kernel(p["B"], p["C"], e)],
+       lambda p, e: [triuvec_backward_kernel(p["B"], p["C"], e)],
+       lambda d, p, e: plain_triuvec(d, p, e, False), lambda d, p, e: plain_triuvec(d, p, e, True)),
+]
+
+
+# ---- criss_cross (csrc/criss_cross/criss_cross_cuda.cu, criss_cross.h) -------------------------------
+PIXEL_THREADS = 128  # criss_cross_cuda.cu: kPixelThreads
+
+
+def position_offset(p: int, h: int, w: int, H: int, W: int) -> int:  # criss_cross.h: position_offset
+    return h * W + p if p < W else ((p - W) if (p - W) < h else (p - W) + 1) * W + w
+
+
+def mean_access(warps: Sequence[Sequence[int]], elem: int) -> Tuple[float, float]:
+    """Average (lines, sectors) over warps given as lists of element offsets."""
+    if not warps:
+        return 0.0, 0.0
+    stats = [global_access([a * elem for a in warp]) for warp in warps]
+    return sum(s[0] for s in stats) / len(stats), sum(s[1] for s in stats) / len(stats)
+
+
+def spread(n: int, k: int) -> List[int]:
+    """k indices spread evenly over range(n) (all of them when n <= k)."""
+    return list(range(n)) if n <= k else [i * n // k for i in range(k)]
+
+
+def affinity_kernel(B: int, C: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: affinity_cuda — one thread per energy e[b, p, h, w] (w fastest), a channel loop."""
+    HW, P = H * W, H + W - 1
+    total = B * P * HW
+    q_warps, k_warps = [], []
+    for p in spread(P, 12):
+        for start in spread(HW, 8):
+            lanes = [((p * HW + start + t) // HW) % P for t in range(32)], [(start + t) % HW for t in range(32)]
+            for c in (0, 1):
+                q_warps.append([c * HW + px for px in lanes[1]])
+                k_warps.append([c * HW + position_offset(pp, px // W, px % W, H, W) for pp, px in zip(*lanes)])
+    (lq, sq), (lk, sk) = mean_access(q_warps, elem), mean_access(k_warps, elem)
+    w = warps_of(total)
+    return Launch("criss_cross", "affinity_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * total * C, min_bytes=2 * B * C * HW * elem + total * elem, ffma=w * C,
+                  alu=w * (4 * DIV64 + 3 * C + 10), mem=w * (2 * C + 1), lsu=w * (C * (lq + lk) + 1),
+                  l2=w * (C * (sq + sk) + elem) * 32, gld=w * (2 * C + 1), ilp=8, reuse_set=2 * C * HW * elem,
+                  note=f"one thread per energy, {C}-channel loop; {lq + lk:.1f} lines per channel step")
+
+
+def aggregate_kernel(transposed: bool, B: int, C: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: aggregate_cuda<transposed> — one thread per output element (w fastest), a loop
+    over the P positions (aggregate_entry) or over the pixels whose lists hold it (aggregate_transposed_entry)."""
+    HW, P = H * W, H + W - 1
+    total = B * C * HW
+    a_warps, x_warps = [], []
+    for start in spread(HW, 8):
+        px = [(start + t) % HW for t in range(32)]
+        hs, ws = [q // W for q in px], [q % W for q in px]
+        if not transposed:
+            for p in spread(P, 48):
+                a_warps.append([p * HW + q for q in px])
+                x_warps.append([position_offset(p, h, w, H, W) for h, w in zip(hs, ws)])
+        else:
+            for w2 in spread(W, 24):  # the row loop: a[x·HW + y·W + w'], g[y·W + w']
+                a_warps.append([x * HW + y * W + w2 for y, x in zip(hs, ws)])
+                x_warps.append([y * W + w2 for y in hs])
+            for h2 in spread(H, 24):  # the column loop: a[(W + column_index(y, h))·HW + h·W + x], g[h·W + x]
+                a_warps.append([(W + (y if y < h2 else y - 1)) * HW + h2 * W + x for y, x in zip(hs, ws) if y != h2])
+                x_warps.append([h2 * W + x for y, x in zip(hs, ws) if y != h2])
+    (la, sa), (lx, sx) = mean_access(a_warps, elem), mean_access(x_warps, elem)
+    w = warps_of(total)
+    steps = (W + H - 1) if transposed else P
+    kind = "transposed: rows of attn gathered HW apart" if transposed else "P-position loop"
+    return Launch("criss_cross", "aggregate_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * total * P, min_bytes=B * P * HW * elem + 2 * total * elem, ffma=w * steps,
+                  alu=w * (4 * DIV64 + 8 * steps), mem=w * (2 * steps + 1), lsu=w * (steps * (la + lx) + 1),
+                  l2=w * (steps * (sa + sx) + elem) * 32, gld=w * (2 * steps + 1), ilp=4,
+                  reuse_set=P * HW * elem + HW * elem, template=("b1",) if transposed else ("b0",),
+                  note=f"{kind}; {la + lx:.1f} lines per step")
+
+
+def pixel_gathers(H: int, W: int, h: int, w: int, channels: int, elem: int, by_lane: str) -> Tuple[float, float, float]:
+    """(wavefronts, L2 sectors, requests) per CTA of a fused kernel's gathers of a [C, H, W] tensor at the P
+    positions of pixel (h, w), for `channels` channels. by_lane='position': lanes take positions (a channel
+    loop inside); by_lane='channel': lanes take channels (a position loop inside, L1 keeping a sector while
+    a lane walks the row)."""
+    HW, P = H * W, H + W - 1
+    wavefronts = requests = sectors = 0.0
+    if by_lane == "position":
+        for w0 in range(0, P, 32):
+            offsets = [position_offset(p, h, w, H, W) for p in range(w0, min(P, w0 + 32))]
+            lines, secs = mean_access([[c * HW + o for o in offsets] for c in (0, 1)], elem)
+            wavefronts, sectors, requests = (wavefronts + lines * channels, sectors + secs * channels,
+                                             requests + channels)
+    else:
+        for c0 in range(0, channels, 32):
+            lanes = range(c0, min(channels, c0 + 32))
+            for p in spread(P, 16):
+                lines, _ = global_access([(c * HW + position_offset(p, h, w, H, W)) * elem for c in lanes])
+                wavefronts += lines * P / min(P, 16)
+            requests += P
+        distinct = len({position_offset(p, h, w, H, W) * elem // 32 for p in range(P)})
+        sectors = channels * distinct
+    return wavefronts, sectors, requests
+
+
+def fused_launch(kernel: str, B: int, H: int, W: int, arrays: int, phase1: Sequence[Tuple[int, str]],
+                 phase2_channels: int, broadcast_loads: int, flops: float, min_bytes: float, reuse: float,
+                 elem: int, note: str) -> Launch:
+    """A fused criss-cross kernel: one CTA of 128 threads per pixel; phase 1 over positions (lanes = p) with
+    channel loops over the tensors in `phase1` ((channels, 'gather' | 'broadcast')), block reductions, then
+    phase 2 over `phase2_channels` channels (lanes = c) with a P-position gather loop."""
+    HW, P = H * W, H + W - 1
+    h, w = H // 2, W // 2
+    pw = ceil_div(P, 32)  # warp-iterations of phase 1
+    wf = sec = req = 0.0
+    ch1 = sum(c for c, _ in phase1)
+    for channels, kind in phase1:
+        if kind == "gather":
+            a, b, c = pixel_gathers(H, W, h, w, channels, elem, "position")
+            wf, sec, req = wf + a, sec + b, req + c
+        else:
+            wf, sec, req = wf + pw * channels, sec + pw * channels, req + pw * channels
+    a, b, c = pixel_gathers(H, W, h, w, phase2_channels, elem, "channel")
+    cw = ceil_div(phase2_channels, 32)
+    extra = cw * 32 + pw * broadcast_loads  # phase 2's strided stores, phase 1's per-pixel scalars (lse, D)
+    wf, sec, req = wf + a + extra, sec + b + extra, req + c + cw + pw * broadcast_loads
+    reduce = 2 * 4 * 7  # block_max / block_sum: 7 levels, 4 warps
+    per_cta = dict(ffma=pw * ch1 + cw * P, alu=pw * (3 * ch1 + 2 * EXP_ALU + 20) + cw * P * 9 + reduce * 4,
+                   mufu=pw * 2, mem=pw * (2 * ch1 + 4) + cw * (2 * P + 1) + reduce * 3,
+                   lsu=wf + cw * P + pw * 2 + reduce * 3)
+    n = B * HW
+    return Launch("criss_cross", kernel, (n, 1, 1), (PIXEL_THREADS, 1, 1), dyn_smem=(arrays * P + PIXEL_THREADS) * 4,
+                  flops=flops, min_bytes=min_bytes, ffma=n * per_cta["ffma"], alu=n * per_cta["alu"],
+                  mufu=n * per_cta["mufu"], mem=n * per_cta["mem"], lsu=n * per_cta["lsu"], l2=n * sec * 32,
+                  gld=n * req, ilp=2, warps_busy=4, reuse_set=reuse, note=note)
+
+
+def attention_forward_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: attention_cuda — grid B·H·W, 128 threads, (P + 128)·4 B of shared memory."""
+    HW, P = H * W, H + W - 1
+    return fused_launch("attention_forward_kernel", B, H, W, 1, [(Cq, "gather")], Cv, 0,
+                        flops=2.0 * B * HW * P * (Cq + Cv), min_bytes=B * HW * (2 * Cq + 2 * Cv) * elem + B * HW * 4,
+                        reuse=HW * (Cq + Cv) * elem, elem=elem,
+                        note="lanes map to channels: v gathered H·W apart, one line per element")
+
+
+def attention_grad_q_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
+    HW, P = H * W, H + W - 1
+    return fused_launch("attention_grad_q_kernel", B, H, W, 1, [(Cq, "gather"), (Cv, "gather")], Cq, 2,
+                        flops=2.0 * B * HW * P * (2 * Cq + Cv),
+                        min_bytes=B * HW * (3 * Cq + 2 * Cv) * elem + 2 * B * HW * 4,
+                        reuse=HW * (Cq + Cv) * elem, elem=elem,
+                        note="energies recomputed; k gathered H·W apart per channel lane")
+
+
+def attention_grad_kv_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
+    HW, P = H * W, H + W - 1
+    return fused_launch("attention_grad_kv_kernel", B, H, W, 2, [(Cq, "gather"), (Cv, "gather")], Cq + Cv, 2,
+                        flops=4.0 * B * HW * P * (Cq + Cv),
+                        min_bytes=B * HW * (3 * Cq + 3 * Cv) * elem + 2 * B * HW * 4,
+                        reuse=HW * (Cq + Cv) * elem, elem=elem,
+                        note="weights recomputed per partner; q and g gathered H·W apart per channel lane")
+
+
+def cc_dims(p: dict) -> Tuple[int, int, int, int, int, int]:
+    B, C, H, W = p["B"], p["C"], p["H"], p["W"]
+    return B, C // 8, C, H, W, H + W - 1
+
+
+def plain_energies(dev: Device, p: dict, elem: int) -> float:
+    """The two einsum energies (permute copies of q and k, two bmm) and their concatenation."""
+    B, Cq, _, H, W, P = cc_dims(p)
+    q = B * Cq * H * W * elem
+    return (4 * plain_ew(dev, 2 * q) + plain_gemm(dev, B * W, H, H, Cq, elem) + plain_gemm(dev, B * H, W, W, Cq, elem)
+            + plain_ew(dev, 2 * B * H * W * P * elem))
+
+
+def plain_outputs(dev: Device, p: dict, elem: int) -> float:
+    """The two einsum outputs (attention slices and v permuted, two bmm, outputs permuted back) and their sum."""
+    B, _, Cv, H, W, P = cc_dims(p)
+    v, a = B * Cv * H * W * elem, B * H * W * P * elem
+    return (2 * plain_ew(dev, 2 * a / 2) + 4 * plain_ew(dev, 2 * v) + plain_gemm(dev, B * W, Cv, H, H, elem)
+            + plain_gemm(dev, B * H, Cv, W, W, elem) + plain_ew(dev, 3 * v))
+
+
+def plain_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """bench_criss_cross.einsum_attention: energies, −inf diagonal, softmax, outputs; autograd backward: twice
+    the bmm, the copies again, the softmax backward."""
+    B, _, _, H, W, P = cc_dims(p)
+    a = B * H * W * P * elem
+    forward = plain_energies(dev, p, elem) + plain_outputs(dev, p, elem) + 2 * plain_ew(dev, 2 * a)
+    return 2 * forward + plain_ew(dev, 3 * a) if backward else forward
+
+
+def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
+    B, Cq, Cv, H, W, _ = cc_dims(p)
+    return [attention_forward_kernel(B, Cq, Cv, H, W, elem)]
+
+
+def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
+    B, Cq, Cv, H, W, _ = cc_dims(p)
+    x = B * Cv * H * W
+    return [aten_call("criss_cross", "ATen: D = Σ_c g·out", lambda d: plain_ew(d, 3 * x * elem) + plain_ew(d, 4 * x),
+                      nbytes=3 * x * elem + 4 * x),
+            attention_grad_q_kernel(B, Cq, Cv, H, W, elem), attention_grad_kv_kernel(B, Cq, Cv, H, W, elem)]
+
+
+OPS += [
+    Op("criss_cross", "criss_cross_attention", cc_attention_forward, cc_attention_backward,
+       lambda d, p, e: plain_attention(d, p, e, False), lambda d, p, e: plain_attention(d, p, e, True)),
+    Op("criss_cross", "criss_cross_affinity (q, k: C/8)",
+       lambda p, e: [affinity_kernel(p["B"], p["C"] // 8, p["H"], p["W"], e)],
+       lambda p, e: [aggregate_kernel(False, p["B"], p["C"] // 8, p["H"], p["W"], e),
+                     aggregate_kernel(True, p["B"], p["C"] // 8, p["H"], p["W"], e)],
+       plain_energies, lambda d, p, e: 2 * plain_energies(d, p, e)),
+    Op("criss_cross", "criss_cross_aggregate (v: C)",
+       lambda p, e: [aggregate_kernel(False, p["B"], p["C"], p["H"], p["W"], e)],
+       lambda p, e: [affinity_kernel(p["B"], p["C"], p["H"], p["W"], e),
+                     aggregate_kernel(True, p["B"], p["C"], p["H"], p["W"], e)],
+       plain_outputs, lambda d, p, e: 2 * plain_outputs(d, p, e)),
+]
+
+
+# ---- window_attention (csrc/window_attention/window_attention_cuda.cu, window_attention.h) -----------
+
+
+def wa_block_threads(N: int) -> int:  # window_attention_cuda.cu: block_threads
+    return min(ceil_div(N, 32) * 32, 256)
+
+
+def wa_smem_bytes(N: int, d: int, arrays: int, scalars: int) -> int:  # window_attention_cuda.cu: smem_bytes
+    return (arrays * N * (d + 1) + scalars * N) * 4 + N * (8 + 4)
+
+
+class WindowGrid:  # window_attention.h: WindowGrid
+    def __init__(self, H: int, W: int, window: int, shift: int):
+        self.H, self.W, self.window, self.shift = H, W, window, shift
+        self.N, self.nW = window * window, (H // window) * (W // window)
+
+    def pixel(self, w: int, t: int) -> int:
+        sy = (w // (self.W // self.window)) * self.window + t // self.window
+        sx = (w % (self.W // self.window)) * self.window + t % self.window
+        y, x = sy + self.shift, sx + self.shift
+        return (y if y < self.H else y - self.H) * self.W + (x if x < self.W else x - self.W)
+
+
+def window_patterns(g: WindowGrid, heads: int, d: int, elem: int) -> dict:
+    """Access costs of the window kernels for head 0 of a window in the middle of the image."""
+    N, ld, w = g.N, d + 1, g.nW // 2 + (g.W // g.window) // 2
+    pix = [g.pixel(w, t) for t in range(N)]
+    element_warps = [range(s, min(s + 32, N * d)) for s in range(0, N * d, 32)]
+    qkv = mean_access([[((pix[e // d] * 3) * heads) * d + e % d for e in lanes] for lanes in element_warps], elem)
+    out = mean_access([[(pix[e // d] * heads) * d + e % d for e in lanes] for lanes in element_warps], elem)
+    sts = sum(bank_ways([(e // d) * ld + e % d for e in lanes]) for lanes in element_warps) / len(element_warps)
+    row_warps = [range(s, min(s + 32, N)) for s in range(0, N, 32)]
+    rows = [bank_ways([i * ld for i in lanes]) for lanes in row_warps]  # x[i·ld + c], lanes = rows
+    bias_rows = [mean_access([[i * N + j for i in lanes] for j in spread(N, 8)], elem) for lanes in row_warps]
+    bias_cols = [mean_access([[i * N + j for j in lanes] for i in spread(N, 8)], elem) for lanes in row_warps]
+    by_token = [mean_access([[(pix[i] * heads) * d for i in lanes]], 4) for lanes in row_warps]  # lse, o rows
+    return dict(qkv=qkv, out=out, sts=sts, rows=rows, bias_rows=bias_rows, bias_cols=bias_cols, by_token=by_token,
+                element_warps=len(element_warps), row_warps=len(row_warps))
+
+
+def window_load_counts(pt: dict, d: int, loads: int) -> dict:
+    """load_window (+ dO): per CTA and window, `loads` gathered tensors of N·d elements into shared memory."""
+    ew = pt["element_warps"]
+    return dict(alu=pt["row_warps"] * (6 * DIV64 + 20) + ew * (DIV64 + 4 * loads), mem=ew * (1 + 2 * loads),
+                lsu=ew * (2 + loads * (pt["qkv"][0] + pt["sts"])), l2=ew * loads * pt["qkv"][1] * 32, gld=ew * loads)
+
+
+def forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
+    """window_attention_cuda.cu: window_attention_cuda — one CTA per (window, head), thread i owns query row i;
+    logits computed in two passes (max/sum, then P·v into a shared-memory accumulator row)."""
+    N, ctas = g.N, B * g.nW * heads
+    pt = window_patterns(g, heads, d, elem)
+    ld = window_load_counts(pt, d, 3)
+    region = 2 if g.shift else 0
+    ffma = alu = mem = lsu = 0.0
+    for ways, (bias_lines, _), (tok_lines, _) in zip(pt["rows"], pt["bias_rows"], pt["by_token"]):
+        per_j_dot = dict(ffma=d, lds=2 * d, lsu=d * (ways + 1))
+        ffma += N * (3 * d)
+        mem += N * (2 * per_j_dot["lds"] + 2 + 2 * region + 3 * d) + d + 2
+        lsu += N * (2 * per_j_dot["lsu"] + 2 * bias_lines + 2 * region + d * (2 * ways + 1)) + d * ways + tok_lines + 1
+        alu += N * (3 * d + 2 * EXP_ALU + 30)
+    out_lines, out_sectors = pt["out"]
+    lsu += pt["element_warps"] * (2 + pt["sts"] + out_lines)
+    mem += pt["element_warps"] * 3
+    alu += pt["element_warps"] * DIV64
+    pixels, bias = B * g.H * g.W, heads * N * N * elem
+    l2_cta = ld["l2"] + N * (ceil_div(N * elem, 32) + 1) * 32 + pt["element_warps"] * out_sectors * 32 + N * 32
+    return Launch("window_attention", "forward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
+                  dyn_smem=wa_smem_bytes(N, d, 4, 0), flops=4.0 * ctas * N * N * d,
+                  min_bytes=pixels * 4 * heads * d * elem + pixels * heads * 4 + bias,
+                  ffma=ctas * ffma, alu=ctas * (alu + ld["alu"]), mufu=ctas * pt["row_warps"] * N * 2,
+                  mem=ctas * (mem + ld["mem"]), lsu=ctas * (lsu + ld["lsu"]), l2=ctas * l2_cta,
+                  gld=ctas * (ld["gld"] + pt["row_warps"] * (2 * N + 1) + pt["element_warps"]), ilp=2,
+                  warps_busy=pt["row_warps"],
+                  note=f"logits twice, 3 shared accesses per P·v FMA, bias read by rows "
+                       f"({pt['bias_rows'][0][0]:.0f} lines per request), {wa_block_threads(N)} threads for N = {N}")
+
+
+def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
+    """window_attention_cuda.cu: window_attention_backward_cuda — min(B·nW, 64)·heads CTAs, each walking its
+    windows; rows pass (dq, bias gradient RMW in global memory), then columns pass (dk, dv); dS recomputed."""
+    N, windows = g.N, B * g.nW
+    groups = min(windows, 64)  # window_attention.h: backward_groups
+    ctas, per_cta = groups * heads, ceil_div(windows, groups)
+    pt = window_patterns(g, heads, d, elem)
+    ld = window_load_counts(pt, d, 4)
+    region = 2 if g.shift else 0
+    ffma = alu = mem = lsu = 0.0
+    for ways, (bias_r, _), (bias_c, _), (tok, _) in zip(pt["rows"], pt["bias_rows"], pt["bias_cols"], pt["by_token"]):
+        dots = dict(lds=4 * d, lsu=2 * d * (ways + 1))  # the two row dots of logit_grad_at
+        rows = dict(mem=dots["lds"] + 3 + region + 2 + 2 + 3 * d,
+                    lsu=dots["lsu"] + bias_r + region + 2 + 2 * bias_r + d * (2 * ways + 1))
+        cols = dict(mem=dots["lds"] + 3 + region + 2 + 6 * d,
+                    lsu=dots["lsu"] + bias_c + region + 2 + 2 * d * (2 * ways + 1))
+        ffma += N * 7 * d + d
+        mem += N * (rows["mem"] + cols["mem"]) + 2 * d + 4
+        lsu += N * (rows["lsu"] + cols["lsu"]) + d * (ways + tok) + 2 * tok
+        alu += N * (2 * (4 * d + 2 * EXP_ALU + 30))
+    out_lines, out_sectors = pt["out"]
+    lsu += pt["element_warps"] * 3 * (2 + pt["sts"] + out_lines)
+    mem += pt["element_warps"] * 9
+    alu += pt["element_warps"] * 3 * DIV64
+    l2_window = (ld["l2"] + N * (ceil_div(N * elem, 32) + 1) * 32 + 3 * pt["element_warps"] * out_sectors * 32
+                 + N * (d * elem + 32) + 1.5 * N * N * 32)  # o rows, lse; bias-gradient RMW sector per element
+    pixels = B * g.H * g.W
+    return Launch("window_attention", "backward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
+                  dyn_smem=wa_smem_bytes(N, d, 6, 2), flops=10.0 * windows * heads * N * N * d,
+                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,
+                  ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
+                  mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
+                  lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,
+                  gld=ctas * per_cta * (ld["gld"] + pt["row_warps"] * (4 * N + d + 1) + 3 * pt["element_warps"]),
+                  ilp=2, warps_busy=pt["row_warps"],
+                  note=f"{ctas} CTAs of {wa_block_threads(N)} threads ({per_cta} windows each); dS recomputed "
+                       f"twice, bias-gradient RMW in global memory by rows")
+
+
+def wa_dims(p: dict) -> Tuple[int, WindowGrid, int, int]:
+    return p["B"], WindowGrid(p["H"], p["W"], p["window"], p["shift"]), p["heads"], p["C"] // p["heads"]
+
+
+def plain_window_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """bench_window_attention.seed_branch(use_sdpa=True), the attention part: roll and window_partition
+    copies of x (the qkv Linear then writes q, k, v in window order, which SDPA reads as strided views), the
+    bias (+ shift mask) materialised as a [B·nW, heads, N, N] attn_mask (also when N is not a multiple of 16,
+    which the memory-efficient kernel needs), SDPA, then the output's transpose, window_reverse and roll-back
+    copies; backward: SDPA backward (2.5× the forward's FLOPs) writing the mask gradient, its sum over
+    windows, and the same five copies of the gradients."""
+    B, g, heads, d = wa_dims(p)
+    N, pairs = g.N, B * g.nW * heads
+    qkv, out = B * g.H * g.W * 3 * heads * d * elem, B * g.H * g.W * heads * d * elem
+    mask = pairs * N * N * 4 if (g.shift or N % 16) else heads * N * N * 4
+    flops = 4.0 * pairs * N * N * d
+    t = 5 * plain_ew(dev, 2 * out) + (plain_ew(dev, 2 * mask) if mask > heads * N * N * 4 else 0)
+    if not backward:
+        return t + plain_sdpa(dev, flops, qkv + out + mask, elem)
+    return t + plain_sdpa(dev, 2.5 * flops, 2 * qkv + 2 * out + 2 * mask, elem) + plain_ew(dev, mask)
+
+
+def wa_forward(p: dict, elem: int) -> List[Launch]:
+    B, g, heads, d = wa_dims(p)
+    return [forward_kernel(B, g, heads, d, elem)]
+
+
+def wa_backward(p: dict, elem: int) -> List[Launch]:
+    B, g, heads, d = wa_dims(p)
+    partial = min(B * g.nW, 64) * heads * g.N * g.N * 4
+    return [aten_call("window_attention", "ATen: zeros (partial bias gradients)", lambda dev: plain_ew(dev, partial),
+                      nbytes=partial),
+            backward_kernel(B, g, heads, d, elem),
+            aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial),
+                      nbytes=partial)]
+
+
+OPS += [
+    Op("window_attention", "window_attention", wa_forward, wa_backward,
+       lambda d, p, e: plain_window_attention(d, p, e, False), lambda d, p, e: plain_window_attention(d, p, e, True)),
+]
+
+
+# ---- region_conv (csrc/region_conv/region_conv_cuda.cu, region_conv.h) ------------------------------
+# The guide is taken to select regions uniformly at random per pixel: lanes of a warp gather from
+# distinct_regions(32, R) regions' filters or outputs.
+
+
+def distinct_regions(lanes: int, R: int) -> float:
+    """Expected number of distinct regions among `lanes` pixels with uniformly random regions."""
+    return R * (1 - (1 - 1 / R) ** lanes)
+
+
+def rc_dims(p: dict) -> Tuple[int, int, int, int, int, int, int]:
+    return p["B"], p["Cin"], p["Cout"], p["k"], p["R"], p["H"], p["W"]
+
+
+def conv_taps(Cin: int, k: int, H: int, W: int, elem: int) -> Tuple[float, float, float]:
+    """for_each_tap (region_conv.h) for warps of 32 consecutive output pixels (padding k // 2, stride 1):
+    (taps a warp loads, lines per x load, L2 sectors per (channel, kernel row) with L1 keeping a warp's
+    sectors across the kernel columns), averaged over sampled warps and taps."""
+    L, pad = H * W, k // 2
+    taps = lines = sectors = 0.0
+    starts = spread(ceil_div(L, 32), 6)
+    for s in starts:
+        ls = range(32 * s, min(32 * s + 32, L))
+        for u in range(k):
+            row_sectors = set()
+            for v in range(k):
+                src = [(l // W + u - pad) * W + (l % W + v - pad) for l in ls
+                       if 0 <= l // W + u - pad < H and 0 <= l % W + v - pad < W]
+                if src:
+                    taps += 1
+                    lines += global_access([a * elem for a in src])[0]
+                    row_sectors |= {a * elem // 32 for a in src}
+            sectors += len(row_sectors)
+    n = len(starts)
+    return Cin * taps / n, lines / max(taps, 1), Cin * sectors / n
+
+
+def selected_regions_kernel(B: int, R: int, L: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: selected_regions — one thread per pixel: the argmax over the R guide channels."""
+    total, w = B * L, warps_of(B * L)
+    return Launch("region_conv", "selected_regions_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=total * R * elem + total * 8, alu=w * (DIV64 + 6 * R), mem=w * (2 * R),
+                  lsu=w * (2 * R + 2), l2=w * (R * elem + 8) * 32, gld=w * (R + 1), ilp=2, note="argmax per pixel")
+
+
+def dynamic_conv_forward_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_cuda — one thread per output element (pixels fastest), the
+    selected region's filter row over every tap (conv_entry)."""
+    L = H * W
+    total, w = B * Cout * L, warps_of(B * Cout * L)
+    taps, x_lines, x_sectors = conv_taps(Cin, k, H, W, elem)
+    regions = distinct_regions(32, R)
+    filters = B * R * Cout * Cin * k * k * elem
+    return Launch("region_conv", "dynamic_conv_forward_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * total * Cin * k * k,
+                  min_bytes=B * Cin * L * elem + filters + B * L * 8 + total * elem, ffma=w * taps,
+                  alu=w * (4 * DIV64 + 8 * Cin * k * k), mem=w * (2 * taps + 2),
+                  lsu=w * (taps * (x_lines + regions) + 3), l2=w * (x_sectors + taps * regions / 8 + 9) * 32,
+                  gld=w * (2 * taps + 2), ilp=4, reuse_set=(R * Cout + 1) * Cin * k * k * elem + Cin * L * elem,
+                  note=f"filter rows gathered from {regions:.1f} regions per warp (random guide)")
+
+
+def dynamic_conv_grad_x_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per element of x: every tap's
+    output pixel (output_of_tap: an int64 divide each), its region's filter column over Cout."""
+    L = H * W
+    total, w = B * Cin * L, warps_of(B * Cin * L)
+    taps, _, _ = conv_taps(1, k, H, W, elem)  # valid taps per warp (the same geometry, mirrored)
+    regions = distinct_regions(32, R)
+    grad_lines, grad_sectors = global_access([l * elem for l in range(32)])
+    filters = B * R * Cout * Cin * k * k * elem
+    return Launch("region_conv", "dynamic_conv_grad_x_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * Cout * L * Cin * k * k,
+                  min_bytes=B * Cout * L * elem + filters + B * L * 8 + total * elem, ffma=w * taps * Cout,
+                  alu=w * ((4 + k + k * k) * DIV64 + taps * Cout * 4), mem=w * taps * (1 + 2 * Cout),
+                  lsu=w * taps * (2 + Cout * (regions + grad_lines)),
+                  l2=w * taps * (8 + Cout * (regions + grad_sectors)) * 32, gld=w * taps * (1 + 2 * Cout), ilp=4,
+                  reuse_set=(R * Cout * Cin * k * k + Cout * L) * elem,
+                  note=f"{k + k * k} int64 divides per element; filter columns from {regions:.1f} regions per warp")
+
+
+def dynamic_conv_grad_filters_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per filter element, a loop over
+    all L pixels that skips the other regions' (1/R of them contribute)."""
+    L, K = H * W, Cin * k * k
+    total, w = B * R * Cout * K, warps_of(B * R * Cout * K)
+    pad = k // 2
+    x_lines = x_sectors = 0.0
+    samples = spread(L, 16)
+    for l in samples:  # lanes: consecutive (i, u, v) of one output channel
+        idx = [(e // (k * k), (e // k) % k, e % k) for e in range(32)]
+        src = [(i * H + l // W + u - pad) * W + l % W + v - pad for i, u, v in idx
+               if 0 <= l // W + u - pad < H and 0 <= l % W + v - pad < W]
+        a, b = global_access([s * elem for s in src]) if src else (0, 0)
+        x_lines, x_sectors = x_lines + a / len(samples), x_sectors + b / len(samples)
+    hits = L / R  # pixels of the warp's region
+    return Launch("region_conv", "dynamic_conv_grad_filters_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * Cout * L * K,
+                  min_bytes=B * Cout * L * elem + B * Cin * L * elem + B * L * 8 + total * elem,
+                  ffma=w * hits, alu=w * (5 * DIV64 + 4 * L + hits * (DIV64 + 10)), mem=w * (L + 2 * hits),
+                  lsu=w * (L + hits * (1 + x_lines)), l2=w * hits * (1 + x_sectors) * 32, gld=w * (L + 2 * hits),
+                  ilp=2, reuse_set=(Cout + Cin) * L * elem,
+                  note=f"every thread walks all {L} pixels for the {L / R:.0f} of its region")
+
+
+def dynamic_conv_grad_guide_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per pixel: every region's response
+    G_r = Σ_o grad·(filter_r ∗ x), computed twice by guide_gradient (region_conv.h)."""
+    L = H * W
+    total, w = B * L, warps_of(B * L)
+    taps, x_lines, x_sectors = conv_taps(Cin, k, H, W, elem)
+    calls = 2 * R * Cout  # response(r) twice per region, Cout conv_entry each
+    filters = B * R * Cout * Cin * k * k * elem
+    per_thread = calls * (Cin * k * k + 1)
+    # Each call re-reads the warp's x window (x_sectors): from L1 when the 8 warps' windows fit in it.
+    window_fits = 8 * x_sectors * 32 <= L1_BYTES
+    x_l2 = x_sectors / calls if window_fits else x_sectors
+    return Launch("region_conv", "dynamic_conv_grad_guide_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * R * Cout * L * (Cin * k * k + 1),
+                  min_bytes=B * Cout * L * elem + B * Cin * L * elem + filters + 2 * B * R * L * elem,
+                  ffma=w * calls * (taps + 1), alu=w * (calls * (2 * DIV64 + 8 * Cin * k * k) + 2 * R * EXP_ALU),
+                  mufu=w * 2 * R, mem=w * calls * (2 * taps + 1), lsu=w * calls * (taps * (x_lines + 1) + 1),
+                  l2=w * calls * (x_l2 + taps / 8 + 4) * 32, gld=w * calls * (2 * taps + 1), ilp=4,
+                  reuse_set=(R * Cout * Cin * k * k + (Cin + Cout) * L) * elem,
+                  note=f"{per_thread / 1e3:.0f}k FMAs a thread on {ceil_div(total, 256)} CTAs"
+                       f"{'' if window_fits else '; x windows overflow L1'}")
+
+
+def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: region_assign_cuda — one thread per output element, the argmax then a gather."""
+    total, w, per_sector = B * C * L, warps_of(B * C * L), 32 // elem
+    regions = distinct_regions(32, R)
+    touched = total / per_sector * distinct_regions(per_sector, R) * 32  # outputs' sectors a warp pulls
+    return Launch("region_conv", "region_assign_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=B * R * L * elem + 2 * total * elem, dram=B * R * L * elem + total * elem + touched,
+                  alu=w * (3 * DIV64 + 6 * R), mem=w * (2 * R + 1), lsu=w * (2 * R + regions + 1),
+                  l2=w * R * elem * 32 + touched + total * elem, gld=w * (R + 2), ilp=2,
+                  reuse_set=R * L * elem, note=f"gather from {regions:.1f} regions' planes per warp")
+
+
+def region_assign_grad_outputs_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    total, w = B * R * C * L, warps_of(B * R * C * L)
+    return Launch("region_conv", "region_assign_grad_outputs_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=B * R * L * elem + B * C * L * elem + total * elem, alu=w * (4 * DIV64 + 6 * R),
+                  mem=w * (2 * R + 2), lsu=w * (2 * R + 2), l2=w * (R * elem + 2 * elem) * 32, gld=w * (R + 2),
+                  ilp=2, reuse_set=(R + C) * L * elem, note="argmax again for every (region, channel)")
+
+
+def region_assign_grad_guide_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    total, w = B * L, warps_of(B * L)
+    return Launch("region_conv", "region_assign_grad_guide_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  flops=2.0 * B * R * C * L, min_bytes=B * C * L * elem + B * R * C * L * elem + 2 * B * R * L * elem,
+                  ffma=w * 2 * R * C, alu=w * (2 * DIV64 + 2 * R * (C * 3 + EXP_ALU)), mufu=w * 2 * R,
+                  mem=w * (4 * R * C + 2 * R), lsu=w * (4 * R * C + 2 * R), l2=w * (4 * R * C + 2 * R) * elem * 32,
+                  gld=w * (4 * R * C + 2 * R), ilp=4, reuse_set=B * (R + 1) * C * L * elem,
+                  note=f"G_r computed twice; one thread per pixel on {ceil_div(total, 256)} CTAs")
+
+
+def plain_region_assign(dev: Device, B: int, R: int, C: int, L: int, elem: int, backward: bool) -> float:
+    """reference.region_assign: argmax, gather; backward: zeros + scatter into every region, Σ_c grad·outputs
+    for every region (mul, sum), the softmax Jacobian (three small elementwise ops)."""
+    out, outputs, guide = B * C * L * elem, B * R * C * L * elem, B * R * L * elem
+    if not backward:
+        return plain_ew(dev, guide + B * L * 8) + plain_ew(dev, 2 * out + B * L * 8 + out * distinct_regions(8, R))
+    return (plain_ew(dev, outputs) + plain_ew(dev, out + outputs) + plain_ew(dev, 2 * outputs + out)
+            + plain_ew(dev, outputs + guide) + 3 * plain_ew(dev, 3 * guide))
+
+
+def plain_drconv(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """reference.dynamic_region_conv: every region's convolution (conv2d with groups = B, R·Cout filters per
+    group), then region_assign; backward: the convolution's data and weight gradients and region_assign's."""
+    B, Cin, Cout, k, R, H, W = rc_dims(p)
+    L = H * W
+    flops = 2.0 * B * R * Cout * L * Cin * k * k
+    nbytes = (B * Cin * L + B * R * Cout * Cin * k * k + B * R * Cout * L) * elem
+    conv = plain_conv(dev, flops, nbytes, elem)
+    return (2 * conv if backward else conv) + plain_region_assign(dev, B, R, Cout, L, elem, backward)
+
+
+def drconv_forward(p: dict, elem: int) -> List[Launch]:
+    B, Cin, Cout, k, R, H, W = rc_dims(p)
+    return [selected_regions_kernel(B, R, H * W, elem), dynamic_conv_forward_kernel(B, Cin, Cout, k, R, H, W, elem)]
+
+
+def drconv_backward(p: dict, elem: int) -> List[Launch]:
+    B, Cin, Cout, k, R, H, W = rc_dims(p)
+    return [selected_regions_kernel(B, R, H * W, elem), dynamic_conv_grad_x_kernel(B, Cin, Cout, k, R, H, W, elem),
+            dynamic_conv_grad_filters_kernel(B, Cin, Cout, k, R, H, W, elem),
+            dynamic_conv_grad_guide_kernel(B, Cin, Cout, k, R, H, W, elem)]
+
+
+OPS += [
+    Op("region_conv", "dynamic_region_conv", drconv_forward, drconv_backward,
+       lambda d, p, e: plain_drconv(d, p, e, False), lambda d, p, e: plain_drconv(d, p, e, True)),
+    Op("region_conv", "region_assign (outputs B×r×Cout×H×W)",
+       lambda p, e: [region_assign_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
+       lambda p, e: [region_assign_grad_outputs_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e),
+                     region_assign_grad_guide_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
+       lambda d, p, e: plain_region_assign(d, p["B"], p["R"], p["Cout"], p["H"] * p["W"], e, False),
+       lambda d, p, e: plain_region_assign(d, p["B"], p["R"], p["Cout"], p["H"] * p["W"], e, True)),
+]
+
+
+# ---- gating (csrc/gating/gating_cuda.cu, gating.h) --------------------------------------------------
+PLANE_THREADS = 256  # gating_cuda.cu: kPlaneThreads
+
+
+def ga_dims(p: dict) -> Tuple[int, int, int]:
+    return p["B"], p["C"], p["H"] * p["W"]
+
+
+def plane_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, stores: int, alu: int,
+                 reductions: int, smem: int, min_bytes: float, note: str) -> Launch:
+    """A one-CTA-per-(b, c)-plane kernel: a coalesced strided loop over the HW pixels with `loads` plane-sized
+    loads and `stores` stores per pixel, then `reductions` block reductions (8 levels)."""
+    planes = B * C
+    lines, sectors = global_access([i * elem for i in range(32)])
+    wi = planes * min(8, warps_of(HW)) * ceil_div(HW, PLANE_THREADS)
+    red = planes * 8 * 8 * reductions
+    return Launch("gating", kernel, (planes, 1, 1), (PLANE_THREADS, 1, 1), static_smem=smem, min_bytes=min_bytes,
+                  alu=wi * alu + red * 6, mem=wi * (loads + stores) + red * 3,
+                  lsu=wi * (loads + stores) * lines + red * 3, l2=wi * (loads + stores) * sectors * 32,
+                  gld=wi * (loads + stores), ilp=4, note=note)
+
+
+def pixel_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, broadcast: int, ffma: int, alu: int,
+                 extra_bytes: float, min_bytes: float) -> Launch:
+    """A one-thread-per-pixel kernel walking the C channel planes (coalesced across the warp's pixels)."""
+    total, w = B * HW, warps_of(B * HW)
+    lines, sectors = global_access([i * elem for i in range(32)])
+    return Launch("gating", kernel, (element_blocks(total), 1, 1), (256, 1, 1), min_bytes=min_bytes,
+                  ffma=w * C * ffma, alu=w * (2 * DIV64 + C * alu), mem=w * C * (loads + broadcast),
+                  lsu=w * C * (loads * lines + broadcast), l2=w * C * (loads * sectors + broadcast) * 32 + extra_bytes,
+                  gld=w * C * (loads + broadcast), ilp=4,
+                  note=f"one thread per pixel, a {C}-channel loop, {ceil_div(total, 256)} CTAs")
+
+
+def channel_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return plane_launch("channel_pool_kernel", B, C, HW, elem, 1, 0, 6, 2, PLANE_THREADS * 4,
+                        B * C * HW * elem + 2 * B * C * elem, "one CTA per plane")
+
+
+def channel_pool_backward_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return plane_launch("channel_pool_backward_kernel", B, C, HW, elem, 2, 1, 6, 1, PLANE_THREADS * 8,
+                        2 * B * C * HW * elem + 3 * B * C * elem, "x read twice (ties, then gradient)")
+
+
+def spatial_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    x = B * C * HW * elem
+    return pixel_launch("spatial_pool_kernel", B, C, HW, elem, 1, 1, 0, 8, 2 * B * HW * elem * 32 / 4,
+                        x + B * C * elem + 2 * B * HW * elem)
+
+
+def spatial_pool_weights_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    x = B * C * HW * elem
+    return pixel_launch("spatial_pool_weights_kernel", B, C, HW, elem, 1, 1, 0, 6, 5 * B * HW * 4 * 8,
+                        x + B * C * elem + 3 * B * HW * elem + 2 * B * HW * 4)
+
+
+def spatial_pool_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return plane_launch("spatial_pool_grad_kernel", B, C, HW, elem, 4, 1, 10, 1, PLANE_THREADS * 4,
+                        2 * B * C * HW * elem + B * HW * (elem + 8) + B * C * elem,
+                        "pooled maxima and weights re-read per plane")
+
+
+def apply_gates_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:
+    total, w = B * C * HW, warps_of(B * C * HW)
+    lines, sectors = global_access([i * elem for i in range(32)])
+    loads = 2 + (1 if pixel_gate else 0)
+    return Launch("gating", "apply_gates_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+                  min_bytes=2 * total * elem + B * C * elem + (B * HW * elem if pixel_gate else 0),
+                  alu=w * (2 * DIV64 + 4), mem=w * (loads + 1), lsu=w * (loads + 1) * lines,
+                  l2=w * (loads + 1) * sectors * 32, gld=w * (loads + 1), ilp=loads,
+                  note="elementwise, one element a thread, int64 index math")
+
+
+def apply_gates_plane_grad_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:
+    loads = 2 + (1 if pixel_gate else 0)
+    return plane_launch("apply_gates_plane_grad_kernel", B, C, HW, elem, loads, 1, 6, 1, PLANE_THREADS * 4,
+                        3 * B * C * HW * elem + B * C * elem * 2 + (B * HW * elem if pixel_gate else 0),
+                        "one CTA per plane")
+
+
+def apply_gates_pixel_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
+    return pixel_launch("apply_gates_pixel_grad_kernel", B, C, HW, elem, 2, 1, 2, 4, B * HW * elem * 8,
+                        2 * B * C * HW * elem + B * C * elem + B * HW * elem)
+
+
+def plain_gating(dev: Device, p: dict, elem: int, passes: int, reductions: int) -> float:
+    """ATen elementwise ops (`passes` reads or writes of an x-sized tensor in all) and `reductions` reductions."""
+    B, C, HW = ga_dims(p)
+    x = B * C * HW * elem
+    return reductions * plain_ew(dev, x) + ((passes / 2) * plain_ew(dev, 2 * x) if passes else 0.0)
+
+
+def gating_op(name: str, forward, backward, plain_fwd: Tuple[int, int], plain_bwd: Tuple[int, int]) -> Op:
+    return Op("gating", name, lambda p, e: forward(*ga_dims(p), e), lambda p, e: backward(*ga_dims(p), e),
+              lambda d, p, e: plain_gating(d, p, e, *plain_fwd), lambda d, p, e: plain_gating(d, p, e, *plain_bwd))
+
+
+OPS += [
+    # CBAM's channel attention: x.mean((2, 3)) and x.amax((2, 3)); backward: the mean's expand, the max's
+    # mask, count and scatter, their sum.
+    gating_op("channel_pool (CBAM)", lambda B, C, HW, e: [channel_pool_kernel(B, C, HW, e)],
+              lambda B, C, HW, e: [channel_pool_backward_kernel(B, C, HW, e)], (0, 2), (8, 1)),
+    # CBAM's spatial attention on x·cg: the product, mean and max over channels; backward: expand, mask and
+    # scatter, sum, the product's gradients (x and cg).
+    gating_op("spatial_pool (CBAM, gated)", lambda B, C, HW, e: [spatial_pool_kernel(B, C, HW, e)],
+              lambda B, C, HW, e: [spatial_pool_weights_kernel(B, C, HW, e), spatial_pool_grad_kernel(B, C, HW, e)],
+              (2, 2), (12, 2)),
+    # x·cg·pg as two broadcast products; backward: their gradients and the gates' reductions.
+    gating_op("apply_gates (CBAM: cg, pg)", lambda B, C, HW, e: [apply_gates_kernel(B, C, HW, e, True)],
+              lambda B, C, HW, e: [apply_gates_plane_grad_kernel(B, C, HW, e, True),
+                                   apply_gates_pixel_grad_kernel(B, C, HW, e)], (4, 0), (12, 2)),
+    # SE: x·y; backward: grad·y and (grad·x).sum((2, 3)).
+    gating_op("apply_gates (SE: cg)", lambda B, C, HW, e: [apply_gates_kernel(B, C, HW, e, False)],
+              lambda B, C, HW, e: [apply_gates_plane_grad_kernel(B, C, HW, e, False)], (2, 0), (5, 1)),
+]
+
+
+# ---- report -----------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PTXAS_DEFAULTS = [os.path.join(ROOT, "build", "ptxas.txt"),
+                  os.path.join(ROOT, "benchmarks", "results", "ptxas-sm90.txt")]
+ELEM = {"float32": 4, "bfloat16": 2}
+
+
+def lookup(table: dict, launch: Launch, dtype: str) -> Optional[Resources]:
+    key = (launch.family, launch.kernel, dtype, launch.template)
+    return table.get(key)
+
+
+def evaluate(dev: Device, table: dict, dtype: str = "float32") -> List[dict]:
+    """One entry per (shape, op, direction): the launches' models and the plain path's time."""
+    elem, rows = ELEM[dtype], []
+    for family, case, params, main in SHAPES:
+        for op in (o for o in OPS if o.family == family):
+            for direction, launches_of, plain_of in (("fwd", op.forward, op.plain_forward),
+                                                     ("bwd", op.backward, op.plain_backward)):
+                results = [model(l, dev, lookup(table, l, dtype)) for l in launches_of(params, elem)]
+                floor_mem = sum(r["floor_mem"] for r in results)
+                floor_fp32 = sum(r["floor_fp32"] for r in results)
+                rows.append(dict(family=family, case=case, main=main,
+                                 op=op.name, direction=direction, kernels=results,
+                                 time=sum(r["time"] for r in results), floor=max(floor_mem, floor_fp32),
+                                 floor_mem=floor_mem, floor_fp32=floor_fp32,
+                                 floor_tc=sum(r["floor_tc"] for r in results), plain=plain_of(dev, params, elem)))
+    return rows
+
+
+def us(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "—"
+    v = seconds * 1e6
+    return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
+
+
+def quantity(v: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def verdicts(rows: List[dict]) -> List[str]:
+    """Per op: where the modelled kernels lose to the plain path by more than the model's error (3×), where
+    they lose within it, and where they win."""
+    lines = []
+    for op in dict.fromkeys(r["op"] for r in rows):
+        mine = [r for r in rows if r["op"] == op]
+        clear = [r for r in mine if r["time"] > 3 * r["plain"]]
+        close = [r for r in mine if r["plain"] < r["time"] <= 3 * r["plain"]]
+
+        def where(rs: List[dict]) -> str:
+            return "; ".join(f"{r['case']} {r['direction']} {r['time'] / r['plain']:.1f}×" for r in rs)
+
+        if clear and len(clear) + len(close) == len(mine):
+            verdict = "route to the plain path on CUDA"
+        elif clear:
+            verdict = "route to the plain path on CUDA where it loses clearly"
+        elif close:
+            verdict = "slower than the plain path only within the model's error: measure before routing"
+        else:
+            verdict = "modelled at or below the plain path everywhere: keep the kernels"
+        parts = [f"loses > 3×: {where(clear)}" if clear else "", f"loses ≤ 3×: {where(close)}" if close else ""]
+        detail = " | ".join(p for p in parts if p)
+        lines.append(f"- **{op}**: {verdict}" + (f" ({detail})." if detail else "."))
+    return lines
+
+
+def kernel_cause(r: dict) -> str:
+    launch = r["launch"]
+    parts = [r["bound"]]
+    if launch.note:
+        parts.append(launch.note)
+    return ": ".join(parts)
+
+
+def markdown(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> str:
+    out = [f"# attnkern CUDA kernels: performance model ({dev.name}, {dtype})", "",
+           "**A model, not a measurement: the estimates are good to ±2–3×.** Generated by "
+           f"`python benchmarks/perf_model.py --gpu {dev.key} --dtype {dtype} --markdown` (assumptions in its "
+           f"docstring); registers and static shared memory from `{ptxas_source}` (sm_90). "
+           f"{dev.name}: {dev.hbm / 1e12:.2f} TB/s HBM, {dev.fp32 / 1e12:.0f} TFLOP/s FP32, "
+           f"{dev.tc / 1e12:.0f} TFLOP/s dense BF16 tensor cores, {dev.sms} SMs. Times in µs, each launch with "
+           f"{LAUNCH * 1e6:.0f} µs of launch overhead. ×floor: modelled / max(memory, FP32) floor; ×plain: "
+           "modelled / the plain-PyTorch formulation's modelled time.", ""]
+    out += ["## Summary at each family's main shape", "",
+            "| op | shape | dir | modelled µs | floor µs (mem / FP32 / TC) | ×floor | plain µs | ×plain |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["main"]:
+            out.append(f"| {r['op']} | {r['case']} | {r['direction']} | {us(r['time'])} | {us(r['floor_mem'])} / "
+                       f"{us(r['floor_fp32'])} / {us(r['floor_tc'])} | {r['time'] / r['floor']:.0f} | "
+                       f"{us(r['plain'])} | {r['time'] / r['plain']:.2f} |")
+    out += ["", "## Verdicts", ""] + verdicts(rows)
+    out += ["", "## Every launch", "",
+            "| op | shape | dir | kernel | CTAs × threads | regs | spill st/ld B | smem B (static + dyn) | occ | "
+            "waves | FLOP | bytes | floor µs mem / FP32 / TC | model µs | ×floor | plain µs | ×plain | "
+            "main cause |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        for k in r["kernels"]:
+            launch = k["launch"]
+            if launch.aten is not None:
+                cfg, regs, spill, smem, occ, waves = "ATen", "—", "—", "—", "—", "—"
+            else:
+                cfg = f"{launch.ctas:,} × {launch.threads}"
+                res = k["res"]
+                regs = "?" if res is None else str(res.regs)
+                spill = "?" if res is None or res.spill_stores is None else f"{res.spill_stores}/{res.spill_loads}"
+                smem, occ, waves = f"{k['smem']:,}", f"{k['occ']:.0%}", f"{k['waves']:.2g}"
+            out.append(f"| {r['op']} | {r['case']} | {r['direction']} | `{launch.kernel}` | {cfg} | {regs} | {spill} | "
+                       f"{smem} | "
+                       f"{occ} | {waves} | {quantity(launch.flops)} | {quantity(launch.min_bytes)} | "
+                       f"{us(k['floor_mem'])} / {us(k['floor_fp32'])} / {us(k['floor_tc'])} | {us(k['time'])} | "
+                       f"{k['time'] / max(k['floor'], 1e-12):.0f} | | | {kernel_cause(k)} |")
+        out.append(f"| **{r['op']}** | {r['case']} | **{r['direction']}** | **total** | | | | | | | | | "
+                   f"{us(r['floor_mem'])} / {us(r['floor_fp32'])} / {us(r['floor_tc'])} | **{us(r['time'])}** | "
+                   f"{r['time'] / r['floor']:.0f} | {us(r['plain'])} | **{r['time'] / r['plain']:.2f}** | |")
+    return "\n".join(out) + "\n"
+
+
+def text(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> str:
+    out = [f"attnkern CUDA kernels, modelled on {dev.name} ({dtype}); ptxas: {ptxas_source}",
+           "A model, not a measurement: estimates good to ±2–3×. Times in µs.", "",
+           f"{'op':<28} {'shape':<38} {'dir':<4} {'model':>9} {'floor':>8} {'plain':>8} {'×plain':>7}"]
+    for r in rows:
+        out.append(f"{r['op']:<28} {r['case']:<38} {r['direction']:<4} {us(r['time']):>9} {us(r['floor']):>8} "
+                   f"{us(r['plain']):>8} {r['time'] / r['plain']:>7.2f}")
+        for k in r["kernels"]:
+            out.append(f"    {k['launch'].kernel:<46} {us(k['time']):>9}  {k['bound']}")
+    return "\n".join(out + [""] + verdicts(rows)) + "\n"
+
+
+def load_ptxas(path: Optional[str]) -> Tuple[dict, str]:
+    """The ptxas table: `path`, else build/ptxas.txt with benchmarks/results/ptxas-sm90.txt filling the kernels
+    it lacks (an incremental build logs only the files it recompiled)."""
+    if path:
+        if not os.path.exists(path):
+            raise SystemExit(f"perf_model: no such ptxas file: {path}")
+        candidates = [path]
+    else:
+        candidates = [c for c in reversed(PTXAS_DEFAULTS) if os.path.exists(c)]
+    table, sources = {}, []
+    for candidate in candidates:  # later files win
+        with open(candidate, encoding="utf-8", errors="replace") as f:
+            entries = parse_ptxas(f.read())
+        if entries:
+            table.update(entries)
+            sources.insert(0, os.path.relpath(candidate, ROOT))
+    return table, " + ".join(sources) if sources else "none (registers assumed 32)"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h200")
+    parser.add_argument("--ptxas", help="-Xptxas -v output (default: build/ptxas.txt, else "
+                                        "benchmarks/results/ptxas-sm90.txt)")
+    parser.add_argument("--dtype", choices=sorted(ELEM), default="float32")
+    parser.add_argument("--markdown", action="store_true", help="the markdown report (default: a text summary)")
+    args = parser.parse_args(argv)
+    dev = Device(args.gpu)
+    table, source = load_ptxas(args.ptxas)
+    rows = evaluate(dev, table, args.dtype)
+    sys.stdout.write(markdown(rows, dev, args.dtype, source) if args.markdown else text(rows, dev, args.dtype, source))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

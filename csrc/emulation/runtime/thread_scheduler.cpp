@@ -1,0 +1,270 @@
+// The "threads" scheduler of the emulated device (schedulers.h): every CUDA thread of a block is an OS
+// thread. The pool holds one thread per CUDA thread of the largest block launched so far and keeps them
+// across launches. The launching thread runs one block at a time: it wakes the block's threads and waits
+// until all have returned from the kernel; they meet at __syncthreads on a barrier over the threads still
+// running (a mutex and condition variables).
+//
+// Under ThreadSanitizer (the tsan build compiles this file uninstrumented, with ATTNKERN_EMULATION_TSAN)
+// that mutex must not order anything: a thread that reaches the barrier first and one that wakes late
+// would otherwise be ordered through it, and a race between them would go unseen whenever the scheduling
+// happened to serialise them. So every lock and wait runs with TSan's synchronisation ignored, and the
+// pool declares exactly the orderings CUDA guarantees, with __tsan_release/__tsan_acquire:
+//   launching thread before the block  -> every thread of the block       (start_sync_)
+//   every thread before barrier k      -> every thread after barrier k    (barrier_sync_[k % 2])
+//   every thread of the block          -> launching thread after it       (end_sync_)
+// Two barrier objects suffice: no thread reaches barrier k + 1 before all have passed barrier k.
+//
+// Compiled only into the emulated library (tools/cuda_emulation.py defines ATTNKERN_CUDA_EMULATION): in
+// any other build this file is empty, so a glob over the sources cannot link the emulator into attnkern._C.
+#if defined(ATTNKERN_CUDA_EMULATION)
+
+#include <pthread.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+
+#include "emulation/schedulers.h"
+
+#if defined(ATTNKERN_EMULATION_TSAN)
+extern "C" {
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+}
+#endif
+
+namespace attnkern {
+namespace emulation {
+namespace {
+
+constexpr size_t kWorkerStack = size_t(4) << 20;
+
+// A happens-before edge from every release of `sync` to every later acquire of it (TSan only).
+inline void release(void* sync) {
+#if defined(ATTNKERN_EMULATION_TSAN)
+  __tsan_release(sync);
+#else
+  (void)sync;
+#endif
+}
+
+inline void acquire(void* sync) {
+#if defined(ATTNKERN_EMULATION_TSAN)
+  __tsan_acquire(sync);
+#else
+  (void)sync;
+#endif
+}
+
+// While alive, the calling thread's locks and waits order nothing for TSan. Declare it before the lock it
+// covers, so that the unlock happens inside it too.
+struct IgnoreSync {
+#if defined(ATTNKERN_EMULATION_TSAN)
+  IgnoreSync() { AnnotateIgnoreSyncBegin(__FILE__, __LINE__); }
+  ~IgnoreSync() { AnnotateIgnoreSyncEnd(__FILE__, __LINE__); }
+#else
+  IgnoreSync() {}
+  ~IgnoreSync() {}
+#endif
+  IgnoreSync(const IgnoreSync&) = delete;
+  IgnoreSync& operator=(const IgnoreSync&) = delete;
+};
+
+class Pool final : public ThreadHooks {
+ public:
+  static Pool& instance() {
+    static Pool* pool = new Pool;  // never destroyed: its threads sleep through static destruction
+    return *pool;
+  }
+
+  std::string run(const LaunchRun& launch) {
+    const int threads = static_cast<int>(launch.block.x * launch.block.y * launch.block.z);
+    grow(threads);
+    // Exactly the requested size (zero bytes too), so that AddressSanitizer reports an overrun.
+    std::unique_ptr<unsigned char[]> smem(new unsigned char[launch.smem_bytes]);
+    {
+      IgnoreSync ignore;
+      std::lock_guard<std::mutex> lock(mu_);
+      body_ = launch.body;
+      grid_ = launch.grid;
+      block_ = launch.block;
+      smem_ = smem.get();
+      active_ = threads;
+      barriers_.assign(threads, 0);
+      error_ = nullptr;
+    }
+    std::string failure;
+    bool error = false;
+    for (uint64_t i = 0; i < launch.total_blocks && failure.empty() && !error; ++i) {
+      std::memset(smem.get(), 0xFF, launch.smem_bytes);  // NaN in every floating type
+      release(&start_sync_);
+      {
+        IgnoreSync ignore;
+        std::unique_lock<std::mutex> lock(mu_);
+        block_idx_ = block_index(launch.linear_block(i), grid_);
+        live_ = threads;
+        arrived_ = 0;
+        finished_ = 0;
+        ++block_seq_;
+        for (int t = 0; t < threads; ++t) workers_[t]->wake.notify_one();
+        done_.wait(lock, [&] { return finished_ == active_; });
+        error = static_cast<bool>(error_);
+        if (!error) failure = barrier_mismatch(launch.name, block_idx_, barriers_);
+      }
+      acquire(&end_sync_);
+    }
+    std::exception_ptr thrown;
+    {
+      IgnoreSync ignore;
+      std::lock_guard<std::mutex> lock(mu_);
+      active_ = 0;
+      body_ = nullptr;
+      smem_ = nullptr;
+      thrown = error_;
+      error_ = nullptr;
+    }
+    if (thrown) std::rethrow_exception(thrown);
+    return failure;
+  }
+
+  void sync_threads() override {
+    const int64_t k = barriers_passed_++;
+    release(&barrier_sync_[k % 2]);
+    {
+      IgnoreSync ignore;
+      std::unique_lock<std::mutex> lock(mu_);
+      if (++arrived_ == live_) {
+        release_barrier();
+      } else {
+        const uint64_t generation = barrier_generation_;
+        barrier_.wait(lock, [&] { return barrier_generation_ != generation; });
+      }
+    }
+    acquire(&barrier_sync_[k % 2]);
+  }
+
+ private:
+  struct Worker {
+    std::condition_variable wake;
+  };
+  struct Start {
+    Pool* pool;
+    int index;
+    uint64_t seen;  // the block sequence number at creation: the thread runs the blocks after it
+  };
+
+  void release_barrier() {  // under mu_
+    arrived_ = 0;
+    ++barrier_generation_;
+    barrier_.notify_all();
+  }
+
+  // pthread_create runs outside IgnoreSync: it orders what the thread is handed (its Start, its Worker)
+  // before the thread runs.
+  void grow(int threads) {
+    for (;;) {
+      Start* start = nullptr;
+      {
+        IgnoreSync ignore;
+        std::lock_guard<std::mutex> lock(mu_);
+        const int index = static_cast<int>(workers_.size());
+        if (index >= threads) return;
+        workers_.push_back(std::make_unique<Worker>());
+        start = new Start{this, index, block_seq_};
+      }
+      pthread_attr_t attr;
+      pthread_attr_init(&attr);
+      pthread_attr_setstacksize(&attr, kWorkerStack);
+      pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+      pthread_t thread;
+      const int rc = pthread_create(&thread, &attr, &Pool::start, start);
+      pthread_attr_destroy(&attr);
+      if (rc != 0) {
+        {
+          IgnoreSync ignore;
+          std::lock_guard<std::mutex> lock(mu_);
+          workers_.pop_back();
+        }
+        const int index = start->index;
+        delete start;
+        TORCH_CHECK(false, "CUDA emulation: could not start thread ", index, " (", std::strerror(rc), ")");
+      }
+    }
+  }
+
+  static void* start(void* arg) {
+    const Start s = *static_cast<Start*>(arg);
+    delete static_cast<Start*>(arg);
+    s.pool->work(s.index, s.seen);
+    return nullptr;
+  }
+
+  void work(int index, uint64_t seen) {
+    t_hooks = this;
+    for (;;) {
+      const std::function<void()>* body = nullptr;
+      {
+        IgnoreSync ignore;
+        std::unique_lock<std::mutex> lock(mu_);
+        workers_[index]->wake.wait(lock, [&] { return block_seq_ != seen && index < active_; });
+        seen = block_seq_;
+        threadIdx = thread_index(index, block_);
+        blockIdx = block_idx_;
+        blockDim = block_;
+        gridDim = grid_;
+        t_smem = smem_;
+        body = body_;
+      }
+      acquire(&start_sync_);
+      barriers_passed_ = 0;
+      std::exception_ptr error;
+      try {
+        (*body)();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      release(&end_sync_);
+      {
+        IgnoreSync ignore;
+        std::lock_guard<std::mutex> lock(mu_);
+        if (error && !error_) error_ = error;
+        barriers_[index] = barriers_passed_;
+        if (--live_ > 0 && arrived_ == live_) release_barrier();  // the others wait for no one else
+        if (++finished_ == active_) done_.notify_one();
+      }
+    }
+  }
+
+  static thread_local int64_t barriers_passed_;  // by the calling CUDA thread, in its block
+
+  std::mutex mu_;
+  std::condition_variable done_, barrier_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  // The launch and block being run (under mu_).
+  const std::function<void()>* body_ = nullptr;
+  dim3 grid_, block_;
+  uint3 block_idx_{0, 0, 0};
+  unsigned char* smem_ = nullptr;
+  uint64_t block_seq_ = 0;
+  int active_ = 0, live_ = 0, arrived_ = 0, finished_ = 0;
+  uint64_t barrier_generation_ = 0;
+  std::vector<int64_t> barriers_;
+  std::exception_ptr error_;
+  // Addresses for TSan's happens-before edges (their contents are never used).
+  char start_sync_ = 0, end_sync_ = 0, barrier_sync_[2] = {0, 0};
+};
+
+thread_local int64_t Pool::barriers_passed_ = 0;
+
+}  // namespace
+
+std::string run_on_threads(const LaunchRun& launch) { return Pool::instance().run(launch); }
+
+}  // namespace emulation
+}  // namespace attnkern
+
+#endif  // ATTNKERN_CUDA_EMULATION

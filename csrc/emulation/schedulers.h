@@ -1,0 +1,60 @@
+// How the emulated device runs the blocks of one launch (internal to csrc/emulation). Two schedulers,
+// with the same semantics — every thread of a block runs until it reaches a barrier or returns, and the
+// barrier opens when every thread still running has reached it:
+//   threads  every CUDA thread is an OS thread (a pool kept across launches). Needed by the sanitized
+//            builds: ThreadSanitizer sees real threads and real locks; the default there.
+//   fibers   every CUDA thread is a user-level context (ucontext) on the launching thread, switched at
+//            each barrier, in an order set by the block order (forward, reverse or shuffled per
+//            barrier interval). About 15× faster; the default of the plain build.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "emulation/cuda_emulation.h"
+
+namespace attnkern {
+namespace emulation {
+
+struct LaunchRun {
+  const std::function<void()>* body;  // runs the kernel on the calling CUDA thread
+  dim3 grid, block;
+  size_t smem_bytes;
+  const char* name;
+  uint64_t total_blocks;
+  std::vector<uint64_t> shuffled;  // the linear block indices in order when shuffled, else empty
+  bool reverse;                    // run the blocks (and, on fibers, the threads) last to first
+  uint64_t seed;                   // of the fibers' shuffled thread order
+  // The block at position i of the launch's order (x fastest).
+  uint64_t linear_block(uint64_t i) const {
+    return !shuffled.empty() ? shuffled[i] : reverse ? total_blocks - 1 - i : i;
+  }
+};
+
+// Run every block of the launch; return "" or the error found (threads of a block passing different
+// numbers of barriers). An exception thrown on a CUDA thread is rethrown.
+std::string run_on_threads(const LaunchRun& launch);
+std::string run_on_fibers(const LaunchRun& launch);
+
+// Whether fibers are available in this build (not under a sanitizer).
+bool fibers_available();
+
+// What the running CUDA thread calls: each scheduler sets these on the OS threads that run CUDA threads.
+struct ThreadHooks {
+  virtual void sync_threads() = 0;
+
+ protected:
+  ~ThreadHooks() = default;
+};
+extern thread_local ThreadHooks* t_hooks;   // null outside a kernel
+extern thread_local unsigned char* t_smem;  // the running block's dynamic shared memory
+
+// Shared by both schedulers.
+uint3 block_index(uint64_t linear, const dim3& grid);
+uint3 thread_index(int linear, const dim3& block);
+std::string barrier_mismatch(const char* name, const uint3& block, const std::vector<int64_t>& barriers);
+
+}  // namespace emulation
+}  // namespace attnkern

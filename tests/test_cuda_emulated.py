@@ -1,0 +1,226 @@
+"""Every CUDA kernel of attnkern, run on the CPU by the emulated device (csrc/emulation,
+tools/cuda_emulation.py): the unmodified csrc/*/*_cuda.cu compiled by the host compiler, each op called as
+torch.ops.attnkern_emulated.* on CPU tensors — forward and backward, in float64, float32, float16 and
+bfloat16 — against the pure-PyTorch references and the CPU kernels (the cases are in kernel_cases.py), at
+shapes that reach every branch of the kernels and of their host code: ragged tiles, loops over more
+elements than threads, grid-stride loops that wrap, 3-D grids, one-block and batched-GEMM Newton–Schulz,
+shared memory at its limits, empty batches; and with the blocks in forward, reverse and shuffled order.
+
+It checks values, the paths taken (the emulator's launch log) and launch configurations (the emulator
+refuses what a GPU would); run under ThreadSanitizer and AddressSanitizer (make test-emulated-sanitizers)
+it checks races and out-of-bounds accesses too. It says nothing about speed.
+"""
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+from attnkern import reference
+from conftest import SEED
+from kernel_cases import (CASES, DTYPES, EMPTY_CASES, GRID_STRIDE_CASES, Backend, Inputs, Output, check,
+                          criss_cross_attention_case, cuda_kernels, grads, grid_stride_kernels, rel_error,
+                          sqrtm_case, window_attention_case)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import cuda_emulation  # noqa: E402
+
+VARIANT = os.environ.get("ATTNKERN_EMULATED_VARIANT", "plain")
+EMULATED = Backend(torch.ops.attnkern_emulated, "cpu", "emulated")
+E = torch.ops.attnkern_emulated  # the CUDA kernels, emulated
+K = torch.ops.attnkern  # the CPU kernels
+
+slow_under_sanitizers = pytest.mark.skipif(
+    VARIANT != "plain", reason="thousands of blocks: minutes under a sanitizer; the plain build runs it")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emu():
+    emulator = cuda_emulation.load()
+    with emulator.settings(order="forward", target="sm_86", grid_stride_blocks=0):
+        yield emulator
+
+
+def launch_counts(emu):
+    """Launches and blocks run so far, per kernel."""
+    return {key: (launches, blocks) for key, (launches, blocks, _) in emu.launches().items()}
+
+
+def launched_since(emu, before):
+    """Launches and blocks per kernel since the launch_counts() `before`."""
+    return {key: (launches - before.get(key, (0, 0))[0], blocks - before.get(key, (0, 0))[1])
+            for key, (launches, blocks) in launch_counts(emu).items() if launches > before.get(key, (0, 0))[0]}
+
+
+_RAN = set()  # the (case, dtype) pairs of test_kernels that passed, for test_every_kernel_ran_in_every_dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
+def test_kernels(case, dtype):
+    check(case.run(EMULATED, dtype, seed=SEED), dtype)
+    _RAN.add((case.id, dtype))
+
+
+# ---- branches that need more than a shape -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, target, n, one_block", [
+    (torch.float64, "sm_86", 55, True), (torch.float64, "sm_86", 56, False),
+    (torch.float64, "sm_90", 84, True), (torch.float64, "sm_90", 85, False),
+    (torch.float32, "sm_86", 79, True), (torch.float32, "sm_86", 80, False),
+    (torch.float32, "sm_90", 120, True), (torch.float32, "sm_90", 121, False),
+], ids=str)
+def test_sqrtm_one_block_up_to_the_targets_shared_memory(emu, dtype, target, n, one_block):
+    """4n² + 256 accumulators in one block's shared memory: float64 up to n = 55 on sm_86 (99 KiB) and 84 on
+    sm_90 (227 KiB), float32 up to 79 and 120; beyond, the op runs the batched-GEMM iteration."""
+    before = launch_counts(emu)
+    with emu.settings(target=target):
+        check(sqrtm_case(EMULATED, dtype, Inputs(SEED + n), B=2, n=n, iters=2, zero_trace=False), dtype)
+    launched = launched_since(emu, before)
+    for kernel in ("sqrtm_forward_kernel", "sqrtm_backward_kernel"):
+        assert (f"covpool_cuda.cu:{kernel}" in launched) == one_block
+
+
+@pytest.mark.parametrize("case", [c.param() for c in GRID_STRIDE_CASES])
+def test_grid_stride_loops_that_wrap(emu, case):
+    """With the grid-stride kernels' grids capped at 2 blocks (512 threads), every thread takes several
+    elements; the results equal the uncapped ones bit for bit."""
+    uncapped = case.run(EMULATED, torch.float32, seed=SEED)
+    before = launch_counts(emu)
+    with emu.settings(grid_stride_blocks=2):
+        capped = case.run(EMULATED, torch.float32, seed=SEED)
+    check(capped, torch.float32)
+    for a, b in zip(capped, uncapped):
+        assert torch.equal(a.got.nan_to_num(), b.got.nan_to_num()), a.name
+    launched = {k: v for k, v in launched_since(emu, before).items() if k in grid_stride_kernels()}
+    assert launched and all(blocks <= 2 * launches for launches, blocks in launched.values())
+    assert any(blocks == 2 * launches for launches, blocks in launched.values()), "no grid-stride loop wrapped"
+
+
+@pytest.mark.parametrize("order", ["reverse", "shuffled"])
+def test_results_do_not_depend_on_block_or_thread_order(emu, order):
+    """Every kernel writes each result once, in a fixed order: with the blocks (and, on fibers, the threads
+    between two barriers) run last to first or shuffled, every output is the same bit for bit."""
+    for case in CASES:
+        forward = case.run(EMULATED, torch.float32, seed=SEED + 1)
+        with emu.settings(order=order, seed=SEED):
+            other = case.run(EMULATED, torch.float32, seed=SEED + 1)
+        for a, b in zip(forward, other):
+            assert torch.equal(a.got.nan_to_num(), b.got.nan_to_num()), f"{case.id}: {a.name}"
+
+
+def test_results_do_not_depend_on_the_scheduler(emu):
+    """The fibers of the plain build and the OS threads of the sanitized builds give the same bits."""
+    if VARIANT != "plain":
+        pytest.skip("fibers are not available in a sanitized build")
+    for case in CASES:
+        with emu.settings(scheduler="fibers"):
+            fibers = case.run(EMULATED, torch.float64, seed=SEED + 2)
+        with emu.settings(scheduler="threads"):
+            threads = case.run(EMULATED, torch.float64, seed=SEED + 2)
+        for a, b in zip(fibers, threads):
+            assert torch.equal(a.got.nan_to_num(), b.got.nan_to_num()), f"{case.id}: {a.name}"
+
+
+# ---- limits ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op, P, arrays", [("forward", 6016, 1), ("backward", 3008, 2)])
+def test_criss_cross_shared_memory_limit_is_refused_beyond(op, P, arrays):
+    """The fused kernels keep (arrays·P + 128) doubles in shared memory, at most 48 KiB: P = 6016 positions
+    forward, 3008 backward in float64; one more is refused before any launch."""
+    assert (arrays * P + 128) * 8 == 48 * 1024
+    q = torch.randn(1, 1, 1, P + 1, dtype=torch.float64)
+    v = torch.randn(1, 1, 1, P + 1, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="more than 48 KiB"):
+        if op == "forward":
+            E.criss_cross_attention(q, q, v)
+        else:
+            out, lse = K.criss_cross_attention(q, q, v)
+            E.criss_cross_attention_backward(v, q, q, v, out, lse)
+
+
+@slow_under_sanitizers
+def test_criss_cross_at_the_shared_memory_limit():
+    """float64 backward at P = 3008 positions: exactly 48 KiB of shared memory per block, no opt-in."""
+    check(criss_cross_attention_case(EMULATED, torch.float64, Inputs(SEED + 3), B=1, Cq=1, H=1, W=3008, Cv=1),
+          torch.float64)
+
+
+def test_window_attention_backward_groups_run_several_windows(emu):
+    """More than 64 windows: 64 blocks per head, some running two windows one after the other."""
+    before = launch_counts(emu)
+    check(window_attention_case(EMULATED, torch.float32, Inputs(SEED + 4), B=3, H=40, W=40, heads=1, d=3, window=8,
+                                shift=4), torch.float32)
+    assert launched_since(emu, before)["window_attention_cuda.cu:backward_kernel"] == (1, 64)
+
+
+def test_window_attention_shared_memory_limit_is_refused(emu):
+    """A window whose arrays do not fit the target's shared memory is refused with a clear error."""
+    qkv = torch.randn(1, 16, 16, 3, 1, 100, dtype=torch.float64)  # N = 256 tokens, d = 100: 4·256·101 doubles
+    with emu.settings(target="sm_86"), pytest.raises(RuntimeError, match="bytes of shared memory per block"):
+        E.window_attention(qkv, None, None, 16, 0, 0.1)
+
+
+# ---- empty batches: no launch (the emulator refuses a grid of 0 blocks), empty results -------------------
+
+
+@pytest.mark.parametrize("case", [c.param() for c in EMPTY_CASES])
+def test_empty_batches(case):
+    check(case.run(EMULATED, torch.float32, seed=SEED), torch.float32)
+
+
+# ---- the bugs the emulator found --------------------------------------------------------------------------
+
+
+def test_window_attention_minus_inf_logit_at_key_0():
+    """The forward's online softmax started from max = −inf, sum = 0: a −inf logit at key 0 computed
+    exp(−inf + inf) = NaN and made the whole row NaN (found by the emulator; the issue's repro)."""
+    qkv = torch.randn(1, 4, 4, 3, 1, 4, dtype=torch.float64)
+    m = torch.zeros(1, 16, 16, dtype=torch.float64)
+    m[0, :, 0] = float("-inf")
+    out, lse = E.window_attention(qkv, None, m, 4, 0, 0.5)
+    assert out.isfinite().all() and lse.isfinite().all()
+    assert rel_error(out, reference.window_attention(qkv, None, 4, 0, m, 0.5)) <= 1e-12
+    assert rel_error(out, K.window_attention(qkv, None, m, 4, 0, 0.5)[0]) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_a_nan_maximum_gets_a_nan_gradient(dtype):
+    """As torch.amax: the gradient of a NaN maximum is NaN for the whole pooled set. The tie test
+    x == max is never true for NaN, so the kernels (CUDA and CPU) gave no element the max's gradient."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    x[0, 1, 2, 3] = math.nan
+    x = x.to(dtype)
+    gm, gmax = torch.randn(2, 3, dtype=dtype), torch.randn(2, 3, dtype=dtype)
+    mean, mx = E.channel_pool(x)
+    (expected,) = grads(reference.channel_pool, [x], [gm, gmax])
+    got = E.channel_pool_backward(gm, gmax, x, mx)
+    check([Output("channel_pool_backward", got, expected, K.channel_pool_backward(gm, gmax, x, mx))], dtype)
+    assert got[0, 1].isnan().all() and not got[1].isnan().any()
+    pooled = E.spatial_pool(x, None)
+    g = torch.randn(2, 2, 4, 5, dtype=dtype)
+    (expected,) = grads(lambda t: reference.spatial_pool(t), [x], [g])
+    got = E.spatial_pool_backward(g, x, None, pooled)[0]
+    check([Output("spatial_pool_backward", got, expected, K.spatial_pool_backward(g, x, None, pooled)[0])], dtype)
+    assert got[0, :, 2, 3].isnan().all() and got.isnan().sum() == 3
+
+
+# ---- every kernel ran ------------------------------------------------------------------------------------
+
+
+def test_every_kernel_ran_in_every_dtype(emu):
+    """Every CUDA kernel was launched by test_kernels, each with at least 4 distinct instantiations
+    (float64, float32, float16, bfloat16)."""
+    if len(_RAN) < len(CASES) * len(DTYPES):
+        pytest.skip("needs every test_kernels case to have run and passed")
+    kernels = cuda_kernels()
+    assert len(kernels) >= 30
+    launched = emu.launches()
+    missing = sorted(k for k in kernels if k not in launched)
+    assert not missing, f"never launched: {missing}"
+    few = sorted(k for k in kernels if len(launched[k][2]) < 4)
+    assert not few, f"launched with fewer than 4 instantiations: {few}"
