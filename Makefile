@@ -76,7 +76,6 @@ test-sanitizers: $(VENV)/.deps
 	rm -rf $(SANITIZE_DIR)/attnkern
 	mkdir -p $(SANITIZE_DIR)/attnkern
 	tar -C attnkern --exclude=__pycache__ --exclude='*.so' --exclude=_build_config.py -cf - . | tar -C $(SANITIZE_DIR)/attnkern -xf -
-	ln -sfn $(CURDIR)/benchmarks $(SANITIZE_DIR)/benchmarks  # attnkern.bench finds it next to the package
 	ATTNKERN_SANITIZE=$(SANITIZERS) $(PY) setup.py build_ext > $(SANITIZE_DIR)/build.log 2>&1 \
 		|| { tail -n 80 $(SANITIZE_DIR)/build.log; exit 1; }
 	{ cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c "import attnkern; print('attnkern from', attnkern.__file__)" \

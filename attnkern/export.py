@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference
-from .reference.window_attention import SHIFT_MASK_VALUE
+from ._window_geometry import SHIFT_MASK_VALUE, shift_regions
 
 __all__ = [
     "portable", "is_portable", "adaptive_avg_pool2d", "center_crop", "criss_cross_attention",
@@ -260,11 +260,8 @@ def _window_unview(windows: Tensor, window_size: int) -> Tensor:
 def _shift_mask(H: Size, W: Size, window_size: int, shift_size: int, like: Tensor) -> Tensor:
     """[nH, nW, N, N]: SwinIR's region mask of a shifted-window pass over an H×W image (0 within a
     region, −100 across), from the image size."""
-    def regions(length: Size) -> Tensor:
-        position = torch.arange(length, device=like.device)
-        return (position >= length - window_size).long() + (position >= length - shift_size).long()
-
-    region = regions(H)[:, None] * 3 + regions(W)[None, :]
+    region = shift_regions(H, window_size, shift_size, like.device)[:, None] * 3 \
+        + shift_regions(W, window_size, shift_size, like.device)[None, :]
     windows = _window_view(region[None], window_size)[0]  # [nH, nW, N]
     different = windows[..., :, None] != windows[..., None, :]
     return torch.where(different, torch.full((), SHIFT_MASK_VALUE,

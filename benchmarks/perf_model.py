@@ -2,7 +2,7 @@
 
     python benchmarks/perf_model.py [--gpu h200|h100] [--ptxas FILE] [--dtype float32|bfloat16] [--markdown]
 
-For each op at each benchmark shape (SHAPES, the case names of benchmarks/bench_<family>.py) and for every
+For each op at each benchmark shape (SHAPES, the case names of attnkern/bench/<family>.py) and for every
 kernel launch the op makes, forward and backward: the launch configuration as the .cu host code computes
 it, FLOPs, minimum bytes, the device's floors, registers / static shared memory / spills from
 `-Xptxas -v` (sm_90), occupancy, waves, a modelled time, and the plain-PyTorch formulation's modelled
@@ -81,7 +81,7 @@ class Device:
         self.clock = self.fp32 / (self.sms * 128 * 2)  # FP32 peak = SMs × 128 lanes × 2 FLOP × clock
 
 
-# ---- the benchmark shapes (case names as in benchmarks/bench_<family>.py) --------------------------
+# ---- the benchmark shapes (case names as in attnkern/bench/<family>.py) --------------------------
 
 SHAPES = [  # (family, case, parameters, main): the benchmark's order; `main` marks the shape the summary shows
     ("covpool", "SAN training 16×64×48×48", dict(B=16, C=64, H=48, W=48), True),
@@ -103,7 +103,7 @@ SHAPES = [  # (family, case, parameters, main): the benchmark's order; `main` ma
     ("gating", "8×256×40×40", dict(B=8, C=256, H=40, W=40), True),
     ("gating", "8×512×20×20", dict(B=8, C=512, H=20, W=20), False),
 ]
-SQRTM_ITERS = 5  # bench_covpool.ITERS
+SQRTM_ITERS = 5  # attnkern.bench.covpool.ITERS
 
 # ---- ptxas -v output -------------------------------------------------------------------------------
 
@@ -779,8 +779,8 @@ def plain_outputs(dev: Device, p: dict, elem: int) -> float:
 
 
 def plain_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
-    """bench_criss_cross.einsum_attention: energies, −inf diagonal, softmax, outputs; autograd backward: twice
-    the bmm, the copies again, the softmax backward."""
+    """attnkern.bench.criss_cross.einsum_attention: energies, −inf diagonal, softmax, outputs; autograd
+    backward: twice the bmm, the copies again, the softmax backward."""
     B, _, _, H, W, P = cc_dims(p)
     a = B * H * W * P * elem
     forward = plain_energies(dev, p, elem) + plain_outputs(dev, p, elem) + 2 * plain_ew(dev, 2 * a)
@@ -938,7 +938,7 @@ def wa_dims(p: dict) -> Tuple[int, WindowGrid, int, int]:
 
 
 def plain_window_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
-    """bench_window_attention.seed_branch(use_sdpa=True), the attention part: roll and window_partition
+    """attnkern.bench.window_attention.seed_branch(use_sdpa=True), the attention part: roll and window_partition
     copies of x (the qkv Linear then writes q, k, v in window order, which SDPA reads as strided views), the
     bias (+ shift mask) materialised as a [B·nW, heads, N, N] attn_mask (also when N is not a multiple of 16,
     which the memory-efficient kernel needs), SDPA, then the output's transpose, window_reverse and roll-back

@@ -1,7 +1,13 @@
 """The benchmark runner works end to end (tiny shapes, no timing claims)."""
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import attnkern
 from attnkern import bench
 
 
@@ -52,3 +58,23 @@ def test_onnxruntime_row_is_skipped_without_onnxruntime(monkeypatch):
     impls, skip, notes = bench.onnxruntime_row(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), "cpu")
     assert set(impls) == set(skip) == {bench.ONNX_RUNTIME} and "not installed" in skip[bench.ONNX_RUNTIME]
     assert bench.onnxruntime_row(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), "cuda") == ({}, {}, {})
+
+
+def test_runs_from_an_installed_package(tmp_path):
+    """`python -m attnkern.bench` needs nothing outside the package: run from a copy of attnkern/ alone
+    (extension included, as a wheel installs it), from another directory."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(attnkern.__file__).parent, site / "attnkern", ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def run(*args):
+        result = subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert Path(run("-c", "import attnkern.bench; print(attnkern.bench.__file__)").strip()).is_relative_to(site)
+    table = run("-m", "attnkern.bench", "--smoke", "--family", "covpool", "--no-compile")
+    assert "| family | shape | dtype |" in table and "| covpool+sqrtm |" in table and "| attnkern |" in table

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkern.models import swinir as swinir_module
+from attnkern.models.swinir import tiling
 from attnkern.models.swinir import (SwinIR, main, pad_to_multiple, read_image, select_state_dict, task_config,
                                     tile_starts, tiled_forward, write_image)
 from attnkern.nn.swin import set_fused_attention
@@ -290,7 +290,7 @@ def test_tiling():
 
     img = torch.rand(2, 3, 37, 50)
     stream = io.StringIO()
-    swinir_module._progress_bar(3, 4, stream)
+    tiling._progress_bar(3, 4, stream)
     assert "3/4" in stream.getvalue()
     for tile, overlap in [(16, 4), (8, 0), (37, 5), (100, 32)]:
         assert torch.allclose(tiled_forward(upsample_pixels, img, 2, tile, overlap), upsample_pixels(img), atol=1e-6)

@@ -4,8 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.gating import apply_gates, channel_pool, spatial_pool
-from ._checks import check_input, positive_int
-from .se import common_dtype
+from ._common import check_input, common_dtype, positive_int
 
 __all__ = ["ChannelAttention", "SpatialAttention", "CBAM"]
 

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_input, positive_int
+from ._common import check_input, positive_int
 
 __all__ = ["DoubleAttention"]
 

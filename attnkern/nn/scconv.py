@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_input, positive_int
+from ._common import check_input, positive_int
 
 __all__ = ["SCConv"]
 

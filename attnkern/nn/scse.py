@@ -2,7 +2,7 @@
 
 from torch import Tensor, nn
 
-from ._checks import check_input, positive_int
+from ._common import check_input, positive_int
 
 __all__ = ["cSE", "sSE", "scSE"]
 

@@ -1,19 +1,11 @@
 """Squeeze-and-excitation channel attention on attnkern's gating kernels."""
 
-import torch
 from torch import Tensor, nn
 
 from ..ops.gating import apply_gates
-from ._checks import check_input, positive_int
+from ._common import check_input, common_dtype, positive_int
 
 __all__ = ["SEAttention"]
-
-
-def common_dtype(x: Tensor, gate: Tensor):
-    """x and a gate in their promoted dtype (under autocast the gate may come out narrower than x), as
-    ``x * gate`` would compute."""
-    dtype = torch.promote_types(x.dtype, gate.dtype)
-    return x.to(dtype), gate.to(dtype)
 
 
 class SEAttention(nn.Module):

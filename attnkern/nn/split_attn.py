@@ -4,8 +4,7 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from ..reference.modules import make_divisible
-from ._checks import check_input, positive_int
+from ._common import check_input, make_divisible, positive_int
 
 __all__ = ["SplitAttn"]
 

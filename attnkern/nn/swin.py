@@ -4,11 +4,13 @@ Drop-ins for SwinIR's ``Mlp``, ``WindowAttention``, ``SwinTransformerBlock``, ``
 ``PatchEmbed``, ``PatchUnEmbed``, ``Upsample`` and ``UpsampleOneStep``: same constructor arguments,
 parameter and buffer names, initialisation and outputs, so SwinIR's state_dicts load.
 
-The blocks run on the image layout: norm1 → ``attn.qkv`` → a view → :func:`attnkern.ops.window_attention`
-(cyclic shift, window partition and region mask inside the kernel) → ``attn.proj``, with none of the
-roll / partition / reverse copies of the published code. The published formulation (roll → partition →
-``WindowAttention`` → reverse → roll back) is kept as the *reference path*: :func:`set_fused_attention`
-switches every block under a module to it, e.g. to compare the two with the same weights.
+The blocks run on the image layout: norm1, then :meth:`WindowAttention.forward_image` — the qkv Linear
+on the image → :func:`attnkern.ops.window_attention` (cyclic shift, window partition and region mask
+inside the kernel) → ``proj`` — with none of the roll / partition / reverse copies of the published
+code. The published formulation (roll → partition → attention on the windows → reverse → roll back)
+is kept as the *reference path*: :func:`set_fused_attention` switches every block under a module to
+it, e.g. to compare the two with the same weights. The window geometry (partition, bias index, shift
+mask) is :mod:`attnkern._window_geometry`'s.
 """
 
 import math
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .. import export, reference
+from .. import export
+from .._window_geometry import relative_position_index, shift_region_mask, window_partition, window_reverse
 from ..ops.window_attention import window_attention
 
 __all__ = [
@@ -138,19 +141,43 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+def _pad_to_windows(image: Tensor, window_size: int) -> Tensor:
+    """image [B, H, W, C] zero-padded at the bottom/right to multiples of the window (the original Swin
+    Transformer's padding). Traced sizes (export) take the padding as gathers, the same program whether
+    the pad is empty or not."""
+    H, W = image.shape[1:3]
+    if export.is_traced_size(H, W):
+        return export.zero_pad_to_multiple(export.zero_pad_to_multiple(image, 1, window_size), 2, window_size)
+    pad_h, pad_w = (-H) % window_size, (-W) % window_size
+    return F.pad(image, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else image
+
+
+def _crop(out: Tensor, H, W) -> Tensor:
+    """out [B, Hp, Wp, …] cropped to [B, H, W, …] (a gather for traced sizes)."""
+    if export.is_traced_size(H, W):
+        return export.crop(export.crop(out, 1, H), 2, W)
+    return out[:, :H, :W] if tuple(out.shape[1:3]) != (H, W) else out
+
+
 class WindowAttention(nn.Module):
     """Window multi-head self-attention with relative position bias (Liu et al., "Swin Transformer",
-    ICCV 2021; SwinIR), a drop-in for SwinIR's ``WindowAttention``.
+    ICCV 2021; SwinIR), a drop-in for SwinIR's ``WindowAttention``. Per window and head:
+    softmax(scale·q·kᵀ + B + mask)·v, then ``proj``.
 
-    ``forward(x, mask)`` takes partitioned windows x [B_, N, C] (B_ = batch · nW, N = Wh·Ww) and an
-    optional additive mask [nW, N, N] (windows numbered as the partition numbers them), exactly as the
-    published module. Per window and head: softmax(scale·q·kᵀ + B + mask)·v, then ``proj``.
+    Two entries, both on attnkern's kernel (:func:`attnkern.ops.window_attention`):
 
-    The fused path views the qkv Linear's output [B_, N, 3C] as a tall image
-    [B_/nW, nW·Wh, Ww, 3, heads, d] whose windows are exactly the nW windows in order, and calls
-    :func:`attnkern.ops.window_attention` on it (no copy, no N×N attention kept for the backward).
-    With ``fused = False`` (see :func:`set_fused_attention`), and in training when ``attn_drop > 0``
-    (the kernel has no attention dropout), the published formulation runs instead.
+    - ``forward(x, mask)``, the published one: partitioned windows x [B_, N, C] (B_ = batch · nW,
+      N = Wh·Ww) and an optional additive mask [nW, N, N] (windows numbered as the partition numbers
+      them). The qkv Linear's output [B_, N, 3C] is viewed as a tall image [B_/nW, nW·Wh, Ww, 3, heads, d]
+      whose windows are exactly the nW windows in order (no copy, no N×N attention kept for the backward).
+    - :meth:`forward_image` ``(x, shift_size)``, the attention branch of a Swin block on an image
+      [B, H, W, C]: the qkv Linear on the image, the kernel with the cyclic shift and SwinIR's region
+      mask computed inside it, ``proj`` — none of the roll / partition / reverse copies of the published
+      block. :class:`SwinTransformerBlock` runs it.
+
+    :meth:`uses_kernel` decides for both: with ``fused = False`` (see :func:`set_fused_attention`), and in
+    training when ``attn_drop > 0`` (the kernel has no attention dropout), the published formulation runs
+    instead; while exporting portably, a standard-op formulation (:mod:`attnkern.export`).
 
     Parameter and buffer names match SwinIR (``relative_position_bias_table``
     [(2·Wh−1)·(2·Ww−1), heads], ``relative_position_index`` [N, N], ``qkv``, ``proj``). Only square
@@ -159,8 +186,9 @@ class WindowAttention(nn.Module):
     non-persistent buffer there): a state_dict without it loads, also with ``strict=True``, the index
     being the one this layer computed (it depends on the window size only).
 
-    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) as the published
-    formulation.
+    Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`): ``forward`` as the
+    published formulation, ``forward_image`` at any H, W (padding, shift mask and crop follow the
+    traced size).
 
     Args:
         dim: channels C; a multiple of num_heads.
@@ -186,7 +214,7 @@ class WindowAttention(nn.Module):
         self.fused = True
 
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * side - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", reference.relative_position_index(side))
+        self.register_buffer("relative_position_index", relative_position_index(side))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -200,10 +228,15 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
         return bias.permute(2, 0, 1).contiguous()
 
+    def _drops_attention(self) -> bool:
+        """Whether attention dropout is active (training with ``attn_drop > 0``): only the published
+        formulation has it."""
+        return self.training and self.attn_drop.p > 0
+
     def uses_kernel(self) -> bool:
-        """Whether forward runs the fused op: ``fused``, not exporting portably
+        """Whether ``forward`` and ``forward_image`` run the kernel: ``fused``, not exporting portably
         (:func:`attnkern.export.is_portable`) and no active attention dropout."""
-        return self.fused and not (self.training and self.attn_drop.p > 0) and not export.is_portable()
+        return self.fused and not self._drops_attention() and not export.is_portable()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -258,6 +291,57 @@ class WindowAttention(nn.Module):
             out = self.attend_windows(qkv, mask)
         return self.proj_drop(self.proj(out))
 
+    def forward_image(self, x: Tensor, shift_size: int = 0) -> Tensor:
+        """The attention branch of a Swin block on an image: x [B, H, W, C] → [B, H, W, C], windows
+        cyclically shifted by ``shift_size`` (SW-MSA, with SwinIR's region mask; 0 ≤ shift_size < window).
+
+        Any H, W: when one is not a multiple of the window, x is padded with zeros at the bottom/right
+        to the next multiple (as the original Swin Transformer does), attention runs on the padded image
+        (region mask of the padded size; padded tokens are keys and values like any other), and the
+        output is cropped back. The kernel (:meth:`uses_kernel`) and the portable formulation run qkv
+        → attention → crop → ``proj`` on the image; the published one pads, rolls, partitions, runs
+        :meth:`forward` on the windows, reverses, rolls back and crops.
+        """
+        ws, heads = self.window_size[0], self.num_heads
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f"WindowAttention: expected an image x [B, H, W, C], got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        B, H, W, C = x.shape
+        if not export.is_traced_size(C) and C != self.dim:
+            raise ValueError(f"WindowAttention: x has C = {C} channels, the layer was built for dim = {self.dim}")
+        if not 0 <= shift_size < ws:
+            raise ValueError(f"WindowAttention: shift_size must be in [0, window_size) = [0, {ws}), got {shift_size}")
+        kernel = self.uses_kernel()
+        if not kernel and (self._drops_attention() or not export.is_portable()):
+            return self._forward_image_published(x, shift_size)
+        image = _pad_to_windows(x, ws)
+        qkv = self.qkv(image).view(B, image.shape[1], image.shape[2], 3, heads, C // heads)
+        bias = self.relative_position_bias().to(qkv.dtype)
+        if kernel:
+            out = window_attention(qkv, bias, ws, shift_size, None, self.scale)
+        else:
+            out = export.window_attention(qkv, bias, ws, shift_size, self.scale)
+        # proj on contiguous tokens [B, H·W, C], as the published block applies it
+        out = self.proj_drop(self.proj(_crop(out, H, W).reshape(B, H * W, C)))
+        return out.view(B, H, W, C)
+
+    def _forward_image_published(self, x: Tensor, shift_size: int) -> Tensor:
+        """:meth:`forward_image` as SwinIR's block computes it: roll → partition → attention on the
+        windows → reverse → roll back (after the padding, before the crop)."""
+        B, H, W, C = x.shape
+        ws = self.window_size[0]
+        x = _pad_to_windows(x, ws)
+        Hp, Wp = x.shape[1:3]
+        if shift_size:
+            x = torch.roll(x, shifts=(-shift_size, -shift_size), dims=(1, 2))
+        mask = shift_region_mask(Hp, Wp, ws, shift_size, x.device) if shift_size else None
+        windows = window_partition(x, ws)  # [B·nW, N, C]
+        windows = self.proj_drop(self.proj(self.attend_windows(self.qkv(windows), mask)))
+        x = window_reverse(windows, ws, Hp, Wp)
+        if shift_size:
+            x = torch.roll(x, shifts=(shift_size, shift_size), dims=(1, 2))
+        return _crop(x, H, W)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, fused={self.fused}"
 
@@ -268,27 +352,26 @@ class SwinTransformerBlock(nn.Module):
     """A Swin Transformer layer (W-MSA or SW-MSA, then an MLP, each with a pre-norm residual), a drop-in
     for SwinIR's ``SwinTransformerBlock``:
 
-        x = x + drop_path(proj(window_attention(qkv(norm1(x)), shift)))
+        x = x + drop_path(attn.forward_image(norm1(x), shift))   # qkv → window attention → proj
         x = x + drop_path(mlp(norm2(x)))
 
-    ``forward(x, x_size)`` takes tokens x [B, H·W, C] of an H×W image. The fused path (``fused = True``,
-    the default) applies norm1, ``attn.qkv``, views the result as [B, H, W, 3, heads, d] and calls
+    ``forward(x, x_size)`` takes tokens x [B, H·W, C] of an H×W image and runs the attention branch on
+    it as an image (:meth:`WindowAttention.forward_image`): by default the qkv Linear, then
     :func:`attnkern.ops.window_attention` with the shift — the cyclic shift and SwinIR's −100 region
-    mask are computed inside the kernel — then ``attn.proj``: no roll, partition or reverse copies.
-    The reference path (``fused = False``, see :func:`set_fused_attention`) is the published one:
-    roll → window partition → ``attn(windows, mask)`` → reverse → roll back. In training with
-    ``attn_drop > 0`` the reference path runs (the kernel has no attention dropout).
+    mask are computed inside the kernel — then ``proj``: no roll, partition or reverse copies. With
+    ``fused = False`` (see :func:`set_fused_attention`), or in training with ``attn_drop > 0`` (the
+    kernel has no attention dropout), the published one: roll → window partition → attention on the
+    windows → reverse → roll back.
 
     Published rule kept: if min(input_resolution) <= window_size, the window becomes
     min(input_resolution) and the shift 0. The ``attn_mask`` buffer ([nW, N, N] for input_resolution,
-    shifted blocks only, as published) is kept so state_dicts match; the fused path does not read it.
+    shifted blocks only, as published) is kept so state_dicts match; the attention computes its mask
+    from the image size and does not read it.
 
     Any x_size works (the published block needs multiples of the window): when H or W is not a
     multiple of the window, the normalised tokens are padded with zeros at the bottom/right to the
-    next multiple (as the original Swin Transformer does), attention runs on the padded image (region
-    mask of the padded size; padded tokens are keys and values like any other), and the output is
-    cropped back before ``proj``. Both paths do the same. SwinIR itself pads the image (reflect) to a
-    multiple of the window, so its blocks never pad.
+    next multiple and the output cropped back (see :meth:`WindowAttention.forward_image`). SwinIR
+    itself pads the image (reflect) to a multiple of the window, so its blocks never pad.
 
     Exports (ONNX, portable TorchScript / ``torch.export``, see :mod:`attnkern.export`) at any H, W: the
     padding, the shift mask and the crop follow the traced size.
@@ -326,7 +409,6 @@ class SwinTransformerBlock(nn.Module):
         if not 0 <= self.shift_size < self.window_size:
             raise ValueError(f"SwinTransformerBlock: shift_size must be in [0, window_size) = "
                              f"[0, {self.window_size}), got {shift_size}")
-        self.fused = True
 
         self.norm1 = norm_layer(dim)
         self.attn = WindowAttention(dim, window_size=self.window_size, num_heads=num_heads, qkv_bias=qkv_bias,
@@ -337,6 +419,19 @@ class SwinTransformerBlock(nn.Module):
         attn_mask = self.calculate_mask(self.input_resolution) if self.shift_size > 0 else None
         self.register_buffer("attn_mask", attn_mask)
 
+    @property
+    def fused(self) -> bool:
+        """Whether the attention may run attnkern's kernel: ``attn.fused`` (see :func:`set_fused_attention`)."""
+        return self.attn.fused
+
+    @fused.setter
+    def fused(self, enabled: bool) -> None:
+        self.attn.fused = enabled
+
+    def uses_kernel(self) -> bool:
+        """Whether forward runs the kernel: :meth:`WindowAttention.uses_kernel` of ``attn``."""
+        return self.attn.uses_kernel()
+
     def padded_size(self, x_size: Sequence[int]) -> Tuple[int, int]:
         """(H, W) rounded up to multiples of the window."""
         ws = self.window_size
@@ -346,86 +441,13 @@ class SwinTransformerBlock(nn.Module):
         """SwinIR's shifted-window mask [nW, N, N] (0 within a region, −100 across) for an image of
         x_size, float32 on the CPU; a size that is not a multiple of the window is padded first."""
         H, W = self.padded_size(x_size)
-        return reference.shift_region_mask(H, W, self.window_size, self.shift_size)
-
-    def _padded_image(self, x: Tensor, H, W) -> Tuple[Tensor, int, int]:
-        """Normalised tokens x [B, H·W, C] as an image [B, Hp, Wp, C] zero-padded at the bottom/right to
-        multiples of the window, with Hp, Wp. Traced sizes (export) take the padding as gathers, the
-        same program whether the pad is empty or not."""
-        B, _, C = x.shape
-        image = x.view(B, H, W, C)
-        if export.is_traced_size(H, W):
-            image = export.zero_pad_to_multiple(export.zero_pad_to_multiple(image, 1, self.window_size), 2,
-                                                self.window_size)
-            return image, image.shape[1], image.shape[2]
-        Hp, Wp = self.padded_size((H, W))
-        if (Hp, Wp) != (H, W):
-            image = F.pad(image, (0, 0, 0, Wp - W, 0, Hp - H))
-        return image, Hp, Wp
-
-    @staticmethod
-    def _cropped(out: Tensor, H, W) -> Tensor:
-        """out [B, Hp, Wp, …] cropped to [B, H, W, …] (a gather for traced sizes)."""
-        if export.is_traced_size(H, W):
-            return export.crop(export.crop(out, 1, H), 2, W)
-        return out[:, :H, :W] if tuple(out.shape[1:3]) != (H, W) else out
-
-    def _attention_fused(self, x: Tensor, H, W) -> Tensor:
-        B, _, C = x.shape
-        image, Hp, Wp = self._padded_image(x, H, W)
-        qkv = self.attn.qkv(image).view(B, Hp, Wp, 3, self.num_heads, C // self.num_heads)
-        bias = self.attn.relative_position_bias().to(qkv.dtype)
-        out = window_attention(qkv, bias, self.window_size, self.shift_size, None, self.attn.scale)
-        return self.attn.proj_drop(self.attn.proj(self._cropped(out, H, W).reshape(B, H * W, C)))
-
-    def _attention_reference(self, x: Tensor, H: int, W: int) -> Tensor:
-        B, _, C = x.shape
-        ws, shift = self.window_size, self.shift_size
-        Hp, Wp = self.padded_size((H, W))
-        x = x.view(B, H, W, C)
-        if (Hp, Wp) != (H, W):
-            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = reference.window_partition(x, ws)  # [B·nW, N, C]
-        mask = None
-        if shift:
-            mask = self.attn_mask if (Hp, Wp) == self.input_resolution and self.attn_mask is not None \
-                else self.calculate_mask((Hp, Wp)).to(x.device)
-        x = reference.window_reverse(self.attn(windows, mask=mask), ws, Hp, Wp)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        if (Hp, Wp) != (H, W):
-            x = x[:, :H, :W]
-        return x.reshape(B, H * W, C)
-
-    def _attention_portable(self, x: Tensor, H, W) -> Tensor:
-        """The fused path's order (pad, qkv on the image, attention, crop, proj) with the attention in
-        standard ops (:func:`attnkern.export.window_attention`: roll, windows, softmax)."""
-        B, _, C = x.shape
-        image, Hp, Wp = self._padded_image(x, H, W)
-        qkv = self.attn.qkv(image).view(B, Hp, Wp, 3, self.num_heads, C // self.num_heads)
-        bias = self.attn.relative_position_bias().to(qkv.dtype)
-        out = export.window_attention(qkv, bias, self.window_size, self.shift_size, self.attn.scale)
-        return self.attn.proj_drop(self.attn.proj(self._cropped(out, H, W).reshape(B, H * W, C)))
-
-    def uses_kernel(self) -> bool:
-        """Whether forward runs the fused path: ``fused``, not exporting portably
-        (:func:`attnkern.export.is_portable`) and no active attention dropout."""
-        return self.fused and not (self.training and self.attn.attn_drop.p > 0) and not export.is_portable()
+        return shift_region_mask(H, W, self.window_size, self.shift_size)
 
     def forward(self, x: Tensor, x_size: Sequence[int]) -> Tensor:
         """x [B, H·W, C] tokens of an H×W image, x_size = (H, W) → [B, H·W, C]."""
-        _, _, _, H, W = _check_tokens(x, x_size, self.dim, "SwinTransformerBlock")
-        shortcut = x
-        x = self.norm1(x)
-        if self.uses_kernel():
-            x = self._attention_fused(x, H, W)
-        elif export.is_portable() and not (self.training and self.attn.attn_drop.p > 0):
-            x = self._attention_portable(x, H, W)
-        else:
-            x = self._attention_reference(x, H, W)
-        x = shortcut + self.drop_path(x)
+        B, _, C, H, W = _check_tokens(x, x_size, self.dim, "SwinTransformerBlock")
+        attended = self.attn.forward_image(self.norm1(x).view(B, H, W, C), self.shift_size)
+        x = x + self.drop_path(attended.reshape(B, H * W, C))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
@@ -435,11 +457,11 @@ class SwinTransformerBlock(nn.Module):
 
 
 def set_fused_attention(module: nn.Module, enabled: bool) -> nn.Module:
-    """Sets ``fused`` on every :class:`SwinTransformerBlock` and :class:`WindowAttention` under module
-    (itself included): True runs the fused kernel, False the published roll → partition → attention →
-    reverse → roll formulation, with the same weights. Returns module."""
+    """Sets ``fused`` on every :class:`WindowAttention` under module (itself included), and so on every
+    :class:`SwinTransformerBlock`: True runs the fused kernel, False the published roll → partition →
+    attention → reverse → roll formulation, with the same weights. Returns module."""
     for m in module.modules():
-        if isinstance(m, (SwinTransformerBlock, WindowAttention)):
+        if isinstance(m, WindowAttention):
             m.fused = bool(enabled)
     return module
 

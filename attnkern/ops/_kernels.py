@@ -16,12 +16,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _build_config
+from .._extension import WITH_CUDA
 from ..export import is_portable
 
 # Devices whose tensors go to torch.ops.attnkern; others run the pure-PyTorch reference.
 # "meta" covers fake tensors (torch.compile, opcheck): the ops' fake kernels handle them.
-KERNEL_DEVICES = frozenset(("cpu", "meta", "cuda") if _build_config.with_cuda else ("cpu", "meta"))
+KERNEL_DEVICES = frozenset(("cpu", "meta", "cuda") if WITH_CUDA else ("cpu", "meta"))
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 

@@ -1,7 +1,8 @@
 """Pure-PyTorch references: the specification of every attnkern op.
 
-They depend on torch alone, are differentiable through autograd, and serve the tests, the
-benchmarks and devices for which no kernel was compiled.
+They depend on torch alone (and on :mod:`attnkern._window_geometry`, torch alone too), are
+differentiable through autograd, and serve the tests, the benchmarks and devices for which no kernel
+was compiled.
 """
 
 from .covpool import covpool, covpool_centering_matrix, sqrtm_newton_schulz, triuvec

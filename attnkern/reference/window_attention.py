@@ -4,7 +4,8 @@ reverse, shift back.
 
 Layouts: ``qkv`` [B, H, W, 3, heads, d] is the qkv Linear's output viewed in image layout; the output
 [B, H, W, heads, d] is what the output projection reads. A window holds N = window_size² tokens in
-row-major order; windows are numbered row-major over the (shifted) image.
+row-major order; windows are numbered row-major over the (shifted) image. The geometry (partition,
+bias index, shift mask) is :mod:`attnkern._window_geometry`'s, which the layers use too.
 """
 
 from typing import Optional
@@ -12,51 +13,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# SwinIR's additive mask between tokens of different regions of a shifted window (not −inf).
-SHIFT_MASK_VALUE = -100.0
+from .._window_geometry import relative_position_index, shift_region_mask, window_partition, window_reverse
 
-
-def window_partition(x: Tensor, window_size: int) -> Tensor:
-    """[B, H, W, *rest] → [B·nW, N, *rest], windows row-major, tokens row-major within a window."""
-    B, H, W = x.shape[:3]
-    rest = x.shape[3:]
-    x = x.view(B, H // window_size, window_size, W // window_size, window_size, *rest)
-    x = x.transpose(2, 3)
-    return x.reshape(B * (H // window_size) * (W // window_size), window_size * window_size, *rest)
-
-
-def window_reverse(windows: Tensor, window_size: int, H: int, W: int, batch: Optional[int] = None) -> Tensor:
-    """The inverse of :func:`window_partition`: [B·nW, N, *rest] → [B, H, W, *rest]. ``batch`` is B; by
-    default B·nW / nW (SwinIR's rule), which an image without windows (H or W = 0) needs given."""
-    rest = windows.shape[2:]
-    B = windows.shape[0] // ((H // window_size) * (W // window_size)) if batch is None else batch
-    x = windows.reshape(B, H // window_size, W // window_size, window_size, window_size, *rest)
-    return x.transpose(2, 3).reshape(B, H, W, *rest)
-
-
-def relative_position_index(window_size: int, device=None) -> Tensor:
-    """[N, N] int64: the row of the (2·ws − 1)² bias table for each pair of tokens of a window (Swin, eq. 4:
-    B[i, j] = table[(y_i − y_j + ws − 1)·(2·ws − 1) + (x_i − x_j + ws − 1)])."""
-    coords = torch.arange(window_size, device=device)
-    y = coords.repeat_interleave(window_size)
-    x = coords.repeat(window_size)
-    dy = y[:, None] - y[None, :] + window_size - 1
-    dx = x[:, None] - x[None, :] + window_size - 1
-    return dy * (2 * window_size - 1) + dx
-
-
-def shift_region_mask(H: int, W: int, window_size: int, shift_size: int, device=None,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
-    """[nW, N, N]: SwinIR's mask of a shifted-window pass over an H×W image (``calculate_mask``): 0 between
-    tokens of one region, −100 between regions. Regions split each axis at −window_size and −shift_size."""
-    def regions(length: int) -> Tensor:
-        pos = torch.arange(length, device=device)
-        return (pos >= length - window_size).long() + (pos >= length - shift_size).long()
-
-    region = regions(H)[:, None] * 3 + regions(W)[None, :]  # [H, W]
-    windows = window_partition(region[None, :, :, None], window_size).squeeze(-1)  # [nW, N]
-    different = windows[:, :, None] != windows[:, None, :]
-    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill(different, SHIFT_MASK_VALUE)
+__all__ = ["window_attention", "window_partition", "window_reverse", "relative_position_index", "shift_region_mask"]
 
 
 def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: int, shift_size: int = 0,

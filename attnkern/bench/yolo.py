@@ -6,7 +6,8 @@ through autograd) in its place, same weights.
 Where onnxruntime is installed, a row for the same detector exported to ONNX (standard operators,
 attnkern's portable formulation) and run by ONNX Runtime on the CPU.
 
-Needs the ``ultralytics`` package (the ``yolo`` extra); without it, or in --smoke runs, no rows.
+Needs the ``ultralytics`` package (the ``yolo`` extra) and the source tree's ``configs/``; without them,
+or in --smoke runs, no rows.
 """
 
 from pathlib import Path
@@ -16,9 +17,11 @@ from torch import nn
 
 import attnkern
 from attnkern import reference
-from attnkern.bench import Case, onnxruntime_row
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "yolo11n-soca.yaml"
+from .case import Case, onnxruntime_row
+
+# The source tree's example YAML (configs/ is not installed with the package).
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "yolo11n-soca.yaml"
 SHAPES = [("YOLO11n-SOCA 8×3×320×320", 8, 320), ("YOLO11n-SOCA 1×3×640×640", 1, 640)]
 
 
@@ -41,7 +44,7 @@ def cases(device, smoke):
         from ultralytics.nn.tasks import DetectionModel
     except ImportError:
         return
-    if smoke:
+    if smoke or not CONFIG.is_file():
         return
     from attnkern.integrations.ultralytics import register
 

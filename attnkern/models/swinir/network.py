@@ -1,41 +1,18 @@
 """SwinIR (Liang et al., "SwinIR: Image Restoration Using Swin Transformer", ICCV Workshops 2021) on
-attnkern's fused window attention, official checkpoint loading, and a command-line tool:
+attnkern's fused window attention, the official test script's configurations (:func:`task_config`) and
+official checkpoint loading (:meth:`SwinIR.from_checkpoint`)."""
 
-    python -m attnkern.models.swinir --task classical_sr --scale 4 \\
-        --weights 001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth --input lr.png --output sr.png \\
-        --tile 256 --tile-overlap 32 [--device cuda --half]
-
-The image is padded as the official test script (main_test_swinir.py) pads it — always
-(h // window + 1)·window − h rows and columns of mirror padding, a whole window even when a side is
-already a multiple (a 48×40 image runs at 56×48) — so outputs match the script's and the published
-PSNR tables; ``--pad minimal`` pads only up to the next multiple. ``--tile`` runs the script's tile
-procedure (:func:`tiled_forward`).
-
-Tasks (the official test script's configurations, :func:`task_config`): ``classical_sr``,
-``lightweight_sr``, ``real_sr`` (``--large`` or detected from the checkpoint), ``denoise``, ``jpeg``.
-Images are read and written with Pillow (``pip install pillow``); ``.npy`` files (H×W or H×W×C, floats
-in [0, 1] or uint8) work without it.
-"""
-
-import argparse
-import itertools
 import os
-import pickle
-import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import export
-from ..nn.swin import PatchEmbed, PatchUnEmbed, RSTB, Upsample, UpsampleOneStep, _conv_block
+from ... import export
+from ...nn.swin import PatchEmbed, PatchUnEmbed, RSTB, Upsample, UpsampleOneStep, _conv_block
 
-__all__ = [
-    "SwinIR", "select_state_dict", "load_checkpoint", "task_config", "TASKS", "tiled_forward", "pad_to_multiple",
-    "official_pad", "PAD_MODES",
-    "read_image", "write_image", "main",
-]
+__all__ = ["SwinIR", "load_checkpoint", "select_state_dict", "task_config", "TASKS"]
 
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
 # Buffers that depend on the training img_size / window only: recomputed by the model, never loaded.
@@ -330,9 +307,6 @@ def select_state_dict(checkpoint: Mapping[str, Any], param_key: Optional[str] = 
             return dict(checkpoint[key]), key
     return dict(checkpoint), None
 
-
-# ---- command line ----------------------------------------------------------------------------------
-
 TASKS = ("classical_sr", "lightweight_sr", "real_sr", "denoise", "jpeg")
 
 
@@ -371,223 +345,3 @@ def task_config(task: str, scale: Optional[int] = None, large: bool = False, in_
     if task == "denoise":
         return dict(common, upscale=1, img_size=128, upsampler="")
     return dict(common, upscale=1, img_size=126, window_size=7, img_range=255.0, upsampler="")
-
-
-PAD_MODES = ("official", "minimal")
-
-
-def official_pad(img: Tensor, window_size: int, mode: str = "official") -> Tensor:
-    """Pads img [..., H, W] at the bottom/right before the model runs, as the official test script
-    (main_test_swinir.py) does.
-
-    ``mode="official"`` (the script's rule): always (H // window_size + 1)·window_size − H rows and the
-    same for the columns — a whole window even when H is already a multiple (a 48×40 image is run at
-    56×48), which changes the outputs near the bottom/right border compared with no padding.
-    ``mode="minimal"``: only up to the next multiple ((−H) mod window_size; nothing for multiples).
-
-    The pad is the mirror image including the edge row (``cat([img, img.flip(-2)])``, as the script),
-    taken once: an image shorter than its pad (H < window_size / 2) stays short of the multiple, and
-    the model's own reflect padding adds the rest — as in the script.
-    """
-    if mode not in PAD_MODES:
-        raise ValueError(f"padding mode must be one of {PAD_MODES}, got {mode!r}")
-    h, w = img.shape[-2:]
-    if mode == "official":
-        pad_h, pad_w = (h // window_size + 1) * window_size - h, (w // window_size + 1) * window_size - w
-    else:
-        pad_h, pad_w = (-h) % window_size, (-w) % window_size
-    img = torch.cat([img, img.flip(-2)], dim=-2)[..., :h + pad_h, :]
-    return torch.cat([img, img.flip(-1)], dim=-1)[..., :w + pad_w]
-
-
-def pad_to_multiple(img: Tensor, multiple: int) -> Tensor:
-    """Pads img [..., H, W] at the bottom/right to the next multiples of ``multiple`` with its mirror
-    image (edge row included; repeated for images shorter than the pad), so the result is always a
-    multiple. (The command line pads with :func:`official_pad`.)"""
-    h, w = img.shape[-2:]
-    target_h, target_w = h + (-h) % multiple, w + (-w) % multiple
-    while img.shape[-2] < target_h:
-        img = torch.cat([img, img.flip(-2)], dim=-2)
-    while img.shape[-1] < target_w:
-        img = torch.cat([img, img.flip(-1)], dim=-1)
-    return img[..., :target_h, :target_w]
-
-
-def _progress_bar(done: int, total: int, stream=None, width: int = 30) -> None:
-    stream = sys.stderr if stream is None else stream
-    filled = width * done // total
-    stream.write(f"\rtiles [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done == total:
-        stream.write("\n")
-    stream.flush()
-
-
-def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``size`` with stride tile − overlap (the last
-    tile ends at the edge)."""
-    return list(range(0, size - tile, tile - overlap)) + [size - tile]
-
-
-def tiled_forward(model: Callable[[Tensor], Tensor], img: Tensor, scale: int, tile: Optional[int] = None,
-                  tile_overlap: int = 32, progress: bool = False) -> Tensor:
-    """model(img) computed tile by tile, the official test script's procedure: tiles of
-    t = min(tile, H, W) pixels starting at ``range(0, H − t, t − tile_overlap)`` and at H − t (the same
-    across W), each tile's output added into a sum E and a count W, the result E / W — each output pixel
-    the mean of the tiles covering it. (The sum is kept in float32 where the script keeps the image's
-    dtype: the same for float32 images, more accurate for float16.)
-
-    Args:
-        model: maps [B, C, h, w] to [B, C', h·scale, w·scale].
-        img: [B, C, H, W].
-        scale: the model's upscale factor.
-        tile: tile side, or None for one pass over the whole image. A multiple of the window avoids
-            padding inside the model.
-        tile_overlap: overlap of neighbouring tiles, 0 ≤ tile_overlap < tile.
-        progress: draw a progress bar over the tiles on stderr.
-
-    Returns:
-        [B, C', H·scale, W·scale], float32 when tiled.
-    """
-    if tile is None:
-        return model(img)
-    if img.dim() != 4:
-        raise ValueError(f"tiled_forward: expected an image [B, C, H, W], got shape {tuple(img.shape)}")
-    b, _, h, w = img.shape
-    if tile < 1:
-        raise ValueError(f"tiled_forward: tile must be >= 1, got {tile}")
-    tile = min(tile, h, w)
-    if not 0 <= tile_overlap < tile:
-        raise ValueError(f"tiled_forward: tile_overlap must be in [0, tile) = [0, {tile}), got {tile_overlap}")
-    positions = list(itertools.product(tile_starts(h, tile, tile_overlap), tile_starts(w, tile, tile_overlap)))
-    out: Optional[Tensor] = None
-    weight = torch.zeros(1, 1, h * scale, w * scale, device=img.device)
-    for i, (y, x) in enumerate(positions):
-        patch = model(img[..., y:y + tile, x:x + tile])
-        if out is None:
-            out = torch.zeros(b, patch.shape[1], h * scale, w * scale, device=img.device)
-        out[..., y * scale:(y + tile) * scale, x * scale:(x + tile) * scale] += patch.float()
-        weight[..., y * scale:(y + tile) * scale, x * scale:(x + tile) * scale] += 1
-        if progress:
-            _progress_bar(i + 1, len(positions))
-    assert out is not None
-    return out / weight
-
-
-def _pillow():
-    """PIL.Image, or an ImportError that says how to get it."""
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise ImportError("reading and writing PNG/JPEG images needs Pillow: pip install pillow "
-                          "(or use .npy files)") from e
-    return Image
-
-
-def read_image(path: str, in_chans: int = 3) -> Tensor:
-    """An image file as [1, in_chans, H, W] float32 in [0, 1]: with Pillow (converted to RGB for 3
-    channels, to grayscale for 1), or a ``.npy`` array H×W or H×W×C (uint8 is divided by 255)."""
-    if str(path).lower().endswith(".npy"):
-        import numpy as np
-        array = np.load(path)
-        scale = 255.0 if array.dtype == np.uint8 else 1.0
-        img = torch.from_numpy(np.ascontiguousarray(array)).float() / scale
-    else:
-        Image = _pillow()
-        with Image.open(path) as opened:
-            img = torch.frombuffer(bytearray(opened.convert("RGB" if in_chans == 3 else "L").tobytes()),
-                                   dtype=torch.uint8)
-            width, height = opened.size
-        img = img.view(height, width, -1).float() / 255.0
-    if img.dim() == 2:
-        img = img.unsqueeze(-1)
-    if img.dim() != 3 or img.shape[-1] != in_chans:
-        raise ValueError(f"{path}: expected an H×W×{in_chans} image for this model, got shape {tuple(img.shape)}")
-    return img.permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
-def write_image(img: Tensor, path: str) -> None:
-    """Writes [1, C, H, W] (C = 1 or 3, values in [0, 1]): clamped and rounded to 8 bits with Pillow,
-    or as float32 H×W×C (H×W for one channel, not clamped) to a ``.npy`` file."""
-    hwc = img.detach()[0].float().cpu().permute(1, 2, 0)
-    if hwc.shape[-1] == 1:
-        hwc = hwc[..., 0]
-    if str(path).lower().endswith(".npy"):
-        import numpy as np
-        np.save(path, hwc.numpy().astype(np.float32))
-        return
-    Image = _pillow()
-    data = (hwc.clamp(0, 1) * 255.0).round().to(torch.uint8).contiguous()
-    mode = "L" if data.dim() == 2 else "RGB"
-    Image.frombytes(mode, (data.shape[1], data.shape[0]), _tensor_bytes(data)).save(path)
-
-
-def _tensor_bytes(t: Tensor) -> bytes:
-    """The bytes of a contiguous CPU uint8 tensor (through numpy when it is installed)."""
-    try:
-        return t.numpy().tobytes()
-    except (ImportError, RuntimeError):
-        return bytes(t.reshape(-1).tolist())
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m attnkern.models.swinir",
-                                description="Restore an image with an official SwinIR checkpoint on attnkern's "
-                                            "kernels.")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--scale", type=int, default=None, help="upscale factor (classical_sr, lightweight_sr)")
-    p.add_argument("--weights", required=True, help="official checkpoint (.pth)")
-    p.add_argument("--input", required=True, help="input image (PNG/JPEG/... with Pillow, or .npy)")
-    p.add_argument("--output", required=True, help="output image (PNG with Pillow, or .npy)")
-    p.add_argument("--tile", type=int, default=None, help="tile size (default: the whole image at once)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="overlap of neighbouring tiles (default 32)")
-    p.add_argument("--pad", choices=PAD_MODES, default="official",
-                   help="official (default): as main_test_swinir.py, always (h // window + 1)·window − h rows "
-                        "(and columns) of mirror padding, a whole window even when h is a multiple (a 48×40 "
-                        "image runs at 56×48), so results compare with the published tables; minimal: only "
-                        "up to the next multiple of the window")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
-    p.add_argument("--large", action="store_true", help="real_sr: the large model (also detected from the weights)")
-    p.add_argument("--param-key", default=None,
-                   help="checkpoint entry with the weights (default: params_ema, else params, else the file itself)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line (see the module docstring); returns 0, or raises SystemExit with a message."""
-    args = _parser().parse_args(argv)
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if args.half and device.type != "cuda":
-            raise ValueError("--half needs a CUDA device (--device cuda)")
-        if not args.input.lower().endswith(".npy") or not args.output.lower().endswith(".npy"):
-            _pillow()  # fail before the model is built
-        state, _ = select_state_dict(load_checkpoint(args.weights), args.param_key)
-        first = state.get("conv_first.weight")
-        if not isinstance(first, Tensor) or first.dim() != 4:
-            raise ValueError(f"{args.weights}: no conv_first.weight: not a SwinIR checkpoint")
-        large = args.large or (args.task == "real_sr" and first.shape[0] == 240)
-        config = task_config(args.task, args.scale, large=large, in_chans=first.shape[1])
-        model = SwinIR.from_checkpoint(state, **config).to(device)
-        img = read_image(args.input, config["in_chans"]).to(device)
-        if args.half:
-            model, img = model.half(), img.half()
-        h, w = img.shape[-2:]
-        window = config["window_size"]
-        padded = official_pad(img, window, args.pad)
-        if args.tile is not None and min(args.tile, *padded.shape[-2:]) % window:
-            raise ValueError(f"--tile: the tile side min(tile, padded height, padded width) = "
-                             f"{min(args.tile, *padded.shape[-2:])} must be a multiple of the window ({window}), "
-                             "as in the official script")
-        with torch.inference_mode():
-            out = tiled_forward(model, padded, config["upscale"], args.tile, args.tile_overlap,
-                                progress=not args.quiet)
-        write_image(out[..., :h * config["upscale"], :w * config["upscale"]], args.output)
-    except (ImportError, ValueError, OSError, pickle.UnpicklingError) as e:
-        raise SystemExit(f"swinir: error: {e}") from e
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,8 +10,9 @@ On the CPU this family is measured on every CPU capability the machine runs (att
 """
 
 import attnkern
-from attnkern.bench import layer_cases
 from attnkern.reference import modules as seeds
+
+from .case import layer_cases
 
 SHAPES = [(8, 256, 40, 40), (8, 512, 20, 20)]  # YOLO neck P3 / P4 feature maps
 SMOKE_SHAPES = [(2, 64, 5, 7)]

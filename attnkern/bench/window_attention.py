@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkern import ops, reference
-from attnkern.bench import Case, onnxruntime_row
+
+from .case import Case, onnxruntime_row
 
 SHAPES = [  # (label, B, H, W, C, heads, window, shift)
     ("SwinIR-light 4×64×64 C60 h6 w8 s4", 4, 64, 64, 60, 6, 8, 4),

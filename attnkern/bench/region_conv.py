@@ -11,7 +11,8 @@ import torch
 
 import attnkern
 from attnkern import ops, reference
-from attnkern.bench import Case
+
+from .case import Case
 
 SHAPES = [  # (B, Cin, Cout, k, r, H, W), padding k // 2
     (8, 64, 64, 3, 8, 32, 32),

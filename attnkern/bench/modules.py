@@ -1,5 +1,5 @@
 """Seed-002 plug-in layers at YOLO-neck shapes: A2 double attention, SK, SGE, scSE, SCConv, split
-attention (SE and CBAM, on the gating kernels, are in bench_gating.py).
+attention (SE and CBAM, on the gating kernels, are in attnkern.bench.gating).
 
 Implementations, all with the same weights (training mode, as in a training step):
   seed              the published formulation (attnkern.reference.modules.Seed*); for A2 the
@@ -16,8 +16,9 @@ convolutions they share.
 from torch import nn
 
 import attnkern
-from attnkern.bench import layer_cases
 from attnkern.reference import modules as seeds
+
+from .case import layer_cases
 
 SHAPES = [(8, 256, 40, 40), (8, 512, 20, 20)]  # YOLO neck P3 / P4 feature maps
 SMOKE_SHAPES = [(2, 64, 5, 7)]  # channels: a multiple of SGE's 64 groups

@@ -11,7 +11,8 @@ Implementations, all computing sqrtm(cov(x)) → [B, C, C]:
 import torch
 
 from attnkern import ops, reference
-from attnkern.bench import Case
+
+from .case import Case
 
 ITERS = 5
 SHAPES = [  # (label, B, C, H, W): the shapes users run (seed 000 and its README)

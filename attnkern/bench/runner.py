@@ -1,44 +1,44 @@
 """Benchmark runner: ``python -m attnkern.bench [--family NAME] [--json FILE] [--smoke] [--no-compile]
 [--budget S] [--cpu-capability default|avx2|avx512]``.
 
-Runs every ``benchmarks/bench_<family>.py`` of the source tree on the present device (CUDA when
-available, else CPU) and prints one markdown table: median time of the forward and of
-forward+backward, and peak memory of forward+backward (of the forward for inference-only rows), for
-each implementation at each shape.
+Runs the benchmark module of every family (``attnkern.bench.<family>``, :data:`FAMILIES`) on the
+present device (CUDA when available, else CPU) and prints one markdown table: median time of the
+forward and of forward+backward, and peak memory of forward+backward (of the forward for
+inference-only rows), for each implementation at each shape.
 
 On the CPU the families with vectorised kernels (CAPABILITY_FAMILIES) are measured once per CPU
 capability this machine runs, each in a fresh process that runs as a CPU of that capability would:
 attnkern's kernels (ATTNKERN_CPU_CAPABILITY), ATen's (ATEN_CPU_CAPABILITY), MKL's and oneDNN's all
 limited to it. ``--cpu-capability`` runs the whole benchmark that way for one capability.
 
-A benchmark module defines ``cases(device, smoke) -> list[Case]``. Peak memory is measured as
-``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU as the rise of the process's peak
-resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) after glibc has returned its free
-heap pages (``malloc_trim``), so that memory reused during the measured call counts again.
+A benchmark module defines ``cases(device, smoke) -> list[Case]`` (:mod:`attnkern.bench.case`).
+Peak memory is measured as ``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU as the rise of
+the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) after glibc has
+returned its free heap pages (``malloc_trim``), so that memory reused during the measured call counts
+again.
 """
 
 import argparse
 import ctypes
-import platform
-import subprocess
-import tempfile
-import importlib.util
+import importlib
 import json
 import math
 import os
+import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 import attnkern
 
-Inputs = Tuple[torch.Tensor, ...]
+from .case import Case, Result, cpu_capability
 
 CPU_CAPABILITIES = ("default", "avx2", "avx512")
 # Families whose CPU kernels are compiled per capability: measured on each one the machine runs.
@@ -55,11 +55,6 @@ _CAPABILITY_ENVIRONMENT = {
 def capability_environment(capability: str) -> Dict[str, str]:
     """The environment variables that make attnkern, ATen, MKL and oneDNN run as on a CPU of `capability`."""
     return {name: values[capability] for name, values in _CAPABILITY_ENVIRONMENT.items()}
-
-
-def cpu_capability() -> str:
-    """The capability attnkern's CPU kernels run with in this process."""
-    return attnkern.build_info()["cpu_capability"]
 
 
 def cpu_capabilities_supported() -> List[str]:
@@ -79,117 +74,17 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-@dataclass
-class Case:
-    """One shape of one family: fresh inputs, and the implementations to compare on them."""
-
-    family: str  # the row label; several benchmark files may share one
-    shape: str
-    dtype: torch.dtype
-    make_inputs: Callable[[], Inputs]  # floating inputs that need a gradient have requires_grad
-    impls: Dict[str, Callable[..., torch.Tensor]]  # name → fn(*inputs) → output
-    skip: Dict[str, str] = field(default_factory=dict)  # name → why it is not run
-    notes: Dict[str, str] = field(default_factory=dict)  # name → a note for its row
-    forward_only: bool = False  # inference rows: no backward; peak memory of the forward
-
-    def result(self, impl: str, device: str, note: str = "") -> "Result":
-        """An empty row of the table for one implementation of this case."""
-        capability = cpu_capability() if device == "cpu" else ""
-        return Result(self.family, self.shape, str(self.dtype).replace("torch.", ""), impl, device, capability,
-                      note=note)
+# The benchmark modules, attnkern.bench.<family>, in the order of the table.
+FAMILIES = ("covpool", "criss_cross", "gating", "modules", "region_conv", "window_attention", "yolo")
 
 
-@dataclass
-class Result:
-    family: str
-    shape: str
-    dtype: str
-    impl: str
-    device: str
-    cpu_capability: str  # the CPU rows' capability ("" on CUDA)
-    fwd_ms: Optional[float] = None
-    fwd_bwd_ms: Optional[float] = None
-    peak_mib: Optional[float] = None
-    note: str = ""
-
-
-def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, int, int]], device: str) -> List[Case]:
-    """Cases comparing drop-in layers with their seeds, same weights, in training mode: for each
-    [B, C, H, W] shape, `layers(C)` lists (family, seed module, attnkern module, the seed's row name);
-    rows: the seed, the seed under torch.compile, attnkern."""
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
-    cases = []
-    for b, c, h, w in shapes:
-        for dtype in dtypes:
-            for family, seed, layer, seed_name in layers(c):
-                seed = seed.to(device=device, dtype=dtype)
-                layer = layer.to(device=device, dtype=dtype)
-                layer.load_state_dict(seed.state_dict())
-
-                def make_inputs(b=b, c=c, h=h, w=w, dtype=dtype):
-                    return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
-
-                impls = {seed_name: seed, f"{seed_name}, compiled": torch.compile(seed, dynamic=False), "attnkern": layer}
-                cases.append(Case(family=family, shape=f"{b}×{c}×{h}×{w}", dtype=dtype, make_inputs=make_inputs,
-                                  impls=impls))
-    return cases
-
-
-ONNX_RUNTIME = "ONNX Runtime"
-Row = Tuple[Dict[str, Callable[..., torch.Tensor]], Dict[str, str], Dict[str, str]]
-
-
-def onnxruntime_row(module: torch.nn.Module, example: torch.Tensor, device: str) -> Row:
-    """An "ONNX Runtime" row for a case: the module exported to ONNX (attnkern's standard-op
-    formulation, dynamic batch/height/width) and run by ONNX Runtime on the CPU with torch's thread
-    count; fn returns the first output. Returns the (impls, skip, notes) entries to merge into the Case:
-    a skipped row where onnxruntime is not installed; no row on CUDA or under a CPU-capability limit
-    (ONNX Runtime dispatches on the instruction set itself: its row is measured once, unlimited)."""
-    if device != "cpu" or os.environ.get("ATTNKERN_CPU_CAPABILITY"):
-        return {}, {}, {}
-    try:
-        import onnxruntime
-    except ImportError:
-        return {ONNX_RUNTIME: lambda *inputs: None}, {ONNX_RUNTIME: "onnxruntime not installed (pip install onnxruntime)"}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(module.eval(), (example,), path, dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    output = session.get_outputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run([output], {"x": x.detach().numpy()})[0])
-
-    note = (f"onnxruntime {onnxruntime.__version__}, CPU; peak memory: its arena, allocated at the warm-up and "
-            "reused, is not counted")
-    return {ONNX_RUNTIME: run}, {}, {ONNX_RUNTIME: note}
-
-
-def benchmarks_dir() -> Path:
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (root / "benchmarks").is_dir():
-            return root / "benchmarks"
-    raise FileNotFoundError("benchmarks/ not found: run from the attnkern source tree")
-
-
-def load_families(names: Optional[Sequence[str]] = None):
-    modules = {}
-    for path in sorted(benchmarks_dir().glob("bench_*.py")):
-        family = path.stem[len("bench_"):]
-        if names and family not in names:
-            continue
-        spec = importlib.util.spec_from_file_location(f"attnkern_bench_{family}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        modules[family] = module
-    missing = set(names or ()) - set(modules)
+def load_families(names: Optional[Sequence[str]] = None) -> Dict[str, ModuleType]:
+    """The benchmark modules of the named families (all by default), by family name."""
+    missing = set(names or ()) - set(FAMILIES)
     if missing:
-        raise ValueError(f"no benchmark for {sorted(missing)} in {benchmarks_dir()}")
-    return modules
+        raise ValueError(f"no benchmark for {sorted(missing)}; families: {', '.join(FAMILIES)}")
+    return {family: importlib.import_module(f"{__package__}.{family}")
+            for family in FAMILIES if not names or family in names}
 
 
 # ---- measurement ----------------------------------------------------------------------------
@@ -413,6 +308,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in results], f, indent=1)
 
-
-if __name__ == "__main__":
-    main()

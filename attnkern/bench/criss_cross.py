@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import attnkern
-from attnkern.bench import Case
+
+from .case import Case
 
 SHAPES = [  # (label, B, C, H, W)
     ("CCNet head 2×512×97×97", 2, 512, 97, 97),
