@@ -2,6 +2,7 @@
 
 import math
 
+import attnkern
 from attnkern import bench
 
 
@@ -52,3 +53,12 @@ def test_onnxruntime_row_is_skipped_without_onnxruntime(monkeypatch):
     impls, skip, notes = bench.onnxruntime_row(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), "cpu")
     assert set(impls) == set(skip) == {bench.ONNX_RUNTIME} and "not installed" in skip[bench.ONNX_RUNTIME]
     assert bench.onnxruntime_row(torch.nn.Identity(), torch.zeros(1, 1, 2, 2), "cuda") == ({}, {}, {})
+
+
+def test_kernels_row_on_cuda_only():
+    impls = {"attnkern": lambda x: attnkern.ops.cuda_kernels_setting()}
+    assert bench.with_kernels_row(impls, "cpu") == impls
+    rows = bench.with_kernels_row(impls, "cuda")
+    assert set(rows) == {"attnkern", bench.KERNELS_ROW}
+    with attnkern.ops.cuda_kernels("auto"):
+        assert rows["attnkern"](None) == "auto" and rows[bench.KERNELS_ROW](None) == "always"
