@@ -779,8 +779,8 @@ def plain_outputs(dev: Device, p: dict, elem: int) -> float:
 
 
 def plain_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
-    """attnkern.bench.criss_cross.einsum_attention: energies, −inf diagonal, softmax, outputs; autograd
-    backward: twice the bmm, the copies again, the softmax backward."""
+    """attnkern.ops._plain.criss_cross_attention (the benchmark's einsum row): energies, −inf diagonal,
+    softmax, outputs; autograd backward: twice the bmm, the copies again, the softmax backward."""
     B, _, _, H, W, P = cc_dims(p)
     a = B * H * W * P * elem
     forward = plain_energies(dev, p, elem) + plain_outputs(dev, p, elem) + 2 * plain_ew(dev, 2 * a)

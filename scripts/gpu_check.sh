@@ -3,11 +3,14 @@
 # 16 cores, nvcc and compute-sanitizer; no network needed). In under 10 minutes it
 #   1. builds attnkern in place for the visible GPU only (TORCH_CUDA_ARCH_LIST = its compute capability),
 #      and keeps nvcc's per-kernel register/shared-memory report (ptxas.txt);
-#   2. runs the CUDA tests: the test suite's cuda parametrisations, then scripts/kernel_sweep.py (every
-#      kernel, forward and backward, every dtype, against the references);
+#   2. runs the CUDA tests: the test suite's cuda parametrisations (the ops' tests run the hand-written
+#      kernels, tests/conftest.py sets attnkern.ops.cuda_kernels("always"); tests/test_cuda_routing.py runs
+#      the ops as the CUDA routing table sends them), then scripts/kernel_sweep.py (every kernel, forward
+#      and backward, every dtype, against the references);
 #   3. runs the sweep (float32 and bfloat16) under compute-sanitizer memcheck, racecheck, initcheck and
 #      synccheck, with PyTorch's caching allocator off so that an overrun leaves its allocation;
-#   4. runs every benchmark (python -m attnkern.bench on CUDA: float32 and bfloat16 rows; --with-compile
+#   4. runs every benchmark (python -m attnkern.bench on CUDA: float32 and bfloat16 rows, and for the
+#      routed families both "attnkern" (the routing table) and "attnkern kernels" (the kernels); --with-compile
 #      adds the torch.compile rows, several minutes more);
 # and writes each step's log and summary.md — one table of the steps (result, time, log), then the
 # benchmark table — to $OUT (default build/gpu-check-<date>). Steps run in that order under one deadline;
@@ -31,7 +34,7 @@ while [ $# -gt 0 ]; do
     --skip-build) SKIP_BUILD=1 ;;
     --with-compile) WITH_COMPILE=1 ;;
     --out) OUT_DIR="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift

@@ -41,6 +41,15 @@ def poison_empty():
     torch.use_deterministic_algorithms(False)
 
 
+@pytest.fixture(autouse=True)
+def cuda_kernels_always():
+    """On CUDA the ops' tests test the hand-written kernels, also where the routing table sends the op to
+    its plain formulation (attnkern.ops._cuda_routing); tests/test_cuda_routing.py tests that routed
+    path (setting "auto"). CPU tensors are not affected."""
+    with attnkern.ops.cuda_kernels("always"):
+        yield
+
+
 # Fresh random inputs on every run; ATTNKERN_TEST_SEED=N reproduces a run (its seed is in the header).
 SEED = int(os.environ.get("ATTNKERN_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 

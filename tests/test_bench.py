@@ -78,3 +78,12 @@ def test_runs_from_an_installed_package(tmp_path):
     assert Path(run("-c", "import attnkern.bench; print(attnkern.bench.__file__)").strip()).is_relative_to(site)
     table = run("-m", "attnkern.bench", "--smoke", "--family", "covpool", "--no-compile")
     assert "| family | shape | dtype |" in table and "| covpool+sqrtm |" in table and "| attnkern |" in table
+
+
+def test_kernels_row_on_cuda_only():
+    impls = {"attnkern": lambda x: attnkern.ops.cuda_kernels_setting()}
+    assert bench.with_kernels_row(impls, "cpu") == impls
+    rows = bench.with_kernels_row(impls, "cuda")
+    assert set(rows) == {"attnkern", bench.KERNELS_ROW}
+    with attnkern.ops.cuda_kernels("auto"):
+        assert rows["attnkern"](None) == "auto" and rows[bench.KERNELS_ROW](None) == "always"

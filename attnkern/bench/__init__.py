@@ -8,14 +8,17 @@ with ``cases(device, smoke)``. Results from a GPU are committed under ``benchmar
 source tree.
 """
 
-from .case import ONNX_RUNTIME, Case, Result, cpu_capability, layer_cases, onnxruntime_row
+from .case import (
+    KERNELS_ROW, ONNX_RUNTIME, Case, Result, cpu_capability, layer_cases, onnxruntime_row, with_kernels_row,
+)
 from .runner import (
     CAPABILITY_FAMILIES, CPU_CAPABILITIES, FAMILIES, PeakMemory, capability_environment, cpu_capabilities_supported,
     main, markdown, run,
 )
 
 __all__ = [
-    "Case", "Result", "layer_cases", "onnxruntime_row", "ONNX_RUNTIME", "cpu_capability", "run", "markdown", "main",
+    "Case", "Result", "layer_cases", "onnxruntime_row", "with_kernels_row", "KERNELS_ROW", "ONNX_RUNTIME",
+    "cpu_capability", "run", "markdown", "main",
     "PeakMemory", "FAMILIES", "CAPABILITY_FAMILIES", "CPU_CAPABILITIES", "capability_environment",
     "cpu_capabilities_supported",
 ]

@@ -57,10 +57,31 @@ class Result:
     note: str = ""
 
 
-def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, int, int]], device: str) -> List[Case]:
+KERNELS_ROW = "attnkern kernels"
+
+
+def with_kernels_row(impls: Dict[str, Callable[..., torch.Tensor]], device: str,
+                     name: str = "attnkern") -> Dict[str, Callable[..., torch.Tensor]]:
+    """impls plus, on CUDA, a KERNELS_ROW: impls[name] run under ``attnkern.ops.cuda_kernels("always")``,
+    the hand-written kernels even where the routing table routes to the plain formulation (the forward
+    chooses; the backward follows it). On the CPU impls unchanged (routing is CUDA-only)."""
+    if device != "cuda":
+        return impls
+    fn = impls[name]
+
+    def kernels(*inputs):
+        with attnkern.ops.cuda_kernels("always"):
+            return fn(*inputs)
+
+    return {**impls, KERNELS_ROW: kernels}
+
+
+def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, int, int]], device: str,
+                routed: Sequence[str] = ()) -> List[Case]:
     """Cases comparing drop-in layers with their seeds, same weights, in training mode: for each
     [B, C, H, W] shape, `layers(C)` lists (family, seed module, attnkern module, the seed's row name);
-    rows: the seed, the seed under torch.compile, attnkern."""
+    rows: the seed, the seed under torch.compile, attnkern, and for the `routed` families on CUDA
+    attnkern's kernels (with_kernels_row)."""
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     cases = []
     for b, c, h, w in shapes:
@@ -74,6 +95,8 @@ def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, 
                     return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
 
                 impls = {seed_name: seed, f"{seed_name}, compiled": torch.compile(seed, dynamic=False), "attnkern": layer}
+                if family in routed:
+                    impls = with_kernels_row(impls, device)
                 cases.append(Case(family=family, shape=f"{b}×{c}×{h}×{w}", dtype=dtype, make_inputs=make_inputs,
                                   impls=impls))
     return cases

@@ -5,14 +5,16 @@ Implementations, all computing sqrtm(cov(x)) → [B, C, C]:
                    Newton–Schulz with autograd (its hand-written backward has the same cost)
   plain PyTorch    the best a user writes by hand: centred bmm, Newton–Schulz loop of bmm
   plain, compiled  the same under torch.compile (inductor)
-  attnkern         attnkern.ops.covpool + attnkern.ops.sqrtm_newton_schulz
+  attnkern         attnkern.ops.covpool + attnkern.ops.sqrtm_newton_schulz (on CUDA: as the routing
+                   table says, attnkern.ops._cuda_routing — covpool's bmm, sqrtm's bmm iterations in training)
+  attnkern kernels (CUDA) the hand-written kernels (attnkern.ops.cuda_kernels("always"))
 """
 
 import torch
 
 from attnkern import ops, reference
 
-from .case import Case
+from .case import Case, with_kernels_row
 
 ITERS = 5
 SHAPES = [  # (label, B, C, H, W): the shapes users run (seed 000 and its README)
@@ -54,11 +56,11 @@ def cases(device, smoke):
                 shape=label,
                 dtype=dtype,
                 make_inputs=make_inputs,
-                impls={
+                impls=with_kernels_row({
                     "seed": seed,
                     "plain PyTorch": plain,
                     "plain, torch.compile": torch.compile(plain, dynamic=False),
                     "attnkern": attnkern_op,
-                },
+                }, device),
                 skip=skip,
             )

@@ -3,17 +3,21 @@
 Implementations, all with the same weights (gamma = 0.5, so the attention counts):
   seed             CCNet's published formulation: permute/contiguous copies of q, k, v per
                    direction, bmm energies with a −inf diagonal, concatenated softmax, bmm outputs
-  einsum           the einsum formulation (what mmcv switched to)
+  einsum           the einsum formulation (what mmcv switched to): attnkern.ops._plain's, which the op
+                   runs on CUDA (energies and softmax in float32 for bfloat16 inputs)
   einsum, compiled the einsum layer under torch.compile (inductor)
-  attnkern         attnkern.nn.CrissCrossAttention (the fused criss_cross_attention op)
+  attnkern         attnkern.nn.CrissCrossAttention (the criss_cross_attention op: on the CPU its fused
+                   kernel; on CUDA as the routing table says, attnkern.ops._cuda_routing — the einsum)
+  attnkern kernels (CUDA) the fused kernel (attnkern.ops.cuda_kernels("always"))
 """
 
 import torch
 from torch import nn
 
 import attnkern
+from attnkern.ops._plain import criss_cross_attention as einsum_attention
 
-from .case import Case
+from .case import Case, with_kernels_row
 
 SHAPES = [  # (label, B, C, H, W)
     ("CCNet head 2×512×97×97", 2, 512, 97, 97),
@@ -40,17 +44,6 @@ def seed_attention(q, k, v):
     out_h = torch.bmm(v_h, att_h.permute(0, 2, 1)).view(B, W, -1, H).permute(0, 2, 3, 1)
     out_w = torch.bmm(v_w, att_w.permute(0, 2, 1)).view(B, H, -1, W).permute(0, 2, 1, 3)
     return out_h + out_w
-
-
-def einsum_attention(q, k, v):
-    H = q.shape[2]
-    energy_h = torch.einsum("bchw,bcyw->bhwy", q, k)
-    diagonal = torch.eye(H, dtype=torch.bool, device=q.device).view(1, H, 1, H)
-    energy_h = energy_h.masked_fill(diagonal, float("-inf"))
-    energy_w = torch.einsum("bchw,bchx->bhwx", q, k)
-    attention = torch.cat([energy_h, energy_w], dim=3).softmax(dim=3)
-    return (torch.einsum("bhwy,bcyw->bchw", attention[..., :H], v)
-            + torch.einsum("bhwx,bchx->bchw", attention[..., H:], v))
 
 
 class FormulationLayer(nn.Module):
@@ -82,10 +75,10 @@ def cases(device, smoke):
                 shape=label,
                 dtype=dtype,
                 make_inputs=make_inputs,
-                impls={
+                impls=with_kernels_row({
                     "seed": FormulationLayer(layer, seed_attention),
                     "einsum": einsum_layer,
                     "einsum, torch.compile": torch.compile(einsum_layer, dynamic=False),
                     "attnkern": layer,
-                },
+                }, device),
             )

@@ -5,7 +5,9 @@ same weights, in training mode.
 Implementations:
   seed              the published formulation
   seed, compiled    the same under torch.compile (inductor)
-  attnkern          attnkern.nn.SEAttention / CBAM: poolings and gates in one pass each way
+  attnkern          attnkern.nn.SEAttention / CBAM: poolings and gates in one pass each way (on CUDA:
+                    CBAM's spatial pool and pixel gate as the routing table says, attnkern.ops._cuda_routing)
+  attnkern kernels  (CUDA, CBAM) the hand-written kernels everywhere (attnkern.ops.cuda_kernels("always"))
 On the CPU this family is measured on every CPU capability the machine runs (attnkern.bench).
 """
 
@@ -27,4 +29,4 @@ def layers(c):
 
 
 def cases(device, smoke):
-    return layer_cases(layers, SMOKE_SHAPES if smoke else SHAPES, device)
+    return layer_cases(layers, SMOKE_SHAPES if smoke else SHAPES, device, routed=("CBAM layer",))

@@ -11,6 +11,11 @@ capability this machine runs, each in a fresh process that runs as a CPU of that
 attnkern's kernels (ATTNKERN_CPU_CAPABILITY), ATen's (ATEN_CPU_CAPABILITY), MKL's and oneDNN's all
 limited to it. ``--cpu-capability`` runs the whole benchmark that way for one capability.
 
+On CUDA the families with an op that the routing table (attnkern.ops._cuda_routing) may send to its
+plain cuBLAS/cuDNN/SDPA formulation have two attnkern rows: "attnkern" (what a user gets: the table)
+and "attnkern kernels" (the hand-written kernels everywhere: ``attnkern.ops.cuda_kernels("always")``);
+on the CPU the two are the same and only "attnkern" is measured.
+
 A benchmark module defines ``cases(device, smoke) -> list[Case]`` (:mod:`attnkern.bench.case`).
 Peak memory is measured as ``torch.cuda.max_memory_allocated`` on CUDA, and on the CPU as the rise of
 the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) after glibc has

@@ -7,7 +7,9 @@ Implementations of the branch, all with the same weights (x [B, H·W, C] in, [B,
   SDPA               the same partition, attention through F.scaled_dot_product_attention with the
                      bias + mask materialised as a [B·nW, heads, N, N] attn_mask
   seed, compiled     the seed formulation under torch.compile (inductor)
-  attnkern           qkv Linear on the image, attnkern.ops.window_attention, proj Linear: no copies
+  attnkern           qkv Linear on the image, attnkern.ops.window_attention, proj Linear: no copies (on
+                     CUDA the op runs as the routing table says, attnkern.ops._cuda_routing: SDPA)
+  attnkern kernels   (CUDA) the same with the hand-written kernel (attnkern.ops.cuda_kernels("always"))
 The network rows run attnkern.models.SwinIR (lightweight ×2) forward on 128×128 and 256×256 images,
 fused against the same network on the reference path (forward only), and the same network exported to
 ONNX (standard operators) run by ONNX Runtime on the CPU, where onnxruntime is installed — the runtime
@@ -21,7 +23,7 @@ from torch import nn
 
 from attnkern import ops, reference
 
-from .case import Case, onnxruntime_row
+from .case import Case, onnxruntime_row, with_kernels_row
 
 SHAPES = [  # (label, B, H, W, C, heads, window, shift)
     ("SwinIR-light 4×64×64 C60 h6 w8 s4", 4, 64, 64, 60, 6, 8, 4),
@@ -100,12 +102,12 @@ def branch_cases(device, smoke):
                 shape=label,
                 dtype=dtype,
                 make_inputs=make_inputs,
-                impls={
+                impls=with_kernels_row({
                     "seed": seed,
                     "SDPA": lambda x, m=m: seed_branch(m, x, use_sdpa=True),
                     "seed, torch.compile": torch.compile(seed, dynamic=False),
                     "attnkern": lambda x, m=m: attnkern_branch(m, x),
-                },
+                }, device),
             )
 
 
@@ -132,7 +134,8 @@ def network_cases(device, smoke):
             return (torch.rand(1, 3, side, side, device=device),)
 
         yield Case(family="SwinIR network", shape=label, dtype=torch.float32, make_inputs=make_inputs,
-                   impls={"reference path": reference_path, "attnkern": fused, **ort_impls}, skip=ort_skip,
+                   impls=with_kernels_row({"reference path": reference_path, "attnkern": fused, **ort_impls}, device),
+                   skip=ort_skip,
                    notes=ort_notes, forward_only=True)
 
 

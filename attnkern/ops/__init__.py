@@ -1,5 +1,8 @@
-"""Functional ops: argument checks, then the CPU/CUDA kernels through ``torch.ops.attnkern``."""
+"""Functional ops: argument checks, then the CPU/CUDA kernels through ``torch.ops.attnkern`` — or, on CUDA
+where the performance model says a kernel loses to the plain cuBLAS/cuDNN/SDPA formulation, that
+formulation (:mod:`attnkern.ops._cuda_routing`; ``cuda_kernels("always")`` forces the kernels)."""
 
+from ._cuda_routing import cuda_kernels, cuda_kernels_setting
 from .covpool import CovpoolLayer, SqrtmLayer, TriuvecLayer, covpool, sqrtm_newton_schulz, triuvec
 from .criss_cross import criss_cross_affinity, criss_cross_aggregate, criss_cross_attention
 from .gating import apply_gates, channel_pool, spatial_pool
@@ -12,4 +15,5 @@ __all__ = [
     "region_assign", "dynamic_region_conv",
     "channel_pool", "spatial_pool", "apply_gates",
     "window_attention",
+    "cuda_kernels", "cuda_kernels_setting",
 ]

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from . import _plain
+from ._cuda_routing import plain_on_cuda
 from ._kernels import accumulation_dtype, check_tensor, run_check, save_inputs, use_kernel
 
 __all__ = ["criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention"]
@@ -37,7 +39,15 @@ def criss_cross_affinity(q: Tensor, k: Tensor) -> Tensor:
     check_tensor(q, "q", op)
     check_tensor(k, "k", op)
     if use_kernel(q, k):
-        return _ops.criss_cross_affinity(q, k)
+        # CUDA: the routing table (attnkern.ops._cuda_routing), by the work B·C·H·W·(H+W−1)
+        work = None
+        if q.dim() == 4:
+            B, C, H, W = q.shape
+            work = B * C * H * W * (H + W - 1)
+        if not plain_on_cuda("criss_cross_affinity", q, k, size=work):
+            return _ops.criss_cross_affinity(q, k)
+        run_check(_ops.criss_cross_affinity_check, q, k)
+        return _plain.criss_cross_affinity(q, k)
     run_check(_ops.criss_cross_affinity_check, q, k)
     return reference.criss_cross_affinity(q, k)
 
@@ -60,7 +70,10 @@ def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
     check_tensor(attn, "attn", op)
     check_tensor(v, "v", op)
     if use_kernel(attn, v):
-        return _ops.criss_cross_aggregate(attn, v)
+        if not plain_on_cuda("criss_cross_aggregate", attn, v):
+            return _ops.criss_cross_aggregate(attn, v)
+        run_check(_ops.criss_cross_aggregate_check, attn, v)
+        return _plain.criss_cross_aggregate(attn, v)  # CUDA: the routing table (attnkern.ops._cuda_routing)
     run_check(_ops.criss_cross_aggregate_check, attn, v)
     return reference.criss_cross_aggregate(attn, v)
 
@@ -87,7 +100,10 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     for t, name in ((q, "q"), (k, "k"), (v, "v")):
         check_tensor(t, name, op)
     if use_kernel(q, k, v):
-        return _ops.criss_cross_attention(q, k, v)[0]
+        if not plain_on_cuda("criss_cross_attention", q, k, v):
+            return _ops.criss_cross_attention(q, k, v)[0]
+        run_check(_ops.criss_cross_attention_check, q, k, v)
+        return _plain.criss_cross_attention(q, k, v)  # CUDA: the routing table (attnkern.ops._cuda_routing)
     run_check(_ops.criss_cross_attention_check, q, k, v)
     return reference.criss_cross_attention(q, k, v)
 

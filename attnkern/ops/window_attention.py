@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from . import _plain
+from ._cuda_routing import plain_on_cuda
 from ._kernels import accumulation_dtype, check_int, check_real, check_tensor, run_check, use_kernel
 
 __all__ = ["window_attention"]
@@ -68,7 +70,11 @@ def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: int, shif
     else:
         scale = check_real(scale, "scale", op)
     if use_kernel(qkv, bias, mask):
-        return _ops.window_attention(qkv, bias, mask, window_size, shift_size, scale)[0]
+        if not plain_on_cuda("window_attention", qkv, bias, mask):
+            return _ops.window_attention(qkv, bias, mask, window_size, shift_size, scale)[0]
+        run_check(_ops.window_attention_check, qkv, bias, mask, window_size, shift_size)
+        # CUDA: SDPA, as the routing table says (attnkern.ops._cuda_routing)
+        return _plain.window_attention(qkv, bias, window_size, shift_size, mask, scale)
     run_check(_ops.window_attention_check, qkv, bias, mask, window_size, shift_size)
     return reference.window_attention(qkv, bias, window_size, shift_size, mask, scale)
 

@@ -1,0 +1,190 @@
+"""Which formulation each op runs on CUDA: its hand-written kernel, or the plain cuBLAS/cuDNN/SDPA
+formulation (``attnkern.ops._plain``).
+
+**The rule** (DESIGN.md, "CUDA code that is fast by design"): an op runs its plain formulation on CUDA
+where the performance model says its kernel loses to it by more than 3× — the model's error bar — at
+a benchmark shape, in the direction (forward, backward) the call runs; elsewhere it runs its kernel.
+Where a kernel loses at one shape only, the entry names the size measure behind the loss (from the
+model's cause for it) and a threshold placed between the benchmark shapes where it loses and those
+where it does not.
+
+**The evidence is a model, not a measurement**: ``benchmarks/perf_model.py``, H200 SXM, float32, good
+to ±2–3× (its table: ``benchmarks/results/2026-12-03-cuda-model.md``); no GPU has run these kernels
+yet. The figures below are modelled kernel time / modelled plain time (>1: the kernel is slower). A
+GPU run (``scripts/gpu_check.sh``, whose benchmark has an "attnkern" and an "attnkern kernels" row
+for every routed family) replaces them.
+
+**The setting** (CUDA tensors only; CPU tensors always run the CPU kernels, whatever the setting):
+
+- ``auto`` (the default): the table below;
+- ``always``: the hand-written kernels everywhere — for measuring them on a GPU and for their tests.
+
+It is chosen by the environment variable ``ATTNKERN_CUDA_KERNELS=auto|always`` (read at import) and,
+taking precedence, by :func:`cuda_kernels` blocks. As :func:`attnkern.export.portable`, the setting is
+process-wide, not per thread. The choice is made when an op's forward runs; its backward follows it.
+"""
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+__all__ = ["ROUTES", "Route", "SETTINGS", "cuda_kernels", "cuda_kernels_setting", "routes_to_plain", "plain_on_cuda"]
+
+SETTINGS = ("auto", "always")
+ENV_VAR = "ATTNKERN_CUDA_KERNELS"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one op runs its plain formulation on CUDA (under the setting ``auto``).
+
+    plain: False — the kernel always (the model has it at or within its error of the plain path).
+    True — the plain formulation, further limited by:
+      with_grad: only when a gradient is needed (the kernel's backward loses, its forward does not);
+      size_at_least / size_below: only when the op's ``size`` measure (named in ``size``) is ≥ / < it.
+    formulation: what runs instead; model: the model's figures behind the entry.
+    """
+
+    plain: bool
+    formulation: str = ""
+    model: str = ""
+    with_grad: bool = False
+    size: str = ""
+    size_at_least: Optional[int] = None
+    size_below: Optional[int] = None
+
+
+# The table. Figures: modelled kernel / plain time at the benchmark shapes (H200, float32), fwd / bwd.
+ROUTES: Dict[str, Route] = {
+    # Loses at every benchmark shape, by 45.6× on SAN's 1×64×200×200 test crop (16 CTAs of the
+    # covariance kernel); 1.6× / 1.1× at SAN training 16×64×48×48, 2.0–2.9× at iSQRT-COV and YOLO P5.
+    "covpool": Route(True, "centred x·xᵀ by torch.bmm (reference.covpool)",
+                     "fwd 45.6× (1×64×200×200), 1.6× / bwd 1.1× (16×64×48×48), 2.0–2.9× elsewhere"),
+    # The backward loses 8.3× (16×64×64) and 8.5× (1×64×64): one CTA per matrix, bank-conflicted
+    # transposed products. The forward wins (0.84–0.96×): inference keeps the kernel.
+    "sqrtm_newton_schulz": Route(True, "Newton–Schulz iterations of torch.bmm (reference.sqrtm_newton_schulz)",
+                                 "bwd 8.3× (16×64×64), 8.5× (1×64×64); fwd 0.84–0.96×", with_grad=True),
+    # 0.60–0.94×, bwd 1.07× at YOLO P5: keep.
+    "triuvec": Route(False, model="0.60–0.94×; bwd 1.07× at 8×1024×1024"),
+    # The fused kernel loses everywhere: 25.1× / 27.8× at the CCNet head 2×512×97×97, 4.3× / 4.2× at
+    # YOLO P5 8×1024×20×20, 6.0× / 6.6× at 1×256×64×64 (v gathered H·W apart, one line per element).
+    "criss_cross_attention": Route(True, "einsum energies, one softmax over the H+W−1 positions, einsum outputs",
+                                   "25.1× / 27.8× (CCNet 2×512×97×97), 4.3× / 4.2× (8×1024×20×20), "
+                                   "6.0× / 6.6× (1×256×64×64)"),
+    # Loses at the CCNet head only: 3.1× / 6.4× there (2·64·97·97·193 = 232M multiply-adds: one
+    # thread per energy, L2-bound), wins at YOLO P5 and 1×256×64×64 (0.46–0.86×, ~16M multiply-adds:
+    # the plain path's launches dominate). Threshold 2^26 ≈ 67M multiply-adds, between the two, where
+    # the model interpolates to ~1.7× fwd / ~2.6× bwd.
+    "criss_cross_affinity": Route(True, "two einsums (row, column) and a gather of the column without the pixel",
+                                  "3.1× / 6.4× (2×64×97×97); 0.46–0.86× (8×128×20×20, 1×32×64×64)",
+                                  size="B·C·H·W·(H+W−1) multiply-adds", size_at_least=2**26),
+    # 6.0× / 11.8× at the CCNet head, 1.6× / 3.4× at 1×256×64×64, 1.2× / 2.2× at YOLO P5.
+    "criss_cross_aggregate": Route(True, "two einsums (row, column with a zero at the pixel)",
+                                   "6.0× / 11.8× (2×512×97×97), 1.6× / 3.4× (1×256×64×64), "
+                                   "1.2× / 2.2× (8×1024×20×20)"),
+    # The backward loses 6.9–21.9× (Swin-T stage 1: 21.9×), the forward 1.9–2.8×.
+    "window_attention": Route(True, "roll, window partition, F.scaled_dot_product_attention with bias + masks as "
+                                    "attn_mask, window reverse, roll back",
+                              "fwd 1.9–2.8×, bwd 6.9–21.9× (Swin-T 32×56×56 C96 w7: 2.8× / 21.9×)"),
+    # Loses everywhere: fwd 5.5–12.1×, bwd 91–546× (8×64→64 k3 r8 32×32: 8.0× / 91×).
+    "dynamic_region_conv": Route(True, "every region's grouped conv2d, then the gather by the guide "
+                                       "(reference.dynamic_region_conv)",
+                                 "fwd 5.5–12.1×, bwd 91–546× (8×64→64 k3 r8 32×32: 8.0× / 91×)"),
+    # The backward loses 3.2–6.2× (the guide's gradient: one thread per pixel on 13–100 CTAs), the
+    # forward wins (0.67–0.92×).
+    "region_assign": Route(True, "gather by argmax; straight-through backward in ATen (reference.region_assign)",
+                           "bwd 3.2–6.2×; fwd 0.67–0.92×", with_grad=True),
+    # 0.20–0.92×: keep.
+    "channel_pool": Route(False, model="0.20–0.92×"),
+    # One thread per pixel with a C-channel loop, one 256-thread CTA per 256 pixels: fwd 6.3× / bwd
+    # 2.2× at 8×512×20×20 (3,200 pixels, 13 CTAs), 2.4× / 0.9× at 8×256×40×40 (12,800 pixels, 50
+    # CTAs). Threshold 8,192 pixels (32 CTAs, a quarter of the 132 SMs), between the two.
+    "spatial_pool": Route(True, "x·gate, mean and amax over channels, cat (reference.spatial_pool)",
+                          "fwd 6.3× / bwd 2.2× (8×512×20×20); 2.4× / 0.9× (8×256×40×40)",
+                          size="B·H·W pixels", size_below=8192),
+    # The pixel gate's gradient has spatial_pool's one-thread-per-pixel loop: bwd 3.55× at 8×512×20×20
+    # (3,200 pixels), 1.4× at 8×256×40×40; the forward and SE's channel gate alone win (0.35–1.3×).
+    # So: plain for a pixel gate, with a gradient, under spatial_pool's pixel threshold.
+    "apply_gates": Route(True, "x·channel_gate·pixel_gate by broadcasting (reference.apply_gates)",
+                         "with a pixel gate: bwd 3.55× (8×512×20×20), 1.4× (8×256×40×40), fwd 0.53×; "
+                         "SE (channel gate only): 0.35–1.3×",
+                         with_grad=True, size="B·H·W pixels with a pixel gate (none without)", size_below=8192),
+}
+
+
+def _read_env() -> str:
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in SETTINGS:
+        warnings.warn(f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of {', '.join(SETTINGS)}: using 'auto'",
+                      RuntimeWarning, stacklevel=2)
+        return "auto"
+    return value
+
+
+_ENV_SETTING = _read_env()
+_settings: List[str] = []  # the cuda_kernels() blocks entered, innermost last
+
+
+def _check_setting(setting: object) -> str:
+    if not isinstance(setting, str) or setting not in SETTINGS:
+        raise ValueError(f"cuda_kernels: setting must be one of {', '.join(map(repr, SETTINGS))}, got {setting!r}")
+    return setting
+
+
+@contextlib.contextmanager
+def cuda_kernels(setting: str = "always") -> Iterator[None]:
+    """Within the block, CUDA tensors run attnkern's hand-written kernels everywhere (``"always"``) or as
+    the routing table says (``"auto"``, e.g. to override ``ATTNKERN_CUDA_KERNELS=always``). Blocks
+    nest, the innermost deciding; the setting is process-wide, not per thread. CPU tensors are not
+    affected. The choice is made when an op's forward runs; its backward follows it.
+
+    Example::
+
+        with attnkern.ops.cuda_kernels("always"):   # time the kernels themselves
+            out = attnkern.ops.window_attention(qkv, bias, 8, 4)
+    """
+    _settings.append(_check_setting(setting))
+    try:
+        yield
+    finally:
+        _settings.pop()
+
+
+def cuda_kernels_setting() -> str:
+    """The setting now: the innermost :func:`cuda_kernels` block, else ``ATTNKERN_CUDA_KERNELS`` (at
+    import), else ``"auto"``."""
+    return _settings[-1] if _settings else _ENV_SETTING
+
+
+def routes_to_plain(op: str, device_type: str, *, grad: bool = False, size: Optional[int] = None,
+                    setting: Optional[str] = None) -> bool:
+    """Whether `op` runs its plain formulation on a `device_type` tensor: only on "cuda", under the
+    setting "auto" (default: the current one), where ROUTES says so. `grad`: a gradient is needed;
+    `size`: the op's size measure (ROUTES[op].size), None when it does not apply."""
+    if device_type != "cuda":
+        return False
+    if _check_setting(setting if setting is not None else cuda_kernels_setting()) == "always":
+        return False
+    route = ROUTES[op]
+    if not route.plain or (route.with_grad and not grad):
+        return False
+    if route.size_at_least is not None and (size is None or size < route.size_at_least):
+        return False
+    if route.size_below is not None and (size is None or size >= route.size_below):
+        return False
+    return True
+
+
+def plain_on_cuda(op: str, *tensors: Optional[torch.Tensor], size: Optional[int] = None) -> bool:
+    """routes_to_plain for an op's tensor arguments (None for an absent optional one), all on one device
+    (the caller's use_kernel checked it): a gradient is needed when grad mode is on and one of them
+    requires it."""
+    present = [t for t in tensors if t is not None]
+    if not present or present[0].device.type != "cuda":
+        return False
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in present)
+    return routes_to_plain(op, "cuda", grad=grad, size=size)
