@@ -83,9 +83,6 @@ ATTNKERN_HD inline acc_t aggregate_transposed_entry(const scalar_t* a, const sca
   return sum;
 }
 
-}  // namespace criss_cross
-}  // namespace attnkern
-
 // ---- fused attention: softmax over the P positions, from a per-pixel log-sum-exp ------------------
 //   out = Σ_p s_p·v_p with s_p = exp(e_p − lse);  backward, with D = Σ_c g·out at the pixel:
 //   dS_p = s_p·(g·v_p − D);  ∂q = Σ_p dS_p·k_p;  ∂k_p += dS_p·q;  ∂v_p += s_p·g.
@@ -97,9 +94,6 @@ template <typename acc_t>
 ATTNKERN_HD inline acc_t energy_grad(acc_t weight, acc_t grad_weight, acc_t d) { return weight * (grad_weight - d); }
 
 // ---- host side ------------------------------------------------------------------------------
-
-namespace attnkern {
-namespace criss_cross {
 
 void check_affinity_inputs(const at::Tensor& q, const at::Tensor& k);
 // attn [B, H+W−1, H, W] with x [B, C, H, W] (v for aggregate, g for aggregate_transposed).
