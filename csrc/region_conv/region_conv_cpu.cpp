@@ -12,6 +12,7 @@
 #include "common/cpu_parallel.h"
 #include "common/dtype.h"
 #include "region_conv/region_conv.h"
+#include "region_conv/region_conv_checks.h"
 
 namespace attnkern {
 namespace region_conv {
