@@ -52,7 +52,7 @@ USES = {
         rc::guide_gradient<T>(buf, buf + 16, 3, 1, [&](int64_t r) { return rc::region_response<T>(buf, buf, r, 2, 4, 1); });
         rc::ConvGeometry geo{1, 3, 3, 1, 2, 2, 2, 2, 1, 1, 0, 0, 1, 1};
         (void)rc::conv_entry<T>(buf, buf, geo, 0, 1, 1);
-        (void)rc::output_of_tap(2, 1, 1, 0, 1, 2);
+        (void)rc::output_of_tap(rc::input_of_tap(1, 1, 1, 0, 1, 3), 1, 1, 0, 1, 2);
     """,
     "window_attention": """
         namespace wa = attnkern::window_attention;
