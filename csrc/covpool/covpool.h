@@ -6,6 +6,13 @@
 //   sqrtm:    t = tr(X), A = X/t, Y₀ = A, Z₀ = I,
 //             Tₖ = ½(3I − Zₖ·Yₖ), Yₖ₊₁ = Yₖ·Tₖ, Zₖ₊₁ = Tₖ·Zₖ        (k < iters − 1)
 //             P = ½·Y_f·(3I − Z_f·Y_f),  out = P·√t                 (f = iters − 1)
+//   sqrtm backward (G = ∂L/∂out, Gp = G·√t): gY_f = 1.5·Gp − ½(Gp·(Z_f·Y_f)ᵀ + (Z_f·Y_f)ᵀ·Gp),
+//             gZ_f = −½·Y_fᵀ·Gp·Y_fᵀ; then each step reversed, k = f − 1 … 0:
+//             gT = Yₖᵀ·gYₖ₊₁ + gZₖ₊₁·Zₖᵀ,  gYₖ = gYₖ₊₁·Tₖᵀ − ½·Zₖᵀ·gT,  gZₖ = Tₖᵀ·gZₖ₊₁ − ½·gT·Yₖᵀ;
+//             gY₀ = ∂L/∂A, and trace_grad_coefficient (below) gives ∂L/∂X.
+//   Both implementations compose these steps from matrix products: sqrtm_batched_* (covpool_host.cpp,
+//   at::bmm/baddbmm: the CPU, and CUDA matrices too large for shared memory) and the one-block CUDA
+//   kernels (block_product/product_entry), with the coefficients below.
 //   triuvec:  the entries a[i, j] with j ≤ i, row by row (SAN's Triuvec order).
 #pragma once
 
