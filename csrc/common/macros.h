@@ -1,6 +1,9 @@
-// Function qualifiers. ATTNKERN_HD: host/device math shared by the CPU and CUDA kernels; on the CPU it
-// is always inlined, so that it is compiled into each capability's version of a vectorised kernel
-// (cpu_foreach_capability.h). ATTNKERN_ALWAYS_INLINE: CPU helpers inlined the same way.
+// Function qualifiers, two because their roles differ:
+//   ATTNKERN_HD             math shared by the CPU and CUDA kernels: __host__ __device__ under nvcc.
+//   ATTNKERN_ALWAYS_INLINE  CPU-only helpers (cpu_vec.h, *_cpu_kernel.h), never device code.
+// On the host compiler both force inlining, so that each CPU capability's kernel body
+// (cpu_foreach_capability.h) gets its own copy. ATTNKERN_HD carries no `inline` (write `ATTNKERN_HD
+// inline`); ATTNKERN_ALWAYS_INLINE does.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__HIPCC__)

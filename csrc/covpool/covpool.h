@@ -1,22 +1,24 @@
 // Covariance pooling, Newton–Schulz matrix square root and triuvec (SAN's SOCA, iSQRT-COV).
 //
-// Math shared by the CPU and CUDA kernels, and the host-side pieces both use.
+// Math shared by the CPU and CUDA kernels (no ATen: covpool_checks.h holds the host-side pieces).
 //
 //   covpool:  Σ = (1/M)·Xc·Xcᵀ,  Xc = X − μ·1ᵀ              ∂L/∂X = (G + Gᵀ)·Xc / M
 //   sqrtm:    t = tr(X), A = X/t, Y₀ = A, Z₀ = I,
 //             Tₖ = ½(3I − Zₖ·Yₖ), Yₖ₊₁ = Yₖ·Tₖ, Zₖ₊₁ = Tₖ·Zₖ        (k < iters − 1)
 //             P = ½·Y_f·(3I − Z_f·Y_f),  out = P·√t                 (f = iters − 1)
+//   sqrtm backward (G = ∂L/∂out, Gp = G·√t): gY_f = 1.5·Gp − ½(Gp·(Z_f·Y_f)ᵀ + (Z_f·Y_f)ᵀ·Gp),
+//             gZ_f = −½·Y_fᵀ·Gp·Y_fᵀ; then each step reversed, k = f − 1 … 0:
+//             gT = Yₖᵀ·gYₖ₊₁ + gZₖ₊₁·Zₖᵀ,  gYₖ = gYₖ₊₁·Tₖᵀ − ½·Zₖᵀ·gT,  gZₖ = Tₖᵀ·gZₖ₊₁ − ½·gT·Yₖᵀ;
+//             gY₀ = ∂L/∂A, and trace_grad_coefficient (below) gives ∂L/∂X.
+//   Both implementations compose these steps from matrix products: sqrtm_batched_* (covpool_host.cpp,
+//   at::bmm/baddbmm: the CPU, and CUDA matrices too large for shared memory) and the one-block CUDA
+//   kernels (block_product/product_entry), with the coefficients below.
 //   triuvec:  the entries a[i, j] with j ≤ i, row by row (SAN's Triuvec order).
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
-
 #include <cmath>
 #include <cstdint>
-#include <tuple>
 
-#include "common/dtype.h"
 #include "common/macros.h"
 
 namespace attnkern {
@@ -46,38 +48,6 @@ template <typename T>
 ATTNKERN_HD inline T trace_grad_coefficient(const T& gA_dot_A, const T& G_dot_P, const T& t) {
   return -gA_dot_A / t + G_dot_P / (sqrt(t) * 2);
 }
-
-// ---- host side ------------------------------------------------------------------------------
-
-// The largest iteration count sqrtm_newton_schulz accepts. Until it converges quadratically, a step
-// multiplies the smallest eigenvalue of A = a/tr(a) by about 2.25, so 1000 steps bring any eigenvalue
-// a float64 can hold (≥ 1e-308) to convergence; more only costs time (and 3·iters − 1 saved matrices).
-constexpr int64_t kMaxIters = 1000;
-
-// n(n+1)/2, the length of triuvec's output for n×n matrices; a ValueError naming `name` on overflow.
-int64_t triuvec_length(int64_t n, const char* name);
-
-// Argument checks: the kernels and the check ops (what attnkern.ops runs before a reference) call them.
-void check_covpool_input(const at::Tensor& x);
-void check_sqrtm_input(const at::Tensor& a, int64_t iters);
-void check_triuvec_input(const at::Tensor& a);
-void check_triuvec_grad(const at::Tensor& grad, int64_t n);
-void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef expected,
-                const at::Tensor& input, const char* input_name);
-
-// The iterates a training forward saves for the backward: [3·iters − 1, B, C, C] in the accumulation
-// type; slot 3k holds Yₖ, 3k+1 Zₖ, 3k+2 Tₖ (k < f), slots 3f and 3f+1 hold Y_f and Z_f. An empty
-// tensor stands for "not saved": the backward then recomputes them.
-at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters);
-at::Tensor iterates_empty(const at::Tensor& a);
-// Checks a saved iterates tensor against a [B, C, C] and iters.
-void check_saved_iterates(const at::Tensor& saved, const at::Tensor& a, int64_t iters);
-
-// Newton–Schulz forward and backward over batched GEMMs (at::bmm): device-agnostic, used by the
-// CPU kernels and by the CUDA kernels for matrices too large for one block's shared memory.
-std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a, int64_t iters, bool save_iterates);
-at::Tensor sqrtm_batched_backward(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& iterates,
-                                  int64_t iters);
 
 }  // namespace covpool
 }  // namespace attnkern

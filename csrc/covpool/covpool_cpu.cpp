@@ -10,7 +10,9 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/dtype.h"
 #include "covpool/covpool.h"
+#include "covpool/covpool_checks.h"
 
 namespace attnkern {
 namespace covpool {

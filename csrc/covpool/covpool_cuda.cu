@@ -18,6 +18,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "covpool/covpool.h"
+#include "covpool/covpool_checks.h"
 
 namespace attnkern {
 namespace covpool {

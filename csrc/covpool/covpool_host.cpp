@@ -1,12 +1,16 @@
 // Host pieces of the covpool family shared by the CPU and CUDA kernels: argument checks, and the
 // Newton–Schulz square root over batched GEMMs (see covpool.h for the equations).
 #include "covpool/covpool.h"
+#include "covpool/covpool_checks.h"
 
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <vector>
 
 #include "common/checks.h"
+#include "common/dtype.h"
 
 namespace attnkern {
 namespace covpool {

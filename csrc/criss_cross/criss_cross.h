@@ -16,8 +16,6 @@
 // in one CUDA thread alike; the fused attention's weight and gradient formulas are here too.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <cmath>
 #include <cstdint>
 
@@ -83,9 +81,6 @@ ATTNKERN_HD inline acc_t aggregate_transposed_entry(const scalar_t* a, const sca
   return sum;
 }
 
-}  // namespace criss_cross
-}  // namespace attnkern
-
 // ---- fused attention: softmax over the P positions, from a per-pixel log-sum-exp ------------------
 //   out = Σ_p s_p·v_p with s_p = exp(e_p − lse);  backward, with D = Σ_c g·out at the pixel:
 //   dS_p = s_p·(g·v_p − D);  ∂q = Σ_p dS_p·k_p;  ∂k_p += dS_p·q;  ∂v_p += s_p·g.
@@ -95,20 +90,6 @@ ATTNKERN_HD inline acc_t attention_weight(acc_t energy, acc_t lse) { return exp(
 
 template <typename acc_t>
 ATTNKERN_HD inline acc_t energy_grad(acc_t weight, acc_t grad_weight, acc_t d) { return weight * (grad_weight - d); }
-
-// ---- host side ------------------------------------------------------------------------------
-
-namespace attnkern {
-namespace criss_cross {
-
-void check_affinity_inputs(const at::Tensor& q, const at::Tensor& k);
-// attn [B, H+W−1, H, W] with x [B, C, H, W] (v for aggregate, g for aggregate_transposed).
-void check_aggregate_inputs(const at::Tensor& attn, const at::Tensor& x, const char* op, const char* x_name);
-// q, k [B, C, H, W] with v [B, C', H, W].
-void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* op);
-// The backward's grad and out [B, C', H, W] like v, lse [B, H, W] in v's accumulation type.
-void check_attention_outputs(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& lse,
-                             const at::Tensor& v, const char* op);
 
 }  // namespace criss_cross
 }  // namespace attnkern

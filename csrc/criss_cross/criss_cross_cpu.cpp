@@ -15,6 +15,7 @@
 #include "common/cpu_parallel.h"
 #include "common/dtype.h"
 #include "criss_cross/criss_cross.h"
+#include "criss_cross/criss_cross_checks.h"
 
 namespace attnkern {
 namespace criss_cross {

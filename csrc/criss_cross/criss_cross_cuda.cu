@@ -10,6 +10,7 @@
 
 #include "common/cuda_utils.cuh"
 #include "criss_cross/criss_cross.h"
+#include "criss_cross/criss_cross_checks.h"
 
 namespace attnkern {
 namespace criss_cross {

@@ -1,5 +1,6 @@
 // Argument checks of the criss-cross family, shared by the CPU and CUDA kernels.
 #include "criss_cross/criss_cross.h"
+#include "criss_cross/criss_cross_checks.h"
 
 #include <ATen/OpMathType.h>
 #include <torch/library.h>

@@ -14,6 +14,7 @@
 #include "common/checks.h"
 #include "common/macros.h"
 #include "gating/gating.h"
+#include "gating/gating_checks.h"
 
 namespace attnkern {
 namespace gating {

@@ -12,6 +12,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "gating/gating.h"
+#include "gating/gating_checks.h"
 
 namespace attnkern {
 namespace gating {

@@ -1,5 +1,6 @@
 // Argument checks of the gating family, shared by the CPU and CUDA kernels and the check ops.
 #include "gating/gating.h"
+#include "gating/gating_checks.h"
 
 #include <torch/library.h>
 

@@ -9,8 +9,6 @@
 // Every element goes through the functions below, in the CPU loops and in one CUDA thread alike.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <cmath>
 #include <cstdint>
 
@@ -84,6 +82,14 @@ struct ConvGeometry {
   ATTNKERN_HD int64_t filter_size() const { return in_channels * kernel_h * kernel_w; }
 };
 
+// The input coordinate that tap `tap` of output coordinate `out` reads along one axis, or −1 where it
+// falls in the zero padding. output_of_tap (below) is its inverse.
+ATTNKERN_HD inline int64_t input_of_tap(int64_t out, int64_t tap, int64_t stride, int64_t pad, int64_t dilation,
+                                        int64_t in_size) {
+  const int64_t in = out * stride - pad + tap * dilation;
+  return in >= 0 && in < in_size ? in : -1;
+}
+
 // Calls visit(k, source) for every tap k = (i·kh + u)·kw + v of output pixel (oh, ow), source being
 // its offset in x (one sample, [Cin, H, W]), or −1 where the tap falls in the zero padding.
 template <typename Visit>
@@ -91,11 +97,10 @@ ATTNKERN_HD inline void for_each_tap(const ConvGeometry& g, int64_t oh, int64_t 
   int64_t k = 0;
   for (int64_t i = 0; i < g.in_channels; ++i) {
     for (int64_t u = 0; u < g.kernel_h; ++u) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + u * g.dilation_h;
-      const bool row_inside = ih >= 0 && ih < g.height;
+      const int64_t ih = input_of_tap(oh, u, g.stride_h, g.pad_h, g.dilation_h, g.height);
       for (int64_t v = 0; v < g.kernel_w; ++v, ++k) {
-        const int64_t iw = ow * g.stride_w - g.pad_w + v * g.dilation_w;
-        visit(k, row_inside && iw >= 0 && iw < g.width ? (i * g.height + ih) * g.width + iw : int64_t(-1));
+        const int64_t iw = input_of_tap(ow, v, g.stride_w, g.pad_w, g.dilation_w, g.width);
+        visit(k, ih >= 0 && iw >= 0 ? (i * g.height + ih) * g.width + iw : int64_t(-1));
       }
     }
   }
@@ -121,17 +126,6 @@ ATTNKERN_HD inline int64_t output_of_tap(int64_t in, int64_t tap, int64_t stride
   const int64_t out = shifted / stride;
   return out < out_size ? out : -1;
 }
-
-// ---- host side ------------------------------------------------------------------------------
-
-// Argument checks (region_conv_host.cpp): the kernels and the check ops call them.
-void check_region_assign_inputs(const at::Tensor& outputs, const at::Tensor& guide, const char* op);
-void check_region_assign_grad(const at::Tensor& grad, const at::Tensor& outputs);
-// Checks x [B, Cin, H, W], filters [B, r, Cout, Cin, kh, kw], guide [B, r, H', W'] and returns the geometry.
-ConvGeometry conv_geometry(const at::Tensor& x, const at::Tensor& filters, const at::Tensor& guide,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const char* op);
-// Checks the backward's incoming gradient [B, Cout, H', W'] against x and the geometry.
-void check_conv_grad(const at::Tensor& grad, const at::Tensor& x, const ConvGeometry& g, const char* op);
 
 }  // namespace region_conv
 }  // namespace attnkern

@@ -12,6 +12,7 @@
 #include "common/cpu_parallel.h"
 #include "common/dtype.h"
 #include "region_conv/region_conv.h"
+#include "region_conv/region_conv_checks.h"
 
 namespace attnkern {
 namespace region_conv {
@@ -74,7 +75,8 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cpu(const at::Tensor& 
 
 // ---- dynamic region convolution -------------------------------------------------------------
 // One sample per task: im2col of the sample, its pixels grouped by selected region, and one BLAS
-// product per region on that region's columns only (the seed computes every region everywhere).
+// product per region on that region's columns only (the seed computes every region everywhere). The
+// columns walk the taps through region_conv.h's input_of_tap/output_of_tap, as the CUDA kernels do.
 
 // The pixels of sample b grouped by region: pixels[region] as int64 index tensors.
 template <typename scalar_t>
@@ -88,10 +90,70 @@ std::vector<at::Tensor> pixels_by_region(const scalar_t* guide, int64_t regions,
   return pixels;
 }
 
-at::Tensor sample_columns(const at::Tensor& x, int64_t b, const ConvGeometry& g) {  // [Cin·kh·kw, L]
-  return at::im2col(x[b].unsqueeze(0), {g.kernel_h, g.kernel_w}, {g.dilation_h, g.dilation_w}, {g.pad_h, g.pad_w},
-                    {g.stride_h, g.stride_w})
-      .squeeze(0);
+// cols [K, L] of one sample (x [Cin, H, W]): cols[k, l] = x at tap k of output pixel l, 0 in the
+// padding — the taps of for_each_tap, walked tap by tap so that each row of cols is written in order.
+template <typename T>
+void im2col(const T* x, const ConvGeometry& g, T* cols) {
+  const int64_t L = g.out_height * g.out_width;
+  for (int64_t i = 0, k = 0; i < g.in_channels; ++i) {
+    for (int64_t u = 0; u < g.kernel_h; ++u) {
+      for (int64_t v = 0; v < g.kernel_w; ++v, ++k) {
+        for (int64_t oh = 0; oh < g.out_height; ++oh) {
+          T* dst = cols + k * L + oh * g.out_width;
+          const int64_t ih = input_of_tap(oh, u, g.stride_h, g.pad_h, g.dilation_h, g.height);
+          const T* src = x + (i * g.height + (ih < 0 ? 0 : ih)) * g.width;
+          for (int64_t ow = 0; ow < g.out_width; ++ow) {
+            const int64_t iw = input_of_tap(ow, v, g.stride_w, g.pad_w, g.dilation_w, g.width);
+            dst[ow] = ih >= 0 && iw >= 0 ? src[iw] : T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col: grad_x [Cin, H, W] of one sample from grad_cols [K, L], each input element
+// gathering the taps that read it (output_of_tap, as the CUDA kernel does); the output coordinates
+// are tabulated per tap, so the inner loop does no division.
+template <typename T>
+void col2im(const T* cols, const ConvGeometry& g, T* x) {
+  const int64_t L = g.out_height * g.out_width;
+  std::vector<int64_t> oh_of(g.kernel_h * g.height), ow_of(g.kernel_w * g.width);
+  for (int64_t u = 0; u < g.kernel_h; ++u) {
+    for (int64_t ih = 0; ih < g.height; ++ih) {
+      oh_of[u * g.height + ih] = output_of_tap(ih, u, g.stride_h, g.pad_h, g.dilation_h, g.out_height);
+    }
+  }
+  for (int64_t v = 0; v < g.kernel_w; ++v) {
+    for (int64_t iw = 0; iw < g.width; ++iw) {
+      ow_of[v * g.width + iw] = output_of_tap(iw, v, g.stride_w, g.pad_w, g.dilation_w, g.out_width);
+    }
+  }
+  for (int64_t i = 0; i < g.in_channels; ++i) {
+    for (int64_t ih = 0; ih < g.height; ++ih) {
+      T* dst = x + (i * g.height + ih) * g.width;
+      for (int64_t iw = 0; iw < g.width; ++iw) dst[iw] = T(0);
+      for (int64_t u = 0; u < g.kernel_h; ++u) {
+        const int64_t oh = oh_of[u * g.height + ih];
+        if (oh < 0) continue;
+        for (int64_t v = 0; v < g.kernel_w; ++v) {
+          const T* src = cols + ((i * g.kernel_h + u) * g.kernel_w + v) * L + oh * g.out_width;
+          const int64_t* ow = ow_of.data() + v * g.width;
+          for (int64_t iw = 0; iw < g.width; ++iw) {
+            if (ow[iw] >= 0) dst[iw] += src[ow[iw]];
+          }
+        }
+      }
+    }
+  }
+}
+
+// im2col of sample b of x (contiguous, [B, Cin, H, W] in acc_t): [Cin·kh·kw, L].
+template <typename acc_t>
+at::Tensor sample_columns(const at::Tensor& x, int64_t b, const ConvGeometry& g) {
+  auto cols = at::empty({g.filter_size(), g.out_height * g.out_width}, x.options());
+  im2col(x.const_data_ptr<acc_t>() + b * g.in_channels * g.height * g.width, g, cols.mutable_data_ptr<acc_t>());
+  return cols;
 }
 
 at::Tensor dynamic_region_conv_cpu(const at::Tensor& x_in, const at::Tensor& filters_in, const at::Tensor& guide_in,
@@ -102,10 +164,11 @@ at::Tensor dynamic_region_conv_cpu(const at::Tensor& x_in, const at::Tensor& fil
   const int64_t B = x.size(0), R = filters.size(1), L = g.out_height * g.out_width;
   auto out = at::empty({B, g.out_channels, g.out_height, g.out_width}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, guide.scalar_type(), "dynamic_region_conv_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;  // x's compute dtype
     parallel_for_aten(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         auto pixels = pixels_by_region(guide.const_data_ptr<scalar_t>() + b * R * L, R, L);
-        auto cols = sample_columns(x, b, g);
+        auto cols = sample_columns<acc_t>(x, b, g);
         auto out_b = out[b].view({g.out_channels, L});
         for (int64_t r = 0; r < R; ++r) {
           if (pixels[r].numel() == 0) continue;
@@ -134,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cpu(
       for (int64_t b = b0; b < b1; ++b) {
         const scalar_t* guide_b = guide.const_data_ptr<scalar_t>() + b * R * L;
         auto pixels = pixels_by_region(guide_b, R, L);
-        auto cols = sample_columns(x, b, g);
+        auto cols = sample_columns<acc_t>(x, b, g);
         auto grad_b = grad[b].view({g.out_channels, L});
         auto filters_b = filters[b].reshape({R, g.out_channels, K});
         auto grad_cols = at::zeros_like(cols);
@@ -144,9 +207,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_region_conv_backward_cpu(
           grad_filters[b][r].view({g.out_channels, K}).copy_(at::mm(grad_r, cols.index_select(1, pixels[r]).t()));
           grad_cols.index_copy_(1, pixels[r], at::mm(filters_b[r].t(), grad_r));
         }
-        grad_x[b].copy_(at::col2im(grad_cols.unsqueeze(0), {g.height, g.width}, {g.kernel_h, g.kernel_w},
-                                   {g.dilation_h, g.dilation_w}, {g.pad_h, g.pad_w}, {g.stride_h, g.stride_w})
-                            .squeeze(0));
+        col2im(grad_cols.const_data_ptr<acc_t>(), g,
+               grad_x.mutable_data_ptr<acc_t>() + b * g.in_channels * g.height * g.width);
         // The guide needs every region's response G_r = Σ_o grad·(filter_r ∗ x) at every pixel: one
         // product per sample, [R·Cout, K]·[K, L], reduced against grad right away.
         auto responses = (at::mm(filters_b.view({R * g.out_channels, K}), cols).view({R, g.out_channels, L}) *

@@ -10,6 +10,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "region_conv/region_conv.h"
+#include "region_conv/region_conv_checks.h"
 
 namespace attnkern {
 namespace region_conv {

@@ -1,5 +1,6 @@
 // Argument checks of the region_conv family, shared by the CPU and CUDA kernels and the check ops.
 #include "region_conv/region_conv.h"
+#include "region_conv/region_conv_checks.h"
 
 #include <torch/library.h>
 

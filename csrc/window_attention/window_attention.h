@@ -15,8 +15,6 @@
 // both use them.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <cstdint>
 
 #include "common/macros.h"
@@ -88,18 +86,6 @@ template <typename acc_t>
 ATTNKERN_HD inline acc_t logit_grad(acc_t p, acc_t dp, acc_t d_i) {
   return p * (dp - d_i);
 }
-
-// Argument checks shared by the CPU and CUDA kernels (window_attention_host.cpp). They return the grid.
-WindowGrid check_inputs(const at::Tensor& qkv, const c10::optional<at::Tensor>& bias,
-                        const c10::optional<at::Tensor>& mask, int64_t window_size, int64_t shift_size,
-                        const char* op);
-void check_saved(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& out, const at::Tensor& lse,
-                 const char* op);
-
-// The bias and mask as the kernels read them: contiguous, bias in qkv's dtype, mask in the
-// accumulation dtype; undefined when absent.
-at::Tensor bias_operand(const c10::optional<at::Tensor>& bias);
-at::Tensor mask_operand(const c10::optional<at::Tensor>& mask, const at::Tensor& qkv);
 
 // How many window groups the backward splits the B·nW windows into: one block/task per (group, head)
 // accumulates its own partial bias gradient, and the partials are summed in a fixed order afterwards.

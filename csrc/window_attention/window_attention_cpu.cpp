@@ -15,6 +15,7 @@
 
 #include "common/macros.h"
 #include "window_attention/window_attention.h"
+#include "window_attention/window_attention_checks.h"
 
 namespace attnkern {
 namespace window_attention {

@@ -63,9 +63,12 @@ struct WindowTiles {
         lse(backward ? heads * N : 0),
         delta(backward ? heads * N : 0) {
     for (int64_t h = 0; h < heads; ++h) {
+      const scalar_t* bias_h = op.bias != nullptr ? op.bias + h * N * N : nullptr;
       for (int64_t i = 0; i < N; ++i) {
         acc_t* row = bias.data() + (h * N + i) * Lp;
-        for (int64_t j = 0; j < N; ++j) row[j] = op.bias ? static_cast<acc_t>(op.bias[(h * N + i) * N + j]) : acc_t(0);
+        for (int64_t j = 0; j < N; ++j) {
+          row[j] = logit_offset<acc_t, scalar_t, acc_t>(bias_h, nullptr, nullptr, i, j, N);
+        }
         for (int64_t j = N; j < Lp; ++j) row[j] = -std::numeric_limits<acc_t>::infinity();
       }
     }
@@ -77,7 +80,8 @@ struct WindowTiles {
 
 // Window w's tokens (pixels and regions, row by row: no divisions per token) and, when it has one,
 // the offset every head adds to its logits: SwinIR's region mask and the explicit mask, composed by
-// logit_offset of window_attention.h as in the CUDA kernels (the bias, per head, is added by logits()).
+// logit_offset of window_attention.h as in the CUDA kernels (the bias, per head, goes through
+// logit_offset once per task in WindowTiles, and logits() adds the two).
 // Returns whether the window has an offset.
 template <typename scalar_t, typename acc_t>
 bool locate_window(const Operands<scalar_t, acc_t>& op, int64_t w, WindowTiles<acc_t>& s) {

@@ -16,6 +16,7 @@
 
 #include "common/cuda_utils.cuh"
 #include "window_attention/window_attention.h"
+#include "window_attention/window_attention_checks.h"
 
 namespace attnkern {
 namespace window_attention {

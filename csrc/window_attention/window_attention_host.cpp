@@ -1,6 +1,7 @@
 // Argument checks and operand preparation of the window-attention family, shared by the CPU and
 // CUDA kernels.
 #include "window_attention/window_attention.h"
+#include "window_attention/window_attention_checks.h"
 
 #include <ATen/OpMathType.h>
 #include <torch/library.h>

@@ -1,0 +1,91 @@
+"""The family math headers compile anywhere: plain C++17, no ATen, c10 or torch on the include path.
+
+Each csrc/<family>/<family>.h holds the ATTNKERN_HD math that the CPU and CUDA kernels share; the
+argument checks (which need at::Tensor) live in <family>_checks.h. Here every math header is compiled
+alone by the host compiler, with only csrc/ on the include path, in a translation unit that also
+instantiates some of its templates for float and double (so unqualified exp/sqrt resolve without ATen).
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+FAMILIES = ["covpool", "criss_cross", "gating", "region_conv", "window_attention"]
+
+
+def _compiler():
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+CXX = _compiler()
+
+# Calls that instantiate templates of each header, for T = float and double.
+USES = {
+    "covpool": """
+        int64_t i, j; attnkern::covpool::triu_row_col(attnkern::covpool::triu_index(3, 2), i, j);
+        (void)attnkern::covpool::trace_grad_coefficient<T>(T(1), T(2), T(3));
+    """,
+    "criss_cross": """
+        namespace cc = attnkern::criss_cross;
+        const T buf[64] = {};
+        (void)cc::affinity_entry<T>(buf, buf, 1, 3, 4, 2, 1, 1);
+        (void)cc::aggregate_entry<T>(buf, buf, 3, 4, 1, 1);
+        (void)cc::aggregate_transposed_entry<T>(buf, buf, 3, 4, 1, 1);
+        (void)cc::energy_grad(cc::attention_weight(T(0), T(1)), T(1), T(0));
+    """,
+    "gating": """
+        namespace g = attnkern::gating;
+        (void)g::pool_gradient(T(1), g::max_share(g::nan_max(T(1), T(2)), 2), true);
+        (void)g::gated<T>(T(2), T(3));
+    """,
+    "region_conv": """
+        namespace rc = attnkern::region_conv;
+        T buf[64] = {};
+        (void)rc::selected_region(buf, 3, 4);
+        rc::guide_gradient<T>(buf, buf + 16, 3, 1, [&](int64_t r) { return rc::region_response<T>(buf, buf, r, 2, 4, 1); });
+        rc::ConvGeometry geo{1, 3, 3, 1, 2, 2, 2, 2, 1, 1, 0, 0, 1, 1};
+        (void)rc::conv_entry<T>(buf, buf, geo, 0, 1, 1);
+        (void)rc::output_of_tap(rc::input_of_tap(1, 1, 1, 0, 1, 3), 1, 1, 0, 1, 2);
+    """,
+    "window_attention": """
+        namespace wa = attnkern::window_attention;
+        wa::WindowGrid grid{8, 8, 4, 2};
+        const int region[2] = {grid.region(0, 0), grid.region(3, 15)};
+        const T bias[4] = {}, mask[4] = {};
+        (void)wa::logit_grad(wa::logit_offset<T>(bias, mask, region, 0, 1, 2), T(1), T(0));
+        (void)wa::qkv_offset(grid.pixel(0, 0), 1, 0, 2, 8);
+    """,
+}
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler found")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_header_compiles_without_aten(family, tmp_path):
+    header = CSRC / family / f"{family}.h"
+    assert header.is_file()
+    source = tmp_path / f"{family}_alone.cpp"
+    source.write_text(
+        f'#include "{family}/{family}.h"\n'
+        f"template <typename T> void use() {{ {USES[family]} }}\n"
+        "template void use<float>();\ntemplate void use<double>();\n"
+    )
+    result = subprocess.run([CXX, "-std=c++17", "-fsyntax-only", "-Wall", "-I", str(CSRC), "-x", "c++", str(source)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler found")
+def test_macros_header_compiles_alone(tmp_path):
+    source = tmp_path / "macros_alone.cpp"
+    source.write_text('#include "common/macros.h"\nATTNKERN_HD inline int twice(int x) { return 2 * x; }\n'
+                      "int main() { return twice(0); }\n")
+    result = subprocess.run([CXX, "-std=c++17", "-fsyntax-only", "-Wall", "-I", str(CSRC), "-x", "c++", str(source)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
