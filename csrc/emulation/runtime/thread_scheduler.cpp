@@ -152,7 +152,7 @@ class Pool final : public ThreadHooks {
         const uint64_t generation = barrier_generation_;
         start_waiting();
         barrier_.wait(lock, [&] { return barrier_generation_ != generation || stuck_; });
-        if (barrier_generation_ == generation) TORCH_CHECK(false, stuck_message_);
+        if (barrier_generation_ == generation) throw_stuck();
       }
     }
     acquire(&barrier_sync_[k % 2]);
@@ -176,7 +176,7 @@ class Pool final : public ThreadHooks {
         const uint64_t generation = warp_generation_[warp];
         start_waiting();
         warp_barrier_.wait(lock, [&] { return warp_generation_[warp] != generation || stuck_; });
-        if (warp_generation_[warp] == generation) TORCH_CHECK(false, stuck_message_);
+        if (warp_generation_[warp] == generation) throw_stuck();
       }
     }
     acquire(&warp_sync_[warp][k % 2]);
@@ -215,10 +215,16 @@ class Pool final : public ThreadHooks {
     if (stuck_ || live_ == 0 || waiting_ != live_) return;
     int warp = 0;
     while (warp < static_cast<int>(warp_arrived_.size()) && warp_arrived_[warp] == 0) ++warp;
-    stuck_message_ = warp_deadlock(name_, block_idx_, warp, "returned from the kernel or wait at __syncthreads()");
+    stuck_warp_ = warp;
     stuck_ = true;
     barrier_.notify_all();
     warp_barrier_.notify_all();
+  }
+
+  // Each thread composes the message itself: a string shared between the threads would race under TSan
+  // (the locks order nothing there, see above).
+  [[noreturn]] void throw_stuck() {  // under mu_, once stuck_
+    TORCH_CHECK(false, warp_deadlock(name_, block_idx_, stuck_warp_, "returned from the kernel or wait at __syncthreads()"));
   }
 
   // pthread_create runs outside IgnoreSync: it orders what the thread is handed (its Start, its Worker)
@@ -324,7 +330,7 @@ class Pool final : public ThreadHooks {
   std::vector<uint64_t> warp_generation_;
   int waiting_ = 0;  // threads waiting at a barrier of either kind
   bool stuck_ = false;
-  std::string stuck_message_;
+  int stuck_warp_ = 0;
   // Addresses for TSan's happens-before edges (their contents are never used).
   char start_sync_ = 0, end_sync_ = 0, barrier_sync_[2] = {0, 0}, warp_sync_[kWarpSize][2] = {};
 };
