@@ -16,7 +16,7 @@ FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
 SOURCES    := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
 EMULATION  := $(PY) tools/cuda_emulation.py
-EMULATED_TESTS := tests/test_cuda_emulated.py tests/test_emulator.py
+EMULATED_TESTS := tests/test_cuda_emulated.py tests/test_emulator.py tests/test_emulator_warp.py
 
 .PHONY: test bench build build-emulated test-sanitizers test-emulated-sanitizers clean
 

@@ -39,7 +39,8 @@ The model (one small function per kernel, named after it, counts what one launch
     default allows TF32 in cuDNN), SDPA memory-efficient (fp32 SIMT) at 35 % of FP32 peak, elementwise
     and reductions at 80 % of HBM bandwidth; each call + 4 µs launch.
   * Floors: bytes / HBM bandwidth, FLOPs / FP32 peak, FLOPs / dense BF16 tensor-core peak. ×floor is the
-    modelled time over max(memory, FP32) floor: these kernels run on CUDA cores in FP32 arithmetic. The
+    modelled time over max(memory, FP32) floor for the kernels on CUDA cores (FP32 arithmetic), over
+    max(memory, tensor-core) for those on tensor cores (mma.sync, at MMA_SYNC_EFF of the dense peak). The
     tensor-core floor says what a tensor-core formulation could reach.
   * Data assumptions: the guide of DRConv selects regions uniformly at random per pixel (worst case for
     the gathers); sqrtm's training forward saves the iterates; window attention has a bias, no explicit
@@ -71,6 +72,9 @@ LAUNCH = 4e-6
 DIV64, DIV32, EXP_ALU = 25, 15, 8
 PLAIN_GEMM_EFF, PLAIN_CONV_EFF, PLAIN_SDPA_EFF, PLAIN_BW_EFF = 0.7, 0.4, 0.35, 0.8
 REGS_UNKNOWN = 32  # assumed when the ptxas output has no entry for a kernel
+# mma.sync.m16n8k16: 16·8·16 multiply-adds. On sm_90 the warp-level mma.sync (not wgmma) reaches about 60 % of
+# the dense tensor-core peak.
+MMA_FLOPS, MMA_SYNC_EFF = 2 * 16 * 8 * 16, 0.6
 
 
 class Device:
@@ -236,6 +240,7 @@ class Launch:
     ffma: float = 0.0
     alu: float = 0.0
     mufu: float = 0.0
+    hmma: float = 0.0  # tensor-core mma.sync.m16n8k16 instructions (warp level)
     mem: float = 0.0  # memory instructions (issue slots)
     lsu: float = 0.0  # L1/shared wavefronts
     l2: float = 0.0  # bytes between L1 and L2
@@ -281,7 +286,8 @@ def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
     out["floor_mem"] = launch.min_bytes / dev.hbm
     out["floor_fp32"] = launch.flops / dev.fp32
     out["floor_tc"] = launch.flops / dev.tc
-    out["floor"] = max(out["floor_mem"], out["floor_fp32"])
+    # Kernels on tensor cores are held to the tensor-core floor, the others to the FP32 one.
+    out["floor"] = max(out["floor_mem"], out["floor_tc"] if launch.hmma else out["floor_fp32"])
     if launch.aten is not None:
         out.update(time=launch.aten(dev), bound="ATen/cuBLAS (plain model)", bps=None, occ=None, waves=None, smem=None)
         return out
@@ -303,7 +309,8 @@ def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
     if launch.reuse_set > 0.75 * dev.l2_size:  # the re-read set spills from L2
         dram += max(0.0, launch.l2 - dram) * (1 - 0.75 * dev.l2_size / launch.reuse_set)
     terms = {
-        "issue": (launch.ffma + launch.alu + launch.mufu + launch.mem) / (4 * clk * sm_eff) / eff_core,
+        "issue": (launch.ffma + launch.alu + launch.mufu + launch.hmma + launch.mem) / (4 * clk * sm_eff) / eff_core,
+        "TC": launch.hmma * MMA_FLOPS / (MMA_SYNC_EFF * dev.tc / dev.sms * sm_eff) / eff_core,
         "FP32": launch.ffma / (4 * clk * sm_eff) / eff_core,
         "SFU": launch.mufu / (0.5 * clk * sm_eff) / eff_core,
         "LSU": launch.lsu / (clk * sm_eff) / eff_lsu,
@@ -894,6 +901,65 @@ def forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Laun
                        f"({pt['bias_rows'][0][0]:.0f} lines per request), {wa_block_threads(N)} threads for N = {N}")
 
 
+MMA_MAX_TOKENS, MMA_MAX_HEAD_DIM, MMA_ROW_PAD = 64, 64, 8  # window_attention_mma.cuh
+
+
+def mma_fits(N: int, d: int, elem: int) -> bool:  # window_attention_cuda.cu: forward_on_tensor_cores
+    return elem == 2 and N <= MMA_MAX_TOKENS and d <= MMA_MAX_HEAD_DIM
+
+
+def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
+    """window_attention_mma.cuh: one CTA of Np/16 warps per (window, head); per warp, 16 query rows:
+    S = Q·Kᵀ and O = P·V on mma.sync.m16n8k16 from ldmatrix fragments, the logits' offsets and softmax on the
+    accumulator registers (Np/2 elements a lane), the output staged through shared memory."""
+    N, ctas = g.N, B * g.nW * heads
+    Np, dp = ceil_div(N, 16) * 16, ceil_div(d, 16) * 16
+    ld_smem = dp + MMA_ROW_PAD
+    warps = Np // 16
+    pt = window_patterns(g, heads, d, elem)
+    vec = next(v for v in (8, 4, 2, 1) if d % v == 0)  # mma_vector_width (aligned tensors)
+    # load: the head's bias (N² elements, one a thread), then q, k, v: Np·dp/vec chunks of vec elements a
+    # thread and tensor (int32 index math)
+    bias_warps = ceil_div(N * N, 32)
+    load_warps = ceil_div(Np * dp // vec, 32)
+    pix = [g.pixel(g.nW // 2, t) for t in range(N)]
+    chunks = dp // vec
+    load_lanes = [[(pix[min(e // chunks, N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
+                  for s in range(0, Np * chunks, 32)]
+    q_lines, q_sectors = mean_access(load_lanes, elem * vec)
+    load = dict(alu=load_warps * (DIV32 + 16) + bias_warps * 6 + warps * 4 * 10,
+                mem=load_warps * 6 + bias_warps * 2 + 2 * warps,
+                lsu=load_warps * 3 * (q_lines + vec * elem // 4) + bias_warps * 2 + 2 * warps,
+                l2=load_warps * 3 * q_sectors * 32 + N * N * elem, gld=load_warps * 3 + bias_warps)
+    # per warp: ldmatrix (A ×4: 4 wavefronts; B ×2: 2), mma, logits (offsets from shared memory), softmax
+    hmma = warps * (dp // 16 * Np // 8 + Np // 16 * dp // 8)
+    ldsm = warps * (dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8)
+    ldsm_lsu = warps * (dp // 16 * (4 + 2 * Np // 8) + Np // 16 * dp // 8 * 2)
+    elements = warps * Np // 2  # accumulator elements a lane holds, per warp, summed over the CTA's warps
+    region = 2 if g.shift else 0
+    logits = dict(alu=elements * (14 + EXP_ALU) + warps * 40, mem=elements * (1 + region), mufu=elements + 2 * warps,
+                  lsu=elements * (2 + region))  # bias rows of a fragment: 8 rows, 2-way bank conflicts
+    pack = Np // 16 * 4 * 2 * warps  # F2F conversions of P
+    # output: staging stores, then 16·d/vec chunks a warp
+    out_warps = warps * ceil_div(16 * d // vec, 32)
+    out_lines = 16 * d * elem / 128 / max(1, out_warps // warps)
+    store = dict(alu=out_warps * (DIV32 + 12) + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 4,
+                 lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 4 * 2,
+                 l2=B * g.H * g.W * heads * d * elem / ctas)
+    pixels, bias = B * g.H * g.W, heads * N * N * elem
+    l2_cta = load["l2"] + store["l2"] + N * 32
+    return Launch("window_attention", "mma_forward_kernel", (ctas, 1, 1), (warps * 32, 1, 1),
+                  dyn_smem=3 * Np * ld_smem * 2 + ceil_div(N * N * 2, 16) * 16 + Np * 12, flops=4.0 * ctas * N * N * d,
+                  min_bytes=pixels * 4 * heads * d * elem + pixels * heads * 4 + bias,
+                  hmma=ctas * hmma,
+                  alu=ctas * (load["alu"] + logits["alu"] + pack + store["alu"] + hmma),
+                  mufu=ctas * logits["mufu"], mem=ctas * (load["mem"] + ldsm + logits["mem"] + store["mem"]),
+                  lsu=ctas * (load["lsu"] + ldsm_lsu + logits["lsu"] + store["lsu"]), l2=ctas * l2_cta,
+                  gld=ctas * (load["gld"] + out_warps), ilp=2, phased=True,
+                  note=f"{warps} warps a (window, head), {hmma} mma.sync a CTA; N padded {N}→{Np}, d {d}→{dp}; "
+                       f"{vec * elem}-byte copies")
+
+
 def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_cuda.cu: window_attention_backward_cuda — min(B·nW, 64)·heads CTAs, each walking its
     windows; rows pass (dq, bias gradient RMW in global memory), then columns pass (dk, dv); dS recomputed."""
@@ -957,6 +1023,8 @@ def plain_window_attention(dev: Device, p: dict, elem: int, backward: bool) -> f
 
 def wa_forward(p: dict, elem: int) -> List[Launch]:
     B, g, heads, d = wa_dims(p)
+    if mma_fits(g.N, d, elem):
+        return [mma_forward_kernel(B, g, heads, d, elem)]
     return [forward_kernel(B, g, heads, d, elem)]
 
 
@@ -1319,9 +1387,11 @@ def evaluate(dev: Device, table: dict, dtype: str = "float32") -> List[dict]:
                 results = [model(l, dev, lookup(table, l, dtype)) for l in launches_of(params, elem)]
                 floor_mem = sum(r["floor_mem"] for r in results)
                 floor_fp32 = sum(r["floor_fp32"] for r in results)
+                # each launch's arithmetic floor: tensor-core kernels the tensor-core one, the others FP32
+                floor_math = sum(r["floor_tc"] if r["launch"].hmma else r["floor_fp32"] for r in results)
                 rows.append(dict(family=family, case=case, main=main,
                                  op=op.name, direction=direction, kernels=results,
-                                 time=sum(r["time"] for r in results), floor=max(floor_mem, floor_fp32),
+                                 time=sum(r["time"] for r in results), floor=max(floor_mem, floor_math),
                                  floor_mem=floor_mem, floor_fp32=floor_fp32,
                                  floor_tc=sum(r["floor_tc"] for r in results), plain=plain_of(dev, params, elem)))
     return rows
@@ -1382,7 +1452,7 @@ def markdown(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> st
            f"docstring); registers and static shared memory from `{ptxas_source}` (sm_90). "
            f"{dev.name}: {dev.hbm / 1e12:.2f} TB/s HBM, {dev.fp32 / 1e12:.0f} TFLOP/s FP32, "
            f"{dev.tc / 1e12:.0f} TFLOP/s dense BF16 tensor cores, {dev.sms} SMs. Times in µs, each launch with "
-           f"{LAUNCH * 1e6:.0f} µs of launch overhead. ×floor: modelled / max(memory, FP32) floor; ×plain: "
+           f"{LAUNCH * 1e6:.0f} µs of launch overhead. ×floor: modelled / max(memory, FP32) floor (tensor-core kernels: max(memory, tensor-core)); ×plain: "
            "modelled / the plain-PyTorch formulation's modelled time.", ""]
     out += ["## Summary at each family's main shape", "",
             "| op | shape | dir | modelled µs | floor µs (mem / FP32 / TC) | ×floor | plain µs | ×plain |",

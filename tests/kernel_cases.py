@@ -410,7 +410,8 @@ CASES = [
     Case("apply-gates-both", apply_gates_case, dict(B=2, C=3, H=5, W=7, gates="both")),
     Case("apply-gates-channel", apply_gates_case, dict(B=1, C=4, H=17, W=16, gates="channel")),
     Case("apply-gates-pixel", apply_gates_case, dict(B=2, C=3, H=3, W=5, gates="pixel")),
-    # window attention: windows of 7 (49 tokens, 64 threads: 15 idle) and 8, shifted or not, masks, no bias
+    # window attention: windows of 7 (49 tokens, 64 threads: 15 idle) and 8, shifted or not, masks, no bias;
+    # in fp16/bf16 these run the tensor-core forward (N ≤ 64, d ≤ 64), the last three the SIMT one
     Case("window-8", window_attention_case, dict(B=2, H=16, W=8, heads=2, d=5, window=8, shift=0)),
     Case("window-8-shift", window_attention_case, dict(B=1, H=16, W=16, heads=2, d=4, window=8, shift=4,
                                                        mask="random")),
@@ -419,6 +420,11 @@ CASES = [
                                                               bias=False, mask="random")),
     Case("window-4-inf-mask", window_attention_case, dict(B=1, H=4, W=8, heads=2, d=4, window=4, shift=0,
                                                           mask="-inf at key 0")),
+    Case("window-4-d64", window_attention_case, dict(B=1, H=8, W=8, heads=1, d=64, window=4, shift=2)),
+    Case("window-5-d24", window_attention_case, dict(B=1, H=10, W=5, heads=2, d=24, window=5, shift=2,
+                                                     mask="random")),
+    Case("window-9", window_attention_case, dict(B=1, H=9, W=9, heads=2, d=3, window=9, shift=0)),
+    Case("window-4-d65", window_attention_case, dict(B=1, H=4, W=4, heads=1, d=65, window=4, shift=0)),
 ]
 
 
@@ -453,10 +459,15 @@ EMPTY_CASES = [
 
 
 def _kernel_sources():
-    """(log key, body text) of every __global__ function of csrc/*/*_cuda.cu."""
+    """(log key, body text) of every __global__ function of csrc/*/*_cuda.cu and of the family headers
+    (csrc/<family>/*.cuh) they include: the key names the .cu file that launches it."""
     for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "*", "*_cuda.cu"))):
         with open(path) as f:
             text = f.read()
+        family = os.path.basename(os.path.dirname(path))
+        for header in re.findall(rf'#include "{family}/(\w+\.cuh)"', text):
+            with open(os.path.join(os.path.dirname(path), header)) as f:
+                text += f.read()
         starts = [m for m in re.finditer(r"__global__\s+void\s+(\w+)", text)]
         for m, following in zip(starts, starts[1:] + [None]):
             body = text[m.end():following.start() if following else len(text)]
@@ -466,6 +477,11 @@ def _kernel_sources():
 def cuda_kernels():
     """Every CUDA kernel, as "file.cu:name" (the emulator's launch-log key)."""
     return {key for key, _ in _kernel_sources()}
+
+
+def tensor_core_kernels():
+    """The kernels on tensor cores: they take fp16 and bf16 only."""
+    return {key for key, body in _kernel_sources() if "tensor_core::mma_" in body.split("\n}\n")[0]}
 
 
 def grid_stride_kernels():

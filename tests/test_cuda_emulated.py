@@ -22,7 +22,7 @@ from attnkern import reference
 from conftest import SEED
 from kernel_cases import (CASES, DTYPES, EMPTY_CASES, GRID_STRIDE_CASES, Backend, Inputs, Output, check,
                           criss_cross_attention_case, cuda_kernels, grads, grid_stride_kernels, rel_error,
-                          sqrtm_case, window_attention_case)
+                          TOLERANCE, sqrtm_case, tensor_core_kernels, window_attention_case)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import cuda_emulation  # noqa: E402
@@ -169,6 +169,22 @@ def test_window_attention_shared_memory_limit_is_refused(emu):
         E.window_attention(qkv, None, None, 16, 0, 0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d, offset", [(16, 0), (16, 1), (16, 2), (12, 0), (6, 0)])
+def test_window_attention_tensor_cores_copy_as_wide_as_alignment_allows(emu, dtype, d, offset):
+    """The tensor-core forward copies 8, 4, 2 or 1 channels at once, as d and the addresses of qkv allow: a qkv
+    that starts `offset` elements into its storage (a view; .contiguous() keeps it) gives the same result."""
+    storage = torch.randn(1 * 8 * 8 * 3 * 2 * d + offset).to(dtype)
+    qkv = storage[offset:].view(1, 8, 8, 3, 2, d)
+    bias = torch.randn(2, 16, 16).to(dtype)
+    before = launch_counts(emu)
+    out, lse = E.window_attention(qkv, bias, None, 4, 2, d ** -0.5)
+    assert launched_since(emu, before)["window_attention_cuda.cu:mma_forward_kernel"] == (1, 8)
+    ref = reference.window_attention(qkv.double(), bias.double(), 4, 2, None, d ** -0.5)
+    assert rel_error(out, ref) <= TOLERANCE[dtype]
+    torch.testing.assert_close(out, E.window_attention(qkv.clone(), bias, None, 4, 2, d ** -0.5)[0], rtol=0, atol=0)
+
+
 # ---- empty batches: no launch (the emulator refuses a grid of 0 blocks), empty results -------------------
 
 
@@ -218,7 +234,7 @@ def test_a_nan_maximum_gets_a_nan_gradient(dtype):
 
 def test_every_kernel_ran_in_every_dtype(emu):
     """Every CUDA kernel was launched by test_kernels, each with at least 4 distinct instantiations
-    (float64, float32, float16, bfloat16)."""
+    (float64, float32, float16, bfloat16), the tensor-core kernels with both of theirs (float16, bfloat16)."""
     if len(_RAN) < len(CASES) * len(DTYPES):
         pytest.skip("needs every test_kernels case to have run and passed")
     kernels = cuda_kernels()
@@ -226,5 +242,7 @@ def test_every_kernel_ran_in_every_dtype(emu):
     launched = emu.launches()
     missing = sorted(k for k in kernels if k not in launched)
     assert not missing, f"never launched: {missing}"
-    few = sorted(k for k in kernels if len(launched[k][2]) < 4)
+    tensor_core = tensor_core_kernels()
+    assert tensor_core, "no tensor-core kernel found"
+    few = sorted(k for k in kernels if len(launched[k][2]) < (2 if k in tensor_core else 4))
     assert not few, f"launched with fewer than 4 instantiations: {few}"

@@ -70,7 +70,8 @@ def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: int, shif
     else:
         scale = check_real(scale, "scale", op)
     if use_kernel(qkv, bias, mask):
-        if not plain_on_cuda("window_attention", qkv, bias, mask):
+        size = max(window_size * window_size, qkv.shape[-1] if qkv.dim() > 0 else 0)  # the route's measure
+        if not plain_on_cuda("window_attention", qkv, bias, mask, size=size):
             return _ops.window_attention(qkv, bias, mask, window_size, shift_size, scale)[0]
         run_check(_ops.window_attention_check, qkv, bias, mask, window_size, shift_size)
         # CUDA: SDPA, as the routing table says (attnkern.ops._cuda_routing)

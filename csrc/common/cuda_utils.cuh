@@ -62,6 +62,14 @@ inline int64_t max_shared_memory_optin() {
   return bytes;
 }
 
+// Whether the current device runs mma.sync.m16n8k16 and ldmatrix (compute capability 8.0 or newer).
+inline bool has_tensor_core_mma() {
+  int device = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major >= 8;
+}
+
 // Lets `kernel` launch with `bytes` of dynamic shared memory (beyond the default 48 KiB, up to the opt-in limit).
 template <typename Kernel>
 void allow_smem(Kernel kernel, int64_t bytes) {

@@ -18,6 +18,11 @@
 //   - A launch is checked as the device checks it: grid and block limits, at most 48 KiB of dynamic
 //     shared memory unless cudaFuncSetAttribute allowed more, and never more than the target's opt-in
 //     limit. Device attributes are those of a selectable target (sm_80, sm_86, sm_90).
+//   - The warp collectives (__shfl_*_sync, __syncwarp, and the tensor-core instructions mma.sync and
+//     ldmatrix through common/warp_mma.cuh) are barriers over the 32 lanes of a warp (warp w: linear
+//     thread indices 32w … 32w + 31) at which the lanes exchange values, with the fragment layouts of the
+//     PTX ISA. Only full-warp masks: every lane of the warp takes part, as .aligned requires; a lane that
+//     is missing is an error. They order memory between the warp's lanes as __syncwarp does.
 //   - Streams, device guards and launch-error checks are no-ops: a bad launch throws at once.
 //
 // The three constructs of CUDA C++ that a macro cannot turn into C++ — the <<<...>>> launch, `extern
@@ -36,6 +41,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -70,6 +76,8 @@ extern thread_local dim3 blockDim;
 extern thread_local dim3 gridDim;
 
 void __syncthreads();
+
+constexpr int warpSize = 32;
 
 // CUDA's max/min: for floating point they are fmax/fmin (a NaN operand is ignored), for integers the
 // usual comparison.
@@ -251,3 +259,65 @@ Launch<Params...> make_launch(void (*kernel)(Params...), const char* name, const
 
 }  // namespace emulation
 }  // namespace attnkern
+
+// ---- warp collectives --------------------------------------------------------------------------------
+
+namespace attnkern {
+namespace emulation {
+
+constexpr size_t kWarpSlotBytes = 32;  // per lane: the largest value a collective exchanges (an mma's A and B)
+
+// The calling thread's lane (its linear index in the block, modulo 32).
+int lane_id();
+
+// Writes `size` bytes of `mine` into the calling lane's slot and waits for the whole warp (checking
+// `mask` is the full warp); returns the warp's 32 slots. The slots stay valid until warp_exchange_end(),
+// which every lane calls once it has read what it needs (a second warp barrier).
+const unsigned char* warp_exchange_begin(const void* mine, size_t size, unsigned mask, const char* what);
+void warp_exchange_end();
+
+// mma.sync.aligned.m16n8k16.row.col.f32.<elem>.<elem>.f32: d = a·b + c over the warp, each lane holding
+// its fragments as the PTX ISA lays them out (a: 4 registers of 2 elements, b: 2, c and d: 4 floats).
+enum class MmaElement { kHalf, kBFloat16 };
+void mma_m16n8k16(MmaElement elem, float* d, const uint32_t* a, const uint32_t* b, const float* c);
+
+// ldmatrix.sync.aligned.m8n8.x<count>[.trans].shared.b16: lanes 8m … 8m + 7 give the addresses of the
+// 8 rows (16 bytes each) of matrix m; returns those rows' addresses to every lane (rows[8m + r]).
+void ldmatrix_rows(int count, const void* row_address, const unsigned char** rows);
+
+}  // namespace emulation
+}  // namespace attnkern
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  attnkern::emulation::warp_exchange_begin(nullptr, 0, mask, "__syncwarp");
+  attnkern::emulation::warp_exchange_end();
+}
+
+// __shfl_sync and __shfl_xor_sync for 32- and 64-bit values (width: a power of two ≤ 32 splitting the warp
+// into independent segments, as in CUDA).
+template <typename T>
+T emulated_shuffle(unsigned mask, T value, int lane_mask_or_source, int width, bool xor_lanes, const char* what) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= attnkern::emulation::kWarpSlotBytes,
+                "a shuffled value must be a plain value of at most 32 bytes");
+  TORCH_CHECK(width >= 1 && width <= 32 && (width & (width - 1)) == 0, what, ": width ", width,
+              " is not a power of two in [1, 32]");
+  const int lane = attnkern::emulation::lane_id();
+  const int segment = lane & ~(width - 1);
+  int source = xor_lanes ? lane ^ lane_mask_or_source : segment + (lane_mask_or_source & (width - 1));
+  if (source >= segment + width) source = lane;  // __shfl_xor_sync past the segment: the lane's own value
+  const unsigned char* slots = attnkern::emulation::warp_exchange_begin(&value, sizeof(T), mask, what);
+  T result;
+  std::memcpy(&result, slots + source * attnkern::emulation::kWarpSlotBytes, sizeof(T));
+  attnkern::emulation::warp_exchange_end();
+  return result;
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  return emulated_shuffle(mask, value, lane_mask, width, true, "__shfl_xor_sync");
+}
+
+template <typename T>
+T __shfl_sync(unsigned mask, T value, int source_lane, int width = 32) {
+  return emulated_shuffle(mask, value, source_lane, width, false, "__shfl_sync");
+}

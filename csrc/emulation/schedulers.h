@@ -6,6 +6,11 @@
 //   fibers   every CUDA thread is a user-level context (ucontext) on the launching thread, switched at
 //            each barrier, in an order set by the block order (forward, reverse or shuffled per
 //            barrier interval). About 15× faster; the default of the plain build.
+// Both also run warp barriers (sync_warp: the 32 lanes of one warp), on which the warp collectives of
+// cuda_emulation.h (__shfl_*_sync, __syncwarp, mma.sync, ldmatrix) exchange their lanes' values. Every
+// lane of a warp must reach the same collective: a lane that returns, or waits at __syncthreads, while
+// the others of its warp wait in a collective leaves the block unable to go on; both schedulers report
+// that as an error (on a GPU it is undefined, or hangs).
 #pragma once
 
 #include <cstdint>
@@ -44,6 +49,11 @@ bool fibers_available();
 // What the running CUDA thread calls: each scheduler sets these on the OS threads that run CUDA threads.
 struct ThreadHooks {
   virtual void sync_threads() = 0;
+  // Waits until every lane of the calling thread's warp has called it; returns the warp's exchange slots
+  // (kWarpSlotBytes per lane, lane-major), which hold what each lane wrote into its own slot before.
+  virtual unsigned char* sync_warp() = 0;
+  // The calling thread's own exchange slot (of the running block).
+  virtual unsigned char* warp_slot() = 0;
 
  protected:
   ~ThreadHooks() = default;
@@ -52,6 +62,9 @@ extern thread_local ThreadHooks* t_hooks;   // null outside a kernel
 extern thread_local unsigned char* t_smem;  // the running block's dynamic shared memory
 
 // Shared by both schedulers.
+constexpr int kWarpSize = 32;
+int linear_thread(const uint3& thread, const dim3& block);
+std::string warp_deadlock(const char* name, const uint3& block, int warp, const char* why);
 uint3 block_index(uint64_t linear, const dim3& grid);
 uint3 thread_index(int linear, const dim3& block);
 std::string barrier_mismatch(const char* name, const uint3& block, const std::vector<int64_t>& barriers);

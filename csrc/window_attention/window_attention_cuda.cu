@@ -1,5 +1,7 @@
 // CUDA kernels of the window-attention family.
 //
+// Forward in fp16 and bf16 on sm_80 and newer, for N ≤ 64 and d ≤ 64: the tensor-core kernel of
+// window_attention_mma.cuh. Elsewhere (float, double, larger windows or heads, older devices):
 // Forward: one block per (window, head). The block loads its window's q (scaled), k and v into shared
 // memory through the index maps of window_attention.h (no partition or roll copies); thread i owns
 // query row i: a first pass over the keys gives the row's max and log-sum-exp, a second accumulates
@@ -17,6 +19,7 @@
 #include "common/cuda_utils.cuh"
 #include "window_attention/window_attention.h"
 #include "window_attention/window_attention_checks.h"
+#include "window_attention/window_attention_mma.cuh"
 
 namespace attnkern {
 namespace window_attention {
@@ -203,6 +206,28 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_
   }
 }
 
+// Launches the tensor-core forward (window_attention_mma.cuh) where it applies; whether it did.
+template <typename scalar_t>
+bool forward_on_tensor_cores(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& mask, at::Tensor& out,
+                             at::Tensor& lse, const WindowGrid& grid, double scale) {
+  if constexpr (!tensor_core::is_mma_element<scalar_t>) {
+    return false;
+  } else {
+    const int64_t heads = qkv.size(4), d = qkv.size(5), N = grid.tokens();
+    if (!mma_fits(N, d) || !has_tensor_core_mma()) return false;
+    const int64_t bytes = mma_smem_bytes(N, d);
+    allow_smem(mma_forward_kernel<scalar_t>, bytes);
+    ATTNKERN_LAUNCH(qkv.size(0) * grid.windows() * heads, mma_round_up16(N) / 16 * 32, bytes,
+                    c10::cuda::getCurrentCUDAStream(), mma_forward_kernel<scalar_t>)(
+        qkv.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+        mask.defined() ? mask.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+        lse.mutable_data_ptr<float>(), grid, static_cast<int>(heads), static_cast<int>(d),
+        mma_vector_width(d, qkv.const_data_ptr(), out.const_data_ptr()), static_cast<float>(scale));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> window_attention_cuda(const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias_in,
                                                          const c10::optional<at::Tensor>& mask_in, int64_t window_size,
                                                          int64_t shift_size, double scale) {
@@ -218,6 +243,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_cuda(const at::Tensor& qkv_i
   if (blocks == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (forward_on_tensor_cores<scalar_t>(qkv, bias, mask, out, lse, grid, scale)) return;
     const int64_t bytes = launch_smem<acc_t>(forward_kernel<scalar_t, acc_t>, N, d, 4, 0, op);
     ATTNKERN_LAUNCH(blocks, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
                     forward_kernel<scalar_t, acc_t>)(

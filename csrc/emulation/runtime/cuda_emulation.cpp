@@ -15,8 +15,12 @@
 
 #include "emulation/cuda_emulation.h"
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -231,6 +235,18 @@ uint3 thread_index(int linear, const dim3& block) {
   return {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
 }
 
+int linear_thread(const uint3& thread, const dim3& block) {
+  return static_cast<int>(thread.x + block.x * (thread.y + block.y * thread.z));
+}
+
+std::string warp_deadlock(const char* name, const uint3& block, int warp, const char* why) {
+  std::ostringstream s;
+  s << "emulated CUDA kernel " << name << ", block " << dim_str(dim3(block)) << ": lanes of warp " << warp
+    << " wait in a warp collective (__shfl_*_sync, __syncwarp, mma.sync, ldmatrix) that other lanes of the warp "
+    << "never reach (they " << why << "); every lane of a warp must execute the same collective";
+  return s.str();
+}
+
 std::string barrier_mismatch(const char* name, const uint3& block, const std::vector<int64_t>& barriers) {
   const auto [lo, hi] = std::minmax_element(barriers.begin(), barriers.end());
   if (lo == barriers.end() || *lo == *hi) return "";
@@ -290,6 +306,83 @@ std::string launch_log_text() {
     s << '\n';
   }
   return s.str();
+}
+
+// ---- warp collectives ----
+
+int lane_id() {
+  TORCH_CHECK(t_hooks != nullptr, "a warp collective called outside an emulated CUDA kernel");
+  return linear_thread(threadIdx, blockDim) % kWarpSize;
+}
+
+const unsigned char* warp_exchange_begin(const void* mine, size_t size, unsigned mask, const char* what) {
+  TORCH_CHECK(t_hooks != nullptr, what, " called outside an emulated CUDA kernel");
+  TORCH_CHECK(mask == 0xffffffffu, what, ": the emulated device runs full-warp collectives only (mask 0xffffffff), got 0x",
+              std::hex, mask);
+  TORCH_CHECK(size <= kWarpSlotBytes, what, ": ", size, " bytes exchanged, more than ", kWarpSlotBytes);
+  if (size > 0) std::memcpy(t_hooks->warp_slot(), mine, size);
+  return t_hooks->sync_warp();
+}
+
+void warp_exchange_end() { t_hooks->sync_warp(); }
+
+namespace {
+
+float element_to_float(MmaElement elem, uint16_t bits) {
+  if (elem == MmaElement::kBFloat16) return c10::BFloat16(bits, c10::BFloat16::from_bits());
+  return c10::Half(bits, c10::Half::from_bits());
+}
+
+// Element `e` (0 or 1) of a register holding two 16-bit elements, the first in the low half.
+uint16_t half_of(uint32_t reg, int e) { return static_cast<uint16_t>(e == 0 ? reg & 0xFFFFu : reg >> 16); }
+
+}  // namespace
+
+// The fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
+// g = lane / 4 and t = lane % 4:
+//   A (16×16, row): a_i of register i / 2 at row g + 8·((i / 2) % 2), column 2t + i % 2 + 8·(i / 4)
+//   B (16×8, col):  b_i of register i / 2 at row 2t + i % 2 + 8·(i / 2), column g
+//   C, D (16×8):    c_i at row g + 8·(i / 2), column 2t + i % 2
+// so A[r][k] lies in lane 4·(r % 8) + (k % 8) / 2, element 4·(k / 8) + 2·(r / 8) + k % 2, and B[k][n] in
+// lane 4·n + (k % 8) / 2, element 2·(k / 8) + k % 2. Products are exact in float (11- or 8-bit
+// significands), summed over k in order.
+void mma_m16n8k16(MmaElement elem, float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  const unsigned char* slots = warp_exchange_begin(mine, sizeof(mine), 0xffffffffu, "mma.sync");
+  auto reg = [&](int lane, int index) {  // register `index` of `lane`'s a (0–3) and b (4, 5)
+    uint32_t value;
+    std::memcpy(&value, slots + lane * kWarpSlotBytes + index * sizeof(uint32_t), sizeof(value));
+    return value;
+  };
+  auto A = [&](int r, int k) {
+    const int i = 4 * (k / 8) + 2 * (r / 8) + k % 2;
+    return element_to_float(elem, half_of(reg(4 * (r % 8) + (k % 8) / 2, i / 2), i % 2));
+  };
+  auto B = [&](int k, int n) {
+    const int i = 2 * (k / 8) + k % 2;
+    return element_to_float(elem, half_of(reg(4 * n + (k % 8) / 2, 4 + i / 2), i % 2));
+  };
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  float result[4];
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + 8 * (i / 2), n = 2 * t + i % 2;
+    float sum = c[i];
+    for (int k = 0; k < 16; ++k) sum = std::fma(A(r, k), B(k, n), sum);
+    result[i] = sum;
+  }
+  warp_exchange_end();
+  std::copy(result, result + 4, d);
+}
+
+void ldmatrix_rows(int count, const void* row_address, const unsigned char** rows) {
+  TORCH_CHECK(count == 1 || count == 2 || count == 4, "ldmatrix: .x", count, " is not .x1, .x2 or .x4");
+  const int lane = lane_id();
+  const bool gives_row = lane < 8 * count;  // the other lanes' addresses are not used
+  TORCH_CHECK(!gives_row || reinterpret_cast<uintptr_t>(row_address) % 16 == 0, "ldmatrix: lane ", lane,
+              "'s row address ", row_address, " is not 16-byte aligned");
+  const unsigned char* slots = warp_exchange_begin(&row_address, sizeof(row_address), 0xffffffffu, "ldmatrix");
+  for (int l = 0; l < 8 * count; ++l) std::memcpy(&rows[l], slots + l * kWarpSlotBytes, sizeof(rows[l]));
+  warp_exchange_end();
 }
 
 }  // namespace emulation

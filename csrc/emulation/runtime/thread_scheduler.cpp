@@ -12,7 +12,10 @@
 //   launching thread before the block  -> every thread of the block       (start_sync_)
 //   every thread before barrier k      -> every thread after barrier k    (barrier_sync_[k % 2])
 //   every thread of the block          -> launching thread after it       (end_sync_)
+//   every lane before warp barrier k   -> every lane after it             (warp_sync_[warp][k % 2])
 // Two barrier objects suffice: no thread reaches barrier k + 1 before all have passed barrier k.
+// A thread that starts to wait when every other thread still running waits too, and no barrier can open
+// (some lanes wait in a warp collective that others never reach), wakes them all to throw the error.
 //
 // Compiled only into the emulated library (tools/cuda_emulation.py defines ATTNKERN_CUDA_EMULATION): in
 // any other build this file is empty, so a glob over the sources cannot link the emulator into attnkern._C.
@@ -90,12 +93,16 @@ class Pool final : public ThreadHooks {
       IgnoreSync ignore;
       std::lock_guard<std::mutex> lock(mu_);
       body_ = launch.body;
+      name_ = launch.name;
       grid_ = launch.grid;
       block_ = launch.block;
       smem_ = smem.get();
       active_ = threads;
       barriers_.assign(threads, 0);
       error_ = nullptr;
+      warp_slots_.assign(size_t(threads) * kWarpSlotBytes, 0);
+      warp_arrived_.assign(ceil_warps(threads), 0);
+      warp_generation_.assign(ceil_warps(threads), 0);
     }
     std::string failure;
     bool error = false;
@@ -109,6 +116,8 @@ class Pool final : public ThreadHooks {
         live_ = threads;
         arrived_ = 0;
         finished_ = 0;
+        waiting_ = 0;
+        stuck_ = false;
         ++block_seq_;
         for (int t = 0; t < threads; ++t) workers_[t]->wake.notify_one();
         done_.wait(lock, [&] { return finished_ == active_; });
@@ -138,14 +147,43 @@ class Pool final : public ThreadHooks {
       IgnoreSync ignore;
       std::unique_lock<std::mutex> lock(mu_);
       if (++arrived_ == live_) {
-        release_barrier();
+        release_barrier(arrived_ - 1);
       } else {
         const uint64_t generation = barrier_generation_;
-        barrier_.wait(lock, [&] { return barrier_generation_ != generation; });
+        start_waiting();
+        barrier_.wait(lock, [&] { return barrier_generation_ != generation || stuck_; });
+        if (barrier_generation_ == generation) throw_stuck();
       }
     }
     acquire(&barrier_sync_[k % 2]);
   }
+
+  unsigned char* sync_warp() override {
+    const int warp = t_index_ / kWarpSize;
+    TORCH_CHECK((warp + 1) * kWarpSize <= active_, "emulated CUDA kernel: a warp collective in warp ", warp,
+                ", which has fewer than 32 threads (the block's last warp is partial)");
+    const int64_t k = warp_barriers_passed_++;
+    release(&warp_sync_[warp][k % 2]);
+    {
+      IgnoreSync ignore;
+      std::unique_lock<std::mutex> lock(mu_);
+      if (++warp_arrived_[warp] == kWarpSize) {
+        warp_arrived_[warp] = 0;
+        ++warp_generation_[warp];
+        waiting_ -= kWarpSize - 1;
+        warp_barrier_.notify_all();
+      } else {
+        const uint64_t generation = warp_generation_[warp];
+        start_waiting();
+        warp_barrier_.wait(lock, [&] { return warp_generation_[warp] != generation || stuck_; });
+        if (warp_generation_[warp] == generation) throw_stuck();
+      }
+    }
+    acquire(&warp_sync_[warp][k % 2]);
+    return warp_slots_.data() + size_t(warp) * kWarpSize * kWarpSlotBytes;
+  }
+
+  unsigned char* warp_slot() override { return warp_slots_.data() + size_t(t_index_) * kWarpSlotBytes; }
 
  private:
   struct Worker {
@@ -157,10 +195,36 @@ class Pool final : public ThreadHooks {
     uint64_t seen;  // the block sequence number at creation: the thread runs the blocks after it
   };
 
-  void release_barrier() {  // under mu_
+  static size_t ceil_warps(int threads) { return static_cast<size_t>((threads + kWarpSize - 1) / kWarpSize); }
+
+  void release_barrier(int waiters) {  // under mu_
     arrived_ = 0;
+    waiting_ -= waiters;
     ++barrier_generation_;
     barrier_.notify_all();
+  }
+
+  // The calling thread is about to wait (under mu_). If every thread still running waits, no barrier can
+  // open any more (a block barrier opens as its last thread arrives): some warp is stuck in a collective.
+  void start_waiting() {
+    ++waiting_;
+    check_stuck();
+  }
+
+  void check_stuck() {  // under mu_
+    if (stuck_ || live_ == 0 || waiting_ != live_) return;
+    int warp = 0;
+    while (warp < static_cast<int>(warp_arrived_.size()) && warp_arrived_[warp] == 0) ++warp;
+    stuck_warp_ = warp;
+    stuck_ = true;
+    barrier_.notify_all();
+    warp_barrier_.notify_all();
+  }
+
+  // Each thread composes the message itself: a string shared between the threads would race under TSan
+  // (the locks order nothing there, see above).
+  [[noreturn]] void throw_stuck() {  // under mu_, once stuck_
+    TORCH_CHECK(false, warp_deadlock(name_, block_idx_, stuck_warp_, "returned from the kernel or wait at __syncthreads()"));
   }
 
   // pthread_create runs outside IgnoreSync: it orders what the thread is handed (its Start, its Worker)
@@ -221,6 +285,8 @@ class Pool final : public ThreadHooks {
       }
       acquire(&start_sync_);
       barriers_passed_ = 0;
+      warp_barriers_passed_ = 0;
+      t_index_ = index;
       std::exception_ptr error;
       try {
         (*body)();
@@ -233,16 +299,19 @@ class Pool final : public ThreadHooks {
         std::lock_guard<std::mutex> lock(mu_);
         if (error && !error_) error_ = error;
         barriers_[index] = barriers_passed_;
-        if (--live_ > 0 && arrived_ == live_) release_barrier();  // the others wait for no one else
+        if (--live_ > 0 && arrived_ == live_) release_barrier(arrived_);  // the others wait for no one else
+        check_stuck();
         if (++finished_ == active_) done_.notify_one();
       }
     }
   }
 
   static thread_local int64_t barriers_passed_;  // by the calling CUDA thread, in its block
+  static thread_local int64_t warp_barriers_passed_;
+  static thread_local int t_index_;  // the calling CUDA thread's linear index in its block
 
   std::mutex mu_;
-  std::condition_variable done_, barrier_;
+  std::condition_variable done_, barrier_, warp_barrier_;
   std::vector<std::unique_ptr<Worker>> workers_;
   // The launch and block being run (under mu_).
   const std::function<void()>* body_ = nullptr;
@@ -254,11 +323,21 @@ class Pool final : public ThreadHooks {
   uint64_t barrier_generation_ = 0;
   std::vector<int64_t> barriers_;
   std::exception_ptr error_;
+  const char* name_ = "";
+  // Warp barriers (under mu_, but for the slots, which the lanes use between their two barriers).
+  std::vector<unsigned char> warp_slots_;
+  std::vector<int> warp_arrived_;
+  std::vector<uint64_t> warp_generation_;
+  int waiting_ = 0;  // threads waiting at a barrier of either kind
+  bool stuck_ = false;
+  int stuck_warp_ = 0;
   // Addresses for TSan's happens-before edges (their contents are never used).
-  char start_sync_ = 0, end_sync_ = 0, barrier_sync_[2] = {0, 0};
+  char start_sync_ = 0, end_sync_ = 0, barrier_sync_[2] = {0, 0}, warp_sync_[kWarpSize][2] = {};
 };
 
 thread_local int64_t Pool::barriers_passed_ = 0;
+thread_local int64_t Pool::warp_barriers_passed_ = 0;
+thread_local int Pool::t_index_ = 0;
 
 }  // namespace
 
