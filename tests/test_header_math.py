@@ -60,12 +60,9 @@ def close(actual: torch.Tensor, expected: torch.Tensor, **kwargs):
     torch.testing.assert_close(actual, expected.double(), rtol=1e-10, atol=1e-12, **kwargs)
 
 
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, g: torch.Generator) -> torch.Tensor:
-    return torch.randn(*shape, generator=g, dtype=torch.float64)
+def randn(*shape) -> torch.Tensor:
+    """Fresh random numbers (conftest seeds each test: ATTNKERN_TEST_SEED=N repeats a run)."""
+    return torch.randn(*shape, dtype=torch.float64)
 
 
 # ---- window_attention ----------------------------------------------------------------------------
@@ -100,12 +97,11 @@ WINDOW_CASES = [  # B, H, W, heads, d, window, shift, bias, mask
 
 @pytest.mark.parametrize("B,H,W,heads,d,window,shift,has_bias,has_mask", WINDOW_CASES)
 def test_window_attention_logits_and_gradients(driver, B, H, W, heads, d, window, shift, has_bias, has_mask):
-    g = generator(B * 1000 + H * 100 + W * 10 + shift)
     nW, N, scale = (H // window) * (W // window), window * window, 0.7
-    qkv = randn(B, H, W, 3, heads, d, g=g).requires_grad_()
-    bias = randn(heads, N, N, g=g).requires_grad_() if has_bias else None
-    mask = randn(nW, N, N, g=g) if has_mask else None
-    grad = randn(B, H, W, heads, d, g=g)
+    qkv = randn(B, H, W, 3, heads, d).requires_grad_()
+    bias = randn(heads, N, N).requires_grad_() if has_bias else None
+    mask = randn(nW, N, N) if has_mask else None
+    grad = randn(B, H, W, heads, d)
     inputs = [qkv] + ([bias] if has_bias else []) + ([mask] if has_mask else []) + [grad]
     logits, out, grad_qkv, grad_bias = driver(
         "window_attention", B, H, W, heads, d, window, shift, scale, int(has_bias), int(has_mask), *inputs,
@@ -135,12 +131,12 @@ def test_window_attention_logits_and_gradients(driver, B, H, W, heads, d, window
 # ---- covpool: the Newton–Schulz steps over the plain-loop pointer policy ----------------------------
 
 
-def matrix(n: int, g: torch.Generator, symmetric: bool) -> torch.Tensor:
+def matrix(n: int, symmetric: bool) -> torch.Tensor:
     """A covariance matrix (symmetric positive definite), as SOCA feeds the square root; or one made
     non-symmetric (the op takes any square matrix), so that a missing transpose shows."""
-    x = randn(n, 3 * n, g=g)
+    x = randn(n, 3 * n)
     a = ref.covpool(x[None])[0] + 0.1 * torch.eye(n, dtype=torch.float64)
-    return a if symmetric else a + 0.2 * randn(n, n, g=g) * a.diagonal().mean()
+    return a if symmetric else a + 0.2 * randn(n, n) * a.diagonal().mean()
 
 
 def iterate(a: torch.Tensor, steps: int):
@@ -164,8 +160,7 @@ def final(y, z):
 
 @pytest.mark.parametrize("n", [1, 4, 7])
 def test_newton_schulz_step(driver, n):
-    g = generator(n)
-    y, z = randn(n, n, g=g), randn(n, n, g=g)  # any matrices: the step is exact for all
+    y, z = randn(n, n), randn(n, n)  # any matrices: the step is exact for all
     t, y_next, z_next = driver("ns_step", n, y, z, shapes=[(n, n)] * 3)
     for actual, expected in zip((t, y_next, z_next), step(y, z)):
         close(actual, expected)
@@ -173,8 +168,7 @@ def test_newton_schulz_step(driver, n):
 
 @pytest.mark.parametrize("n", [1, 4, 7])
 def test_newton_schulz_final(driver, n):
-    g = generator(10 + n)
-    y, z = randn(n, n, g=g), randn(n, n, g=g)
+    y, z = randn(n, n), randn(n, n)
     zy, p = driver("ns_final", n, y, z, shapes=[(n, n)] * 2)
     close(zy, z @ y)
     close(p, final(y, z))
@@ -182,9 +176,8 @@ def test_newton_schulz_final(driver, n):
 
 @pytest.mark.parametrize("n", [1, 4, 7])
 def test_newton_schulz_step_backward_is_autograd(driver, n):
-    g = generator(20 + n)
-    y, z = randn(n, n, g=g).requires_grad_(), randn(n, n, g=g).requires_grad_()
-    gy_next, gz_next = randn(n, n, g=g), randn(n, n, g=g)
+    y, z = randn(n, n).requires_grad_(), randn(n, n).requires_grad_()
+    gy_next, gz_next = randn(n, n), randn(n, n)
     t, y_next, z_next = step(y, z)
     t.retain_grad()
     torch.autograd.backward([y_next, z_next], [gy_next, gz_next])
@@ -197,9 +190,8 @@ def test_newton_schulz_step_backward_is_autograd(driver, n):
 @pytest.mark.parametrize("n,steps,symmetric", [(1, 0, True), (4, 0, False), (5, 2, True), (5, 2, False), (7, 4, False)])
 def test_newton_schulz_final_backward_is_autograd(driver, n, steps, symmetric):
     # The final step's gradient uses Z·Y = Y·Z, true of the iterates (both are polynomials in A).
-    g = generator(30 + n)
-    y, z = (m.requires_grad_() for m in iterate(matrix(n, g, symmetric), steps))
-    gp = randn(n, n, g=g)
+    y, z = (m.requires_grad_() for m in iterate(matrix(n, symmetric), steps))
+    gp = randn(n, n)
     final(y, z).backward(gp)
     gy, gz = driver("ns_final_backward", n, y, z, gp, shapes=[(n, n)] * 2)
     close(gy, y.grad)
@@ -209,9 +201,8 @@ def test_newton_schulz_final_backward_is_autograd(driver, n, steps, symmetric):
 @pytest.mark.parametrize("n,iters,symmetric", [(1, 1, True), (3, 1, False), (3, 2, True), (6, 5, True), (6, 5, False),
                                                (9, 8, False)])
 def test_sqrtm_and_its_gradient_match_the_reference(driver, n, iters, symmetric):
-    g = generator(40 + n * iters)
-    a = matrix(n, g, symmetric).requires_grad_()
-    grad = randn(n, n, g=g)
+    a = matrix(n, symmetric).requires_grad_()
+    grad = randn(n, n)
     out, grad_a = driver("sqrtm", n, iters, a, grad, shapes=[(n, n)] * 2)
     expected = ref.sqrtm_newton_schulz(a[None], iters)[0]
     close(out, expected)
@@ -262,9 +253,8 @@ CONV_CASES = [  # Cin, H, W, Cout, kh, kw, stride, pad, dilation
 
 @pytest.mark.parametrize("Cin,H,W,Cout,kh,kw,stride,pad,dilation", CONV_CASES)
 def test_tap_walk_and_conv_entry_are_unfold_and_conv2d(driver, Cin, H, W, Cout, kh, kw, stride, pad, dilation):
-    g = generator(Cin * H * W + Cout)
     Ho, Wo = (out_size(s, k, st, p, d) for s, k, st, p, d in zip((H, W), (kh, kw), stride, pad, dilation))
-    x, filters = randn(Cin, H, W, g=g), randn(Cout, Cin, kh, kw, g=g)
+    x, filters = randn(Cin, H, W), randn(Cout, Cin, kh, kw)
     K = Cin * kh * kw
     sources, out = driver("conv", Cin, H, W, Cout, kh, kw, Ho, Wo, *stride, *pad, *dilation, x, filters,
                           shapes=[(Ho * Wo, K), (Cout, Ho, Wo)])
@@ -275,9 +265,8 @@ def test_tap_walk_and_conv_entry_are_unfold_and_conv2d(driver, Cin, H, W, Cout, 
 
 
 def test_region_selection_and_guide_gradient_match_the_reference(driver):
-    g = generator(50)
     R, C, P = 4, 3, 6
-    guide, outputs, grad = randn(R, P, g=g), randn(R, C, P, g=g), randn(C, P, g=g)
+    guide, outputs, grad = randn(R, P), randn(R, C, P), randn(C, P)
     guide[2, 1] = guide[0, 1] = guide[:, 1].max() + 1  # a tie: the first maximum is selected
     guide.requires_grad_()
     outputs.requires_grad_()
@@ -300,10 +289,9 @@ def test_region_selection_counts_nan_as_the_maximum(driver):
 
 @pytest.mark.parametrize("C,H,W", [(3, 4, 5), (2, 1, 6), (1, 5, 1), (4, 3, 3)])
 def test_criss_cross_entries(driver, C, H, W):
-    g = generator(60 + C * H * W)
     P = H + W - 1
-    q, k, v, grad = (randn(C, H, W, g=g) for _ in range(4))
-    attn = randn(P, H, W, g=g)
+    q, k, v, grad = (randn(C, H, W) for _ in range(4))
+    attn = randn(P, H, W)
     energy, out, adjoint = driver("criss_cross", C, H, W, q, k, v, grad, attn, shapes=[(P, H, W), (C, H, W), (C, H, W)])
     # The affinity as two einsums: the whole row, then the column without the pixel itself.
     row = torch.einsum("chw,chx->xhw", q, k)
@@ -319,9 +307,8 @@ def test_criss_cross_entries(driver, C, H, W):
 
 
 def test_criss_cross_softmax_weights_and_gradient(driver):
-    g = generator(70)
-    energy = (3 * randn(9, g=g)).requires_grad_()
-    grad_weight = randn(9, g=g)
+    energy = (3 * randn(9)).requires_grad_()
+    grad_weight = randn(9)
     weight, energy_grad = driver("criss_cross_softmax", 9, energy, grad_weight, shapes=[(9,), (9,)])
     expected = energy.softmax(0)
     close(weight, expected)
