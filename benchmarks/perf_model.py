@@ -446,8 +446,8 @@ def sqrtm_fits_one_block(n: int) -> bool:  # covpool_cuda.cu: sqrtm_fits_one_blo
 
 
 def product_wavefronts(n: int, a: Tuple[str, bool], b: Tuple[str, bool]) -> float:
-    """L1/shared wavefronts of one k-step of product_entry (covpool_cuda.cu) for a warp of block_product's
-    element loop (lanes e → i = e / n, j = e % n), averaged over the warps of the first 256 elements.
+    """L1/shared wavefronts of one k-step of product_entry (covpool.h's SquareProducts, on a CUDA block in
+    covpool_cuda.cu) for a warp of its product's element loop (lanes e → i = e / n, j = e % n), averaged over the warps of the first 256 elements.
     Operands: (where, transposed), where 'shared' (the block's matrices) or 'global' (saved iterates)."""
     total, warps = 0.0, max(1, min(8, warps_of(n * n)))
     for w in range(warps):
@@ -461,7 +461,7 @@ def product_wavefronts(n: int, a: Tuple[str, bool], b: Tuple[str, bool]) -> floa
 
 
 def block_products(n: int, matrices: int, products: Sequence[Tuple[Tuple[str, bool], Tuple[str, bool]]]) -> dict:
-    """Counts of `products` n×n block products (block_product / product_entry) for `matrices` CTAs."""
+    """Counts of `products` n×n block products (SquareProducts::product / product_entry) for `matrices` CTAs."""
     wi = matrices * 8 * ceil_div(n * n, SQRTM_THREADS)  # warp-iterations of the element loop
     lsu = sum(product_wavefronts(n, a, b) for a, b in products) * n * wi + len(products) * wi
     return dict(ffma=len(products) * wi * n, mem=len(products) * wi * (2 * n + 2), lsu=lsu,
@@ -487,8 +487,9 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     from global memory (L1), Y_f, Z_f, Y_k, Z_k, T_k transposed where the reverse step needs it."""
     nn, S, ST, G, GT = n * n, ("shared", False), ("shared", True), ("global", False), ("global", True)
     prologue = [(G, G), (G, S), (S, ST), (ST, S), (GT, S), (S, GT)]
-    step = [(GT, S), (S, GT), (S, GT), (GT, S), (GT, S), (S, GT)]
-    products = prologue + step * (iters - 1)
+    step = [(GT, S), (S, GT), (S, GT), (GT, S), (GT, S), (S, GT)]  # gT, gY, gZ: two products each
+    steps = step * (iters - 1)
+    products = prologue + steps[:-2]  # the last step reversed (k = 0) computes no gZ: Z₀ = I
     c = block_products(n, B, products)
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
     iterates = (3 * iters - 1) * nn * 4 * B

@@ -3,9 +3,10 @@
 //   covpool           row means, then a tiled Xc·Xcᵀ that centres tiles as it loads them and
 //                     computes only the tiles on or above the diagonal (mirroring the rest).
 //   covpool_backward  (G + Gᵀ)/M times Xc, tiled, centring on load.
-//   sqrtm             one block per matrix: every Newton–Schulz iteration, forward and backward,
-//                     in shared memory; matrices too large for it go through batched GEMM
-//                     (sqrtm_batched_*, cuBLAS underneath).
+//   sqrtm             one block per matrix: every Newton–Schulz step of covpool.h, forward and
+//                     backward, in shared memory (BlockProducts: each product's entries spread over
+//                     the block's threads); matrices too large for it go through batched GEMM
+//                     (sqrtm_batched_*: the same steps over at::bmm, cuBLAS underneath).
 //   triuvec           a gather and its scatter.
 // All accumulation is in at::opmath_type (float for half/bfloat16/float, double for double).
 #include <ATen/ATen.h>
@@ -105,40 +106,16 @@ __global__ void covpool_backward_kernel(const acc_t* __restrict__ sym, const sca
 
 // ---- Newton–Schulz in one block ------------------------------------------------------------
 
-// op(A)[i, k]·op(B)[k, j] summed over k, for n×n row-major matrices; op = transpose when flagged.
-template <typename acc_t>
-__device__ __forceinline__ acc_t product_entry(const acc_t* A, bool trans_a, const acc_t* B, bool trans_b,
-                                               int n, int i, int j) {
-  acc_t sum = 0;
-  for (int k = 0; k < n; ++k) {
-    const acc_t a = trans_a ? A[k * n + i] : A[i * n + k];
-    const acc_t b = trans_b ? B[j * n + k] : B[k * n + j];
-    sum += a * b;
-  }
-  return sum;
-}
-
-// out = alpha·op(A)·op(B) + beta·add (add may be null) + diag·I, all n×n; out must not alias
-// A or B. Ends with a barrier.
-template <typename acc_t>
-__device__ void block_product(acc_t* out, const acc_t* A, bool trans_a, const acc_t* B, bool trans_b,
-                              int n, acc_t alpha, const acc_t* add = nullptr, acc_t beta = 0,
-                              acc_t diag = 0) {
-  for (int e = threadIdx.x; e < n * n; e += blockDim.x) {
-    const int i = e / n, j = e % n;
-    acc_t value = alpha * product_entry(A, trans_a, B, trans_b, n, i, j);
-    if (add != nullptr) value += beta * add[e];
-    if (i == j) value += diag;
-    out[e] = value;
-  }
-  __syncthreads();
-}
+// The steps of covpool.h on one n×n matrix, each product's entries spread over the block's threads
+// (every thread of the block calls each product; it returns after a barrier).
+struct BlockLanes {
+  __device__ static int first() { return threadIdx.x; }
+  __device__ static int stride() { return blockDim.x; }
+  __device__ static void sync() { __syncthreads(); }
+};
 
 template <typename acc_t>
-__device__ void block_copy(acc_t* dst, const acc_t* src, int n) {
-  for (int e = threadIdx.x; e < n * n; e += blockDim.x) dst[e] = src[e];
-  __syncthreads();
-}
+using BlockProducts = SquareProducts<acc_t, BlockLanes>;
 
 // Loads a[b] into Y and returns its trace (0 when the matrix is to be skipped).
 template <typename scalar_t, typename acc_t>
@@ -151,35 +128,36 @@ __device__ acc_t load_matrix(const scalar_t* a, acc_t* Y, int n, acc_t* scratch)
   return block_sum(diag, scratch);  // includes the barrier after the loads
 }
 
+template <typename acc_t>
+__device__ void store_matrix(acc_t* dst, const acc_t* src, int n) {
+  for (int e = threadIdx.x; e < n * n; e += blockDim.x) dst[e] = src[e];
+}
+
 // Runs the iteration from Y = A = a/t, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work
 // space). With `iterates` non-null (this matrix's first slot; slots are `slot_stride` apart, the
 // layout of covpool.h), stores Yₖ, Zₖ, Tₖ (k < f) and Y_f, Z_f.
 template <typename acc_t>
 __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W, int n, int iters,
                                       acc_t* iterates, int64_t slot_stride) {
-  const int nn = n * n;
+  const BlockProducts<acc_t> m{n};
   for (int k = 0; k + 1 < iters; ++k) {
-    block_product(T, Z, false, Y, false, n, acc_t(-kHalf), static_cast<const acc_t*>(nullptr), acc_t(0),
-                  acc_t(kThreeHalves));
-    if (iterates != nullptr) {
-      acc_t* slot = iterates + 3 * k * slot_stride;
-      for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-        slot[e] = Y[e];
-        slot[slot_stride + e] = Z[e];
-        slot[2 * slot_stride + e] = T[e];
-      }
+    // Yₖ and Zₖ are stored before the step (whose first product reads them and writes T only), Tₖ after
+    // it, with a barrier before the next step writes T again.
+    acc_t* slot = iterates != nullptr ? iterates + 3 * k * slot_stride : nullptr;
+    if (slot != nullptr) {
+      store_matrix(slot, Y, n);
+      store_matrix(slot + slot_stride, Z, n);
     }
-    block_product(W, Y, false, T, false, n, acc_t(1));  // Y' = Y·T
-    acc_t* tmp = Y; Y = W; W = tmp;
-    block_product(W, T, false, Z, false, n, acc_t(1));  // Z' = T·Z
-    tmp = Z; Z = W; W = tmp;
+    newton_schulz_step_in_place(m, Y, Z, T, W);
+    if (slot != nullptr) {
+      store_matrix(slot + 2 * slot_stride, T, n);
+      __syncthreads();
+    }
   }
   if (iterates != nullptr) {
     acc_t* slot = iterates + 3 * (iters - 1) * slot_stride;
-    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-      slot[e] = Y[e];
-      slot[slot_stride + e] = Z[e];
-    }
+    store_matrix(slot, Y, n);
+    store_matrix(slot + slot_stride, Z, n);
     __syncthreads();
   }
 }
@@ -210,13 +188,9 @@ __global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* _
   __syncthreads();
   newton_schulz_iterate(Y, Z, T, W, n, iters, iterates == nullptr ? iterates : iterates + offset,
                         static_cast<int64_t>(gridDim.x) * nn);
-  block_product(T, Z, false, Y, false, n, acc_t(1));  // T = Z·Y
+  newton_schulz_final(BlockProducts<acc_t>{n}, Y, Z, /*zy=*/T, /*p=*/W);
   const acc_t scale = sqrt(t);
-  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-    const int i = e / n, j = e % n;
-    const acc_t p = acc_t(kThreeHalves) * Y[e] - acc_t(kHalf) * product_entry(Y, false, T, false, n, i, j);
-    out[offset + e] = static_cast<scalar_t>(p * scale);
-  }
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) out[offset + e] = static_cast<scalar_t>(W[e] * scale);
 }
 
 // Backward of sqrtm_forward_kernel, one block per matrix. `iterates_all` holds the forward's saved
@@ -246,59 +220,30 @@ __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const s
     acc_t *Y = b0, *Z = b1, *T = b2, *W = b3;
     newton_schulz_iterate(Y, Z, T, W, n, iters, iterates, slot_stride);
   }
+  const BlockProducts<acc_t> m{n};
   const acc_t* Yf = iterates + 3 * (iters - 1) * slot_stride;
   const acc_t* Zf = Yf + slot_stride;
   const acc_t s = sqrt(t);
 
-  // ZY = Z_f·Y_f; Gp = G·√t; ⟨G, P⟩ with P = 1.5·Y_f − ½·Y_f·ZY.
+  // The final step P = 1.5·Y_f − ½·Y_f·(Z_f·Y_f) (P in gY's matrix until gY is written), ⟨G, P⟩,
+  // Gp = ∂L/∂P = G·√t, and the final step's gradient.
   acc_t *ZY = b0, *Gp = b1, *gY = b2, *gZ = b3;
-  block_product(ZY, Zf, false, Yf, false, n, acc_t(1));
+  newton_schulz_final(m, Yf, Zf, ZY, /*p=*/gY);
   acc_t g_dot_p = 0;
   for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-    const int i = e / n, j = e % n;
     const acc_t g = static_cast<acc_t>(grad[offset + e]);
-    const acc_t p = acc_t(kThreeHalves) * Yf[e] - acc_t(kHalf) * product_entry(Yf, false, ZY, false, n, i, j);
-    g_dot_p += g * p;
+    g_dot_p += g * gY[e];
     Gp[e] = g * s;
   }
-  g_dot_p = block_sum(g_dot_p, scratch);
+  g_dot_p = block_sum(g_dot_p, scratch);  // its barriers end the reads of P
+  newton_schulz_final_backward(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
 
-  // gY = 1.5·Gp − ½(Gp·ZYᵀ + ZYᵀ·Gp);  gZ = −½·Y_fᵀ·Gp·Y_fᵀ.
-  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-    const int i = e / n, j = e % n;
-    gY[e] = acc_t(kThreeHalves) * Gp[e] -
-            acc_t(kHalf) * (product_entry(Gp, false, ZY, true, n, i, j) + product_entry(ZY, true, Gp, false, n, i, j));
-  }
-  __syncthreads();
-  block_product(ZY, Yf, true, Gp, false, n, acc_t(1));  // ZY is free: reuse it for Y_fᵀ·Gp
-  block_product(gZ, ZY, false, Yf, true, n, acc_t(-kHalf));
-
-  // Reverse each step Y' = Y·T, Z' = T·Z with T = 1.5·I − ½·Z·Y:
-  //   gT = Yᵀ·gY' + gZ'·Zᵀ,  gY = gY'·Tᵀ − ½·Zᵀ·gT,  gZ = Tᵀ·gZ' − ½·gT·Yᵀ.
+  // Reverse the steps (Z₀ = I needs no gradient).
   acc_t *gT = b0, *spare = b1;
   for (int k = iters - 2; k >= 0; --k) {
     const acc_t* Yk = iterates + 3 * k * slot_stride;
-    const acc_t* Zk = Yk + slot_stride;
-    const acc_t* Tk = Yk + 2 * slot_stride;
-    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-      const int i = e / n, j = e % n;
-      gT[e] = product_entry(Yk, true, gY, false, n, i, j) + product_entry(gZ, false, Zk, true, n, i, j);
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-      const int i = e / n, j = e % n;
-      spare[e] = product_entry(gY, false, Tk, true, n, i, j) - acc_t(kHalf) * product_entry(Zk, true, gT, false, n, i, j);
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < nn; e += blockDim.x) {  // gY's old value is no longer read
-      const int i = e / n, j = e % n;
-      gY[e] = product_entry(Tk, true, gZ, false, n, i, j) - acc_t(kHalf) * product_entry(gT, false, Yk, true, n, i, j);
-    }
-    __syncthreads();
-    acc_t* new_gZ = gY;
-    gY = spare;
-    spare = gZ;
-    gZ = new_gZ;
+    newton_schulz_step_backward_in_place(m, Yk, Yk + slot_stride, Yk + 2 * slot_stride, gY, gZ, gT, spare,
+                                         /*z_grad=*/k > 0);
   }
 
   // gY = ∂L/∂A; A = Y₀ is the first stored iterate.

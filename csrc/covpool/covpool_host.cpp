@@ -83,6 +83,36 @@ namespace {
 
 at::Tensor slot(const at::Tensor& iterates, int64_t k, int64_t which) { return iterates.select(0, 3 * k + which); }
 
+// covpool.h's matrix-product policy over batches [B, n, n]: each product is one at::bmm_out or
+// at::baddbmm_out into a matrix allocated beforehand (nothing is allocated per product).
+struct BatchedProducts {
+  using Scalar = double;
+  using Matrix = at::Tensor;
+  using Operand = at::Tensor;
+
+  at::Tensor eye;  // [B, n, n], an expanded view (only the forward step reads it)
+
+  at::Tensor transposed(const at::Tensor& x) const { return x.transpose(1, 2); }
+  const at::Tensor& identity() const { return eye; }
+
+  void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, double alpha,
+               const at::Tensor& c = at::Tensor(), double beta = 0) const {
+    if (!c.defined()) {
+      at::bmm_out(out, a, b);
+      if (alpha != 1) out.mul_(alpha);
+    } else if (c.is_same(out)) {
+      out.baddbmm_(a, b, beta, alpha);
+    } else {
+      at::baddbmm_out(out, c, a, b, beta, alpha);
+    }
+  }
+};
+
+// n×n matrices of a's batch, `count` of them in one allocation.
+std::vector<at::Tensor> batch_matrices(const at::Tensor& a, int64_t count) {
+  return at::empty({count, a.size(0), a.size(1), a.size(2)}, a.options()).unbind(0);
+}
+
 // Each matrix's trace t, with 1 in place of 0 (whose result is then set to 0), and where it was 0.
 struct Trace {
   at::Tensor value;  // [B]
@@ -95,39 +125,38 @@ Trace safe_trace(const at::Tensor& a) {
   return {at::where(zero, at::ones_like(trace), trace), zero};
 }
 
-// The trace-normalised iteration up to Y_f, Z_f (written into `iterates` when it is non-empty).
+// The trace-normalised iteration up to Y_f, Z_f: in the slots of `iterates` when it is non-empty,
+// else in four matrices that take turns.
 struct Iteration {
   Trace trace;
-  at::Tensor eye;  // [B, C, C]
+  BatchedProducts products;
   at::Tensor Yf, Zf;
 };
 
 Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& iterates) {
-  Iteration it;
-  const bool keep = iterates.numel() > 0;
   const int64_t batch = a.size(0), n = a.size(1);
-  it.trace = safe_trace(a);
-  it.eye = at::eye(n, a.options()).expand({batch, n, n});
-  auto Y = a / it.trace.value.view({-1, 1, 1});
-  auto Z = it.eye;
-  if (keep) {
-    Y = slot(iterates, 0, 0).copy_(Y);
-    Z = slot(iterates, 0, 1).copy_(Z);
-  }
-  for (int64_t k = 0; k + 1 < iters; ++k) {
-    if (keep) {
-      auto T = slot(iterates, k, 2), Y_next = slot(iterates, k + 1, 0), Z_next = slot(iterates, k + 1, 1);
-      at::baddbmm_out(T, it.eye, Z, Y, kThreeHalves, -kHalf);
-      Y = at::bmm_out(Y_next, Y, T);
-      Z = at::bmm_out(Z_next, T, Z);
-    } else {
-      auto T = at::baddbmm(it.eye, Z, Y, kThreeHalves, -kHalf);
-      Y = at::bmm(Y, T);
-      Z = at::bmm(T, Z);
+  Iteration it{safe_trace(a), {at::eye(n, a.options()).expand({batch, n, n})}, {}, {}};
+  const BatchedProducts& m = it.products;
+  auto A = a / it.trace.value.view({-1, 1, 1});
+  if (iterates.numel() > 0) {
+    slot(iterates, 0, 0).copy_(A);
+    slot(iterates, 0, 1).copy_(m.eye);
+    for (int64_t k = 0; k + 1 < iters; ++k) {
+      newton_schulz_step(m, slot(iterates, k, 0), slot(iterates, k, 1), slot(iterates, k, 2),
+                         slot(iterates, k + 1, 0), slot(iterates, k + 1, 1));
     }
+    it.Yf = slot(iterates, iters - 1, 0);
+    it.Zf = slot(iterates, iters - 1, 1);
+  } else if (iters == 1) {
+    it.Yf = A;
+    it.Zf = m.eye;
+  } else {
+    auto work = batch_matrices(a, 3);
+    at::Tensor Y = A, Z = work[0].copy_(m.eye), T = work[1], W = work[2];
+    for (int64_t k = 0; k + 1 < iters; ++k) newton_schulz_step_in_place(m, Y, Z, T, W);
+    it.Yf = Y;
+    it.Zf = Z;
   }
-  it.Yf = Y;
-  it.Zf = Z;
   return it;
 }
 
@@ -139,7 +168,9 @@ std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a_in,
   auto iterates = save_iterates ? iterates_alloc(a_in, iters) : iterates_empty(a_in);
   if (a.numel() == 0) return {at::empty_like(a_in), iterates};
   auto it = run_iteration(a, iters, iterates);
-  auto P = at::baddbmm(it.Yf, it.Yf, at::bmm(it.Zf, it.Yf), kThreeHalves, -kHalf);
+  auto work = batch_matrices(a, 2);
+  const at::Tensor &ZY = work[0], &P = work[1];
+  newton_schulz_final(it.products, it.Yf, it.Zf, ZY, P);
   auto out = P * it.trace.value.sqrt().view({-1, 1, 1});
   out.masked_fill_(it.trace.zero.view({-1, 1, 1}), 0);
   return {out.to(a_in.scalar_type()), iterates};
@@ -157,33 +188,27 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   auto iterates = recompute ? iterates_alloc(a_in, iters) : saved;
   const auto [trace, zero_trace] = recompute ? run_iteration(a, iters, iterates).trace : safe_trace(a);
   const int64_t f = iters - 1;
-  auto sqrt_t = trace.sqrt().view({-1, 1, 1});
+  const BatchedProducts m{};
 
-  // Final step P = 1.5·Y − ½·Y·(Z·Y): Z·Y = Y·Z (both are polynomials in A).
+  // The final step P = 1.5·Y − ½·Y·(Z·Y) and its gradient, from Gp = ∂L/∂P = G·√t.
+  auto work = batch_matrices(a, 4);
+  at::Tensor ZY = work[0], P = work[1], gY = work[2], gZ = work[3];
   auto Yf = slot(iterates, f, 0);
-  auto ZY = at::bmm(slot(iterates, f, 1), Yf);
-  auto P = at::baddbmm(Yf, Yf, ZY, kThreeHalves, -kHalf);
-  auto Gp = G * sqrt_t;
-  auto ZYt = ZY.transpose(1, 2);
-  auto Yft = Yf.transpose(1, 2);
-  auto gY = at::baddbmm(Gp * kThreeHalves, Gp, ZYt, 1, -kHalf).baddbmm_(ZYt, Gp, 1, -kHalf);
-  auto gZ = at::bmm(at::bmm(Yft, Gp), Yft).mul_(-kHalf);
+  newton_schulz_final(m, Yf, slot(iterates, f, 1), ZY, P);
+  auto G_dot_P = (G * P).sum({1, 2});
+  auto Gp = G * trace.sqrt().view({-1, 1, 1});
+  newton_schulz_final_backward(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
 
-  // Reverse the steps Y' = Y·T, Z' = T·Z, T = 1.5·I − ½·Z·Y.
+  // Reverse the steps (Z₀ = I needs no gradient).
+  at::Tensor gT = ZY, spare = P;
   for (int64_t k = f - 1; k >= 0; --k) {
-    auto Yt = slot(iterates, k, 0).transpose(1, 2);
-    auto Zt = slot(iterates, k, 1).transpose(1, 2);
-    auto Tt = slot(iterates, k, 2).transpose(1, 2);
-    auto gT = at::bmm(Yt, gY).baddbmm_(gZ, Zt);
-    auto gY_prev = at::bmm(gY, Tt).baddbmm_(Zt, gT, 1, -kHalf);
-    if (k > 0) gZ = at::bmm(Tt, gZ).baddbmm_(gT, Yt, 1, -kHalf);  // Z₀ = I: no gradient needed
-    gY = gY_prev;
+    newton_schulz_step_backward_in_place(m, slot(iterates, k, 0), slot(iterates, k, 1), slot(iterates, k, 2), gY, gZ,
+                                         gT, spare, /*z_grad=*/k > 0);
   }
 
   // gY is now ∂L/∂A.
   auto A = slot(iterates, 0, 0);
   auto gA_dot_A = (gY * A).sum({1, 2});
-  auto G_dot_P = (G * P).sum({1, 2});
   auto coef = trace_grad_coefficient(gA_dot_A, G_dot_P, trace);
   auto grad = gY / trace.view({-1, 1, 1});
   grad.diagonal(0, 1, 2).add_(coef.view({-1, 1}));

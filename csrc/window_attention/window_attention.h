@@ -81,10 +81,21 @@ ATTNKERN_HD inline acc_t logit_offset(const bias_t* bias, const mask_t* mask, co
   return offset;
 }
 
-// dS_ij = P_ij·(dP_ij − D_i): the softmax backward of one logit.
+// dS_ij = P_ij·(dP_ij − D_i): the softmax backward of one logit, into ds. T is acc_t, or a vector type
+// of common/cpu_vec.h (the CPU kernels: logits of one row, a lane each). Vectors pass by reference: this
+// header is compiled for the baseline instruction set, and a function of it that took or returned an
+// AVX vector by value would have another ABI than its AVX callers (GCC's -Wpsabi); always inlined, it
+// is the caller's instructions either way.
+template <typename T>
+ATTNKERN_HD inline void logit_grad(T& ds, const T& p, const T& dp, const T& d_i) {
+  ds = p * (dp - d_i);
+}
+
 template <typename acc_t>
 ATTNKERN_HD inline acc_t logit_grad(acc_t p, acc_t dp, acc_t d_i) {
-  return p * (dp - d_i);
+  acc_t ds;
+  logit_grad(ds, p, dp, d_i);
+  return ds;
 }
 
 // How many window groups the backward splits the B·nW windows into: one block/task per (group, head)

@@ -10,7 +10,7 @@
 // (queries) by Lp columns (keys, padded to whole vectors; the padding holds −inf logits, so zero
 // probabilities), with channel rows padded to dp:
 //   S = bias + offset + (scale·Q)·Kᵀ,   P = exp(S − m_i) / l_i,   O = P·V                 (forward)
-//   P = exp(S − lse_i),  dP = dO·Vᵀ,  dS = P ⊙ (dP − D_i),
+//   P = exp(S − lse_i),  dP = dO·Vᵀ,  dS = P ⊙ (dP − D_i) (logit_grad, a vector at a time),
 //   dQ = scale·dS·K,  dK = dSᵀ·(scale·Q),  dV = Pᵀ·dO,  dbias += dS                      (backward)
 
 namespace attnkern {
@@ -242,7 +242,9 @@ void backward_windows(const Operands<scalar_t, acc_t>& op, int64_t group, int64_
         for (int64_t j = 0; j < Lp; j += L) {
           const vec::Vec<acc_t> prob = vec::exp(vec::load(p_row + j) - lse_i);
           vec::store(p_row + j, prob);
-          vec::store(ds_row + j, prob * (vec::load(ds_row + j) - delta_i));
+          vec::Vec<acc_t> grad;
+          logit_grad(grad, prob, vec::load(ds_row + j), delta_i);
+          vec::store(ds_row + j, grad);
         }
         if (grad_bias != nullptr) {
           acc_t* bias_row = grad_bias + (h * N + i) * N;
