@@ -68,10 +68,10 @@ ROUTES: Dict[str, Route] = {
     # covariance kernel); 1.6× / 1.1× at SAN training 16×64×48×48, 2.0–2.9× at iSQRT-COV and YOLO P5.
     "covpool": Route(True, "centred x·xᵀ by torch.bmm (reference.covpool)",
                      "fwd 45.6× (1×64×200×200), 1.6× / bwd 1.1× (16×64×48×48), 2.0–2.9× elsewhere"),
-    # The backward loses 8.3× (16×64×64) and 8.5× (1×64×64): one CTA per matrix, bank-conflicted
+    # The backward loses 7.7× (16×64×64) and 7.9× (1×64×64): one CTA per matrix, bank-conflicted
     # transposed products. The forward wins (0.84–0.96×): inference keeps the kernel.
     "sqrtm_newton_schulz": Route(True, "Newton–Schulz iterations of torch.bmm (reference.sqrtm_newton_schulz)",
-                                 "bwd 8.3× (16×64×64), 8.5× (1×64×64); fwd 0.84–0.96×", with_grad=True),
+                                 "bwd 7.7× (16×64×64), 7.9× (1×64×64); fwd 0.84–0.96×", with_grad=True),
     # 0.60–0.94×, bwd 1.07× at YOLO P5: keep.
     "triuvec": Route(False, model="0.60–0.94×; bwd 1.07× at 8×1024×1024"),
     # The fused kernel loses everywhere: 25.1× / 27.8× at the CCNet head 2×512×97×97, 4.3× / 4.2× at
