@@ -72,6 +72,7 @@ LAUNCH = 4e-6
 DIV64, DIV32, EXP_ALU = 25, 15, 8
 PLAIN_GEMM_EFF, PLAIN_CONV_EFF, PLAIN_SDPA_EFF, PLAIN_BW_EFF = 0.7, 0.4, 0.35, 0.8
 REGS_UNKNOWN = 32  # assumed when the ptxas output has no entry for a kernel
+SMS_SM90 = 132  # what host code that sizes grids by the SM count sees on an H100/H200
 # mma.sync.m16n8k16: 16·8·16 multiply-adds. On sm_90 the warp-level mma.sync (not wgmma) reaches about 60 % of
 # the dense tensor-core peak.
 MMA_FLOPS, MMA_SYNC_EFF = 2 * 16 * 8 * 16, 0.6
@@ -961,6 +962,68 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                        f"{vec * elem}-byte copies")
 
 
+def mma_backward_groups(windows: int, heads: int) -> int:  # window_attention_mma_backward.cuh
+    wanted = min(windows, max(64, ceil_div(8 * SMS_SM90, heads)))
+    return ceil_div(windows, ceil_div(windows, wanted)) if wanted else 0
+
+
+def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
+    """window_attention_mma_backward.cuh: min(B·nW, max(64, 8·SMs/heads))·heads CTAs of Np/16 warps, each
+    walking its windows: per window q, k, v, dO loaded (vec-element copies), D per token (a thread per token
+    over d), then per warp S and dP (mma), P, dS, the bias gradient in shared memory, P and dS tiles, dq
+    (mma), and over keys dv, dk (mma, transposed A fragments); dq, dk, dv staged in shared memory and copied
+    out in vec-element copies."""
+    N, windows = g.N, B * g.nW
+    groups = mma_backward_groups(windows, heads)
+    ctas, per_cta = groups * heads, ceil_div(windows, groups)
+    Np, dp = ceil_div(N, 16) * 16, ceil_div(d, 16) * 16
+    warps = Np // 16
+    vec = next(v for v in (8, 4, 2, 1) if d % v == 0)
+    load_warps = ceil_div(Np * dp // vec, 32)
+    pix = [g.pixel(g.nW // 2, t) for t in range(N)]
+    chunks = dp // vec
+    lanes = [[(pix[min(e // chunks, N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
+             for s in range(0, Np * chunks, 32)]
+    q_lines, q_sectors = mean_access(lanes, elem * vec)
+    token_warps = ceil_div(Np, 32)
+    o_lines, _ = mean_access([[(pix[min(t, N - 1)] * heads) * d for t in range(s, s + 32)] for s in range(0, Np, 32)],
+                             elem)
+    load = dict(alu=load_warps * 4 * (DIV32 + 16) + token_warps * (d * 4 + 30) + warps * 40,
+                mem=load_warps * 4 * 2 + token_warps * (2 * d + 4) + 3 * warps,
+                lsu=load_warps * 4 * (q_lines + vec * elem // 4) + token_warps * d * (1 + o_lines) + 3 * warps,
+                l2=load_warps * 4 * q_sectors * 32 + Np * d * elem, gld=load_warps * 4 + token_warps * (d + 1))
+    hmma = warps * 5 * Np * dp // 128
+    ldsm = warps * (2 * dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8 + 2 * Np // 16 * (1 + dp // 8))
+    ldsm_lsu = warps * (2 * dp // 16 * (4 + 2 * Np // 8) + 2 * Np // 16 * dp // 8 + 2 * Np // 16 * (4 + 2 * dp // 8))
+    elements = warps * Np // 2
+    region = 2 if g.shift else 0
+    elementwise = dict(alu=elements * (30 + EXP_ALU), mem=elements * (6 + region), mufu=elements,
+                       lsu=elements * (6 + region))
+    pack = 2 * (Np // 16) * 4 * 2 * warps
+    staged = warps * 3 * (dp // 8) * 4  # 2-byte shared stores of dq, dk, dv
+    out_warps = 3 * ceil_div(N * d // vec, 32)  # then vec-element copies out
+    out_lines = 32 * vec * elem / 128
+    out = dict(alu=staged * 4 + out_warps * (DIV32 + 12), mem=staged + 2 * out_warps,
+               lsu=staged * 2 + out_warps * (vec * elem // 4 + out_lines),
+               l2=3 * N * d * elem, gld=out_warps)
+    window = {k: load.get(k, 0) + elementwise.get(k, 0) + out.get(k, 0) for k in ("alu", "mem", "lsu", "l2", "gld")}
+    window["alu"] += pack + hmma
+    window["mem"] += ldsm
+    window["lsu"] += ldsm_lsu
+    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + ceil_div(N * N * 2, 16) * 16 \
+        + N * N * 4 + Np * 8 + Np * 12
+    pixels = B * g.H * g.W
+    return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,
+                  flops=10.0 * windows * heads * N * N * d,
+                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,
+                  hmma=ctas * per_cta * hmma, alu=ctas * per_cta * window["alu"],
+                  mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * per_cta * window["mem"],
+                  lsu=ctas * per_cta * window["lsu"], l2=ctas * per_cta * window["l2"],
+                  gld=ctas * per_cta * window["gld"], ilp=2, phased=True,
+                  note=f"{ctas} CTAs of {warps} warps ({per_cta} windows each), {hmma} mma.sync a window; "
+                       f"dq, dk, dv stored from the accumulators")
+
+
 def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_cuda.cu: window_attention_backward_cuda — min(B·nW, 64)·heads CTAs, each walking its
     windows; rows pass (dq, bias gradient RMW in global memory), then columns pass (dk, dv); dS recomputed."""
@@ -1031,6 +1094,12 @@ def wa_forward(p: dict, elem: int) -> List[Launch]:
 
 def wa_backward(p: dict, elem: int) -> List[Launch]:
     B, g, heads, d = wa_dims(p)
+    if mma_fits(g.N, d, elem):  # its own groups; every block writes its whole partial: no zeros
+        groups = mma_backward_groups(B * g.nW, heads)
+        partial = groups * heads * g.N * g.N * 4
+        return [mma_backward_kernel(B, g, heads, d, elem),
+                aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial),
+                          nbytes=partial)]
     partial = min(B * g.nW, 64) * heads * g.N * g.N * 4
     return [aten_call("window_attention", "ATen: zeros (partial bias gradients)", lambda dev: plain_ew(dev, partial),
                       nbytes=partial),

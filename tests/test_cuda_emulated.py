@@ -162,6 +162,18 @@ def test_window_attention_backward_groups_run_several_windows(emu):
     assert launched_since(emu, before)["window_attention_cuda.cu:backward_kernel"] == (1, 64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_window_attention_tensor_core_backward_groups_run_several_windows(emu, dtype):
+    """The tensor-core backward: on sm_86 (84 SMs) at most 8·84/8 = 84 groups of 8 heads for 100 windows, so
+    two windows a group: 50 groups, each block running two windows one after the other and adding both into
+    its own bias-gradient partial."""
+    before = launch_counts(emu)
+    with emu.settings(target="sm_86"):
+        check(window_attention_case(EMULATED, dtype, Inputs(SEED + 5), B=1, H=40, W=40, heads=8, d=4, window=4,
+                                    shift=2), dtype)
+    assert launched_since(emu, before)["window_attention_cuda.cu:mma_backward_kernel"] == (1, 50 * 8)
+
+
 def test_window_attention_shared_memory_limit_is_refused(emu):
     """A window whose arrays do not fit the target's shared memory is refused with a clear error."""
     qkv = torch.randn(1, 16, 16, 3, 1, 100, dtype=torch.float64)  # N = 256 tokens, d = 100: 4·256·101 doubles

@@ -35,9 +35,9 @@ def test_table_covers_every_op():
     for op, route in routing.ROUTES.items():
         assert route.model, op  # the model's figures behind every entry
         assert route.formulation or not route.plain, op
-        bounds = (route.size_at_least, route.size_below, route.inference_size_max)
+        bounds = (route.size_at_least, route.size_below, route.kernel_size_max)
         assert bool(route.size) == any(b is not None for b in bounds), op
-        assert bool(route.inference_dtypes) == (route.inference_size_max is not None), op
+        assert bool(route.kernel_dtypes) == (route.kernel_size_max is not None), op
         assert route.plain == (op in ROUTED) and hasattr(_plain, op) == route.plain, op
 
 
@@ -68,7 +68,7 @@ AUTO = [
     ("criss_cross_affinity", False, 2**26, True), ("criss_cross_affinity", True, 2 * 64 * 97 * 97 * 193, True),
     ("criss_cross_affinity", True, 8 * 128 * 20 * 20 * 39, False),
     ("window_attention", False, None, True), ("window_attention", True, None, True),
-    ("window_attention", True, 64, True), ("window_attention", False, 65, True),
+    ("window_attention", True, 64, True), ("window_attention", False, 65, True),  # (float32, the default)
     ("dynamic_region_conv", False, None, True), ("dynamic_region_conv", True, None, True),
     ("region_assign", False, None, False), ("region_assign", True, None, True),
     ("spatial_pool", False, 8 * 20 * 20, True), ("spatial_pool", True, 8191, True),
@@ -81,16 +81,17 @@ AUTO = [
 @pytest.mark.parametrize("op,grad,size,plain", AUTO)
 def test_auto_follows_the_table(op, grad, size, plain):
     assert routing.routes_to_plain(op, "cuda", grad=grad, size=size, setting="auto") is plain
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # no inference exception at these sizes
-        if op != "window_attention" or grad or size is None or size > 64:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # no tensor-core exception at these sizes
+        if op != "window_attention" or size is None or size > 64:
             assert routing.routes_to_plain(op, "cuda", grad=grad, size=size, setting="auto", dtype=dtype) is plain
 
 
 @pytest.mark.parametrize("dtype,grad,size,plain", [
-    (torch.float16, False, 64, False), (torch.bfloat16, False, 49, False),  # the tensor-core forward
-    (torch.bfloat16, True, 49, True), (torch.float16, False, 81, True), (torch.float32, False, 49, True),
-    (torch.float64, False, 16, True), (torch.bfloat16, False, None, True)])
-def test_window_attention_keeps_the_tensor_core_forward_for_half_precision_inference(dtype, grad, size, plain):
+    (torch.float16, False, 64, False), (torch.bfloat16, False, 49, False),  # the tensor-core kernels
+    (torch.bfloat16, True, 49, False), (torch.float16, True, 16, False),
+    (torch.float16, False, 81, True), (torch.bfloat16, True, 65, True), (torch.float32, False, 49, True),
+    (torch.float32, True, 49, True), (torch.float64, False, 16, True), (torch.bfloat16, False, None, True)])
+def test_window_attention_keeps_the_tensor_core_kernels_in_half_precision(dtype, grad, size, plain):
     assert routing.routes_to_plain("window_attention", "cuda", grad=grad, size=size, setting="auto",
                                    dtype=dtype) is plain
 

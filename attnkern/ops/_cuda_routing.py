@@ -46,8 +46,8 @@ class Route:
     True — the plain formulation, further limited by:
       with_grad: only when a gradient is needed (the kernel's backward loses, its forward does not);
       size_at_least / size_below: only when the op's ``size`` measure (named in ``size``) is ≥ / < it;
-      and, a kernel that wins in some dtypes: a call that needs no gradient, in one of
-      ``inference_dtypes``, with its ``size`` measure ≤ ``inference_size_max``, runs the kernel.
+      and, for a kernel that wins in some dtypes: a call in one of ``kernel_dtypes`` with its ``size``
+      measure ≤ ``kernel_size_max`` runs the kernel.
     formulation: what runs instead; model: the model's figures behind the entry.
     """
 
@@ -58,8 +58,8 @@ class Route:
     size: str = ""
     size_at_least: Optional[int] = None
     size_below: Optional[int] = None
-    inference_dtypes: Tuple[torch.dtype, ...] = ()
-    inference_size_max: Optional[int] = None
+    kernel_dtypes: Tuple[torch.dtype, ...] = ()
+    kernel_size_max: Optional[int] = None
 
 
 # The table. Figures: modelled kernel / plain time at the benchmark shapes (H200, float32), fwd / bwd.
@@ -90,16 +90,17 @@ ROUTES: Dict[str, Route] = {
     "criss_cross_aggregate": Route(True, "two einsums (row, column with a zero at the pixel)",
                                    "6.0× / 11.8× (2×512×97×97), 1.6× / 3.4× (1×256×64×64), "
                                    "1.2× / 2.2× (8×1024×20×20)"),
-    # The backward loses 6.9–21.9× (Swin-T stage 1: 21.9×), the float32 forward 1.9–2.8×. The fp16/bf16
-    # forward on tensor cores (window_attention_mma.cuh: windows of ≤ 64 tokens, head dims ≤ 64; model in
-    # bfloat16: benchmarks/results/2026-12-03-cuda-model-bf16.md) wins at every benchmark shape, 0.27–0.39×
-    # (Swin-T stage 1: 47.8 µs against SDPA's 144): inference in half precision keeps it. Size: max(N, d).
+    # In float32 the SIMT kernels lose: backward 6.9–21.9× (Swin-T stage 1: 21.9×), forward 1.9–2.8×. In
+    # fp16/bf16 the tensor-core kernels (window_attention_mma*.cuh: windows of ≤ 64 tokens, head dims ≤ 64;
+    # model in bfloat16: benchmarks/results/2026-12-03-cuda-model-bf16.md) win or tie at every benchmark
+    # shape: forward 0.27–0.39× (Swin-T stage 1: 47.8 µs against SDPA's 144), backward 0.58–1.19× (Swin-T
+    # 171 µs against 199): they keep the kernel. Size: max(N, d).
     "window_attention": Route(True, "roll, window partition, F.scaled_dot_product_attention with bias + masks as "
                                     "attn_mask, window reverse, roll back",
                               "fwd 1.9–2.8×, bwd 6.9–21.9× (Swin-T 32×56×56 C96 w7: 2.8× / 21.9×); "
-                              "bf16 fwd on tensor cores 0.27–0.39×",
+                              "bf16 on tensor cores: fwd 0.27–0.39×, bwd 0.58–1.19×",
                               size="max(window tokens, head dim)",
-                              inference_dtypes=(torch.float16, torch.bfloat16), inference_size_max=64),
+                              kernel_dtypes=(torch.float16, torch.bfloat16), kernel_size_max=64),
     # Loses everywhere: fwd 5.5–12.1×, bwd 91–546× (8×64→64 k3 r8 32×32: 8.0× / 91×).
     "dynamic_region_conv": Route(True, "every region's grouped conv2d, then the gather by the guide "
                                        "(reference.dynamic_region_conv)",
@@ -182,8 +183,7 @@ def routes_to_plain(op: str, device_type: str, *, grad: bool = False, size: Opti
     route = ROUTES[op]
     if not route.plain or (route.with_grad and not grad):
         return False
-    if (not grad and dtype in route.inference_dtypes and size is not None and route.inference_size_max is not None
-            and size <= route.inference_size_max):
+    if dtype in route.kernel_dtypes and size is not None and size <= route.kernel_size_max:
         return False
     if route.size_at_least is not None and (size is None or size < route.size_at_least):
         return False

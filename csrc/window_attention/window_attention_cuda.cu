@@ -1,7 +1,8 @@
 // CUDA kernels of the window-attention family.
 //
-// Forward in fp16 and bf16 on sm_80 and newer, for N ≤ 64 and d ≤ 64: the tensor-core kernel of
-// window_attention_mma.cuh. Elsewhere (float, double, larger windows or heads, older devices):
+// In fp16 and bf16 on sm_80 and newer, for N ≤ 64 and d ≤ 64: the tensor-core kernels of
+// window_attention_mma.cuh (forward) and window_attention_mma_backward.cuh. Elsewhere (float, double,
+// larger windows or heads, older devices):
 // Forward: one block per (window, head). The block loads its window's q (scaled), k and v into shared
 // memory through the index maps of window_attention.h (no partition or roll copies); thread i owns
 // query row i: a first pass over the keys gives the row's max and log-sum-exp, a second accumulates
@@ -20,6 +21,7 @@
 #include "window_attention/window_attention.h"
 #include "window_attention/window_attention_checks.h"
 #include "window_attention/window_attention_mma.cuh"
+#include "window_attention/window_attention_mma_backward.cuh"
 
 namespace attnkern {
 namespace window_attention {
@@ -228,6 +230,41 @@ bool forward_on_tensor_cores(const at::Tensor& qkv, const at::Tensor& bias, cons
   }
 }
 
+// Launches the tensor-core backward (window_attention_mma_backward.cuh) where it applies; whether it did.
+// It runs more window groups than the SIMT backward (mma_backward_groups), with partials of its own.
+template <typename scalar_t>
+bool backward_on_tensor_cores(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& bias,
+                              const at::Tensor& mask, const at::Tensor& out, const at::Tensor& lse,
+                              at::Tensor& grad_qkv, at::Tensor& grad_bias_partial, const WindowGrid& grid,
+                              double scale) {
+  if constexpr (!tensor_core::is_mma_element<scalar_t>) {
+    return false;
+  } else {
+    const int64_t B = qkv.size(0), heads = qkv.size(4), d = qkv.size(5), N = grid.tokens();
+    if (!mma_fits(N, d) || !has_tensor_core_mma()) return false;
+    const int64_t bytes = MmaBackwardLayout(N, d).total;
+    if (bytes > max_shared_memory_optin()) return false;
+    int device = 0, sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t groups = mma_backward_groups(B * grid.windows(), heads, sms);
+    if (bias.defined()) grad_bias_partial = at::empty({groups, heads, N, N}, qkv.options().dtype(at::kFloat));
+    allow_smem(mma_backward_kernel<scalar_t>, bytes);
+    const int vec = std::min(mma_vector_width(d, qkv.const_data_ptr(), grad.const_data_ptr()),
+                             mma_vector_width(d, grad_qkv.const_data_ptr(), grad_qkv.const_data_ptr()));
+    ATTNKERN_LAUNCH(groups * heads, mma_round_up16(N) / 16 * 32, bytes, c10::cuda::getCurrentCUDAStream(),
+                    mma_backward_kernel<scalar_t>)(
+        grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
+        bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+        mask.defined() ? mask.const_data_ptr<float>() : nullptr, out.const_data_ptr<scalar_t>(),
+        lse.const_data_ptr<float>(), grad_qkv.mutable_data_ptr<scalar_t>(),
+        bias.defined() ? grad_bias_partial.mutable_data_ptr<float>() : nullptr, grid, static_cast<int>(B),
+        static_cast<int>(heads), static_cast<int>(d), vec, static_cast<float>(scale), static_cast<int>(groups));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> window_attention_cuda(const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias_in,
                                                          const c10::optional<at::Tensor>& mask_in, int64_t window_size,
                                                          int64_t shift_size, double scale) {
@@ -269,10 +306,15 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
   const int64_t groups = backward_groups(B * grid.windows());
   const auto acc_options = qkv.options().dtype(at::toOpMathType(qkv.scalar_type()));
   auto grad_qkv = at::empty_like(qkv);
-  auto grad_bias_partial = bias.defined() ? at::zeros({groups, heads, N, N}, acc_options) : at::Tensor();
+  at::Tensor grad_bias_partial;  // [groups, heads, N, N], the groups of whichever kernel runs
   if (groups > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      if (backward_on_tensor_cores<scalar_t>(grad, qkv, bias, mask, out, lse, grad_qkv, grad_bias_partial, grid,
+                                             scale)) {
+        return;
+      }
+      if (bias.defined()) grad_bias_partial = at::zeros({groups, heads, N, N}, acc_options);
       const int64_t bytes = launch_smem<acc_t>(backward_kernel<scalar_t, acc_t>, N, d, 6, 2, op);
       ATTNKERN_LAUNCH(groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
                       backward_kernel<scalar_t, acc_t>)(
@@ -285,7 +327,9 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  auto grad_bias = bias.defined() ? grad_bias_partial.sum(0).to(bias.scalar_type()) : at::empty({0}, qkv.options());
+  auto grad_bias = !bias.defined()              ? at::empty({0}, qkv.options())
+                   : grad_bias_partial.defined() ? grad_bias_partial.sum(0).to(bias.scalar_type())
+                                                 : at::zeros_like(bias);  // no window: no gradient
   return {grad_qkv, grad_bias};
 }
 

@@ -43,12 +43,12 @@ inline int64_t mma_smem_bytes(int64_t N, int64_t d) {
   return mma_tiles_bytes(N, d) + mma_round_up16(N) * static_cast<int64_t>(sizeof(int64_t) + sizeof(int));
 }
 
-// Elements a thread copies at once: the most (8, 4, 2, 1) that divide d and keep every token's q, k, v and
-// output row aligned (qkv's and out's addresses are multiples of the access).
-inline int mma_vector_width(int64_t d, const void* qkv, const void* out) {
+// Elements a thread copies at once: the most (8, 4, 2, 1) that divide d and keep every token's rows of
+// both tensors aligned (qkv and out, or qkv and dO: their addresses are multiples of the access).
+inline int mma_vector_width(int64_t d, const void* a, const void* b) {
   for (int vec = 8; vec > 1; vec /= 2) {
     const uintptr_t bytes = 2 * vec;
-    if (d % vec == 0 && reinterpret_cast<uintptr_t>(qkv) % bytes == 0 && reinterpret_cast<uintptr_t>(out) % bytes == 0)
+    if (d % vec == 0 && reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0)
       return vec;
   }
   return 1;
@@ -78,75 +78,98 @@ __device__ __forceinline__ void copy_elements(scalar_t* dst, const scalar_t* src
   else *dst = *src;
 }
 
-template <typename scalar_t>
-__global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scalar_t* __restrict__ bias,
-                                   const float* __restrict__ mask, scalar_t* __restrict__ out,
-                                   float* __restrict__ lse, WindowGrid grid, int heads, int d, int vec, float scale) {
-  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  const int N = static_cast<int>(grid.tokens()), Np = static_cast<int>(mma_round_up16(N));
-  const int dp = static_cast<int>(mma_round_up16(d)), ld = dp + kMmaRowPad;
-  const int64_t nW = grid.windows(), HW = grid.H * grid.W;
-  const int64_t h = blockIdx.x % heads, w = (blockIdx.x / heads) % nW, b = blockIdx.x / (heads * nW);
-  scalar_t* q = reinterpret_cast<scalar_t*>(smem_raw);
-  scalar_t* k = q + Np * ld;
-  scalar_t* v = k + Np * ld;
-  scalar_t* bias_tile = v + Np * ld;
-  int64_t* pixel = reinterpret_cast<int64_t*>(smem_raw + mma_tiles_bytes(N, d));
-  int* region = reinterpret_cast<int*>(pixel + Np);
+// Accumulator tiles of one warp: up to 8 tiles of 16×8 (key tiles of S, or dimension tiles of an output).
+using MmaAccumulators = float[8][4];
+static_assert(kMmaMaxTokens == 8 * 8 && kMmaMaxHeadDim == 8 * 8, "8 accumulator tiles of 8 columns");
 
+// The window's tokens: pixel (with the sample's offset; 0 past N) and shifted-window region.
+__device__ __forceinline__ void mma_load_tokens(const WindowGrid& grid, int64_t b, int64_t w, int N, int Np,
+                                                int64_t* pixel, int* region) {
+  const int64_t HW = grid.H * grid.W;
   for (int t = threadIdx.x; t < Np; t += blockDim.x) {
     pixel[t] = t < N ? b * HW + grid.pixel(w, t) : 0;
     region[t] = t < N && grid.shift > 0 ? grid.region(w, t) : 0;
   }
-  if (bias != nullptr) {  // this head's [N, N] bias, read row by row below
-    for (int e = threadIdx.x; e < N * N; e += blockDim.x) bias_tile[e] = bias[h * N * N + e];
-  }
-  __syncthreads();
-  // q, k, v of the window, `vec` consecutive channels a thread (vec divides d; 16 bytes when d % 8 == 0),
-  // zero past token N and channel d.
+}
+
+// tile[t][c] = src[pixel[t]·stride + c] for t < N, c < d, zero elsewhere in [Np, dp]: `vec` consecutive
+// channels a thread (vec divides d; 16 bytes when d % 8 == 0).
+template <typename scalar_t>
+__device__ void mma_load_rows(scalar_t* tile, const scalar_t* src, int64_t stride, const int64_t* pixel, int N, int Np,
+                              int d, int dp, int ld, int vec) {
   const int chunks = dp / vec;
   for (int e = threadIdx.x; e < Np * chunks; e += blockDim.x) {
     const int t = e / chunks, c = (e % chunks) * vec;
     if (t < N && c < d) {
-      const scalar_t* token = qkv + pixel[t] * 3 * heads * d + h * d + c;
-      copy_elements(q + t * ld + c, token, vec);
-      copy_elements(k + t * ld + c, token + heads * d, vec);
-      copy_elements(v + t * ld + c, token + 2 * heads * d, vec);
+      copy_elements(tile + t * ld + c, src + pixel[t] * stride + c, vec);
     } else {
-      for (int x = 0; x < vec; ++x) q[t * ld + c + x] = k[t * ld + c + x] = v[t * ld + c + x] = scalar_t(0);
+      for (int x = 0; x < vec; ++x) tile[t * ld + c + x] = scalar_t(0);
     }
   }
-  __syncthreads();
+}
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int row0 = 16 * warp, key_tiles = Np / 8, dim_tiles = dp / 8;
-  // ldmatrix row addresses: lane l gives row l % 8 of matrix l / 8.
+__device__ __forceinline__ void mma_zero(MmaAccumulators& acc) {
+#pragma unroll
+  for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+}
+
+// acc[nt] += A·Bᵀ for the warp's rows row0 … row0 + 15 of `a` and rows 8nt … 8nt + 7 of `b` (nt < tiles),
+// over dp columns: S = Q·Kᵀ, dP = dO·Vᵀ. ldmatrix: lane l gives row l % 8 of matrix l / 8.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_rows_times_rows(MmaAccumulators& acc, const scalar_t* a, const scalar_t* b, int ld,
+                                                    int dp, int tiles, int row0) {
+  const int lane = threadIdx.x % 32;
   const int a_row = row0 + lane % 8 + 8 * ((lane / 8) % 2), a_col = 8 * (lane / 16);  // A 16×16: 4 matrices
-  const int b_row = lane % 8, b_half = 8 * ((lane / 8) % 2);                          // B 16×8: 2 matrices
-
-  float s[kMmaMaxTokens / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < kMmaMaxTokens / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+  const int b_row = lane % 8, b_col = 8 * ((lane / 8) % 2);                          // B 16×8: 2 matrices
   for (int kk = 0; kk < dp; kk += 16) {
-    uint32_t a[4];
-    tensor_core::ldmatrix<4>(a, q + a_row * ld + kk + a_col);
+    uint32_t fa[4];
+    tensor_core::ldmatrix<4>(fa, a + a_row * ld + kk + a_col);
 #pragma unroll
-    for (int nt = 0; nt < kMmaMaxTokens / 8; ++nt) {
-      if (nt < key_tiles) {  // uniform over the block
-        uint32_t bk[2];
-        tensor_core::ldmatrix<2>(bk, k + (nt * 8 + b_row) * ld + kk + b_half);
-        tensor_core::mma_m16n8k16<scalar_t>(s[nt], a, bk);
+    for (int nt = 0; nt < 8; ++nt) {
+      if (nt < tiles) {  // uniform over the block
+        uint32_t fb[2];
+        tensor_core::ldmatrix<2>(fb, b + (nt * 8 + b_row) * ld + kk + b_col);
+        tensor_core::mma_m16n8k16<scalar_t>(acc[nt], fa, fb);
       }
     }
   }
+}
 
-  // Logits and the softmax of rows i = row0 + g (elements 0, 1) and row0 + g + 8 (2, 3).
-  const scalar_t* bias_h = bias != nullptr ? bias_tile : nullptr;
-  const float* mask_w = mask != nullptr ? mask + w * N * N : nullptr;
-  const int* regions = grid.shift > 0 ? region : nullptr;
-  float row_max[2] = {-INFINITY, -INFINITY};
+// acc[dt] += X·T for X the warp's 16 × 16·k_steps values in registers (the accumulators `x`, two tiles a
+// k-step, rounded to scalar_t: the A fragments) and T = tile rows 0 … 16·k_steps − 1, columns 8dt … 8dt + 7
+// (dt < dim_tiles): O = P·V, dQ = dS·K.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, const MmaAccumulators& x,
+                                                         const scalar_t* tile, int ld, int k_steps, int dim_tiles) {
+  const int lane = threadIdx.x % 32;
+  const int b_row = lane % 8 + 8 * ((lane / 8) % 2);
 #pragma unroll
-  for (int nt = 0; nt < kMmaMaxTokens / 8; ++nt) {
+  for (int kt = 0; kt < 4; ++kt) {
+    if (kt < k_steps) {
+      const uint32_t fa[4] = {tensor_core::pack<scalar_t>(x[2 * kt][0], x[2 * kt][1]),
+                              tensor_core::pack<scalar_t>(x[2 * kt][2], x[2 * kt][3]),
+                              tensor_core::pack<scalar_t>(x[2 * kt + 1][0], x[2 * kt + 1][1]),
+                              tensor_core::pack<scalar_t>(x[2 * kt + 1][2], x[2 * kt + 1][3])};
+#pragma unroll
+      for (int dt = 0; dt < 8; ++dt) {
+        if (dt < dim_tiles) {
+          uint32_t fb[2];
+          tensor_core::ldmatrix<2, true>(fb, tile + (16 * kt + b_row) * ld + 8 * dt);
+          tensor_core::mma_m16n8k16<scalar_t>(acc[dt], fa, fb);
+        }
+      }
+    }
+  }
+}
+
+// The logits of the warp's rows from S (in place): s_ij = scale·S_ij + logit_offset (window_attention.h),
+// −inf past key N. Element e of tile nt is row row0 + g + 8·(e / 2), key 8nt + 2t + e % 2.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, int key_tiles, float scale,
+                                           const scalar_t* bias_h, const float* mask_w, const int* regions) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int i = row0 + g + 8 * (e / 2), j = nt * 8 + 2 * t4 + e % 2;
@@ -156,17 +179,76 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
         if (i < N) logit += logit_offset<float>(bias_h, mask_w, regions, i, j, N);
       }
       s[nt][e] = logit;
-      row_max[e / 2] = max(row_max[e / 2], logit);
     }
   }
-  float row_sum[2] = {0.f, 0.f};
+}
+
+// The warp's output rows (acc: rows row0 + g, + 8; columns 8dt + 2t, + 1) times `scale`, rounded, into a
+// [Np, ld] tile.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_stage_rows(const MmaAccumulators& acc, float scale, scalar_t* tile, int ld,
+                                               int row0, int dim_tiles) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int dt = 0; dt < 8; ++dt) {
+    if (dt < dim_tiles) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        tile[(row0 + g + 8 * (e / 2)) * ld + 8 * dt + 2 * t4 + e % 2] = static_cast<scalar_t>(scale * acc[dt][e]);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scalar_t* __restrict__ bias,
+                                   const float* __restrict__ mask, scalar_t* __restrict__ out,
+                                   float* __restrict__ lse, WindowGrid grid, int heads, int d, int vec, float scale) {
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
+  const int N = static_cast<int>(grid.tokens()), Np = static_cast<int>(mma_round_up16(N));
+  const int dp = static_cast<int>(mma_round_up16(d)), ld = dp + kMmaRowPad;
+  const int64_t nW = grid.windows();
+  const int64_t h = blockIdx.x % heads, w = (blockIdx.x / heads) % nW, b = blockIdx.x / (heads * nW);
+  scalar_t* q = reinterpret_cast<scalar_t*>(smem_raw);
+  scalar_t* k = q + Np * ld;
+  scalar_t* v = k + Np * ld;
+  scalar_t* bias_tile = v + Np * ld;
+  int64_t* pixel = reinterpret_cast<int64_t*>(smem_raw + mma_tiles_bytes(N, d));
+  int* region = reinterpret_cast<int*>(pixel + Np);
+
+  mma_load_tokens(grid, b, w, N, Np, pixel, region);
+  if (bias != nullptr) {  // this head's [N, N] bias, read row by row below
+    for (int e = threadIdx.x; e < N * N; e += blockDim.x) bias_tile[e] = bias[h * N * N + e];
+  }
+  __syncthreads();
+  const int64_t token = 3 * heads * d;
+  mma_load_rows(q, qkv + h * d, token, pixel, N, Np, d, dp, ld, vec);
+  mma_load_rows(k, qkv + (heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
+  mma_load_rows(v, qkv + (2 * heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
+  __syncthreads();
+
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
+  const int key_tiles = Np / 8, dim_tiles = dp / 8;
+  MmaAccumulators s;
+  mma_zero(s);
+  mma_rows_times_rows(s, q, k, ld, dp, key_tiles, row0);
+  mma_logits(s, row0, N, key_tiles, scale, bias != nullptr ? bias_tile : nullptr,
+             mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
+
+  // The softmax of rows row0 + g (elements 0, 1) and row0 + g + 8 (2, 3), over the 4 lanes of a group.
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) row_max[e / 2] = max(row_max[e / 2], s[nt][e]);
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     row_max[r] = tensor_core::group_max(row_max[r]);
     if (row_max[r] == -INFINITY) row_max[r] = 0.f;  // a row of −inf logits: P = 0, o = 0/0 = NaN as in torch
   }
 #pragma unroll
-  for (int nt = 0; nt < kMmaMaxTokens / 8; ++nt) {
+  for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       s[nt][e] = exp(s[nt][e] - row_max[e / 2]);
@@ -180,38 +262,18 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
     if (t4 == 0 && i < N) lse[pixel[i] * heads + h] = row_max[r] + log(row_sum[r]);
   }
 
-  float o[kMmaMaxHeadDim / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < kMmaMaxHeadDim / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-#pragma unroll
-  for (int kt = 0; kt < kMmaMaxTokens / 16; ++kt) {
-    if (2 * kt < key_tiles) {
-      const uint32_t p[4] = {tensor_core::pack<scalar_t>(s[2 * kt][0], s[2 * kt][1]),
-                             tensor_core::pack<scalar_t>(s[2 * kt][2], s[2 * kt][3]),
-                             tensor_core::pack<scalar_t>(s[2 * kt + 1][0], s[2 * kt + 1][1]),
-                             tensor_core::pack<scalar_t>(s[2 * kt + 1][2], s[2 * kt + 1][3])};
-#pragma unroll
-      for (int dt = 0; dt < kMmaMaxHeadDim / 8; ++dt) {
-        if (dt < dim_tiles) {
-          uint32_t bv[2];
-          tensor_core::ldmatrix<2, true>(bv, v + (16 * kt + b_row + b_half) * ld + 8 * dt);
-          tensor_core::mma_m16n8k16<scalar_t>(o[dt], p, bv);
-        }
-      }
-    }
-  }
+  MmaAccumulators o;
+  mma_zero(o);
+  mma_registers_times_tile(o, s, v, ld, Np / 16, dim_tiles);
 
   // o = O / Σ into this warp's rows of the q tile (no other warp reads them), then to the image.
-  __syncwarp();
 #pragma unroll
-  for (int dt = 0; dt < kMmaMaxHeadDim / 8; ++dt) {
-    if (dt < dim_tiles) {
+  for (int dt = 0; dt < 8; ++dt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        q[(row0 + g + 8 * (e / 2)) * ld + 8 * dt + 2 * t4 + e % 2] = static_cast<scalar_t>(o[dt][e] / row_sum[e / 2]);
-      }
-    }
+    for (int e = 0; e < 4; ++e) o[dt][e] /= row_sum[e / 2];
   }
+  __syncwarp();
+  mma_stage_rows(o, 1.f, q, ld, row0, dim_tiles);
   __syncwarp();
   const int out_chunks = d / vec;
   for (int e = lane; e < 16 * out_chunks; e += 32) {

@@ -1,0 +1,189 @@
+// The window-attention backward on tensor cores (fp16, bf16; sm_80 and newer; N ≤ 64, d ≤ 64): the
+// gradients of window_attention.h, with P recomputed from the forward's lse.
+//
+// One block of Np / 16 warps per (window group, head), the group's windows one after another; about 8
+// blocks per SM (mma_backward_groups), each accumulating its own [N, N] bias gradient in shared memory and
+// writing its slice of the [groups, heads, N, N] partials once, summed afterwards (deterministic).
+// Per window, q, k, v and dO are loaded as in the forward (window_attention_mma.cuh), D_i = dO_i·o_i per
+// token, then
+//   rows    (warp w: queries 16w … 16w + 15)  S = Q·Kᵀ → logits → P = exp(s − lse);  dP = dO·Vᵀ;
+//           dS = logit_grad(P, dP, D) (window_attention.h); the bias gradient += dS; P and dS, rounded to
+//           the input type, into shared tiles; dq = scale·dS·K from registers;
+//   columns (warp w: keys 16w … 16w + 15)     dv = Pᵀ·dO and dk = scale·dSᵀ·Q, the transposed A fragments
+//           from the P and dS tiles by ldmatrix.trans;
+// dq, dv and dk go through the k, v and q tiles (each warp its own rows, as soon as no warp reads the tile)
+// to grad_qkv in vec-element copies.
+#pragma once
+
+#include <algorithm>
+
+#include "window_attention/window_attention_mma.cuh"
+
+namespace attnkern {
+namespace window_attention {
+
+// Window groups of the backward: enough blocks for about 8 per SM (3 fit an SM at the kernel's 130–152
+// registers a thread: more waves even out the tail), at least the SIMT backward's 64 groups, then as few
+// as give every group the same number of windows (± 1).
+inline int64_t mma_backward_groups(int64_t total_windows, int64_t heads, int64_t sms) {
+  const int64_t wanted = std::min(total_windows, std::max<int64_t>(64, (8 * sms + heads - 1) / heads));
+  if (wanted == 0) return 0;
+  const int64_t per_group = (total_windows + wanted - 1) / wanted;
+  return (total_windows + per_group - 1) / per_group;
+}
+
+// Shared memory of the backward: q, k, v, dO tiles [Np, dp + kMmaRowPad]; P and dS tiles [Np, Np + kMmaRowPad]
+// (16-bit); the bias tile [N, N] (16-bit, 16-byte aligned size); the bias gradient [N, N] and lse, D [Np]
+// (float); pixels (int64) and regions (int) [Np].
+struct MmaBackwardLayout {
+  int64_t tiles, probabilities, bias, bias_grad, lse, delta, pixel, region, total;
+
+  ATTNKERN_HD MmaBackwardLayout(int64_t N, int64_t d) {
+    const int64_t Np = mma_round_up16(N), ld = mma_round_up16(d) + kMmaRowPad, ldp = Np + kMmaRowPad;
+    tiles = 0;
+    probabilities = tiles + 4 * Np * ld * 2;
+    bias = probabilities + 2 * Np * ldp * 2;
+    bias_grad = bias + (N * N * 2 + 15) / 16 * 16;
+    lse = bias_grad + N * N * 4;
+    delta = lse + Np * 4;
+    pixel = (delta + Np * 4 + 7) / 8 * 8;
+    region = pixel + Np * 8;
+    total = region + Np * 4;
+  }
+};
+
+// acc[dt] += Xᵀ·T over the window's queries for the warp's keys key0 … key0 + 15: X a [Np, Np + kMmaRowPad]
+// tile indexed [query][key] (P or dS; A fragments by ldmatrix.trans), T a [Np, ld] tile indexed
+// [query][channel] (dO or Q; B fragments by ldmatrix.trans): dv = Pᵀ·dO, dk = dSᵀ·Q.
+template <typename scalar_t>
+__device__ __forceinline__ void mma_transposed_times_tile(MmaAccumulators& acc, const scalar_t* x, int ldp,
+                                                          const scalar_t* tile, int ld, int key0, int q_steps,
+                                                          int dim_tiles) {
+  const int lane = threadIdx.x % 32;
+  // A = Xᵀ (16 keys × 16 queries): matrix m = (keys 8·(m % 2) …, queries 8·(m / 2) …), each the transpose
+  // of the stored 8×8 block: lane l gives stored row (query) l % 8 + 8·(l / 16), column key0 + 8·((l / 8) % 2).
+  const int a_query = lane % 8 + 8 * (lane / 16), a_key = key0 + 8 * ((lane / 8) % 2);
+  const int b_row = lane % 8 + 8 * ((lane / 8) % 2);
+  for (int qt = 0; qt < q_steps; ++qt) {
+    uint32_t fa[4];
+    tensor_core::ldmatrix<4, true>(fa, x + (16 * qt + a_query) * ldp + a_key);
+#pragma unroll
+    for (int dt = 0; dt < 8; ++dt) {
+      if (dt < dim_tiles) {
+        uint32_t fb[2];
+        tensor_core::ldmatrix<2, true>(fb, tile + (16 * qt + b_row) * ld + 8 * dt);
+        tensor_core::mma_m16n8k16<scalar_t>(acc[dt], fa, fb);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ qkv,
+                                    const scalar_t* __restrict__ bias, const float* __restrict__ mask,
+                                    const scalar_t* __restrict__ out, const float* __restrict__ lse,
+                                    scalar_t* __restrict__ grad_qkv, float* __restrict__ grad_bias_partial,
+                                    WindowGrid grid, int batch, int heads, int d, int vec, float scale, int groups) {
+  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
+  const int N = static_cast<int>(grid.tokens()), Np = static_cast<int>(mma_round_up16(N));
+  const int dp = static_cast<int>(mma_round_up16(d)), ld = dp + kMmaRowPad, ldp = Np + kMmaRowPad;
+  const int64_t nW = grid.windows();
+  const int64_t h = blockIdx.x % heads, group = blockIdx.x / heads;
+  const MmaBackwardLayout layout(N, d);
+  scalar_t* q = reinterpret_cast<scalar_t*>(smem_raw + layout.tiles);
+  scalar_t* k = q + Np * ld;
+  scalar_t* v = k + Np * ld;
+  scalar_t* grad_o = v + Np * ld;
+  scalar_t* p_tile = reinterpret_cast<scalar_t*>(smem_raw + layout.probabilities);
+  scalar_t* ds_tile = p_tile + Np * ldp;
+  scalar_t* bias_tile = reinterpret_cast<scalar_t*>(smem_raw + layout.bias);
+  float* bias_grad = reinterpret_cast<float*>(smem_raw + layout.bias_grad);
+  float* lse_w = reinterpret_cast<float*>(smem_raw + layout.lse);
+  float* delta = reinterpret_cast<float*>(smem_raw + layout.delta);
+  int64_t* pixel = reinterpret_cast<int64_t*>(smem_raw + layout.pixel);
+  int* region = reinterpret_cast<int*>(smem_raw + layout.region);
+
+  for (int e = threadIdx.x; e < N * N; e += blockDim.x) {
+    if (bias != nullptr) bias_tile[e] = bias[h * N * N + e];
+    bias_grad[e] = 0.f;
+  }
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
+  const int tiles = Np / 8, dim_tiles = dp / 8;
+  const int64_t token = 3 * heads * d;
+  for (int64_t window = group; window < int64_t(batch) * nW; window += groups) {
+    const int64_t b = window / nW, w = window % nW;
+    mma_load_tokens(grid, b, w, N, Np, pixel, region);
+    __syncthreads();
+    mma_load_rows(q, qkv + h * d, token, pixel, N, Np, d, dp, ld, vec);
+    mma_load_rows(k, qkv + (heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
+    mma_load_rows(v, qkv + (2 * heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
+    mma_load_rows(grad_o, grad + h * d, int64_t(heads) * d, pixel, N, Np, d, dp, ld, vec);
+    __syncthreads();
+    for (int i = threadIdx.x; i < Np; i += blockDim.x) {  // lse_i, and D_i = Σ_c dO_ic·o_ic
+      float sum = 0.f;
+      if (i < N) {
+        const scalar_t* o_i = out + out_offset(pixel[i], h, heads, d);
+        for (int c = 0; c < d; ++c) sum += static_cast<float>(grad_o[i * ld + c]) * static_cast<float>(o_i[c]);
+      }
+      lse_w[i] = i < N ? lse[pixel[i] * heads + h] : 0.f;
+      delta[i] = sum;
+    }
+    __syncthreads();
+
+    // Rows: P, dS, the bias gradient, dq.
+    MmaAccumulators s, dprob;
+    mma_zero(s);
+    mma_rows_times_rows(s, q, k, ld, dp, tiles, row0);
+    mma_logits(s, row0, N, tiles, scale, bias != nullptr ? bias_tile : nullptr,
+               mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
+    mma_zero(dprob);
+    mma_rows_times_rows(dprob, grad_o, v, ld, dp, tiles, row0);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row0 + g + 8 * (e / 2), j = nt * 8 + 2 * t4 + e % 2;
+        const bool inside = nt < tiles && i < N && j < N;
+        const float p = inside ? exp(s[nt][e] - lse_w[i]) : 0.f;
+        const float ds = inside ? logit_grad(p, dprob[nt][e], delta[i]) : 0.f;
+        if (inside) bias_grad[i * N + j] += ds;  // this lane's own element
+        s[nt][e] = ds;
+        if (nt < tiles) {
+          p_tile[i * ldp + j] = static_cast<scalar_t>(p);
+          ds_tile[i * ldp + j] = static_cast<scalar_t>(ds);
+        }
+      }
+    }
+    MmaAccumulators acc;  // dq, then dv, then dk: each staged in a tile as soon as it is complete
+    mma_zero(acc);
+    mma_registers_times_tile(acc, s, k, ld, Np / 16, dim_tiles);
+    __syncthreads();  // the P and dS tiles are complete; k is read no more
+    mma_stage_rows(acc, scale, k, ld, row0, dim_tiles);  // dq: this warp's queries
+
+    // Columns: keys row0 … row0 + 15.
+    mma_zero(acc);
+    mma_transposed_times_tile(acc, p_tile, ldp, grad_o, ld, row0, Np / 16, dim_tiles);
+    mma_stage_rows(acc, 1.f, v, ld, row0, dim_tiles);  // dv (v was read in the rows pass only)
+    mma_zero(acc);
+    mma_transposed_times_tile(acc, ds_tile, ldp, q, ld, row0, Np / 16, dim_tiles);
+    __syncthreads();  // q is read no more
+    mma_stage_rows(acc, scale, q, ld, row0, dim_tiles);  // dk
+    __syncthreads();
+    const int chunks = d / vec;
+    for (int e = threadIdx.x; e < N * chunks; e += blockDim.x) {
+      const int t = e / chunks, c = (e % chunks) * vec;
+      scalar_t* token_grad = grad_qkv + pixel[t] * token + h * d + c;
+      copy_elements(token_grad, k + t * ld + c, vec);
+      copy_elements(token_grad + heads * d, q + t * ld + c, vec);
+      copy_elements(token_grad + 2 * heads * d, v + t * ld + c, vec);
+    }
+    __syncthreads();
+  }
+  if (grad_bias_partial != nullptr) {
+    float* partial = grad_bias_partial + (group * heads + h) * N * N;
+    for (int e = threadIdx.x; e < N * N; e += blockDim.x) partial[e] = bias_grad[e];
+  }
+}
+
+}  // namespace window_attention
+}  // namespace attnkern
