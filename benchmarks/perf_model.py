@@ -1339,16 +1339,28 @@ def plane_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, st
                   gld=wi * (loads + stores), ilp=4, note=note)
 
 
+PIXEL_LANES, CHANNEL_SLICES = 32, 8  # gating_cuda.cu: kPixelLanes, kChannelSlices
+
+
 def pixel_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, broadcast: int, ffma: int, alu: int,
                  extra_bytes: float, min_bytes: float) -> Launch:
-    """A one-thread-per-pixel kernel walking the C channel planes (coalesced across the warp's pixels)."""
-    total, w = B * HW, warps_of(B * HW)
+    """A kernel over pixels walking the C channel planes in CHANNEL_SLICES slices: blocks of 32 pixels × 8
+    slices (a warp: 32 consecutive pixels of one slice, coalesced), the slices' partials (2 values) combined
+    in shared memory by the first slice."""
+    total = B * HW
+    groups = ceil_div(total, PIXEL_LANES)
+    per_slice = ceil_div(C, CHANNEL_SLICES)
+    w = groups * CHANNEL_SLICES
     lines, sectors = global_access([i * elem for i in range(32)])
-    return Launch("gating", kernel, (element_blocks(total), 1, 1), (256, 1, 1), min_bytes=min_bytes,
-                  ffma=w * C * ffma, alu=w * (2 * DIV64 + C * alu), mem=w * C * (loads + broadcast),
-                  lsu=w * C * (loads * lines + broadcast), l2=w * C * (loads * sectors + broadcast) * 32 + extra_bytes,
-                  gld=w * C * (loads + broadcast), ilp=4,
-                  note=f"one thread per pixel, a {C}-channel loop, {ceil_div(total, 256)} CTAs")
+    combine = groups * 2 * (CHANNEL_SLICES - 1)  # the first slice's warp reads the other slices' partials
+    return Launch("gating", kernel, (element_blocks(total * CHANNEL_SLICES), 1, 1), (PIXEL_LANES, CHANNEL_SLICES, 1),
+                  min_bytes=min_bytes, ffma=w * per_slice * ffma,
+                  alu=w * (2 * DIV64 + 12 + per_slice * alu) + combine * 2, mem=w * (per_slice * (loads + broadcast) + 2)
+                  + combine, lsu=w * (per_slice * (loads * lines + broadcast) + 2) + combine,
+                  l2=w * per_slice * (loads * sectors + broadcast) * 32 + extra_bytes,
+                  gld=w * per_slice * (loads + broadcast), ilp=4,
+                  note=f"32 pixels × {CHANNEL_SLICES} channel slices a CTA ({per_slice} channels a thread), "
+                       f"{groups} CTAs")
 
 
 def channel_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:

@@ -480,12 +480,13 @@ def cuda_kernels():
 
 
 def tensor_core_kernels():
-    """The kernels on tensor cores: they take fp16 and bf16 only."""
-    return {key for key, body in _kernel_sources() if "tensor_core::mma_" in body.split("\n}\n")[0]}
+    """The kernels on tensor cores (named mma_*, as scripts/sass_check.py expects): fp16 and bf16 only."""
+    return {key for key, _ in _kernel_sources() if key.split(":")[1].startswith("mma_")}
 
 
 def grid_stride_kernels():
     """The kernels whose body is a grid-stride loop over their elements."""
-    return {key for key, body in _kernel_sources() if "ATTNKERN_GRID_STRIDE_LOOP" in body.split("\n}\n")[0]}
+    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "ATTNKERN_BLOCK_STRIDE_LOOP", "reduce_channels_per_pixel(")
+    return {key for key, body in _kernel_sources() if any(loop in body.split("\n}\n")[0] for loop in loops)}
 
 

@@ -111,19 +111,12 @@ ROUTES: Dict[str, Route] = {
                            "bwd 3.2–6.2×; fwd 0.67–0.92×", with_grad=True),
     # 0.20–0.92×: keep.
     "channel_pool": Route(False, model="0.20–0.92×"),
-    # One thread per pixel with a C-channel loop, one 256-thread CTA per 256 pixels: fwd 6.3× / bwd
-    # 2.2× at 8×512×20×20 (3,200 pixels, 13 CTAs), 2.4× / 0.9× at 8×256×40×40 (12,800 pixels, 50
-    # CTAs). Threshold 8,192 pixels (32 CTAs, a quarter of the 132 SMs), between the two.
-    "spatial_pool": Route(True, "x·gate, mean and amax over channels, cat (reference.spatial_pool)",
-                          "fwd 6.3× / bwd 2.2× (8×512×20×20); 2.4× / 0.9× (8×256×40×40)",
-                          size="B·H·W pixels", size_below=8192),
-    # The pixel gate's gradient has spatial_pool's one-thread-per-pixel loop: bwd 3.55× at 8×512×20×20
-    # (3,200 pixels), 1.4× at 8×256×40×40; the forward and SE's channel gate alone win (0.35–1.3×).
-    # So: plain for a pixel gate, with a gradient, under spatial_pool's pixel threshold.
-    "apply_gates": Route(True, "x·channel_gate·pixel_gate by broadcasting (reference.apply_gates)",
-                         "with a pixel gate: bwd 3.55× (8×512×20×20), 1.4× (8×256×40×40), fwd 0.53×; "
-                         "SE (channel gate only): 0.35–1.3×",
-                         with_grad=True, size="B·H·W pixels with a pixel gate (none without)", size_below=8192),
+    # Blocks of 32 pixels × 8 channel slices (gating_cuda.cu, reduce_channels_per_pixel): fwd 1.0× / bwd
+    # 0.48× at 8×512×20×20, 0.44× / 0.28× at 8×256×40×40 (one thread per pixel before: 6.3× / 2.2×).
+    "spatial_pool": Route(False, model="fwd 1.0× / bwd 0.48× (8×512×20×20), 0.44× / 0.28× (8×256×40×40)"),
+    # The pixel gate's gradient over the same channel slices: bwd 0.37–0.66× (3.55× before); the forward
+    # and SE's channel gate alone 0.35–1.3×.
+    "apply_gates": Route(False, model="CBAM gates: fwd 0.53×, bwd 0.37–0.66×; SE (channel gate only): 0.35–1.3×"),
 }
 
 

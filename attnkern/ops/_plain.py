@@ -20,11 +20,10 @@ from torch import Tensor
 
 from .. import reference
 from ..reference.region_conv import dynamic_region_conv, region_assign  # grouped conv2d + gather: as is
-from ..reference.gating import apply_gates, spatial_pool  # broadcasting and ATen reductions: as is
 
 __all__ = [
     "covpool", "sqrtm_newton_schulz", "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
-    "window_attention", "dynamic_region_conv", "region_assign", "spatial_pool", "apply_gates",
+    "window_attention", "dynamic_region_conv", "region_assign",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)

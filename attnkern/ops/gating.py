@@ -18,18 +18,11 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from . import _plain
-from ._cuda_routing import plain_on_cuda
 from ._kernels import check_tensor, run_check, use_kernel
 
 __all__ = ["channel_pool", "spatial_pool", "apply_gates"]
 
 _ops = torch.ops.attnkern
-
-
-def _pixels(x: Tensor) -> Optional[int]:
-    """B·H·W of a [B, C, H, W] tensor (None for another rank: the kernel's check reports it)."""
-    return x.shape[0] * x.shape[2] * x.shape[3] if x.dim() == 4 else None
 
 
 def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -77,10 +70,7 @@ def spatial_pool(x: Tensor, gate: Optional[Tensor] = None) -> Tensor:
     check_tensor(x, "x", op)
     check_tensor(gate, "gate", op, optional=True)
     if use_kernel(x, gate):
-        if not plain_on_cuda("spatial_pool", x, gate, size=_pixels(x)):  # CUDA: the routing table
-            return _ops.spatial_pool(x, gate)
-        run_check(_ops.spatial_pool_check, x, gate)
-        return _plain.spatial_pool(x, gate)
+        return _ops.spatial_pool(x, gate)
     run_check(_ops.spatial_pool_check, x, gate)
     return reference.spatial_pool(x, gate)
 
@@ -106,11 +96,7 @@ def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Op
     check_tensor(channel_gate, "channel_gate", op, optional=True)
     check_tensor(pixel_gate, "pixel_gate", op, optional=True)
     if use_kernel(x, channel_gate, pixel_gate):
-        pixels = _pixels(x) if pixel_gate is not None else None  # CUDA: the routing table
-        if not plain_on_cuda("apply_gates", x, channel_gate, pixel_gate, size=pixels):
-            return _ops.apply_gates(x, channel_gate, pixel_gate)
-        run_check(_ops.apply_gates_check, x, channel_gate, pixel_gate)
-        return _plain.apply_gates(x, channel_gate, pixel_gate)
+        return _ops.apply_gates(x, channel_gate, pixel_gate)
     run_check(_ops.apply_gates_check, x, channel_gate, pixel_gate)
     return reference.apply_gates(x, channel_gate, pixel_gate)
 

@@ -53,6 +53,12 @@ inline int64_t element_blocks(int64_t total) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < (total); \
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
+// The same walk a block at a time, for kernels with barriers in the loop: block blockIdx.x takes `step`
+// consecutive elements from `base` (the same for all its threads), then the next grid's worth.
+#define ATTNKERN_BLOCK_STRIDE_LOOP(base, total, step)                                             \
+  for (int64_t base = blockIdx.x * static_cast<int64_t>(step); base < (total); \
+       base += static_cast<int64_t>(gridDim.x) * (step))
+
 // Largest dynamic shared memory a block may opt in to on the current device.
 inline int64_t max_shared_memory_optin() {
   int device = 0;

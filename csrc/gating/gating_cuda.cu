@@ -112,21 +112,61 @@ at::Tensor channel_pool_backward_cuda(const std::optional<at::Tensor>& grad_mean
 
 // ---- spatial_pool ----------------------------------------------------------------------------
 
+// The kernels that reduce over channels per pixel: blocks of kPixelLanes pixels (lanes: consecutive
+// pixels, so every load is coalesced) × kChannelSlices slices.
+constexpr int kPixelLanes = 32, kChannelSlices = 8;
+
+// Blocks for `pixels`: one per kPixelLanes pixels, capped as the grid-stride kernels' grids are.
+inline int64_t pixel_blocks(int64_t pixels) {
+  static_assert(kPixelLanes * kChannelSlices == kElementThreads);
+  return element_blocks(pixels * kChannelSlices);
+}
+
+// For every pixel idx = b·HW + p of the block's walk: thread (x, y) folds channels y, y + kChannelSlices, …
+// of pixel x into `init` with fold(acc, b, p, c); the first slice combines the slices' partials in order
+// with combine(acc, partial) and calls finish(idx, b, p, acc). Deterministic: a fixed order everywhere.
+template <typename T, typename Fold, typename Combine, typename Finish>
+__device__ void reduce_channels_per_pixel(int64_t total, int64_t HW, int64_t C, T init, Fold fold, Combine combine,
+                                          Finish finish) {
+  __shared__ T partials[kChannelSlices][kPixelLanes];
+  ATTNKERN_BLOCK_STRIDE_LOOP(base, total, kPixelLanes) {
+    const int64_t idx = base + threadIdx.x, b = idx / HW, p = idx % HW;
+    T acc = init;
+    if (idx < total) {
+      for (int64_t c = threadIdx.y; c < C; c += kChannelSlices) acc = fold(acc, b, p, c);
+    }
+    partials[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && idx < total) {
+      for (int s = 1; s < kChannelSlices; ++s) acc = combine(acc, partials[s][threadIdx.x]);
+      finish(idx, b, p, acc);
+    }
+    __syncthreads();
+  }
+}
+
+template <typename acc_t>
+struct SumMax {
+  acc_t sum, max;
+};
+
 template <typename scalar_t, typename acc_t>
 __global__ void spatial_pool_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gate,
                                     scalar_t* __restrict__ pooled, int64_t C, int64_t HW, int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = b·HW + p
-    const int64_t b = idx / HW, p = idx % HW;
-    acc_t sum = 0, mx = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
-      const acc_t y = gated(x[(b * C + c) * HW + p], g);
-      sum += y;
-      mx = nan_max(y, mx);
-    }
-    pooled[b * 2 * HW + p] = static_cast<scalar_t>(sum / static_cast<acc_t>(C));
-    pooled[b * 2 * HW + HW + p] = static_cast<scalar_t>(mx);
-  }
+  reduce_channels_per_pixel(
+      total, HW, C, SumMax<acc_t>{0, -std::numeric_limits<acc_t>::infinity()},
+      [&](SumMax<acc_t> acc, int64_t b, int64_t p, int64_t c) {
+        const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
+        const acc_t y = gated(x[(b * C + c) * HW + p], g);
+        return SumMax<acc_t>{acc.sum + y, nan_max(y, acc.max)};
+      },
+      [](SumMax<acc_t> acc, SumMax<acc_t> other) {
+        return SumMax<acc_t>{acc.sum + other.sum, nan_max(other.max, acc.max)};
+      },
+      [&](int64_t, int64_t b, int64_t p, SumMax<acc_t> acc) {
+        pooled[b * 2 * HW + p] = static_cast<scalar_t>(acc.sum / static_cast<acc_t>(C));
+        pooled[b * 2 * HW + HW + p] = static_cast<scalar_t>(acc.max);
+      });
 }
 
 // Per pixel, the mean's share grad_mean / C and the max's share grad_max / ties: weights [B, 2, HW].
@@ -134,17 +174,17 @@ template <typename scalar_t, typename acc_t>
 __global__ void spatial_pool_weights_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                             const scalar_t* __restrict__ gate, const scalar_t* __restrict__ pooled,
                                             acc_t* __restrict__ weights, int64_t C, int64_t HW, int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = b·HW + p
-    const int64_t b = idx / HW, p = idx % HW;
-    const acc_t mx = static_cast<acc_t>(pooled[b * 2 * HW + HW + p]);
-    int64_t ties = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
-      ties += gated(x[(b * C + c) * HW + p], g) == mx;
-    }
-    weights[b * 2 * HW + p] = static_cast<acc_t>(grad[b * 2 * HW + p]) / static_cast<acc_t>(C);
-    weights[b * 2 * HW + HW + p] = max_share(static_cast<acc_t>(grad[b * 2 * HW + HW + p]), ties);
-  }
+  reduce_channels_per_pixel(
+      total, HW, C, int64_t(0),
+      [&](int64_t ties, int64_t b, int64_t p, int64_t c) {
+        const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
+        return ties + (gated(x[(b * C + c) * HW + p], g) == static_cast<acc_t>(pooled[b * 2 * HW + HW + p]));
+      },
+      [](int64_t ties, int64_t other) { return ties + other; },
+      [&](int64_t, int64_t b, int64_t p, int64_t ties) {
+        weights[b * 2 * HW + p] = static_cast<acc_t>(grad[b * 2 * HW + p]) / static_cast<acc_t>(C);
+        weights[b * 2 * HW + HW + p] = max_share(static_cast<acc_t>(grad[b * 2 * HW + HW + p]), ties);
+      });
 }
 
 // One block per (b, c) plane: grad_x = g·w and, with a gate, grad_gate = Σ_p x·w.
@@ -182,7 +222,7 @@ at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Ten
   if (total == 0) return pooled;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+    ATTNKERN_LAUNCH(pixel_blocks(total), dim3(kPixelLanes, kChannelSlices), 0, c10::cuda::getCurrentCUDAStream(),
                     spatial_pool_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate), pooled.mutable_data_ptr<scalar_t>(), d.C, d.HW(),
         total);
@@ -210,7 +250,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto weights = at::empty({d.B, 2, d.HW()}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    ATTNKERN_LAUNCH(element_blocks(pixels), kElementThreads, 0, stream, spatial_pool_weights_kernel<scalar_t, acc_t>)(
+    ATTNKERN_LAUNCH(pixel_blocks(pixels), dim3(kPixelLanes, kChannelSlices), 0, stream,
+                    spatial_pool_weights_kernel<scalar_t, acc_t>)(
         grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate),
         pooled.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), d.C, d.HW(), pixels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -266,16 +307,15 @@ template <typename scalar_t, typename acc_t>
 __global__ void apply_gates_pixel_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                               const scalar_t* __restrict__ cg, scalar_t* __restrict__ grad_pg,
                                               int64_t C, int64_t HW, int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = b·HW + p
-    const int64_t b = idx / HW, p = idx % HW;
-    acc_t sum = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t offset = (b * C + c) * HW + p;
-      const acc_t g = cg ? static_cast<acc_t>(cg[b * C + c]) : acc_t(1);
-      sum += static_cast<acc_t>(grad[offset]) * static_cast<acc_t>(x[offset]) * g;
-    }
-    grad_pg[idx] = static_cast<scalar_t>(sum);
-  }
+  reduce_channels_per_pixel(
+      total, HW, C, acc_t(0),
+      [&](acc_t sum, int64_t b, int64_t p, int64_t c) {
+        const int64_t offset = (b * C + c) * HW + p;
+        const acc_t g = cg ? static_cast<acc_t>(cg[b * C + c]) : acc_t(1);
+        return sum + static_cast<acc_t>(grad[offset]) * static_cast<acc_t>(x[offset]) * g;
+      },
+      [](acc_t sum, acc_t other) { return sum + other; },
+      [&](int64_t idx, int64_t, int64_t, acc_t sum) { grad_pg[idx] = static_cast<scalar_t>(sum); });
 }
 
 at::Tensor apply_gates_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& cg_in,
@@ -327,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pg.has_value()) {
       const int64_t pixels = d.B * d.HW();
-      ATTNKERN_LAUNCH(element_blocks(pixels), kElementThreads, 0, stream,
+      ATTNKERN_LAUNCH(pixel_blocks(pixels), dim3(kPixelLanes, kChannelSlices), 0, stream,
                       apply_gates_pixel_grad_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
           grad_pg.mutable_data_ptr<scalar_t>(), d.C, d.HW(), pixels);
