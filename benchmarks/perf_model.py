@@ -1343,10 +1343,10 @@ PIXEL_LANES, CHANNEL_SLICES = 32, 8  # gating_cuda.cu: kPixelLanes, kChannelSlic
 
 
 def pixel_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, broadcast: int, ffma: int, alu: int,
-                 extra_bytes: float, min_bytes: float) -> Launch:
+                 extra_bytes: float, min_bytes: float, partial_bytes: int) -> Launch:
     """A kernel over pixels walking the C channel planes in CHANNEL_SLICES slices: blocks of 32 pixels × 8
-    slices (a warp: 32 consecutive pixels of one slice, coalesced), the slices' partials (2 values) combined
-    in shared memory by the first slice."""
+    slices (a warp: 32 consecutive pixels of one slice, coalesced), the slices' partials (`partial_bytes`
+    each, in static shared memory) combined by the first slice."""
     total = B * HW
     groups = ceil_div(total, PIXEL_LANES)
     per_slice = ceil_div(C, CHANNEL_SLICES)
@@ -1354,7 +1354,7 @@ def pixel_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, br
     lines, sectors = global_access([i * elem for i in range(32)])
     combine = groups * 2 * (CHANNEL_SLICES - 1)  # the first slice's warp reads the other slices' partials
     return Launch("gating", kernel, (element_blocks(total * CHANNEL_SLICES), 1, 1), (PIXEL_LANES, CHANNEL_SLICES, 1),
-                  min_bytes=min_bytes, ffma=w * per_slice * ffma,
+                  static_smem=PIXEL_LANES * CHANNEL_SLICES * partial_bytes, min_bytes=min_bytes, ffma=w * per_slice * ffma,
                   alu=w * (2 * DIV64 + 12 + per_slice * alu) + combine * 2, mem=w * (per_slice * (loads + broadcast) + 2)
                   + combine, lsu=w * (per_slice * (loads * lines + broadcast) + 2) + combine,
                   l2=w * per_slice * (loads * sectors + broadcast) * 32 + extra_bytes,
@@ -1376,13 +1376,13 @@ def channel_pool_backward_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
 def spatial_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
     x = B * C * HW * elem
     return pixel_launch("spatial_pool_kernel", B, C, HW, elem, 1, 1, 0, 8, 2 * B * HW * elem * 32 / 4,
-                        x + B * C * elem + 2 * B * HW * elem)
+                        x + B * C * elem + 2 * B * HW * elem, partial_bytes=8)  # sum and max (float)
 
 
 def spatial_pool_weights_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
     x = B * C * HW * elem
     return pixel_launch("spatial_pool_weights_kernel", B, C, HW, elem, 1, 1, 0, 6, 5 * B * HW * 4 * 8,
-                        x + B * C * elem + 3 * B * HW * elem + 2 * B * HW * 4)
+                        x + B * C * elem + 3 * B * HW * elem + 2 * B * HW * 4, partial_bytes=8)  # tie counts (int64)
 
 
 def spatial_pool_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
@@ -1411,7 +1411,7 @@ def apply_gates_plane_grad_kernel(B: int, C: int, HW: int, elem: int, pixel_gate
 
 def apply_gates_pixel_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
     return pixel_launch("apply_gates_pixel_grad_kernel", B, C, HW, elem, 2, 1, 2, 4, B * HW * elem * 8,
-                        2 * B * C * HW * elem + B * C * elem + B * HW * elem)
+                        2 * B * C * HW * elem + B * C * elem + B * HW * elem, partial_bytes=4)  # sums (float)
 
 
 def plain_gating(dev: Device, p: dict, elem: int, passes: int, reductions: int) -> float:
