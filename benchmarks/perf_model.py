@@ -910,6 +910,19 @@ def mma_fits(N: int, d: int, elem: int) -> bool:  # window_attention_cuda.cu: fo
     return elem == 2 and N <= MMA_MAX_TOKENS and d <= MMA_MAX_HEAD_DIM
 
 
+def mma_tile_loads(g: WindowGrid, heads: int, d: int, elem: int) -> Tuple[int, int, float, float]:
+    """window_attention_mma.cuh: mma_load_rows of one [Np, dp] tile, Np·dp/vec chunks of vec elements a
+    thread (vec as mma_vector_width for aligned tensors): vec, warp requests, lines and sectors a request."""
+    Np, dp = ceil_div(g.N, 16) * 16, ceil_div(d, 16) * 16
+    vec = next(v for v in (8, 4, 2, 1) if d % v == 0)
+    pix = [g.pixel(g.nW // 2, t) for t in range(g.N)]
+    chunks = dp // vec
+    lanes = [[(pix[min(e // chunks, g.N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
+             for s in range(0, Np * chunks, 32)]
+    lines, sectors = mean_access(lanes, elem * vec)
+    return vec, ceil_div(Np * chunks, 32), lines, sectors
+
+
 def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_mma.cuh: one CTA of Np/16 warps per (window, head); per warp, 16 query rows:
     S = Q·Kᵀ and O = P·V on mma.sync.m16n8k16 from ldmatrix fragments, the logits' offsets and softmax on the
@@ -919,16 +932,9 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     ld_smem = dp + MMA_ROW_PAD
     warps = Np // 16
     pt = window_patterns(g, heads, d, elem)
-    vec = next(v for v in (8, 4, 2, 1) if d % v == 0)  # mma_vector_width (aligned tensors)
-    # load: the head's bias (N² elements, one a thread), then q, k, v: Np·dp/vec chunks of vec elements a
-    # thread and tensor (int32 index math)
+    # load: the head's bias (N² elements, one a thread), then the q, k, v tiles (int32 index math)
     bias_warps = ceil_div(N * N, 32)
-    load_warps = ceil_div(Np * dp // vec, 32)
-    pix = [g.pixel(g.nW // 2, t) for t in range(N)]
-    chunks = dp // vec
-    load_lanes = [[(pix[min(e // chunks, N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
-                  for s in range(0, Np * chunks, 32)]
-    q_lines, q_sectors = mean_access(load_lanes, elem * vec)
+    vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
     load = dict(alu=load_warps * (DIV32 + 16) + bias_warps * 6 + warps * 4 * 10,
                 mem=load_warps * 6 + bias_warps * 2 + 2 * warps,
                 lsu=load_warps * 3 * (q_lines + vec * elem // 4) + bias_warps * 2 + 2 * warps,
@@ -978,13 +984,8 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     ctas, per_cta = groups * heads, ceil_div(windows, groups)
     Np, dp = ceil_div(N, 16) * 16, ceil_div(d, 16) * 16
     warps = Np // 16
-    vec = next(v for v in (8, 4, 2, 1) if d % v == 0)
-    load_warps = ceil_div(Np * dp // vec, 32)
+    vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
     pix = [g.pixel(g.nW // 2, t) for t in range(N)]
-    chunks = dp // vec
-    lanes = [[(pix[min(e // chunks, N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
-             for s in range(0, Np * chunks, 32)]
-    q_lines, q_sectors = mean_access(lanes, elem * vec)
     token_warps = ceil_div(Np, 32)
     o_lines, _ = mean_access([[(pix[min(t, N - 1)] * heads) * d for t in range(s, s + 32)] for s in range(0, Np, 32)],
                              elem)
