@@ -486,7 +486,7 @@ def tensor_core_kernels():
 
 def grid_stride_kernels():
     """The kernels whose body is a grid-stride loop over their elements."""
-    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "ATTNKERN_BLOCK_STRIDE_LOOP", "reduce_channels_per_pixel(")
+    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "reduce_channels_per_pixel(")
     return {key for key, body in _kernel_sources() if any(loop in body.split("\n}\n")[0] for loop in loops)}
 
 

@@ -53,28 +53,21 @@ inline int64_t element_blocks(int64_t total) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < (total); \
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-// The same walk a block at a time, for kernels with barriers in the loop: block blockIdx.x takes `step`
-// consecutive elements from `base` (the same for all its threads), then the next grid's worth.
-#define ATTNKERN_BLOCK_STRIDE_LOOP(base, total, step)                                             \
-  for (int64_t base = blockIdx.x * static_cast<int64_t>(step); base < (total); \
-       base += static_cast<int64_t>(gridDim.x) * (step))
+// An attribute of the current device.
+inline int current_device_attribute(cudaDeviceAttr attr) {
+  int device = 0, value = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));
+  return value;
+}
 
 // Largest dynamic shared memory a block may opt in to on the current device.
 inline int64_t max_shared_memory_optin() {
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  int bytes = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  return current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
 }
 
 // Whether the current device runs mma.sync.m16n8k16 and ldmatrix (compute capability 8.0 or newer).
-inline bool has_tensor_core_mma() {
-  int device = 0, major = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major >= 8;
-}
+inline bool has_tensor_core_mma() { return current_device_attribute(cudaDevAttrComputeCapabilityMajor) >= 8; }
 
 // Lets `kernel` launch with `bytes` of dynamic shared memory (beyond the default 48 KiB, up to the opt-in limit).
 template <typename Kernel>

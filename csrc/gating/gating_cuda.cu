@@ -129,7 +129,8 @@ template <typename T, typename Fold, typename Combine, typename Finish>
 __device__ void reduce_channels_per_pixel(int64_t total, int64_t HW, int64_t C, T init, Fold fold, Combine combine,
                                           Finish finish) {
   __shared__ T partials[kChannelSlices][kPixelLanes];
-  ATTNKERN_BLOCK_STRIDE_LOOP(base, total, kPixelLanes) {
+  // A grid-stride walk a block at a time (the barriers need every thread of the block in every step).
+  for (int64_t base = blockIdx.x * int64_t(kPixelLanes); base < total; base += int64_t(gridDim.x) * kPixelLanes) {
     const int64_t idx = base + threadIdx.x, b = idx / HW, p = idx % HW;
     T acc = init;
     if (idx < total) {

@@ -244,10 +244,8 @@ bool backward_on_tensor_cores(const at::Tensor& grad, const at::Tensor& qkv, con
     if (!mma_fits(N, d) || !has_tensor_core_mma()) return false;
     const int64_t bytes = MmaBackwardLayout(N, d).total;
     if (bytes > max_shared_memory_optin()) return false;
-    int device = 0, sms = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t groups = mma_backward_groups(B * grid.windows(), heads, sms);
+    const int64_t groups = mma_backward_groups(B * grid.windows(), heads,
+                                               current_device_attribute(cudaDevAttrMultiProcessorCount));
     if (bias.defined()) grad_bias_partial = at::empty({groups, heads, N, N}, qkv.options().dtype(at::kFloat));
     allow_smem(mma_backward_kernel<scalar_t>, bytes);
     const int vec = std::min(mma_vector_width(d, qkv.const_data_ptr(), grad.const_data_ptr()),

@@ -11,7 +11,7 @@
 //   the row's max and Σ exp over the 4 lanes of its group (shuffles); lse = max + log Σ;
 //   O = P·V       the accumulators, rounded to the input type, are the A fragments (two tiles a k-step),
 //                 V's B fragments come from ldmatrix.trans; o = O / Σ,
-// and the warp stores its rows through its own rows of the q tile, one token's d channels at a time.
+// and the warp stages its output rows in its own rows of the q tile, copied out vec channels at a time.
 #pragma once
 
 #include <cmath>
