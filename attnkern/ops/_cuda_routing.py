@@ -76,7 +76,7 @@ ROUTES: Dict[str, Route] = {
     "triuvec": Route(False, model="0.60–0.94×; bwd 1.07× at 8×1024×1024"),
     # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.58× / 0.55× at the CCNet head
     # 2×512×97×97 (182 / 352 µs, 2.9× / 2.6× the FP32 floor), 0.71× / 0.69× at YOLO P5 8×1024×20×20, 0.49× /
-    # 0.48× at 1×256×64×64; bfloat16 0.64–0.96×. (The one-block-per-pixel kernels before: 4.3–27.8×.)
+    # 0.48× at 1×256×64×64; bfloat16 0.51–0.83×. (The one-block-per-pixel kernels before: 4.3–27.8×.)
     "criss_cross_attention": Route(False, model="0.58× / 0.55× (CCNet 2×512×97×97), 0.71× / 0.69× (8×1024×20×20), "
                                                 "0.49× / 0.48× (1×256×64×64)"),
     # Loses at the CCNet head only: 3.1× / 6.4× there (2·64·97·97·193 = 232M multiply-adds: one
