@@ -255,6 +255,7 @@ class Launch:
     note: str = ""
     template: Tuple[str, ...] = ()  # template literals, to pick the ptxas entry (aggregate_kernel<true>)
     aten: Optional[Callable[["Device"], float]] = None  # an ATen/cuBLAS call of the host code: its plain model
+    aten_tensor_cores: bool = False  # that call runs on tensor cores (cuBLAS GEMMs of 16-bit operands)
 
     @property
     def ctas(self) -> int:
@@ -264,11 +265,16 @@ class Launch:
     def threads(self) -> int:
         return self.block[0] * self.block[1] * self.block[2]
 
+    @property
+    def on_tensor_cores(self) -> bool:
+        return self.hmma > 0 or self.aten_tensor_cores
+
 
 def aten_call(family: str, what: str, time_of: Callable[["Device"], float], flops: float = 0.0,
-              nbytes: float = 0.0) -> Launch:
+              nbytes: float = 0.0, tensor_cores: bool = False) -> Launch:
     """An ATen or cuBLAS call the host code makes, timed by the plain-path model."""
-    return Launch(family, what, (0, 0, 0), (0, 0, 0), flops=flops, min_bytes=nbytes, aten=time_of)
+    return Launch(family, what, (0, 0, 0), (0, 0, 0), flops=flops, min_bytes=nbytes, aten=time_of,
+                  aten_tensor_cores=tensor_cores)
 
 
 def occupancy(threads: int, regs: int, smem: int) -> int:
@@ -288,7 +294,7 @@ def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
     out["floor_fp32"] = launch.flops / dev.fp32
     out["floor_tc"] = launch.flops / dev.tc
     # Kernels on tensor cores are held to the tensor-core floor, the others to the FP32 one.
-    out["floor"] = max(out["floor_mem"], out["floor_tc"] if launch.hmma else out["floor_fp32"])
+    out["floor"] = max(out["floor_mem"], out["floor_tc"] if launch.on_tensor_cores else out["floor_fp32"])
     if launch.aten is not None:
         out.update(time=launch.aten(dev), bound="ATen/cuBLAS (plain model)", bps=None, occ=None, waves=None, smem=None)
         return out
@@ -610,7 +616,8 @@ OPS += [
 
 
 # ---- criss_cross (csrc/criss_cross/criss_cross_cuda.cu, criss_cross.h) -------------------------------
-PIXEL_THREADS = 128  # criss_cross_cuda.cu: kPixelThreads
+TILE, TILE_ROWS = 32, 8  # criss_cross_cuda.cu: kTile, kTileRows
+SOFTMAX_WARPS = 8  # criss_cross_cuda.cu: kSoftmaxWarps
 
 
 def position_offset(p: int, h: int, w: int, H: int, W: int) -> int:  # criss_cross.h: position_offset
@@ -682,88 +689,105 @@ def aggregate_kernel(transposed: bool, B: int, C: int, H: int, W: int, elem: int
                   note=f"{kind}; {la + lx:.1f} lines per step")
 
 
-def pixel_gathers(H: int, W: int, h: int, w: int, channels: int, elem: int, by_lane: str) -> Tuple[float, float, float]:
-    """(wavefronts, L2 sectors, requests) per CTA of a fused kernel's gathers of a [C, H, W] tensor at the P
-    positions of pixel (h, w), for `channels` channels. by_lane='position': lanes take positions (a channel
-    loop inside); by_lane='channel': lanes take channels (a position loop inside, L1 keeping a sector while
-    a lane walks the row)."""
-    HW, P = H * W, H + W - 1
-    wavefronts = requests = sectors = 0.0
-    if by_lane == "position":
-        for w0 in range(0, P, 32):
-            offsets = [position_offset(p, h, w, H, W) for p in range(w0, min(P, w0 + 32))]
-            lines, secs = mean_access([[c * HW + o for o in offsets] for c in (0, 1)], elem)
-            wavefronts, sectors, requests = (wavefronts + lines * channels, sectors + secs * channels,
-                                             requests + channels)
-    else:
-        for c0 in range(0, channels, 32):
-            lanes = range(c0, min(channels, c0 + 32))
-            for p in spread(P, 16):
-                lines, _ = global_access([(c * HW + position_offset(p, h, w, H, W)) * elem for c in lanes])
-                wavefronts += lines * P / min(P, 16)
-            requests += P
-        distinct = len({position_offset(p, h, w, H, W) * elem // 32 for p in range(P)})
-        sectors = channels * distinct
-    return wavefronts, sectors, requests
+# The fused attention (attention_cuda): cuBLAS GEMMs for the energies and outputs, a softmax kernel between.
+# Launches that only move the op's intermediates (the transposes, the softmax's energies and weights) declare
+# no minimum bytes: the op's floor is what its inputs, outputs and products need.
 
 
-def fused_launch(kernel: str, B: int, H: int, W: int, arrays: int, phase1: Sequence[Tuple[int, str]],
-                 phase2_channels: int, broadcast_loads: int, flops: float, min_bytes: float, reuse: float,
-                 elem: int, note: str) -> Launch:
-    """A fused criss-cross kernel: one CTA of 128 threads per pixel; phase 1 over positions (lanes = p) with
-    channel loops over the tensors in `phase1` ((channels, 'gather' | 'broadcast')), block reductions, then
-    phase 2 over `phase2_channels` channels (lanes = c) with a P-position gather loop."""
-    HW, P = H * W, H + W - 1
-    h, w = H // 2, W // 2
-    pw = ceil_div(P, 32)  # warp-iterations of phase 1
-    wf = sec = req = 0.0
-    ch1 = sum(c for c, _ in phase1)
-    for channels, kind in phase1:
-        if kind == "gather":
-            a, b, c = pixel_gathers(H, W, h, w, channels, elem, "position")
-            wf, sec, req = wf + a, sec + b, req + c
-        else:
-            wf, sec, req = wf + pw * channels, sec + pw * channels, req + pw * channels
-    a, b, c = pixel_gathers(H, W, h, w, phase2_channels, elem, "channel")
-    cw = ceil_div(phase2_channels, 32)
-    extra = cw * 32 + pw * broadcast_loads  # phase 2's strided stores, phase 1's per-pixel scalars (lse, D)
-    wf, sec, req = wf + a + extra, sec + b + extra, req + c + cw + pw * broadcast_loads
-    reduce = 2 * 4 * 7  # block_max / block_sum: 7 levels, 4 warps
-    per_cta = dict(ffma=pw * ch1 + cw * P, alu=pw * (3 * ch1 + 2 * EXP_ALU + 20) + cw * P * 9 + reduce * 4,
-                   mufu=pw * 2, mem=pw * (2 * ch1 + 4) + cw * (2 * P + 1) + reduce * 3,
-                   lsu=wf + cw * P + pw * 2 + reduce * 3)
-    n = B * HW
-    return Launch("criss_cross", kernel, (n, 1, 1), (PIXEL_THREADS, 1, 1), dyn_smem=(arrays * P + PIXEL_THREADS) * 4,
-                  flops=flops, min_bytes=min_bytes, ffma=n * per_cta["ffma"], alu=n * per_cta["alu"],
-                  mufu=n * per_cta["mufu"], mem=n * per_cta["mem"], lsu=n * per_cta["lsu"], l2=n * sec * 32,
-                  gld=n * req, ilp=2, warps_busy=4, reuse_set=reuse, note=note)
+def transpose_kernel(N: int, R: int, S: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: transpose_batches — dst [N, S, R] = src [N, R, S] by 32×32 tiles through shared
+    memory (a padding column: conflict-free), a CTA of 32×8 threads a tile, 4 rows a thread."""
+    tiles = N * ceil_div(R, TILE) * ceil_div(S, TILE)
+    lr, sr = mean_access([[r * S + t for t in range(min(S, TILE))] for r in spread(R, 8)], elem)
+    lw, sw = mean_access([[c * R + t for t in range(min(R, TILE))] for c in spread(S, 8)], elem)
+    rows = tiles * TILE  # warp-level row accesses of each pass: 8 warps × 4 rows a tile
+    return Launch("criss_cross", "transpose_kernel", (min(tiles, element_blocks(tiles * 256)), 1, 1), (TILE, TILE_ROWS, 1),
+                  static_smem=TILE * (TILE + 1) * elem, alu=tiles * TILE_ROWS * (3 * DIV64 + 12) + rows * 10,
+                  mem=rows * 4, lsu=rows * (lr + lw + 2), l2=rows * (sr + sw) * 32, dram=2 * N * R * S * elem,
+                  gld=rows * 2, ilp=4, phased=True,
+                  note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
 
 
-def attention_forward_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: attention_cuda — grid B·H·W, 128 threads, (P + 128)·4 B of shared memory."""
-    HW, P = H * W, H + W - 1
-    return fused_launch("attention_forward_kernel", B, H, W, 1, [(Cq, "gather")], Cv, 0,
-                        flops=2.0 * B * HW * P * (Cq + Cv), min_bytes=B * HW * (2 * Cq + 2 * Cv) * elem + B * HW * 4,
-                        reuse=HW * (Cq + Cv) * elem, elem=elem,
-                        note="lanes map to channels: v gathered H·W apart, one line per element")
+def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, reads: int, writes: int, acc_writes: int,
+                   exps: int, min_bytes: float) -> Launch:
+    """A softmax kernel: a warp per pixel (8 a CTA), lanes over its W row and H column energies (each list
+    contiguous, 4-byte); `reads` passes over the energies (and their gradients), `writes` of elem-byte weights,
+    `acc_writes` of 4-byte gradients, `exps` exponentials a position."""
+    pixels, L = B * H * W, W + H
+    its = ceil_div(W, 32) + ceil_div(H, 32)  # warp-iterations over one pixel's lists
+    lines = sum(mean_access([[j for j in range(min(n, 32))]], 4)[0] for n in (W, H)) / 2 + 0.5  # unaligned starts
+    return Launch("criss_cross", kernel, (ceil_div(pixels, SOFTMAX_WARPS), 1, 1), (32, SOFTMAX_WARPS, 1),
+                  flops=pixels * L * (reads + 2), min_bytes=min_bytes, ffma=pixels * its * reads,
+                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (reads + writes) * 6 + exps * its * EXP_ALU),
+                  mufu=pixels * (its * exps + 1), mem=pixels * its * (reads + writes + acc_writes),
+                  lsu=pixels * (its * (reads + writes + acc_writes) * lines + 10),
+                  l2=pixels * L * (4 * (reads + acc_writes) + elem * writes),
+                  dram=pixels * L * (4 * (1 + acc_writes + (reads > 1)) + elem * writes) + pixels * 4,
+                  gld=pixels * its * reads, ilp=2, note=f"a warp per pixel over its {W} + {H} energies")
 
 
-def attention_grad_q_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
-    HW, P = H * W, H + W - 1
-    return fused_launch("attention_grad_q_kernel", B, H, W, 1, [(Cq, "gather"), (Cv, "gather")], Cq, 2,
-                        flops=2.0 * B * HW * P * (2 * Cq + Cv),
-                        min_bytes=B * HW * (3 * Cq + 2 * Cv) * elem + 2 * B * HW * 4,
-                        reuse=HW * (Cq + Cv) * elem, elem=elem,
-                        note="energies recomputed; k gathered H·W apart per channel lane")
+def softmax_kernel(B: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: softmax_kernel — max, sum, then the weights: three reads of the energies (the
+    later two from L1), the weights and the log-sum-exp written."""
+    return softmax_launch("softmax_kernel", B, H, W, elem, reads=3, writes=1, acc_writes=0, exps=2,
+                          min_bytes=B * H * W * 4)
 
 
-def attention_grad_kv_kernel(B: int, Cq: int, Cv: int, H: int, W: int, elem: int) -> Launch:
-    HW, P = H * W, H + W - 1
-    return fused_launch("attention_grad_kv_kernel", B, H, W, 2, [(Cq, "gather"), (Cv, "gather")], Cq + Cv, 2,
-                        flops=4.0 * B * HW * P * (Cq + Cv),
-                        min_bytes=B * HW * (3 * Cq + 3 * Cv) * elem + 2 * B * HW * 4,
-                        reuse=HW * (Cq + Cv) * elem, elem=elem,
-                        note="weights recomputed per partner; q and g gathered H·W apart per channel lane")
+def softmax_backward_kernel(B: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: softmax_backward_kernel — D = Σ S·dS, then the weights and dE over dS."""
+    return softmax_launch("softmax_backward_kernel", B, H, W, elem, reads=4, writes=1, acc_writes=1, exps=2,
+                          min_bytes=B * H * W * 4)
+
+
+def cc_gemm(what: str, batch: int, m: int, n: int, k: int, elem: int, calls: int = 1, nbytes: float = 0.0) -> Launch:
+    """`calls` cuBLAS batched GEMMs of `batch` [m, k]·[k, n] products (elem: the operands' bytes)."""
+    return aten_call("criss_cross", f"cuBLAS: {what}" + (f" ×{calls}" if calls > 1 else ""),
+                     lambda d: calls * plain_gemm(d, batch, m, n, k, elem), flops=2.0 * calls * batch * m * n * k,
+                     nbytes=nbytes, tensor_cores=elem == 2)
+
+
+def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: pixel_major — q and k [B, Cq, H, W] into [B, H, W, Cq] and [B, W, H, Cq] (float):
+    32 channels × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read along w, written along c."""
+    tiles = B * H * ceil_div(Cq, TILE) * ceil_div(W, TILE)
+    lr, sr = mean_access([[(c * H) * W + t for t in range(min(W, TILE))] for c in range(2)], elem)
+    lw, sw = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)], 4)
+    rows = 2 * tiles * min(TILE, max(Cq, W))  # warp-level row accesses of each pass
+    x = B * Cq * H * W
+    return Launch("criss_cross", "pixel_major_kernel", (min(tiles, element_blocks(tiles * 256)), 2, 1),
+                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * 4, min_bytes=2 * x * elem,
+                  alu=2 * tiles * TILE_ROWS * (4 * DIV64 + 14) + rows * 12, mem=rows * 5,
+                  lsu=rows * (lr + 2 * lw + 2), l2=rows * (sr + 2 * sw) * 32, dram=2 * x * (elem + 8), gld=rows * 3,
+                  ilp=4, phased=True, note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
+
+
+def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
+    B, Cq, Cv, H, W, _ = cc_dims(p)
+    v = B * Cv * H * W * elem
+    return [pixel_major_kernel(B, Cq, H, W, elem),
+            cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
+            softmax_kernel(B, H, W, elem),
+            transpose_kernel(B, Cv * H, W, elem),
+            cc_gemm("column outputs", B * W, Cv, H, H, elem),
+            transpose_kernel(B, W, Cv * H, elem),
+            cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
+
+
+def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
+    B, Cq, Cv, H, W, _ = cc_dims(p)
+    q, v = B * Cq * H * W, B * Cv * H * W
+    return [pixel_major_kernel(B, Cq, H, W, elem),
+            cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
+            cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem),
+            transpose_kernel(B, Cv * H, W, elem), transpose_kernel(B, Cv * H, W, elem),
+            cc_gemm("column dS", B * W, H, H, Cv, elem),
+            softmax_backward_kernel(B, H, W, elem),
+            cc_gemm("column ∂v", B * W, Cv, H, H, elem),
+            transpose_kernel(B, W, Cv * H, elem),
+            cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem),
+            cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, 4, calls=2), cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, 4, calls=2),
+            aten_call("criss_cross", "ATen: ∂q, ∂k = rows + columns ×2", lambda d: 2 * plain_ew(d, q * (8 + elem)),
+                      nbytes=2 * q * elem)]
 
 
 def cc_dims(p: dict) -> Tuple[int, int, int, int, int, int]:
@@ -794,19 +818,6 @@ def plain_attention(dev: Device, p: dict, elem: int, backward: bool) -> float:
     a = B * H * W * P * elem
     forward = plain_energies(dev, p, elem) + plain_outputs(dev, p, elem) + 2 * plain_ew(dev, 2 * a)
     return 2 * forward + plain_ew(dev, 3 * a) if backward else forward
-
-
-def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
-    B, Cq, Cv, H, W, _ = cc_dims(p)
-    return [attention_forward_kernel(B, Cq, Cv, H, W, elem)]
-
-
-def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
-    B, Cq, Cv, H, W, _ = cc_dims(p)
-    x = B * Cv * H * W
-    return [aten_call("criss_cross", "ATen: D = Σ_c g·out", lambda d: plain_ew(d, 3 * x * elem) + plain_ew(d, 4 * x),
-                      nbytes=3 * x * elem + 4 * x),
-            attention_grad_q_kernel(B, Cq, Cv, H, W, elem), attention_grad_kv_kernel(B, Cq, Cv, H, W, elem)]
 
 
 OPS += [
@@ -1471,7 +1482,7 @@ def evaluate(dev: Device, table: dict, dtype: str = "float32") -> List[dict]:
                 floor_mem = sum(r["floor_mem"] for r in results)
                 floor_fp32 = sum(r["floor_fp32"] for r in results)
                 # each launch's arithmetic floor: tensor-core kernels the tensor-core one, the others FP32
-                floor_math = sum(r["floor_tc"] if r["launch"].hmma else r["floor_fp32"] for r in results)
+                floor_math = sum(r["floor_tc"] if r["launch"].on_tensor_cores else r["floor_fp32"] for r in results)
                 rows.append(dict(family=family, case=case, main=main,
                                  op=op.name, direction=direction, kernels=results,
                                  time=sum(r["time"] for r in results), floor=max(floor_mem, floor_math),
@@ -1562,11 +1573,12 @@ def markdown(rows: List[dict], dev: Device, dtype: str, ptxas_source: str) -> st
                 regs = "?" if res is None else str(res.regs)
                 spill = "?" if res is None or res.spill_stores is None else f"{res.spill_stores}/{res.spill_loads}"
                 smem, occ, waves = f"{k['smem']:,}", f"{k['occ']:.0%}", f"{k['waves']:.2g}"
+            ratio = f"{k['time'] / k['floor']:.0f}" if k["floor"] > 0 else "—"  # intermediates only: no floor of its own
             out.append(f"| {r['op']} | {r['case']} | {r['direction']} | `{launch.kernel}` | {cfg} | {regs} | {spill} | "
                        f"{smem} | "
                        f"{occ} | {waves} | {quantity(launch.flops)} | {quantity(launch.min_bytes)} | "
                        f"{us(k['floor_mem'])} / {us(k['floor_fp32'])} / {us(k['floor_tc'])} | {us(k['time'])} | "
-                       f"{k['time'] / max(k['floor'], 1e-12):.0f} | | | {kernel_cause(k)} |")
+                       f"{ratio} | | | {kernel_cause(k)} |")
         out.append(f"| **{r['op']}** | {r['case']} | **{r['direction']}** | **total** | | | | | | | | | "
                    f"{us(r['floor_mem'])} / {us(r['floor_fp32'])} / {us(r['floor_tc'])} | **{us(r['time'])}** | "
                    f"{r['time'] / r['floor']:.0f} | {us(r['plain'])} | **{r['time'] / r['plain']:.2f}** | |")

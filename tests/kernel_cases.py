@@ -384,7 +384,8 @@ CASES = [
     Case("triuvec-n1", triuvec_case, dict(B=3, n=1)),
     Case("triuvec", triuvec_case, dict(B=2, n=7)),
     Case("triuvec-many-blocks", triuvec_case, dict(B=3, n=30)),
-    # criss-cross: P = H + W − 1 from 1 to more than the 128 threads of a fused block; Cv > 128 channels
+    # criss-cross: P = H + W − 1 from 1 to several times the 32 lanes of a softmax warp, in the row and in the
+    # column; channels past one 32-channel tile of the pixel-major copies; images narrower than a 32-wide tile
     Case("criss-cross-maps", criss_cross_maps_case, dict(B=2, C=3, H=5, W=7)),
     Case("criss-cross-maps-1x1", criss_cross_maps_case, dict(B=1, C=2, H=1, W=1)),
     Case("criss-cross-maps-column", criss_cross_maps_case, dict(B=1, C=4, H=9, W=1)),
@@ -392,6 +393,7 @@ CASES = [
     Case("criss-cross-attention-1x1", criss_cross_attention_case, dict(B=1, Cq=1, H=1, W=1, Cv=2)),
     Case("criss-cross-attention-wide", criss_cross_attention_case, dict(B=1, Cq=2, H=2, W=140, Cv=3)),
     Case("criss-cross-attention-many-channels", criss_cross_attention_case, dict(B=1, Cq=130, H=3, W=2, Cv=131)),
+    Case("criss-cross-attention-column", criss_cross_attention_case, dict(B=2, Cq=2, H=70, W=1, Cv=3)),
     # region assignment: ties and a NaN in the guide, one region
     Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=5, W=6, ties=True)),
     Case("region-assign-one-region", region_assign_case, dict(B=1, R=1, C=3, H=4, W=2)),

@@ -132,26 +132,19 @@ def test_results_do_not_depend_on_the_scheduler(emu):
 # ---- limits ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op, P, arrays", [("forward", 6016, 1), ("backward", 3008, 2)])
-def test_criss_cross_shared_memory_limit_is_refused_beyond(op, P, arrays):
-    """The fused kernels keep (arrays·P + 128) doubles in shared memory, at most 48 KiB: P = 6016 positions
-    forward, 3008 backward in float64; one more is refused before any launch."""
-    assert (arrays * P + 128) * 8 == 48 * 1024
-    q = torch.randn(1, 1, 1, P + 1, dtype=torch.float64)
-    v = torch.randn(1, 1, 1, P + 1, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="more than 48 KiB"):
-        if op == "forward":
-            E.criss_cross_attention(q, q, v)
-        else:
-            out, lse = K.criss_cross_attention(q, q, v)
-            E.criss_cross_attention_backward(v, q, q, v, out, lse)
-
-
-@slow_under_sanitizers
-def test_criss_cross_at_the_shared_memory_limit():
-    """float64 backward at P = 3008 positions: exactly 48 KiB of shared memory per block, no opt-in."""
-    check(criss_cross_attention_case(EMULATED, torch.float64, Inputs(SEED + 3), B=1, Cq=1, H=1, W=3008, Cv=1),
-          torch.float64)
+def test_criss_cross_attention_runs_products_around_a_softmax(emu):
+    """The fused attention: q and k pixel-major (one launch), the energies and outputs as GEMMs, one softmax
+    kernel, v and the column outputs transposed (forward); the backward adds the softmax backward and the
+    transposes of g, v and the column ∂v; a grid of 32×8-thread tiles, one warp a pixel."""
+    before = launch_counts(emu)
+    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 3), B=2, Cq=40, H=33, W=9, Cv=37),
+          torch.float32)
+    launched = launched_since(emu, before)
+    tiles = 2 * 33 * 2 * 1  # B·H × channel tiles × w tiles
+    assert launched["criss_cross_cuda.cu:pixel_major_kernel"] == (2, 2 * 2 * tiles)
+    assert launched["criss_cross_cuda.cu:softmax_kernel"] == (1, 2 * 33 * 9 // 8 + 1)
+    assert launched["criss_cross_cuda.cu:softmax_backward_kernel"] == (1, 2 * 33 * 9 // 8 + 1)
+    assert launched["criss_cross_cuda.cu:transpose_kernel"][0] == 5  # v, column outputs; g, v, column ∂v
 
 
 def test_window_attention_backward_groups_run_several_windows(emu):

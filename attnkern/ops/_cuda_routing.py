@@ -74,11 +74,11 @@ ROUTES: Dict[str, Route] = {
                                  "bwd 7.7× (16×64×64), 7.9× (1×64×64); fwd 0.84–0.96×", with_grad=True),
     # 0.60–0.94×, bwd 1.07× at YOLO P5: keep.
     "triuvec": Route(False, model="0.60–0.94×; bwd 1.07× at 8×1024×1024"),
-    # The fused kernel loses everywhere: 25.1× / 27.8× at the CCNet head 2×512×97×97, 4.3× / 4.2× at
-    # YOLO P5 8×1024×20×20, 6.0× / 6.6× at 1×256×64×64 (v gathered H·W apart, one line per element).
-    "criss_cross_attention": Route(True, "einsum energies, one softmax over the H+W−1 positions, einsum outputs",
-                                   "25.1× / 27.8× (CCNet 2×512×97×97), 4.3× / 4.2× (8×1024×20×20), "
-                                   "6.0× / 6.6× (1×256×64×64)"),
+    # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.58× / 0.55× at the CCNet head
+    # 2×512×97×97 (182 / 352 µs, 2.9× / 2.6× the FP32 floor), 0.71× / 0.69× at YOLO P5 8×1024×20×20, 0.49× /
+    # 0.48× at 1×256×64×64; bfloat16 0.51–0.83×. (The one-block-per-pixel kernels before: 4.3–27.8×.)
+    "criss_cross_attention": Route(False, model="0.58× / 0.55× (CCNet 2×512×97×97), 0.71× / 0.69× (8×1024×20×20), "
+                                                "0.49× / 0.48× (1×256×64×64)"),
     # Loses at the CCNet head only: 3.1× / 6.4× there (2·64·97·97·193 = 232M multiply-adds: one
     # thread per energy, L2-bound), wins at YOLO P5 and 1×256×64×64 (0.46–0.86×, ~16M multiply-adds:
     # the plain path's launches dominate). Threshold 2^26 ≈ 67M multiply-adds, between the two, where

@@ -81,10 +81,11 @@ def criss_cross_aggregate(attn: Tensor, v: Tensor) -> Tensor:
 def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Criss-cross attention in one op: each pixel's softmax over its row and column, applied to v.
 
-    Equals ``criss_cross_aggregate(criss_cross_affinity(q, k).softmax(dim=1), v)`` without writing the
-    [B, H+W−1, H, W] energies or attention maps: the kernels keep one pixel's (CUDA) or one image
-    row's (CPU) energies at a time, save a per-pixel log-sum-exp [B, H, W] for the backward, and the
-    backward recomputes the weights from it.
+    Equals ``criss_cross_aggregate(criss_cross_affinity(q, k).softmax(dim=1), v)``, saving only a per-pixel
+    log-sum-exp [B, H, W] for the backward, which recomputes the weights from it. The CPU kernel keeps
+    one image column or row of energies at a time (no [B, H+W−1, H, W] map); the CUDA one computes every
+    row's and column's energies and outputs as batched cuBLAS products with one softmax kernel between,
+    holding energies and weights of the maps' size while it runs.
 
     Args:
         q, k: [B, C, H, W]; v: [B, C', H, W]; one dtype and device; H and W not both 0.
@@ -100,10 +101,7 @@ def criss_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     for t, name in ((q, "q"), (k, "k"), (v, "v")):
         check_tensor(t, name, op)
     if use_kernel(q, k, v):
-        if not plain_on_cuda("criss_cross_attention", q, k, v):
-            return _ops.criss_cross_attention(q, k, v)[0]
-        run_check(_ops.criss_cross_attention_check, q, k, v)
-        return _plain.criss_cross_attention(q, k, v)  # CUDA: the routing table (attnkern.ops._cuda_routing)
+        return _ops.criss_cross_attention(q, k, v)[0]
     run_check(_ops.criss_cross_attention_check, q, k, v)
     return reference.criss_cross_attention(q, k, v)
 

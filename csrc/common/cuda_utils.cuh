@@ -95,9 +95,24 @@ __device__ acc_t block_sum(acc_t value, acc_t* scratch) {
   return block_reduce(value, scratch, [](acc_t a, acc_t b) { return a + b; });
 }
 
+// Reductions over a warp (all 32 lanes): a butterfly of shuffles, after which every lane holds the same
+// result (each step combines two equal-ordered partials, and a + b = b + a).
+template <typename acc_t, typename Combine>
+__device__ acc_t warp_reduce(acc_t value, Combine combine) {
+  for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2) {
+    value = combine(value, __shfl_xor_sync(0xffffffffu, value, lane_mask));
+  }
+  return value;
+}
+
 template <typename acc_t>
-__device__ acc_t block_max(acc_t value, acc_t* scratch) {
-  return block_reduce(value, scratch, [](acc_t a, acc_t b) { return a > b ? a : b; });
+__device__ acc_t warp_sum(acc_t value) {
+  return warp_reduce(value, [](acc_t a, acc_t b) { return a + b; });
+}
+
+template <typename acc_t>
+__device__ acc_t warp_max(acc_t value) {
+  return warp_reduce(value, [](acc_t a, acc_t b) { return a > b ? a : b; });
 }
 
 }  // namespace attnkern

@@ -1,12 +1,13 @@
 // CUDA kernels of the criss-cross family. Affinity and aggregation: one thread per output element,
 // through the shared entry functions of criss_cross.h (consecutive threads take consecutive w, so
-// loads along a row coalesce). Fused attention: one block per pixel (below).
+// loads along a row coalesce). Fused attention: batched GEMMs around a fused softmax (below).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include <algorithm>
+#include <tuple>
+#include <utility>
 
 #include "common/cuda_utils.cuh"
 #include "criss_cross/criss_cross.h"
@@ -78,176 +79,293 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
   return out;
 }
 
-// ---- fused attention: one block per pixel (forward, ∂q) or per position (∂k, ∂v) ------------------
-// A block holds its pixel's P energies/weights in shared memory; nothing [B, P, H, W] is written.
+// ---- fused attention: batched GEMMs (cuBLAS, through ATen) around a fused softmax --------------------
+// The row positions of the pixels of image row h and the column positions of the pixels of image column w
+// are the products of small matrices:
+//   E_row[b, h] = Q_h·K_hᵀ   [W, W], Q_h = q[b, :, h, :]ᵀ [W, Cq]   (E_row[b, h][w, w'] = q(h, w)·k(h, w'))
+//   E_col[b, w] = Q_w·K_wᵀ   [H, H], Q_w = q[b, :, :, w]ᵀ [H, Cq]   (its diagonal, the pixel itself, is no position)
+//   out[b, :, h, :]  = V_h·A_row[b, h]ᵀ,  out[b, :, :, w] += V_w·A_col[b, w]ᵀ,
+// as the CPU kernel computes them tile by tile; here each is one batched GEMM (or one a sample) over the
+// whole batch, and the softmax over a pixel's W + H − 1 energies is one kernel, a warp per pixel. q and k
+// (C/8 channels) are copied into both layouts in the accumulation type, so the energies are exact to it;
+// v, whose column matrices V_w have no unit stride in [B, C, H, W], is transposed once through shared
+// memory, and so are the column products on their way back. Nothing of size [B, P, H, W] is written: the
+// energies and weights take B·H·W·(H + W) values.
 
-constexpr int kPixelThreads = 128;
+constexpr int kTile = 32;  // transpose tiles: 32×32 values, a block of 32×8 threads
+constexpr int kTileRows = 8;
+constexpr int kSoftmaxWarps = 8;  // the softmax kernels: a warp per pixel, 8 a block
+static_assert(kTile * kTileRows == kElementThreads && 32 * kSoftmaxWarps == kElementThreads);
 
-// Shared memory of a fused kernel: `arrays` arrays of P weights and the reduction scratch.
-template <typename acc_t>
-int64_t attention_smem_bytes(int64_t P, int arrays) {
-  return (arrays * P + kPixelThreads) * static_cast<int64_t>(sizeof(acc_t));
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void attention_forward_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                                         const scalar_t* __restrict__ v, scalar_t* __restrict__ out,
-                                         acc_t* __restrict__ lse, int64_t Cq, int64_t Cv, int64_t H, int64_t W) {
-  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  acc_t* weights = reinterpret_cast<acc_t*>(smem_raw);
-  const int64_t HW = H * W, P = H + W - 1;
-  acc_t* scratch = weights + P;
-  const int64_t b = blockIdx.x / HW, pixel = blockIdx.x % HW, h = pixel / W, w = pixel % W;
-  const scalar_t* qb = q + b * Cq * HW;
-  const scalar_t* kb = k + b * Cq * HW;
-  const scalar_t* vb = v + b * Cv * HW;
-  acc_t local_max = -INFINITY;
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    weights[p] = affinity_entry<acc_t>(qb, kb, Cq, H, W, p, h, w);
-    local_max = max(local_max, weights[p]);
-  }
-  const acc_t row_max = block_max(local_max, scratch);
-  acc_t local_sum = 0;
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    weights[p] = exp(weights[p] - row_max);
-    local_sum += weights[p];
-  }
-  const acc_t sum = block_sum(local_sum, scratch);  // its barriers also publish `weights`
-  if (threadIdx.x == 0) lse[blockIdx.x] = row_max + log(sum);
-  for (int64_t c = threadIdx.x; c < Cv; c += blockDim.x) {
-    acc_t acc = 0;
-    for (int64_t p = 0; p < P; ++p) acc += weights[p] * static_cast<acc_t>(vb[c * HW + position_offset(p, h, w, H, W)]);
-    out[(b * Cv + c) * HW + pixel] = static_cast<scalar_t>(acc / sum);
-  }
-}
-
-// ∂q of one pixel: dS_p = s_p·(g·v_p − D), ∂q = Σ_p dS_p·k_p.
-template <typename scalar_t, typename acc_t>
-__global__ void attention_grad_q_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
-                                        const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
-                                        const acc_t* __restrict__ lse, const acc_t* __restrict__ d,
-                                        scalar_t* __restrict__ grad_q, int64_t Cq, int64_t Cv, int64_t H, int64_t W) {
-  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  acc_t* energy_grads = reinterpret_cast<acc_t*>(smem_raw);
-  const int64_t HW = H * W, P = H + W - 1;
-  const int64_t b = blockIdx.x / HW, pixel = blockIdx.x % HW, h = pixel / W, w = pixel % W;
-  const scalar_t* qb = q + b * Cq * HW;
-  const scalar_t* kb = k + b * Cq * HW;
-  const scalar_t* vb = v + b * Cv * HW;
-  const scalar_t* gb = grad + b * Cv * HW;
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    const int64_t source = position_offset(p, h, w, H, W);
-    const acc_t weight = attention_weight(affinity_entry<acc_t>(qb, kb, Cq, H, W, p, h, w), lse[blockIdx.x]);
-    const acc_t grad_weight = channel_dot<acc_t>(gb, pixel, vb, source, Cv, HW);
-    energy_grads[p] = energy_grad(weight, grad_weight, d[blockIdx.x]);
-  }
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < Cq; c += blockDim.x) {
-    acc_t acc = 0;
-    for (int64_t p = 0; p < P; ++p) acc += energy_grads[p] * static_cast<acc_t>(kb[c * HW + position_offset(p, h, w, H, W)]);
-    grad_q[(b * Cq + c) * HW + pixel] = static_cast<scalar_t>(acc);
-  }
-}
-
-// ∂k and ∂v of one position: the pixels whose lists hold it are its own row and column (the same
-// P offsets, position_offset(j, y, x)); each contributes dS·q and s·g.
-template <typename scalar_t, typename acc_t>
-__global__ void attention_grad_kv_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
-                                         const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
-                                         const acc_t* __restrict__ lse, const acc_t* __restrict__ d,
-                                         scalar_t* __restrict__ grad_k, scalar_t* __restrict__ grad_v, int64_t Cq,
-                                         int64_t Cv, int64_t H, int64_t W) {
-  ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
-  const int64_t HW = H * W, P = H + W - 1;
-  acc_t* weights = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* energy_grads = weights + P;
-  const int64_t b = blockIdx.x / HW, position = blockIdx.x % HW, y = position / W, x = position % W;
-  const scalar_t* qb = q + b * Cq * HW;
-  const scalar_t* kb = k + b * Cq * HW;
-  const scalar_t* vb = v + b * Cv * HW;
-  const scalar_t* gb = grad + b * Cv * HW;
-  for (int64_t j = threadIdx.x; j < P; j += blockDim.x) {
-    const int64_t partner = position_offset(j, y, x, H, W);
-    const acc_t weight = attention_weight(channel_dot<acc_t>(qb, partner, kb, position, Cq, HW),
-                                          lse[b * HW + partner]);
-    const acc_t grad_weight = channel_dot<acc_t>(gb, partner, vb, position, Cv, HW);
-    weights[j] = weight;
-    energy_grads[j] = energy_grad(weight, grad_weight, d[b * HW + partner]);
-  }
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < Cq + Cv; c += blockDim.x) {
-    const bool is_k = c < Cq;
-    const int64_t channel = is_k ? c : c - Cq;
-    const scalar_t* source = is_k ? qb + channel * HW : gb + channel * HW;
-    const acc_t* coefficient = is_k ? energy_grads : weights;
-    acc_t acc = 0;
-    for (int64_t j = 0; j < P; ++j) acc += coefficient[j] * static_cast<acc_t>(source[position_offset(j, y, x, H, W)]);
-    if (is_k) {
-      grad_k[(b * Cq + channel) * HW + position] = static_cast<scalar_t>(acc);
-    } else {
-      grad_v[(b * Cv + channel) * HW + position] = static_cast<scalar_t>(acc);
+// dst[n, s, r] = src[n, r, s] for contiguous src [N, R, S] and dst [N, S, R]: a tile read along src's rows
+// into shared memory (a padding column keeps the transposed reads conflict-free) and written along dst's rows.
+template <typename scalar_t>
+__global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t R, int64_t S,
+                                 int64_t tiles_r, int64_t tiles_s, int64_t tiles) {
+  __shared__ scalar_t tile[kTile][kTile + 1];
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t n = t / (tiles_r * tiles_s), r0 = (t / tiles_s) % tiles_r * kTile, s0 = t % tiles_s * kTile;
+    const scalar_t* src_n = src + n * R * S;
+    scalar_t* dst_n = dst + n * R * S;
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      if (r0 + i < R && s0 + threadIdx.x < S) tile[i][threadIdx.x] = src_n[(r0 + i) * S + s0 + threadIdx.x];
     }
+    __syncthreads();
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      if (s0 + i < S && r0 + threadIdx.x < R) dst_n[(s0 + i) * R + r0 + threadIdx.x] = tile[threadIdx.x][i];
+    }
+    __syncthreads();
   }
 }
 
-template <typename acc_t>
-void check_positions_fit(int64_t P, int arrays, const char* op) {
-  const int64_t bytes = attention_smem_bytes<acc_t>(P, arrays);
-  TORCH_CHECK(bytes <= 48 * 1024, op, ": H + W - 1 = ", P, " positions need ", bytes,
-              " bytes of shared memory per block on CUDA, more than 48 KiB; use criss_cross_affinity and "
-              "criss_cross_aggregate for images this large");
+// x [N, R, S] (contiguous) transposed into dst [N, S, R].
+void transpose_batches(const at::Tensor& x, at::Tensor& dst) {
+  const int64_t N = x.size(0), R = x.size(1), S = x.size(2);
+  const int64_t tiles_r = ceil_div(R, kTile), tiles_s = ceil_div(S, kTile), tiles = N * tiles_r * tiles_s;
+  if (tiles == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "criss_cross_transpose_cuda", [&] {
+    ATTNKERN_LAUNCH(element_blocks(tiles * kElementThreads), dim3(kTile, kTileRows), 0,  // a block a tile
+                    c10::cuda::getCurrentCUDAStream(), transpose_kernel<scalar_t>)(
+        x.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), R, S, tiles_r, tiles_s, tiles);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
+
+// x [B, C, H, W] as the column matrices of the products: [B·W, C, H].
+at::Tensor column_matrices(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto columns = at::empty({B * W, C, H}, x.options());
+  auto as_batches = columns.view({B, W, C * H});
+  transpose_batches(x.view({B, C * H, W}), as_batches);
+  return columns;
+}
+
+// q and k [B, C, H, W] pixel-major, in the accumulation type: the row matrices [B·H, W, C] and the column
+// matrices [B·W, H, C] of each. A block takes 32 channels × 32 pixels of one image row (blockIdx.y: q or k),
+// read along w into shared memory and written along c into both layouts.
+template <typename scalar_t, typename acc_t>
+__global__ void pixel_major_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                   acc_t* __restrict__ q_rows, acc_t* __restrict__ q_cols, acc_t* __restrict__ k_rows,
+                                   acc_t* __restrict__ k_cols, int64_t C, int64_t H, int64_t W, int64_t tiles_c,
+                                   int64_t tiles_w, int64_t tiles) {
+  __shared__ acc_t tile[kTile][kTile + 1];
+  const scalar_t* x = blockIdx.y == 0 ? q : k;
+  acc_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
+  acc_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = ((b·H + h)·tiles_c + c tile)·tiles_w + w tile
+    const int64_t w0 = t % tiles_w * kTile, c0 = t / tiles_w % tiles_c * kTile, row = t / (tiles_w * tiles_c);
+    const int64_t b = row / H, h = row % H;
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      if (c0 + i < C && w0 + threadIdx.x < W) {
+        tile[i][threadIdx.x] = static_cast<acc_t>(x[((b * C + c0 + i) * H + h) * W + w0 + threadIdx.x]);
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      if (w0 + i < W && c0 + threadIdx.x < C) {
+        const int64_t w = w0 + i, c = c0 + threadIdx.x;
+        rows[(row * W + w) * C + c] = tile[threadIdx.x][i];
+        columns[((b * W + w) * H + h) * C + c] = tile[threadIdx.x][i];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// The row and column matrices of q and k (pixel_major_kernel).
+struct PixelMajor {
+  at::Tensor q_rows, q_cols, k_rows, k_cols;
+};
+
+PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in, at::ScalarType acc) {
+  auto q = q_in.contiguous(), k = k_in.contiguous();
+  const int64_t B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
+  const auto options = q.options().dtype(acc);
+  PixelMajor out{at::empty({B * H, W, C}, options), at::empty({B * W, H, C}, options),
+                 at::empty({B * H, W, C}, options), at::empty({B * W, H, C}, options)};
+  const int64_t tiles_c = ceil_div(C, kTile), tiles_w = ceil_div(W, kTile), tiles = B * H * tiles_c * tiles_w;
+  if (tiles == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_pixel_major_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ATTNKERN_LAUNCH(dim3(element_blocks(tiles * kElementThreads), 2), dim3(kTile, kTileRows), 0,  // a block a tile
+                    c10::cuda::getCurrentCUDAStream(), pixel_major_kernel<scalar_t, acc_t>)(
+        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q_rows.mutable_data_ptr<acc_t>(),
+        out.q_cols.mutable_data_ptr<acc_t>(), out.k_rows.mutable_data_ptr<acc_t>(), out.k_cols.mutable_data_ptr<acc_t>(),
+        C, H, W, tiles_c, tiles_w, tiles);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// out = a·b (batched), summed in and written as out's dtype, the accumulation type: cuBLAS's mixed-precision
+// GEMM for half and bfloat16 operands. The emulated device's CPU tensors have no such GEMM; there the
+// operands are widened first (the same products, summed in float).
+at::Tensor& accumulating_bmm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == out.scalar_type()) return at::bmm_out(out, a, b);
+#if defined(ATTNKERN_CUDA_EMULATION)
+  return at::bmm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
+#else
+  return at::bmm_out(out, a, b, out.scalar_type());
+#endif
+}
+
+// Views of x [B, C, H, W]'s sample b as a batch over rows: [H, C, W] (the row matrices X_h = x[b, :, h, :]).
+at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(0, 1); }
+
+// The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above).
+std::pair<at::Tensor, at::Tensor> energies(const PixelMajor& x) {
+  return {at::bmm(x.q_rows, x.k_rows.transpose(1, 2)), at::bmm(x.q_cols, x.k_cols.transpose(1, 2))};
+}
+
+// One pixel's energies: its row E_row[b, h][w, :] (W values from offset `row`) and column E_col[b, w][h, :]
+// (H values from `column`, the one at index `self` = h — the pixel itself — no position); the same offsets
+// index the weights and the gradients. pixel = (b·H + h)·W + w.
+struct PixelLists {
+  int64_t row, column, self;
+};
+
+__device__ inline PixelLists pixel_lists(int64_t pixel, int64_t H, int64_t W) {
+  const int64_t w = pixel % W, h = pixel / W % H, b = pixel / (H * W);
+  return {pixel * W, ((b * W + w) * H + h) * H, h};
+}
+
+// Softmax over each pixel's positions: the weights (0 at the pixel's own column entry) and the log-sum-exp.
+template <typename scalar_t, typename acc_t>
+__global__ void softmax_kernel(const acc_t* __restrict__ e_row, const acc_t* __restrict__ e_col,
+                               scalar_t* __restrict__ a_row, scalar_t* __restrict__ a_col, acc_t* __restrict__ lse,
+                               int64_t pixels, int64_t H, int64_t W) {
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.y;
+  if (pixel >= pixels) return;  // the whole warp
+  const PixelLists lists = pixel_lists(pixel, H, W);
+  const acc_t* row = e_row + lists.row;
+  const acc_t* column = e_col + lists.column;
+  acc_t max = -INFINITY;
+  for (int64_t j = threadIdx.x; j < W; j += 32) max = row[j] > max ? row[j] : max;
+  for (int64_t i = threadIdx.x; i < H; i += 32) max = i != lists.self && column[i] > max ? column[i] : max;
+  max = warp_max(max);
+  acc_t sum = 0;
+  for (int64_t j = threadIdx.x; j < W; j += 32) sum += exp(row[j] - max);
+  for (int64_t i = threadIdx.x; i < H; i += 32) sum += i != lists.self ? exp(column[i] - max) : acc_t(0);
+  const acc_t log_sum = max + log(warp_sum(sum));
+  if (threadIdx.x == 0) lse[pixel] = log_sum;
+  for (int64_t j = threadIdx.x; j < W; j += 32) a_row[lists.row + j] = static_cast<scalar_t>(attention_weight(row[j], log_sum));
+  for (int64_t i = threadIdx.x; i < H; i += 32) {
+    a_col[lists.column + i] = static_cast<scalar_t>(i != lists.self ? attention_weight(column[i], log_sum) : acc_t(0));
+  }
+}
+
+// The weights again (from the saved log-sum-exp), and the energies' gradients dE = S·(dS − D) with
+// D = Σ S·dS over the pixel's positions (= Σ_c g·out), in place over dS = g·v.
+template <typename scalar_t, typename acc_t>
+__global__ void softmax_backward_kernel(const acc_t* __restrict__ e_row, const acc_t* __restrict__ e_col,
+                                        const acc_t* __restrict__ lse, acc_t* __restrict__ de_row,
+                                        acc_t* __restrict__ de_col, scalar_t* __restrict__ a_row,
+                                        scalar_t* __restrict__ a_col, int64_t pixels, int64_t H, int64_t W) {
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.y;
+  if (pixel >= pixels) return;  // the whole warp
+  const PixelLists lists = pixel_lists(pixel, H, W);
+  const acc_t* row = e_row + lists.row;
+  const acc_t* column = e_col + lists.column;
+  acc_t* grad_row = de_row + lists.row;
+  acc_t* grad_column = de_col + lists.column;
+  const acc_t log_sum = lse[pixel];
+  auto column_weight = [&](int64_t i) { return i != lists.self ? attention_weight(column[i], log_sum) : acc_t(0); };
+  acc_t d = 0;
+  for (int64_t j = threadIdx.x; j < W; j += 32) d += attention_weight(row[j], log_sum) * grad_row[j];
+  for (int64_t i = threadIdx.x; i < H; i += 32) d += column_weight(i) * grad_column[i];
+  d = warp_sum(d);
+  for (int64_t j = threadIdx.x; j < W; j += 32) {
+    const acc_t weight = attention_weight(row[j], log_sum);
+    a_row[lists.row + j] = static_cast<scalar_t>(weight);
+    grad_row[j] = energy_grad(weight, grad_row[j], d);
+  }
+  for (int64_t i = threadIdx.x; i < H; i += 32) {
+    const acc_t weight = column_weight(i);
+    a_col[lists.column + i] = static_cast<scalar_t>(weight);
+    grad_column[i] = energy_grad(weight, grad_column[i], d);
+  }
+}
+
+int64_t softmax_blocks(int64_t pixels) { return ceil_div(pixels, kSoftmaxWarps); }
 
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                   const at::Tensor& v_in) {
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention");
   c10::cuda::CUDAGuard guard(q_in.device());
-  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const int64_t B = q.size(0), Cq = q.size(1), H = q.size(2), W = q.size(3), Cv = v.size(1), P = H + W - 1;
+  auto v = v_in.contiguous();
+  const int64_t B = v.size(0), Cv = v.size(1), H = v.size(2), W = v.size(3);
+  const auto acc = at::toOpMathType(v.scalar_type());
   auto out = at::empty_like(v);
-  auto lse = at::empty({B, H, W}, v.options().dtype(at::toOpMathType(v.scalar_type())));
+  auto lse = at::empty({B, H, W}, v.options().dtype(acc));
   if (B * H * W == 0) return {out, lse};
+  auto [e_row, e_col] = energies(pixel_major(q_in, k_in, acc));
+  auto a_row = at::empty(e_row.sizes(), v.options()), a_col = at::empty(e_col.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_positions_fit<acc_t>(P, 1, "criss_cross_attention");
-    ATTNKERN_LAUNCH(B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 1), c10::cuda::getCurrentCUDAStream(),
-                    attention_forward_kernel<scalar_t, acc_t>)(
-            q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
-            out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), Cq, Cv, H, W);
+    ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
+                    softmax_kernel<scalar_t, acc_t>)(
+        e_row.const_data_ptr<acc_t>(), e_col.const_data_ptr<acc_t>(), a_row.mutable_data_ptr<scalar_t>(),
+        a_col.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  // Columns: [B·W, Cv, H] products, transposed into out; then the rows added, out[b, :, h, :] += V_h·A_row[b, h]ᵀ,
+  // a batch over h per sample (the matrices x[b, :, h, :] are W apart).
+  auto column_out = at::bmm(column_matrices(v), a_col.transpose(1, 2));
+  auto out_batches = out.view({B, Cv * H, W});
+  transpose_batches(column_out.view({B, W, Cv * H}), out_batches);
+  auto a_rows = a_row.view({B, H, W, W});
+  for (int64_t b = 0; b < B; ++b) row_matrices(out, b).baddbmm_(row_matrices(v, b), a_rows[b].transpose(1, 2));
   return {out, lse};
 }
 
+// Backward: the energies and the weights' gradients dS = g·v as GEMMs, the softmax backward (the weights S,
+// D and dE over dS), then ∂q = dE·K and ∂k = dEᵀ·Q by rows and by columns (pixel-major), ∂v = G·S by rows and
+// by columns (transposed back). `out` is not needed: D = Σ S·dS.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in) {
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention_backward");
   check_attention_outputs(grad_in, out_in, lse_in, v_in, "criss_cross_attention_backward");
   c10::cuda::CUDAGuard guard(q_in.device());
-  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), g = grad_in.contiguous();
-  auto lse = lse_in.contiguous();
-  const int64_t B = q.size(0), Cq = q.size(1), H = q.size(2), W = q.size(3), Cv = v.size(1), P = H + W - 1;
-  auto grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
+  auto v = v_in.contiguous(), g = grad_in.contiguous(), lse = lse_in.contiguous();
+  const int64_t B = q_in.size(0), Cq = q_in.size(1), H = q_in.size(2), W = q_in.size(3), Cv = v.size(1);
+  const auto acc = lse.scalar_type();
+  auto grad_q = at::empty_like(q_in, at::MemoryFormat::Contiguous);
+  auto grad_k = at::empty_like(k_in, at::MemoryFormat::Contiguous), grad_v = at::empty_like(v);
   if (B * H * W == 0) return {grad_q, grad_k, grad_v};
-  auto d = (g.to(lse.scalar_type()) * out_in.to(lse.scalar_type())).sum(1).contiguous();  // D = Σ_c g·out
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const PixelMajor qk = pixel_major(q_in, k_in, acc);
+  auto [e_row, e_col] = energies(qk);
+  // dS[w, w'] = g(h, w)·v(h, w') by rows, per sample; dS[h, h'] = g(h, w)·v(h', w) by columns.
+  auto de_row = at::empty({B, H, W, W}, v.options().dtype(acc));
+  for (int64_t b = 0; b < B; ++b) {
+    auto de_b = de_row[b];
+    accumulating_bmm_out(de_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
+  }
+  auto g_cols = column_matrices(g), v_cols = column_matrices(v);
+  auto de_col = at::empty({B * W, H, H}, v.options().dtype(acc));
+  accumulating_bmm_out(de_col, g_cols.transpose(1, 2), v_cols);
+  auto a_row = at::empty({B, H, W, W}, v.options()), a_col = at::empty({B * W, H, H}, v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_positions_fit<acc_t>(P, 2, "criss_cross_attention_backward");
-    ATTNKERN_LAUNCH(B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 1), stream,
-                    attention_grad_q_kernel<scalar_t, acc_t>)(
-        g.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-        v.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), d.const_data_ptr<acc_t>(),
-        grad_q.mutable_data_ptr<scalar_t>(), Cq, Cv, H, W);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    ATTNKERN_LAUNCH(B * H * W, kPixelThreads, attention_smem_bytes<acc_t>(P, 2), stream,
-                    attention_grad_kv_kernel<scalar_t, acc_t>)(
-        g.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
-        v.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), d.const_data_ptr<acc_t>(),
-        grad_k.mutable_data_ptr<scalar_t>(), grad_v.mutable_data_ptr<scalar_t>(), Cq, Cv, H, W);
+    ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
+                    softmax_backward_kernel<scalar_t, acc_t>)(
+        e_row.const_data_ptr<acc_t>(), e_col.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
+        de_row.mutable_data_ptr<acc_t>(), de_col.mutable_data_ptr<acc_t>(), a_row.mutable_data_ptr<scalar_t>(),
+        a_col.mutable_data_ptr<scalar_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  // ∂v: the columns through the transposed layout, then the rows added, ∂v[b, :, h, :] += G_h·S_row[b, h].
+  auto column_grad_v = at::bmm(g_cols, a_col);
+  auto grad_v_batches = grad_v.view({B, Cv * H, W});
+  transpose_batches(column_grad_v.view({B, W, Cv * H}), grad_v_batches);
+  for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
+  // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq].
+  auto de_rows = de_row.view({B * H, W, W});
+  auto pixels_of_rows = [&](const at::Tensor& x) { return x.view({B, H, W, Cq}).permute({0, 3, 1, 2}); };
+  auto pixels_of_columns = [&](const at::Tensor& x) { return x.view({B, W, H, Cq}).permute({0, 3, 2, 1}); };
+  at::add_out(grad_q, pixels_of_rows(at::bmm(de_rows, qk.k_rows)), pixels_of_columns(at::bmm(de_col, qk.k_cols)));
+  at::add_out(grad_k, pixels_of_rows(at::bmm(de_rows.transpose(1, 2), qk.q_rows)),
+              pixels_of_columns(at::bmm(de_col.transpose(1, 2), qk.q_cols)));
   return {grad_q, grad_k, grad_v};
 }
 
