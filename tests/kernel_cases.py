@@ -165,7 +165,7 @@ def covpool_case(be, dtype, rng, B, C, M, offset=3.0):
     g = rng.randn(B, C, C, dtype=dtype)  # not symmetric
     out, grad_x = be.op.covpool(x), be.op.covpool_backward(g, x)
     (ref_grad,) = grads(reference.covpool, [x], [g])
-    # The CPU backward does not centre (S·X − (S·μ)·1ᵀ: error linear in |μ|/σ), so it is compared for small means only.
+    # The CPU backward does not centre (S·X − (S·μ)·1ᵀ: error linear in |μ|/σ): compared for small means only.
     cpu_grad = be.cpu(K.covpool_backward, g, x) if abs(offset) < 100 else None
     return [Output("covpool", out, reference.covpool(x.double()), be.cpu(K.covpool, x)),
             Output("covpool_backward", grad_x, ref_grad, cpu_grad)]

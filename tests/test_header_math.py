@@ -166,7 +166,8 @@ def test_products_on_padded_rows_in_every_orientation(driver, n, ld):
     a, b, c = randn(n, n), randn(n, n), randn(n, n)
     results = driver("ns_products", n, ld, a, b, c, shapes=[(n, n)] * 12)
     eye = torch.eye(n, dtype=torch.float64)
-    for (ta, tb), (plus, accumulated, with_identity) in zip([(0, 0), (0, 1), (1, 0), (1, 1)], zip(*[iter(results)] * 3)):
+    orientations = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for (ta, tb), (plus, accumulated, with_identity) in zip(orientations, zip(*[iter(results)] * 3)):
         ab = (a.t() if ta else a) @ (b.t() if tb else b)
         close(plus, 2 * ab - c)
         close(accumulated, c + ab)

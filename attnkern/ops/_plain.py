@@ -6,8 +6,8 @@ Each gives the op's values and, through autograd, its gradients (its conventions
 criss-cross self position counted once, SwinIR's shift mask, DRConv's straight-through gradient).
 Where a reference (``attnkern.reference``) already is that formulation, it is used as it is. Half
 types (float16, bfloat16) keep the kernels' float32 accumulation where rounding would otherwise show:
-the criss-cross energies and softmax are computed in float32 and the result cast back. An empty input takes the reference (same values, no empty-tensor
-corner cases of einsum/SDPA).
+the criss-cross energies and softmax are computed in float32 and the result cast back. An empty input
+takes the reference (same values, no empty-tensor corner cases of einsum/SDPA).
 """
 
 import math
