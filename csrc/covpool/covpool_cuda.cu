@@ -274,10 +274,11 @@ int64_t sqrtm_smem_bytes(int64_t n, int matrices) {
 
 // Whether a one-block kernel keeping `matrices` matrices runs n×n matrices: n ≤ 64 (each product one
 // tile of one cell a thread) and its shared memory fits the device's opt-in. The size threshold is the
-// model's (benchmarks/perf_model.py, covpool section): at n = 64 a block's 4·64³ FMAs a product take
-// ~2 µs against ≥ 4 µs a launch for every bmm of the batched path — 5-iteration forward 3–4× faster,
-// backward ~3× faster at SAN's 16 matrices; past 64 a product's time grows as n³ on one SM while a
-// bmm spreads over the GPU (n = 96: the block's ~7 µs a product loses).
+// model's (benchmarks/perf_model.py, covpool section; H200, float32): at n = 64 a product's 64³ FMAs
+// take ~2.4 µs on one SM (shared-load bound) against ≥ 4 µs a launch for each bmm of the batched path:
+// 5 iterations 37 µs forward, 72 µs backward against 115 / 204 µs batched (plain PyTorch 144 / 246),
+// for 1 to 132 matrices alike. Past 64 a product's time on one SM grows as n³ (~8 µs at n = 96, what a
+// batched product costs there), so the one-block path stops at one tile.
 template <typename acc_t>
 bool sqrtm_one_block(int64_t n, int matrices) {
   return n <= kSqrtmMaxN && sqrtm_smem_bytes<acc_t>(n, matrices) <= max_shared_memory_optin();
