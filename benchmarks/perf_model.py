@@ -395,119 +395,87 @@ OPS: List[Op] = []  # filled family by family below
 
 
 # ---- covpool (csrc/covpool/covpool_cuda.cu) ---------------------------------------------------------
-COV_TILE, MEAN_THREADS, SQRTM_THREADS, MAX_GRID_Y = 16, 256, 256, 65535
+# covpool.h: a product's 64×64 tile in 16×16 cells of 4×4 entries (one cell a thread of the one-block kernels)
+CELL_SIDE, CELL_ROWS = 4, 16
+SQRTM_THREADS, SQRTM_MAX_N = CELL_ROWS * CELL_ROWS, CELL_SIDE * CELL_ROWS  # covpool_cuda.cu: kSqrtmThreads, kSqrtmMaxN
+SQRTM_FORWARD_MATRICES, SQRTM_BACKWARD_MATRICES = 4, 7  # covpool_cuda.cu: kForwardMatrices, kBackwardMatrices
 
 
-def row_mean_kernel(B: int, C: int, M: int, elem: int) -> Launch:
-    """covpool_cuda.cu: row_means — one CTA of 256 threads per row, a strided sum, a block reduction."""
-    rows, lines, sectors = B * C, *global_access([m * elem for m in range(32)])
-    warp_iters = rows * min(8, warps_of(M)) * ceil_div(M, MEAN_THREADS)
-    reduce = rows * 8 * 8  # block_sum: 8 levels, every warp
-    return Launch("covpool", "row_mean_kernel", (rows, 1, 1), (MEAN_THREADS, 1, 1), static_smem=MEAN_THREADS * 4,
-                  flops=rows * M, min_bytes=rows * M * elem + rows * 4, alu=warp_iters * 4 + reduce * 6,
-                  mem=warp_iters + reduce * 3, lsu=warp_iters * lines + reduce * 3, l2=warp_iters * sectors * 32,
-                  gld=warp_iters, ilp=4, note="coalesced rows, one CTA per row")
+def sqrtm_ld(n: int) -> int:  # covpool_cuda.cu: sqrtm_ld (odd row stride of the shared matrices)
+    return n | 1
 
 
-def covariance_kernel(B: int, C: int, M: int, elem: int) -> Launch:
-    """covpool_cuda.cu: covpool_cuda — grid (tiles, tiles, B), 16×16 threads; tiles below the diagonal exit."""
-    tiles, steps = ceil_div(C, COV_TILE), ceil_div(M, COV_TILE)
-    active = B * tiles * (tiles + 1) // 2
-    lanes = [(lane // 16, lane % 16) for lane in range(32)]  # (ty, tx) of warp 0
-    lines, sectors = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[load_i * M + m]
-    # rows_i[ty][k], rows_j[tx][k]
-    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx * 17 for _, tx in lanes])
-    sts = bank_ways([ty * 17 + tx for ty, tx in lanes])
-    mirror, _ = global_access([(tx * C + ty) * elem for ty, tx in lanes])  # ob[j * C + i]
-    ws = active * 8 * steps  # warp-steps
-    return Launch("covpool", "covariance_kernel", (tiles, tiles, min(B, MAX_GRID_Y)), (COV_TILE, COV_TILE, 1),
-                  static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
-                  min_bytes=B * C * M * elem + B * C * C * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
-                  mem=ws * (2 + 2 + 2 * COV_TILE),
-                  lsu=ws * (2 * lines + 2 * sts + COV_TILE * ways) + active * 8 * (1 + mirror),
-                  l2=ws * 2 * sectors * 32, gld=ws * 2, ilp=2, ctas_active=active, phased=True,
-                  reuse_set=C * M * elem,
-                  note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
+def sqrtm_smem(n: int, matrices: int) -> int:  # covpool_cuda.cu: sqrtm_smem_bytes (float accumulation)
+    return (matrices * n * sqrtm_ld(n) + SQRTM_THREADS) * 4
 
 
-def covpool_backward_kernel(B: int, C: int, M: int, elem: int) -> Launch:
-    """covpool_cuda.cu: covpool_backward_cuda — grid (⌈M/16⌉, ⌈C/16⌉, B), 16×16 threads."""
-    grid, steps = (ceil_div(M, COV_TILE), ceil_div(C, COV_TILE), min(B, MAX_GRID_Y)), ceil_div(C, COV_TILE)
-    lanes = [(lane // 16, lane % 16) for lane in range(32)]
-    lines_s, sectors_s = global_access([(ty * C + tx) * 4 for ty, tx in lanes])  # sb[i * C + sym_col]
-    lines_x, sectors_x = global_access([(ty * M + tx) * elem for ty, tx in lanes])  # xb[xc_row * M + m]
-    # sym_tile[ty][k], xc_tile[k][tx]
-    ways = bank_ways([ty * 17 for ty, _ in lanes]) + bank_ways([tx for _, tx in lanes])
-    ws = grid[0] * grid[1] * grid[2] * 8 * steps
-    return Launch("covpool", "covpool_backward_kernel", grid, (COV_TILE, COV_TILE, 1),
-                  static_smem=2 * COV_TILE * (COV_TILE + 1) * 4, flops=2 * B * C * C * M,
-                  min_bytes=B * C * C * 4 + 2 * B * C * M * elem + B * C * 4, ffma=ws * COV_TILE, alu=ws * 10,
-                  mem=ws * (3 + 2 + 2 * COV_TILE), lsu=ws * (lines_s + lines_x + 1 + 2 + COV_TILE * ways),
-                  l2=ws * (sectors_s + sectors_x + 1) * 32, gld=ws * 3, ilp=3, phased=True,
-                  reuse_set=C * C * 4 + C * M * elem,
-                  note=f"16×16 tile: 2 shared loads per FMA, {steps} serial K steps")
+def sqrtm_one_block(n: int, matrices: int) -> bool:  # covpool_cuda.cu: sqrtm_one_block
+    return n <= SQRTM_MAX_N and sqrtm_smem(n, matrices) <= SMEM_OPTIN
 
 
-def sqrtm_fits_one_block(n: int) -> bool:  # covpool_cuda.cu: sqrtm_fits_one_block (float accumulation)
-    return (4 * n * n + SQRTM_THREADS) * 4 <= SMEM_OPTIN
-
-
-def product_wavefronts(n: int, a: Tuple[str, bool], b: Tuple[str, bool]) -> float:
-    """L1/shared wavefronts of one k-step of product_entry (covpool.h's SquareProducts, on a CUDA block in
-    covpool_cuda.cu) for a warp of its product's element loop (lanes e → i = e / n, j = e % n), averaged over the warps of the first 256 elements.
-    Operands: (where, transposed), where 'shared' (the block's matrices) or 'global' (saved iterates)."""
-    total, warps = 0.0, max(1, min(8, warps_of(n * n)))
-    for w in range(warps):
-        lanes = [(e // n, e % n) for e in range(32 * w, min(32 * w + 32, n * n))]
+def product_wavefronts(n: int, a_transposed: bool, b_transposed: bool) -> float:
+    """Shared-memory wavefronts of one k-step of SquareProducts::product_cell (covpool.h) for a warp of the
+    one-block kernels (thread t owns the cell of rows t / 16 + 16u, columns t % 16 + 16v): its 4 loads of
+    op(a)'s column and 4 of op(b)'s row, averaged over the block's 8 warps. Rows sqrtm_ld(n) apart."""
+    ld, total = sqrtm_ld(n), 0
+    a_steps = (1, ld) if a_transposed else (ld, 1)  # (along i, along k) of op(a)[i, k]
+    b_steps = (1, ld) if b_transposed else (ld, 1)  # (along k, along j) of op(b)[k, j]: (row, col) swapped
+    for w in range(SQRTM_THREADS // 32):
+        cells = [(t // CELL_ROWS, t % CELL_ROWS) for t in range(32 * w, 32 * w + 32)]
         k = 1
-        words_a = [k * n + i if a[1] else i * n + k for i, _ in lanes]  # op(A)[i, k]
-        words_b = [j * n + k if b[1] else k * n + j for _, j in lanes]  # op(B)[k, j]
-        for (where, _), words in ((a, words_a), (b, words_b)):
-            total += bank_ways(words) if where == "shared" else global_access([4 * x for x in words])[0]
-    return total / warps
+        for u in range(CELL_SIDE):
+            total += bank_ways([min(r + CELL_ROWS * u, n - 1) * a_steps[0] + k * a_steps[1] for r, _ in cells])
+            total += bank_ways([k * b_steps[0] + min(c + CELL_ROWS * u, n - 1) * b_steps[1] for _, c in cells])
+    return total / (SQRTM_THREADS // 32)
 
 
-def block_products(n: int, matrices: int, products: Sequence[Tuple[Tuple[str, bool], Tuple[str, bool]]]) -> dict:
-    """Counts of `products` n×n block products (SquareProducts::product / product_entry) for `matrices` CTAs."""
-    wi = matrices * 8 * ceil_div(n * n, SQRTM_THREADS)  # warp-iterations of the element loop
-    lsu = sum(product_wavefronts(n, a, b) for a, b in products) * n * wi + len(products) * wi
-    return dict(ffma=len(products) * wi * n, mem=len(products) * wi * (2 * n + 2), lsu=lsu,
-                alu=len(products) * wi * (n + DIV32 + 6))
+def block_products(n: int, matrices: int, products: Sequence[Tuple[bool, bool]]) -> dict:
+    """Counts of `products` n×n one-block products (SquareProducts::product_cell, one cell a thread) for
+    `matrices` CTAs; each product is (op(a) transposed, op(b) transposed). Per warp and k-step: 16 FFMA, 8 shared
+    loads, ~3 address/loop instructions; then 16 stores and up to 16 reads of the added matrix a thread."""
+    warps = matrices * SQRTM_THREADS // 32
+    steps = warps * n * len(products)  # warp k-steps
+    lsu = sum(product_wavefronts(n, a, b) for a, b in products) * warps * n
+    return dict(ffma=steps * CELL_SIDE ** 2, mem=steps * 2 * CELL_SIDE + warps * len(products) * 32,
+                lsu=lsu + warps * len(products) * 2 * 32, alu=steps * 3 + warps * len(products) * 60)
 
 
 def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> Launch:
     """covpool_cuda.cu: sqrtm_newton_schulz_cuda — one CTA of 256 threads per matrix, all in shared memory."""
-    nn, S = n * n, ("shared", False)
+    nn = n * n
     products = 3 * (iters - 1) + 2
-    c = block_products(n, B, [(S, S)] * products)
+    c = block_products(n, B, [(False, False)] * products)
     saved = (3 * iters - 1) * nn * 4 * B if save else 0
-    wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
+    wi = B * 8 * ceil_div(nn, SQRTM_THREADS)  # warp-iterations of an element loop
     return Launch("covpool", "sqrtm_forward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
-                  dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * products * n ** 3 * B,
+                  dyn_smem=sqrtm_smem(n, SQRTM_FORWARD_MATRICES), flops=2.0 * products * n ** 3 * B,
                   min_bytes=2 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * 30, mem=c["mem"] + wi * 8,
-                  lsu=c["lsu"] + wi * 8, l2=2 * B * nn * elem + saved, gld=wi * (2 + (3 * iters - 1 if save else 0)),
-                  ilp=4, note=f"{products} n×n products in one CTA per matrix: 2 shared loads per FMA")
+                  lsu=c["lsu"] + wi * 8, l2=2 * B * nn * elem + saved, gld=wi,  # loads: a; the rest are stores
+                  ilp=4, note=f"{products} n×n products in one CTA per matrix: 4×4 outputs a thread, 8 conflict-free "
+                              "shared loads per 16 FMAs")
 
 
 def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
-    """covpool_cuda.cu: sqrtm_newton_schulz_backward_cuda — one CTA per matrix; the saved iterates are read
-    from global memory (L1), Y_f, Z_f, Y_k, Z_k, T_k transposed where the reverse step needs it."""
-    nn, S, ST, G, GT = n * n, ("shared", False), ("shared", True), ("global", False), ("global", True)
-    prologue = [(G, G), (G, S), (S, ST), (ST, S), (GT, S), (S, GT)]
-    step = [(GT, S), (S, GT), (S, GT), (GT, S), (GT, S), (S, GT)]  # gT, gY, gZ: two products each
+    """covpool_cuda.cu: sqrtm_newton_schulz_backward_cuda — one CTA per matrix; Y_f, Z_f and each step's
+    Yₖ, Zₖ, Tₖ copied from the saved iterates into shared memory (coalesced), the products read transposed
+    operands from rows of odd stride: conflict-free as the others."""
+    nn = n * n
+    prologue = [(False, False), (False, False), (False, True), (True, False), (True, False), (False, True)]
+    step = [(True, False), (False, True), (False, True), (True, False), (True, False), (False, True)]
     steps = step * (iters - 1)
     products = prologue + steps[:-2]  # the last step reversed (k = 0) computes no gZ: Z₀ = I
     c = block_products(n, B, products)
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
-    iterates = (3 * iters - 1) * nn * 4 * B
+    fetched = 2 + 3 * (iters - 1)  # matrices copied from the iterates
+    iterates = fetched * nn * 4 * B
     worst = max(product_wavefronts(n, a, b) for a, b in products)
     return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
-                  dyn_smem=(4 * nn + SQRTM_THREADS) * 4, flops=2.0 * len(products) * n ** 3 * B,
-                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * 40,
-                  mem=c["mem"] + wi * 10,
-                  lsu=c["lsu"] + wi * 10, l2=3 * B * nn * elem + iterates, gld=wi * (3 + 3 * iters - 1), ilp=4,
-                  note=f"{len(products)} products; transposed operands: {worst:.0f} wavefronts per k-step "
-                       f"(bank conflicts / uncoalesced lines) instead of 2")
+                  dyn_smem=sqrtm_smem(n, SQRTM_BACKWARD_MATRICES), flops=2.0 * len(products) * n ** 3 * B,
+                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * fetched),
+                  mem=c["mem"] + wi * (10 + 2 * fetched), lsu=c["lsu"] + wi * (10 + 2 * fetched),
+                  l2=3 * B * nn * elem + iterates, gld=wi * (3 + fetched), ilp=4,
+                  note=f"{len(products)} products, 4×4 outputs a thread; transposed operands: {worst:.0f} wavefronts "
+                       "per k-step, as the others")
 
 
 def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
@@ -576,30 +544,43 @@ def plain_triuvec(dev: Device, p: dict, elem: int, backward: bool) -> float:
     return plain_ew(dev, 16 * length) + plain_ew(dev, B * length * elem * 2 + 16 * length + scatter)
 
 
+def centring(B: int, C: int, M: int, elem: int) -> List[Launch]:
+    """covpool_cuda.cu: centred — the row means and Xc = X − μ, ATen, in float64 (memory-bound: the FP64
+    arithmetic, ≤ 2 operations an element, is far below the H200's 34 TFLOP/s)."""
+    x = B * C * M * elem
+    return [aten_call("covpool", "ATen: μ = x.mean(2) (float64)", lambda d: plain_ew(d, x + B * C * 8),
+                      nbytes=x + B * C * 8),
+            aten_call("covpool", "ATen: Xc = x − μ", lambda d: plain_ew(d, 2 * x + B * C * 8), nbytes=2 * x)]
+
+
 def covpool_forward(p: dict, elem: int) -> List[Launch]:
+    """covpool_cuda.cu: covpool_cuda — centring, then Σ = Xc·Xcᵀ/M by one at::baddbmm (cuBLAS, α = 1/M)."""
     B, C, M = covpool_dims(p)
-    return [row_mean_kernel(B, C, M, elem), covariance_kernel(B, C, M, elem)]
+    return centring(B, C, M, elem) + [
+        aten_call("covpool", "at::baddbmm Xc·Xcᵀ/M (cuBLAS)", lambda d: plain_gemm(d, B, C, C, M, elem),
+                  flops=2.0 * B * C * C * M, nbytes=(B * C * M + B * C * C) * elem)]
 
 
 def covpool_backward(p: dict, elem: int) -> List[Launch]:
+    """covpool_cuda.cu: covpool_backward_cuda — centring, G + Gᵀ, then (G + Gᵀ)·Xc/M by one at::baddbmm."""
     B, C, M = covpool_dims(p)
-    cc = B * C * C * 4
-    return [row_mean_kernel(B, C, M, elem),
-            aten_call("covpool", "ATen: sym = (G + Gᵀ) / M", lambda d: plain_ew(d, 3 * cc) + plain_ew(d, 2 * cc),
-                      nbytes=5 * cc),
-            covpool_backward_kernel(B, C, M, elem)]
+    cc = B * C * C * elem
+    return centring(B, C, M, elem) + [
+        aten_call("covpool", "ATen: G + Gᵀ", lambda d: plain_ew(d, 3 * cc), nbytes=3 * cc),
+        aten_call("covpool", "at::baddbmm (G + Gᵀ)·Xc/M (cuBLAS)", lambda d: plain_gemm(d, B, C, M, C, elem),
+                  flops=2.0 * B * C * C * M, nbytes=(2 * B * C * M + B * C * C) * elem)]
 
 
 def sqrtm_forward(p: dict, elem: int) -> List[Launch]:
     B, n, _ = covpool_dims(p)
-    if not sqrtm_fits_one_block(n):
+    if not sqrtm_one_block(n, SQRTM_FORWARD_MATRICES):
         return sqrtm_batched(p, elem, backward=False)
     return [sqrtm_forward_kernel(B, n, SQRTM_ITERS, True, elem)]
 
 
 def sqrtm_backward(p: dict, elem: int) -> List[Launch]:
     B, n, _ = covpool_dims(p)
-    if not sqrtm_fits_one_block(n):
+    if not sqrtm_one_block(n, SQRTM_BACKWARD_MATRICES):
         return sqrtm_batched(p, elem, backward=True)
     return [sqrtm_backward_kernel(B, n, SQRTM_ITERS, elem)]
 

@@ -142,6 +142,40 @@ void window_attention() {
 namespace cp = attnkern::covpool;
 using Products = cp::SquareProducts<double, cp::SerialLanes>;
 
+// The product policy on matrices stored by rows ld ≥ n apart (the one-block kernels' shared matrices: odd
+// ld), every orientation of its operands. In: n, ld, a, b, c (n×n each). Out, for (a, b) transposed or
+// not (ab, abᵀ, aᵀb, aᵀbᵀ): 2·op(a)·op(b) − c, then c' = c + op(a)·op(b) written over c itself, then
+// ½·op(a)·op(b) + 3·I. The padding between rows is NaN: a read of it would show.
+void ns_products() {
+  const int n = static_cast<int>(next_int()), ld = static_cast<int>(next_int());
+  const Vector a = next_numbers(n * n), b = next_numbers(n * n), c = next_numbers(n * n);
+  auto padded = [&](const Vector& m) {
+    Vector out(static_cast<size_t>(n) * ld, std::nan(""));
+    for (int i = 0; i < n; ++i) std::copy(m.begin() + i * n, m.begin() + (i + 1) * n, out.begin() + i * ld);
+    return out;
+  };
+  auto print_padded = [&](const Vector& m) {
+    for (int i = 0; i < n; ++i) {
+      for (int j = 0; j < n; ++j) print(m[i * ld + j]);
+    }
+  };
+  const Vector pa = padded(a), pb = padded(b), pc = padded(c);
+  const Products m{n, ld};
+  for (const bool ta : {false, true}) {
+    for (const bool tb : {false, true}) {
+      const Products::Operand oa = ta ? m.transposed(pa.data()) : Products::Operand(pa.data());
+      const Products::Operand ob = tb ? m.transposed(pb.data()) : Products::Operand(pb.data());
+      Vector out = padded(Vector(n * n, 0.0)), acc = pc;
+      m.product(out.data(), oa, ob, 2.0, pc.data(), -1.0);
+      print_padded(out);
+      m.product(acc.data(), oa, ob, 1.0, acc.data(), 1.0);
+      print_padded(acc);
+      m.product(out.data(), oa, ob, 0.5, m.identity(), 3.0);
+      print_padded(out);
+    }
+  }
+}
+
 // In: n, Y, Z. Out: T, Y', Z' of one step.
 void ns_step() {
   const int n = static_cast<int>(next_int());
@@ -376,7 +410,7 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<std::string, void (*)()>> commands = {
       {"window_grid", window_grid}, {"window_attention", window_attention},
       {"ns_step", ns_step}, {"ns_final", ns_final}, {"ns_final_backward", ns_final_backward},
-      {"ns_step_backward", ns_step_backward}, {"sqrtm", sqrtm}, {"triu", triu},
+      {"ns_step_backward", ns_step_backward}, {"ns_products", ns_products}, {"sqrtm", sqrtm}, {"triu", triu},
       {"taps", taps}, {"conv", conv}, {"region_assign", region_assign},
       {"criss_cross", criss_cross}, {"criss_cross_softmax", criss_cross_softmax}, {"pool", pool},
   };

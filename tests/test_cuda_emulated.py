@@ -71,21 +71,26 @@ def test_kernels(case, dtype):
 # ---- branches that need more than a shape -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype, target, n, one_block", [
-    (torch.float64, "sm_86", 55, True), (torch.float64, "sm_86", 56, False),
-    (torch.float64, "sm_90", 84, True), (torch.float64, "sm_90", 85, False),
-    (torch.float32, "sm_86", 79, True), (torch.float32, "sm_86", 80, False),
-    (torch.float32, "sm_90", 120, True), (torch.float32, "sm_90", 121, False),
+@pytest.mark.parametrize("dtype, target, n, forward, backward", [
+    # the size threshold: one 64×64 product tile
+    (torch.float32, "sm_90", 64, True, True), (torch.float32, "sm_90", 65, False, False),
+    # the shared memory of the forward (4 matrices, rows n | 1 apart) and the backward (7)
+    (torch.float64, "sm_90", 64, True, False), (torch.float64, "sm_90", 63, True, True),
+    (torch.float32, "sm_86", 59, True, True), (torch.float32, "sm_86", 60, True, False),
+    (torch.float64, "sm_86", 41, True, True), (torch.float64, "sm_86", 42, True, False),
+    (torch.float64, "sm_86", 55, True, False), (torch.float64, "sm_86", 56, False, False),
 ], ids=str)
-def test_sqrtm_one_block_up_to_the_targets_shared_memory(emu, dtype, target, n, one_block):
-    """4n² + 256 accumulators in one block's shared memory: float64 up to n = 55 on sm_86 (99 KiB) and 84 on
-    sm_90 (227 KiB), float32 up to 79 and 120; beyond, the op runs the batched-GEMM iteration."""
+def test_sqrtm_one_block_up_to_one_tile_and_the_targets_shared_memory(emu, dtype, target, n, forward, backward):
+    """The one-block kernels run n ≤ 64 (each product one tile of one 4×4 cell a thread), while their matrices
+    fit the target's opt-in shared memory (sm_86 99 KiB, sm_90 227 KiB): 4·n·(n | 1) + 256 accumulators in
+    the forward, 7·n·(n | 1) + 256 in the backward; beyond, the op runs the batched-GEMM iteration (both
+    ways interchange: the saved iterates have one layout)."""
     before = launch_counts(emu)
     with emu.settings(target=target):
         check(sqrtm_case(EMULATED, dtype, Inputs(SEED + n), B=2, n=n, iters=2, zero_trace=False), dtype)
     launched = launched_since(emu, before)
-    for kernel in ("sqrtm_forward_kernel", "sqrtm_backward_kernel"):
-        assert (f"covpool_cuda.cu:{kernel}" in launched) == one_block
+    assert ("covpool_cuda.cu:sqrtm_forward_kernel" in launched) == forward
+    assert ("covpool_cuda.cu:sqrtm_backward_kernel" in launched) == backward
 
 
 @pytest.mark.parametrize("case", [c.param() for c in GRID_STRIDE_CASES])

@@ -158,6 +158,22 @@ def final(y, z):
     return y @ (1.5 * torch.eye(y.shape[0], dtype=y.dtype) - 0.5 * z @ y)
 
 
+@pytest.mark.parametrize("n,ld", [(1, 1), (6, 7), (17, 17), (64, 65), (70, 71), (130, 130)])
+def test_products_on_padded_rows_in_every_orientation(driver, n, ld):
+    """SquareProducts (the one-block kernels' products: 4×4 cells of 64×64 tiles, here on one thread) on rows
+    ld apart, operands transposed or not, an added matrix, the output over it, the identity: n from one
+    ragged cell to several ragged tiles."""
+    a, b, c = randn(n, n), randn(n, n), randn(n, n)
+    results = driver("ns_products", n, ld, a, b, c, shapes=[(n, n)] * 12)
+    eye = torch.eye(n, dtype=torch.float64)
+    orientations = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for (ta, tb), (plus, accumulated, with_identity) in zip(orientations, zip(*[iter(results)] * 3)):
+        ab = (a.t() if ta else a) @ (b.t() if tb else b)
+        close(plus, 2 * ab - c)
+        close(accumulated, c + ab)
+        close(with_identity, 0.5 * ab + 3 * eye)
+
+
 @pytest.mark.parametrize("n", [1, 4, 7])
 def test_newton_schulz_step(driver, n):
     y, z = randn(n, n), randn(n, n)  # any matrices: the step is exact for all
@@ -174,7 +190,7 @@ def test_newton_schulz_final(driver, n):
     close(p, final(y, z))
 
 
-@pytest.mark.parametrize("n", [1, 4, 7])
+@pytest.mark.parametrize("n", [1, 4, 7, 67])
 def test_newton_schulz_step_backward_is_autograd(driver, n):
     y, z = randn(n, n).requires_grad_(), randn(n, n).requires_grad_()
     gy_next, gz_next = randn(n, n), randn(n, n)

@@ -5,9 +5,10 @@ Implementations, all computing sqrtm(cov(x)) → [B, C, C]:
                    Newton–Schulz with autograd (its hand-written backward has the same cost)
   plain PyTorch    the best a user writes by hand: centred bmm, Newton–Schulz loop of bmm
   plain, compiled  the same under torch.compile (inductor)
-  attnkern         attnkern.ops.covpool + attnkern.ops.sqrtm_newton_schulz (on CUDA: as the routing
-                   table says, attnkern.ops._cuda_routing — covpool's bmm, sqrtm's bmm iterations in training)
-  attnkern kernels (CUDA) the hand-written kernels (attnkern.ops.cuda_kernels("always"))
+  attnkern         attnkern.ops.covpool + attnkern.ops.sqrtm_newton_schulz (on CUDA: the centring then one
+                   cuBLAS bmm for the covariance; Newton–Schulz in one block per matrix up to 64×64, batched
+                   cuBLAS above; neither is routed, attnkern.ops._cuda_routing)
+  attnkern kernels (CUDA) the same under attnkern.ops.cuda_kernels("always")
 """
 
 import torch

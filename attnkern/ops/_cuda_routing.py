@@ -64,14 +64,13 @@ class Route:
 
 # The table. Figures: modelled kernel / plain time at the benchmark shapes (H200, float32), fwd / bwd.
 ROUTES: Dict[str, Route] = {
-    # Loses at every benchmark shape, by 45.6× on SAN's 1×64×200×200 test crop (16 CTAs of the
-    # covariance kernel); 1.6× / 1.1× at SAN training 16×64×48×48, 2.0–2.9× at iSQRT-COV and YOLO P5.
-    "covpool": Route(True, "centred x·xᵀ by torch.bmm (reference.covpool)",
-                     "fwd 45.6× (1×64×200×200), 1.6× / bwd 1.1× (16×64×48×48), 2.0–2.9× elsewhere"),
-    # The backward loses 7.7× (16×64×64) and 7.9× (1×64×64): one CTA per matrix, bank-conflicted
-    # transposed products. The forward wins (0.84–0.96×): inference keeps the kernel.
-    "sqrtm_newton_schulz": Route(True, "Newton–Schulz iterations of torch.bmm (reference.sqrtm_newton_schulz)",
-                                 "bwd 7.7× (16×64×64), 7.9× (1×64×64); fwd 0.84–0.96×", with_grad=True),
+    # Centring (ATen, float64) then one cuBLAS bmm each way: fwd 0.81–0.89×, bwd 0.55–0.60× at every benchmark
+    # shape (SAN 16×64×48×48: 31.2 / 31.0 µs against 35.3 / 56.1; 1×64×200×200: 27.0 / 31.4 against 31.0 /
+    # 57.4) — the plain path's own formulation with a launch fewer forward, the backward's one GEMM: keep.
+    "covpool": Route(False, model="fwd 0.81–0.89×, bwd 0.55–0.60× (16×64×48×48: 0.88× / 0.55×)"),
+    # n ≤ 64: one block per matrix, conflict-free products (fwd 37 µs, bwd 72 µs at n = 64 against 144 /
+    # 246); larger n: the same steps over batched cuBLAS (0.87–0.97×): keep.
+    "sqrtm_newton_schulz": Route(False, model="fwd 0.26×, bwd 0.29–0.30× (n = 64); 0.87–0.97× (n = 256, 1024)"),
     # 0.60–0.94×, bwd 1.07× at YOLO P5: keep.
     "triuvec": Route(False, model="0.60–0.94×; bwd 1.07× at 8×1024×1024"),
     # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.58× / 0.55× at the CCNet head

@@ -6,10 +6,10 @@ Each gives the op's values and, through autograd, its gradients (its conventions
 criss-cross self position counted once, SwinIR's shift mask, DRConv's straight-through gradient).
 Where a reference (``attnkern.reference``) already is that formulation, it is used as it is. Half
 types (float16, bfloat16) keep the kernels' float32 accumulation where rounding would otherwise show:
-the covariance, the Newton–Schulz iterates and the criss-cross energies and softmax are computed in
-float32 and the result cast back. An empty input takes the reference (same values, no empty-tensor
-corner cases of einsum/SDPA). ``criss_cross_attention``'s formulation is no longer routed to (its CUDA
-kernel wins at every benchmark shape); it stays as the benchmark's einsum row.
+the criss-cross energies and softmax are computed in float32 and the result cast back. An empty input
+takes the reference (same values, no empty-tensor corner cases of einsum/SDPA). ``criss_cross_attention``'s
+formulation is no longer routed to (its CUDA kernel wins at every benchmark shape); it stays as the
+benchmark's einsum row.
 """
 
 import math
@@ -23,7 +23,7 @@ from .. import reference
 from ..reference.region_conv import dynamic_region_conv, region_assign  # grouped conv2d + gather: as is
 
 __all__ = [
-    "covpool", "sqrtm_newton_schulz", "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
+    "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
     "window_attention", "dynamic_region_conv", "region_assign",
 ]
 
@@ -32,17 +32,6 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def _accumulate(t: Tensor) -> Tensor:
     return t.float() if t.dtype in _HALF else t
-
-
-def covpool(x: Tensor) -> Tensor:
-    """x [B, C, M] → (1/M)·Xc·Xcᵀ by one torch.bmm (reference.covpool; float32 for half types)."""
-    return reference.covpool(_accumulate(x)).to(x.dtype)
-
-
-def sqrtm_newton_schulz(a: Tensor, iters: int) -> Tensor:
-    """The Newton–Schulz iterations as batched matrix products (reference.sqrtm_newton_schulz; float32
-    for half types)."""
-    return reference.sqrtm_newton_schulz(_accumulate(a), iters).to(a.dtype)
 
 
 def _column_index(H: int, device) -> Tensor:

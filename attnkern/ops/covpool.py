@@ -8,8 +8,6 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from . import _plain
-from ._cuda_routing import plain_on_cuda
 from ._kernels import accumulation_dtype, check_int, check_tensor, run_check, save_inputs, use_kernel
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
@@ -42,10 +40,7 @@ def covpool(x: Tensor) -> Tensor:
         raise ValueError(f"{op}: x: expected a 4-D tensor [B, C, H, W] or a 3-D tensor [B, C, M], got shape "
                          f"{list(x.shape)}")
     if use_kernel(x):
-        if not plain_on_cuda("covpool", x):
-            return _ops.covpool(x)
-        run_check(_ops.covpool_check, x)
-        return _plain.covpool(x)  # CUDA: the routing table (attnkern.ops._cuda_routing)
+        return _ops.covpool(x)
     run_check(_ops.covpool_check, x)
     return reference.covpool(x)
 
@@ -74,9 +69,6 @@ def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
     op = "sqrtm_newton_schulz"
     check_tensor(a, "a", op)
     iters = check_int(iters, "iters", op)
-    if use_kernel(a) and plain_on_cuda("sqrtm_newton_schulz", a):  # CUDA, training: the routing table
-        run_check(_ops.sqrtm_newton_schulz_check, a, iters)
-        return _plain.sqrtm_newton_schulz(a, iters)
     if use_kernel(a):
         # Training keeps the iterates for the backward (3·iters − 1 matrices per input); inference does not.
         save_iterates = torch.is_grad_enabled() and a.requires_grad

@@ -12,7 +12,7 @@
 //             gY₀ = ∂L/∂A, and trace_grad_coefficient (below) gives ∂L/∂X.
 //   The steps, forward and reversed, are the function templates below, written once over a policy
 //   that multiplies matrices: at::bmm/baddbmm on batches (covpool_host.cpp's sqrtm_batched_*: the CPU,
-//   and CUDA matrices too large for shared memory) and one CUDA block on one matrix in shared memory
+//   and CUDA matrices larger than 64×64) and one CUDA block on one matrix in shared memory
 //   (covpool_cuda.cu, SquareProducts below), or plain loops (the tests).
 //   triuvec:  the entries a[i, j] with j ≤ i, row by row (SAN's Triuvec order).
 #pragma once
@@ -154,9 +154,10 @@ ATTNKERN_HD inline void newton_schulz_step_backward_in_place(const M& m, typenam
   rotate_matrices(gy, gz, spare);
 }
 
-// ---- the pointer policy: n×n row-major matrices of T -------------------------------------------
+// ---- the pointer policy: n×n matrices of T stored by rows ld ≥ n elements apart ------------------
 
-// An n×n row-major matrix read as it is or transposed, or the identity; default-constructed, none.
+// An n×n matrix (rows ld elements apart) read as it is or transposed, or the identity; default-constructed,
+// none. op(x)[i, k] = data[i·row_step + k·col_step]: the strides of one walk serve both orientations.
 template <typename T>
 struct SquareOperand {
   const T* data = nullptr;
@@ -166,8 +167,10 @@ struct SquareOperand {
   SquareOperand() = default;
   ATTNKERN_HD SquareOperand(const T* matrix) : data(matrix) {}  // NOLINT: a matrix converts implicitly
 
-  ATTNKERN_HD T at(int n, int i, int j) const {
-    return identity ? T(i == j ? 1 : 0) : transposed ? data[j * n + i] : data[i * n + j];
+  ATTNKERN_HD int row_step(int ld) const { return transposed ? 1 : ld; }
+  ATTNKERN_HD int col_step(int ld) const { return transposed ? ld : 1; }
+  ATTNKERN_HD T at(int ld, int i, int j) const {
+    return identity ? T(i == j ? 1 : 0) : data[i * row_step(ld) + j * col_step(ld)];
   }
 };
 
@@ -178,9 +181,22 @@ struct SerialLanes {
   ATTNKERN_HD static void sync() {}
 };
 
-// The policy over n×n row-major matrices of T. Lanes says which entries of each product the caller
-// computes (Lanes::first(), first() + stride(), … below n²) and waits for the others' (Lanes::sync()):
-// SerialLanes, or a CUDA block's threads (covpool_cuda.cu).
+// A product's n×n output in tiles of kProductTile × kProductTile entries, each tile split over
+// kProductCells cells of kCellSide × kCellSide entries: cell c of a tile owns rows r0 + kCellRows·u and
+// columns c0 + kCellRows·v (u, v < kCellSide) with r0 = c / kCellRows, c0 = c % kCellRows, so that in
+// each k-step a cell reads kCellSide entries of a's column and kCellSide of b's row into registers for
+// kCellSide² multiply-adds, and consecutive cells read consecutive columns of b (and the same rows of a).
+constexpr int kCellSide = 4;
+constexpr int kCellRows = 16;                      // cells along a tile's side
+constexpr int kProductTile = kCellSide * kCellRows;  // 64
+constexpr int kProductCells = kCellRows * kCellRows;  // 256
+
+// The policy over n×n matrices of T, rows ld apart. Lanes says which cells of each product the caller
+// computes (Lanes::first(), first() + stride(), … below ⌈n/64⌉²·256) and waits for the others'
+// (Lanes::sync()): SerialLanes, or a CUDA block's threads (covpool_cuda.cu: one cell a thread, n ≤ 64).
+// In shared memory an odd ld makes every read of a product conflict-free, transposed or not: the
+// entries a warp reads in one k-step (2 of op(a)'s column, 16 of op(b)'s row) are consecutive or ld
+// apart, distinct banks either way.
 template <typename T, typename Lanes>
 struct SquareProducts {
   using Scalar = T;
@@ -188,6 +204,10 @@ struct SquareProducts {
   using Operand = SquareOperand<T>;
 
   int n;
+  int ld;
+
+  ATTNKERN_HD explicit SquareProducts(int n_) : n(n_), ld(n_) {}
+  ATTNKERN_HD SquareProducts(int n_, int ld_) : n(n_), ld(ld_) {}
 
   ATTNKERN_HD Operand transposed(Operand x) const {
     x.transposed = !x.transposed;
@@ -199,26 +219,56 @@ struct SquareProducts {
     return x;
   }
 
-  // Σ_k a[i, k]·b[k, j] (a and b matrices, not the identity).
-  ATTNKERN_HD T product_entry(const Operand& a, const Operand& b, int i, int j) const {
-    T sum = 0;
-    for (int k = 0; k < n; ++k) {
-      const T a_ik = a.transposed ? a.data[k * n + i] : a.data[i * n + k];
-      const T b_kj = b.transposed ? b.data[j * n + k] : b.data[k * n + j];
-      sum += a_ik * b_kj;
+  // out = α·op(a)·op(b) (+ β·op(c)) on one cell (a and b matrices, not the identity; c may be out).
+  ATTNKERN_HD_TEMPLATE
+  ATTNKERN_HD void product_cell(T* out, const Operand& a, const Operand& b, T alpha, const Operand& c, T beta,
+                                int cell) const {
+    const int tiles = (n + kProductTile - 1) / kProductTile;
+    const int tile = cell / kProductCells, in_tile = cell % kProductCells;
+    const int r0 = tile / tiles * kProductTile + in_tile / kCellRows;
+    const int c0 = tile % tiles * kProductTile + in_tile % kCellRows;
+    // Rows and columns past n (a ragged last tile) read row/column n − 1 and store nothing.
+    const T* pa[kCellSide];
+    const T* pb[kCellSide];
+    for (int u = 0; u < kCellSide; ++u) {
+      const int i = r0 + kCellRows * u, j = c0 + kCellRows * u;
+      pa[u] = a.data + (i < n ? i : n - 1) * a.row_step(ld);
+      pb[u] = b.data + (j < n ? j : n - 1) * b.col_step(ld);
     }
-    return sum;
+    const int a_k = a.col_step(ld), b_k = b.row_step(ld);
+    T acc[kCellSide][kCellSide] = {};
+#ifdef __CUDA_ARCH__
+#pragma unroll 4
+#endif
+    for (int k = 0; k < n; ++k) {
+      T av[kCellSide], bv[kCellSide];
+      for (int u = 0; u < kCellSide; ++u) {
+        av[u] = pa[u][k * a_k];
+        bv[u] = pb[u][k * b_k];
+      }
+      for (int u = 0; u < kCellSide; ++u) {
+        for (int v = 0; v < kCellSide; ++v) acc[u][v] += av[u] * bv[v];
+      }
+    }
+    const bool add = c.identity || c.data != nullptr;
+    for (int u = 0; u < kCellSide; ++u) {
+      const int i = r0 + kCellRows * u;
+      for (int v = 0; v < kCellSide; ++v) {
+        const int j = c0 + kCellRows * v;
+        if (i >= n || j >= n) continue;
+        T value = alpha * acc[u][v];
+        if (add) value += beta * c.at(ld, i, j);  // read before the store: c may be out (this cell's own entries)
+        out[i * ld + j] = value;
+      }
+    }
   }
 
   ATTNKERN_HD_TEMPLATE
   ATTNKERN_HD void product(T* out, const Operand& a, const Operand& b, T alpha, const Operand& c = Operand(),
                            T beta = T(0)) const {
-    const bool add = c.identity || c.data != nullptr;
-    for (int e = Lanes::first(); e < n * n; e += Lanes::stride()) {
-      const int i = e / n, j = e % n;
-      T value = alpha * product_entry(a, b, i, j);
-      if (add) value += beta * c.at(n, i, j);
-      out[e] = value;
+    const int tiles = (n + kProductTile - 1) / kProductTile;
+    for (int cell = Lanes::first(); cell < tiles * tiles * kProductCells; cell += Lanes::stride()) {
+      product_cell(out, a, b, alpha, c, beta, cell);
     }
     Lanes::sync();
   }
