@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
-from ..reference.region_conv import dynamic_region_conv, region_assign  # grouped conv2d + gather: as is
 
 __all__ = [
     "covpool", "sqrtm_newton_schulz", "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
-    "window_attention", "dynamic_region_conv", "region_assign",
+    "window_attention",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
