@@ -1121,118 +1121,136 @@ def rc_dims(p: dict) -> Tuple[int, int, int, int, int, int, int]:
     return p["B"], p["Cin"], p["Cout"], p["k"], p["R"], p["H"], p["W"]
 
 
-def conv_taps(Cin: int, k: int, H: int, W: int, elem: int) -> Tuple[float, float, float]:
-    """for_each_tap (region_conv.h) for warps of 32 consecutive output pixels (padding k // 2, stride 1):
-    (taps a warp loads, lines per x load, L2 sectors per (channel, kernel row) with L1 keeping a warp's
-    sectors across the kernel columns), averaged over sampled warps and taps."""
-    L, pad = H * W, k // 2
-    taps = lines = sectors = 0.0
-    starts = spread(ceil_div(L, 32), 6)
-    for s in starts:
-        ls = range(32 * s, min(32 * s + 32, L))
-        for u in range(k):
-            row_sectors = set()
-            for v in range(k):
-                src = [(l // W + u - pad) * W + (l % W + v - pad) for l in ls
-                       if 0 <= l // W + u - pad < H and 0 <= l % W + v - pad < W]
-                if src:
-                    taps += 1
-                    lines += global_access([a * elem for a in src])[0]
-                    row_sectors |= {a * elem // 32 for a in src}
-            sectors += len(row_sectors)
-    n = len(starts)
-    return Cin * taps / n, lines / max(taps, 1), Cin * sectors / n
+# Tiled products (region_conv_cuda.cu: region_product): 64 × 64 tiles of 256 threads, 4 × 4 outputs a thread,
+# kStep = 16 reduction steps staged in shared memory with the next step's operands prefetched into registers.
+RC_TILE, RC_STEP, RC_THREADS, RC_BUCKET_THREADS, RC_PRODUCT_SMEM = 64, 16, 256, 256, 9728
 
 
-def selected_regions_kernel(B: int, R: int, L: int, elem: int) -> Launch:
-    """region_conv_cuda.cu: selected_regions — one thread per pixel: the argmax over the R guide channels."""
-    total, w = B * L, warps_of(B * L)
-    return Launch("region_conv", "selected_regions_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  min_bytes=total * R * elem + total * 8, alu=w * (DIV64 + 6 * R), mem=w * (2 * R),
-                  lsu=w * (2 * R + 2), l2=w * (R * elem + 8) * 32, gld=w * (R + 1), ilp=2, note="argmax per pixel")
+def rc_gather_lines(R: int, elem: int, scattered: bool) -> Tuple[float, float]:
+    """(lines, sectors) of one staging load of 16 lanes × 2 rows: pixels of one region's list (about R apart:
+    `scattered`) or 16 consecutive pixels."""
+    if not scattered:
+        lines, sectors = global_access([p * elem for p in range(16)])
+    else:
+        lines, sectors = global_access([p * R * elem for p in range(16)])
+    return 2.0 * lines, 2.0 * sectors
 
 
-def dynamic_conv_forward_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
-    """region_conv_cuda.cu: dynamic_region_conv_cuda — one thread per output element (pixels fastest), the
-    selected region's filter row over every tap (conv_entry)."""
-    L = H * W
-    total, w = B * Cout * L, warps_of(B * Cout * L)
-    taps, x_lines, x_sectors = conv_taps(Cin, k, H, W, elem)
-    regions = distinct_regions(32, R)
-    filters = B * R * Cout * Cin * k * k * elem
-    return Launch("region_conv", "dynamic_conv_forward_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  flops=2.0 * total * Cin * k * k,
-                  min_bytes=B * Cin * L * elem + filters + B * L * 8 + total * elem, ffma=w * taps,
-                  alu=w * (4 * DIV64 + 8 * Cin * k * k), mem=w * (2 * taps + 2),
-                  lsu=w * (taps * (x_lines + regions) + 3), l2=w * (x_sectors + taps * regions / 8 + 9) * 32,
-                  gld=w * (2 * taps + 2), ilp=4, reuse_set=(R * Cout + 1) * Cin * k * k * elem + Cin * L * elem,
-                  note=f"filter rows gathered from {regions:.1f} regions per warp (random guide)")
+def product_launch(kernel: str, grid: Tuple[int, int, int], active: float, steps: float, a: Tuple[float, float],
+                   b: Tuple[float, float], flops: float, min_bytes: float, epilogue: Tuple[float, float, float],
+                   gather_alu: float, note: str) -> Launch:
+    """One tiled product: `active` blocks of 8 warps each run `steps` reduction steps; per warp and step 16·16
+    FFMAs, 2·16 4-vector shared loads (A broadcast: 1 wavefront, B: 2), 8 shared stores (A's 2-way
+    conflicted), 8 global loads (`a`, `b`: lines and sectors of each of the 4 A and 4 B staging loads) and
+    `gather_alu` index instructions; `epilogue` = (mem, lsu, l2 bytes) per warp."""
+    warp_steps = active * 8 * steps
+    warps = active * 8
+    return Launch("region_conv", kernel, grid, (RC_THREADS, 1, 1), static_smem=RC_PRODUCT_SMEM, flops=flops,
+                  min_bytes=min_bytes, ffma=warp_steps * 256, alu=warp_steps * (gather_alu + 24) + warps * 60,
+                  mem=warp_steps * (32 + 8 + 8) + warps * epilogue[0],
+                  lsu=warp_steps * (16 * 3 + 4 * 2 + 4 + 4 * (a[0] + b[0])) + warps * epilogue[1],
+                  l2=warp_steps * 4 * (a[1] + b[1]) * 32 + warps * epilogue[2], gld=warp_steps * 8, ilp=4,
+                  ctas_active=math.ceil(active), note=note)
 
 
-def dynamic_conv_grad_x_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
-    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per element of x: every tap's
-    output pixel (output_of_tap: an int64 divide each), its region's filter column over Cout."""
-    L = H * W
-    total, w = B * Cin * L, warps_of(B * Cin * L)
-    taps, _, _ = conv_taps(1, k, H, W, elem)  # valid taps per warp (the same geometry, mirrored)
-    regions = distinct_regions(32, R)
-    grad_lines, grad_sectors = global_access([l * elem for l in range(32)])
-    filters = B * R * Cout * Cin * k * k * elem
-    return Launch("region_conv", "dynamic_conv_grad_x_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  flops=2.0 * B * Cout * L * Cin * k * k,
-                  min_bytes=B * Cout * L * elem + filters + B * L * 8 + total * elem, ffma=w * taps * Cout,
-                  alu=w * ((4 + k + k * k) * DIV64 + taps * Cout * 4), mem=w * taps * (1 + 2 * Cout),
-                  lsu=w * taps * (2 + Cout * (regions + grad_lines)),
-                  l2=w * taps * (8 + Cout * (regions + grad_sectors)) * 32, gld=w * taps * (1 + 2 * Cout), ilp=4,
-                  reuse_set=(R * Cout * Cin * k * k + Cout * L) * elem,
-                  note=f"{k + k * k} int64 divides per element; filter columns from {regions:.1f} regions per warp")
+def rc_region_tiles(B: int, R: int, L: int) -> Tuple[int, float]:
+    """(blocks launched, blocks with a tile) of a bucketed product: ⌈L/64⌉ + r per sample; Σ_r ⌈n_r/64⌉ with
+    n_r = L/r (uniform guide)."""
+    return B * (ceil_div(L, RC_TILE) + R), B * R * math.ceil(L / R / RC_TILE)
 
 
-def dynamic_conv_grad_filters_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
-    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per filter element, a loop over
-    all L pixels that skips the other regions' (1/R of them contribute)."""
+def bucket_pixels_kernel(B: int, R: int, L: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: bucket_pixels — one block per sample, each thread a run of ⌈L/256⌉ pixels: the
+    argmax (regions written to a scratch array), then per region a count and a scatter over the run (the
+    scratch re-read: from L2 the first time, L1 after) and a block-wide scan (8 levels, 2 barriers each).
+    Lanes walk pixels a run apart; a thread's loads over its run are independent (ilp = run)."""
+    run, w = ceil_div(L, RC_BUCKET_THREADS), B * 8
+    guide_lines, guide_sectors = global_access([t * run * elem for t in range(32)])
+    int_lines, int_sectors = global_access([t * run * 4 for t in range(32)])
+    scan = dict(alu=8 * 6 + 12, mem=8 * 3 + 3)  # per region: the scan's levels, offsets
+    return Launch("region_conv", "bucket_pixels_kernel", (B, 1, 1), (RC_BUCKET_THREADS, 1, 1), static_smem=1024,
+                  min_bytes=B * R * L * elem + 3 * B * L * 4 + B * (R + 1) * 4,
+                  alu=w * (run * 6 * R + R * (run * 8 + scan["alu"])), mem=w * (run * (R + 1) + R * (2 * run + scan["mem"])),
+                  lsu=w * (run * R * guide_lines + run * int_lines + R * (2 * run * int_lines + scan["mem"])),
+                  l2=w * (run * R * guide_sectors + 2 * run * int_sectors) * 32 + B * L * 4,
+                  gld=w * (run * (R + 1) + R * 2 * run), ilp=run,
+                  note=f"one block per sample ({B} blocks), {R} scans of 256")
+
+
+def forward_product_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """out[o, p] = Σ_k W_r[o, k]·X[k, p] over each region's pixels: A = filter rows (16 taps of 2 rows a warp),
+    B = x at one tap of 16 of the region's pixels."""
     L, K = H * W, Cin * k * k
-    total, w = B * R * Cout * K, warps_of(B * R * Cout * K)
-    pad = k // 2
-    x_lines = x_sectors = 0.0
-    samples = spread(L, 16)
-    for l in samples:  # lanes: consecutive (i, u, v) of one output channel
-        idx = [(e // (k * k), (e // k) % k, e % k) for e in range(32)]
-        src = [(i * H + l // W + u - pad) * W + l % W + v - pad for i, u, v in idx
-               if 0 <= l // W + u - pad < H and 0 <= l % W + v - pad < W]
-        a, b = global_access([s * elem for s in src]) if src else (0, 0)
-        x_lines, x_sectors = x_lines + a / len(samples), x_sectors + b / len(samples)
-    hits = L / R  # pixels of the warp's region
-    return Launch("region_conv", "dynamic_conv_grad_filters_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  flops=2.0 * B * Cout * L * K,
-                  min_bytes=B * Cout * L * elem + B * Cin * L * elem + B * L * 8 + total * elem,
-                  ffma=w * hits, alu=w * (5 * DIV64 + 4 * L + hits * (DIV64 + 10)), mem=w * (L + 2 * hits),
-                  lsu=w * (L + hits * (1 + x_lines)), l2=w * hits * (1 + x_sectors) * 32, gld=w * (L + 2 * hits),
-                  ilp=2, reuse_set=(Cout + Cin) * L * elem,
-                  note=f"every thread walks all {L} pixels for the {L / R:.0f} of its region")
+    blocks, active = rc_region_tiles(B, R, L)
+    a = global_access([t * elem for t in range(16)] + [(K + t) * elem for t in range(16)])
+    return product_launch("forward_product_kernel", (blocks, ceil_div(Cout, RC_TILE), 1),
+                          active * ceil_div(Cout, RC_TILE), ceil_div(K, RC_STEP), a, rc_gather_lines(R, elem, True),
+                          2.0 * B * Cout * L * K, (B * Cin * L + B * R * Cout * K + B * Cout * L) * elem + B * L * 4,
+                          (16, 16 * 5, 16 * 5 * 32), 4 * 12 + 10,
+                          f"x gathered at the region's pixels (about {R} apart)")
 
 
-def dynamic_conv_grad_guide_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
-    """region_conv_cuda.cu: dynamic_region_conv_backward_cuda — one thread per pixel: every region's response
-    G_r = Σ_o grad·(filter_r ∗ x), computed twice by guide_gradient (region_conv.h)."""
-    L = H * W
-    total, w = B * L, warps_of(B * L)
-    taps, x_lines, x_sectors = conv_taps(Cin, k, H, W, elem)
-    calls = 2 * R * Cout  # response(r) twice per region, Cout conv_entry each
-    filters = B * R * Cout * Cin * k * k * elem
-    per_thread = calls * (Cin * k * k + 1)
-    # Each call re-reads the warp's x window (x_sectors): from L1 when the 8 warps' windows fit in it.
-    window_fits = 8 * x_sectors * 32 <= L1_BYTES
-    x_l2 = x_sectors / calls if window_fits else x_sectors
-    return Launch("region_conv", "dynamic_conv_grad_guide_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  flops=2.0 * B * R * Cout * L * (Cin * k * k + 1),
-                  min_bytes=B * Cout * L * elem + B * Cin * L * elem + filters + 2 * B * R * L * elem,
-                  ffma=w * calls * (taps + 1), alu=w * (calls * (2 * DIV64 + 8 * Cin * k * k) + 2 * R * EXP_ALU),
-                  mufu=w * 2 * R, mem=w * calls * (2 * taps + 1), lsu=w * calls * (taps * (x_lines + 1) + 1),
-                  l2=w * calls * (x_l2 + taps / 8 + 4) * 32, gld=w * calls * (2 * taps + 1), ilp=4,
-                  reuse_set=(R * Cout * Cin * k * k + (Cin + Cout) * L) * elem,
-                  note=f"{per_thread / 1e3:.0f}k FMAs a thread on {ceil_div(total, 256)} CTAs"
-                       f"{'' if window_fits else '; x windows overflow L1'}")
+def grad_columns_product_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """dX[k, p] = Σ_o W_r[o, k]·grad[o, p] over each region's pixels (the columns' gradient, float32 [B, K, L])."""
+    L, K = H * W, Cin * k * k
+    blocks, active = rc_region_tiles(B, R, L)
+    a = global_access([t * elem for t in range(32)])
+    return product_launch("grad_columns_product_kernel", (blocks, ceil_div(K, RC_TILE), 1),
+                          active * ceil_div(K, RC_TILE), ceil_div(Cout, RC_STEP), a, rc_gather_lines(R, elem, True),
+                          2.0 * B * Cout * L * K, (B * Cout * L + B * R * Cout * K) * elem + B * K * L * 4 + B * L * 4,
+                          (16, 16 * 5, 16 * 5 * 32), 4 * 6 + 4, "the columns' gradient stored, gathered pixels")
+
+
+def columns_to_image_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """∂x[i, ih, iw] = Σ_{u, v} dX[(i, u, v), output pixel of the tap]: one thread per element of x, lanes on
+    consecutive iw (coalesced rows of the float32 columns)."""
+    L, K, per = H * W, Cin * k * k, Cin * H * W
+    w = B * warps_of(per)
+    lines, sectors = global_access([t * 4 for t in range(32)])
+    return Launch("region_conv", "columns_to_image_kernel", (B * ceil_div(per, 256), 1, 1), (256, 1, 1),
+                  min_bytes=B * K * L * 4 + B * per * elem, alu=w * (30 + k * 8 + k * k * 10), mem=w * (k * k + 1),
+                  lsu=w * k * k * lines, l2=w * (k * k * sectors * 32 / k + elem * 32), gld=w * k * k, ilp=4,
+                  note="one thread per element of x, k² taps")
+
+
+def grad_filters_product_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """dW_r[o, k] = Σ_p grad[o, p]·X[k, p] over the region's pixels (L/r of them, in order): A = grad at 16 of
+    the region's pixels, B = x at 16 consecutive taps of one pixel."""
+    L, K = H * W, Cin * k * k
+    blocks = B * R * ceil_div(K, RC_TILE)
+    taps = [(i, u, v) for i in range(4) for u in range(k) for v in range(k)][:16]
+    b = global_access([(i * H * W + (H // 2 + u) * W + W // 2 + v) * elem for i, u, v in taps])
+    b = (2.0 * b[0], 2.0 * b[1])
+    return product_launch("grad_filters_product_kernel", (blocks, ceil_div(Cout, RC_TILE), 1),
+                          blocks * ceil_div(Cout, RC_TILE), ceil_div(math.ceil(L / R), RC_STEP),
+                          rc_gather_lines(R, elem, True), b, 2.0 * B * Cout * L * K,
+                          (B * Cout * L + B * Cin * L + B * R * Cout * K) * elem + B * L * 4,
+                          (16, 16, 16 * 4 * 32), 4 * 12 + 20, f"a region's {L / R:.0f} pixels a block, gathered")
+
+
+def guide_product_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """G_r partial = Σ_{o in a 64-channel slice} grad[o, p]·(W_r X)[o, p] at every pixel, every region: the
+    r-fold product (all regions everywhere); x at one tap of 16 consecutive pixels."""
+    L, K = H * W, Cin * k * k
+    slices = ceil_div(Cout, RC_TILE)
+    blocks = B * ceil_div(L, RC_TILE) * R * slices
+    a = global_access([t * elem for t in range(16)] + [(K + t) * elem for t in range(16)])
+    return product_launch("guide_product_kernel", (B * ceil_div(L, RC_TILE), R * slices, 1), blocks,
+                          ceil_div(K, RC_STEP), a, rc_gather_lines(R, elem, False), 2.0 * B * R * Cout * L * K,
+                          (B * Cin * L + B * R * Cout * K + B * Cout * L) * elem + B * R * slices * L * 4,
+                          (16 + 4 * 4, 16 + 4 * 4 + 8, 16 * 4 * 32), 4 * 12 + 10,
+                          f"every region at every pixel: {R}× the forward's products")
+
+
+def guide_gradient_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W: int, elem: int) -> Launch:
+    """Per pixel: G_r = Σ of the slices' partials, stored once; then guide_gradient (region_conv.h)."""
+    L, slices = H * W, ceil_div(Cout, RC_TILE)
+    w = B * warps_of(L)
+    return Launch("region_conv", "guide_gradient_kernel", (B * ceil_div(L, 256), 1, 1), (256, 1, 1),
+                  min_bytes=B * R * slices * L * 4 + B * R * L * (4 + 2 * elem),
+                  alu=w * (R * (slices + 2) * 4 + 3 * R * (6 + EXP_ALU)), mufu=w * 2 * R,
+                  mem=w * R * (slices + 6), lsu=w * R * (slices + 6), l2=w * R * (slices * 4 + 4 + 3 * elem) * 32,
+                  gld=w * R * (slices + 4), ilp=R, note="one thread per pixel")
 
 
 def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
@@ -1247,22 +1265,21 @@ def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
                   reuse_set=R * L * elem, note=f"gather from {regions:.1f} regions' planes per warp")
 
 
-def region_assign_grad_outputs_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
-    total, w = B * R * C * L, warps_of(B * R * C * L)
-    return Launch("region_conv", "region_assign_grad_outputs_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  min_bytes=B * R * L * elem + B * C * L * elem + total * elem, alu=w * (4 * DIV64 + 6 * R),
-                  mem=w * (2 * R + 2), lsu=w * (2 * R + 2), l2=w * (R * elem + 2 * elem) * 32, gld=w * (R + 2),
-                  ilp=2, reuse_set=(R + C) * L * elem, note="argmax again for every (region, channel)")
-
-
-def region_assign_grad_guide_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
-    total, w = B * L, warps_of(B * L)
-    return Launch("region_conv", "region_assign_grad_guide_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  flops=2.0 * B * R * C * L, min_bytes=B * C * L * elem + B * R * C * L * elem + 2 * B * R * L * elem,
-                  ffma=w * 2 * R * C, alu=w * (2 * DIV64 + 2 * R * (C * 3 + EXP_ALU)), mufu=w * 2 * R,
-                  mem=w * (4 * R * C + 2 * R), lsu=w * (4 * R * C + 2 * R), l2=w * (4 * R * C + 2 * R) * elem * 32,
-                  gld=w * (4 * R * C + 2 * R), ilp=4, reuse_set=B * (R + 1) * C * L * elem,
-                  note=f"G_r computed twice; one thread per pixel on {ceil_div(total, 256)} CTAs")
+def region_assign_backward_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
+    """region_conv_cuda.cu: region_assign_backward — blocks of 32 pixels × 8 channel slices: one coalesced pass
+    over outputs (their gradient written, G_r's shares summed), G_r once per region, then the guide's gradient."""
+    tiles = ceil_div(L, 32)
+    w = B * tiles * 8
+    per_slice = ceil_div(C, 8)  # channels a warp walks per region
+    return Launch("region_conv", "region_assign_backward_kernel", (B * tiles, 1, 1), (32, 8, 1),
+                  static_smem=8 * 32 * 4 + 32 * 8,
+                  flops=2.0 * B * R * C * L,
+                  min_bytes=2 * B * R * C * L * elem + B * C * L * elem + 2 * B * R * L * elem + 2 * B * R * L * 4,
+                  ffma=w * R * per_slice, alu=w * (R * (per_slice * 8 + 12) + 2 * R / 8 * (6 + EXP_ALU)),
+                  mufu=w * 2 * R / 8, mem=w * (R * (per_slice * 3 + 3) + R),
+                  lsu=w * (R * (per_slice * 3 + 3) + R), l2=w * (R * per_slice * 3 * elem + R) * 32,
+                  gld=w * R * per_slice * 2, ilp=4, reuse_set=B * C * L * elem,
+                  note=f"{B * tiles} blocks of 32 pixels × 8 channel slices")
 
 
 def plain_region_assign(dev: Device, B: int, R: int, C: int, L: int, elem: int, backward: bool) -> float:
@@ -1288,14 +1305,15 @@ def plain_drconv(dev: Device, p: dict, elem: int, backward: bool) -> float:
 
 def drconv_forward(p: dict, elem: int) -> List[Launch]:
     B, Cin, Cout, k, R, H, W = rc_dims(p)
-    return [selected_regions_kernel(B, R, H * W, elem), dynamic_conv_forward_kernel(B, Cin, Cout, k, R, H, W, elem)]
+    return [bucket_pixels_kernel(B, R, H * W, elem), forward_product_kernel(B, Cin, Cout, k, R, H, W, elem)]
 
 
 def drconv_backward(p: dict, elem: int) -> List[Launch]:
     B, Cin, Cout, k, R, H, W = rc_dims(p)
-    return [selected_regions_kernel(B, R, H * W, elem), dynamic_conv_grad_x_kernel(B, Cin, Cout, k, R, H, W, elem),
-            dynamic_conv_grad_filters_kernel(B, Cin, Cout, k, R, H, W, elem),
-            dynamic_conv_grad_guide_kernel(B, Cin, Cout, k, R, H, W, elem)]
+    return [bucket_pixels_kernel(B, R, H * W, elem),
+            *(kernel(B, Cin, Cout, k, R, H, W, elem) for kernel in
+              (grad_columns_product_kernel, columns_to_image_kernel, grad_filters_product_kernel,
+               guide_product_kernel, guide_gradient_kernel))]
 
 
 OPS += [
@@ -1303,8 +1321,7 @@ OPS += [
        lambda d, p, e: plain_drconv(d, p, e, False), lambda d, p, e: plain_drconv(d, p, e, True)),
     Op("region_conv", "region_assign (outputs B×r×Cout×H×W)",
        lambda p, e: [region_assign_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
-       lambda p, e: [region_assign_grad_outputs_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e),
-                     region_assign_grad_guide_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
+       lambda p, e: [region_assign_backward_kernel(p["B"], p["R"], p["Cout"], p["H"] * p["W"], e)],
        lambda d, p, e: plain_region_assign(d, p["B"], p["R"], p["Cout"], p["H"] * p["W"], e, False),
        lambda d, p, e: plain_region_assign(d, p["B"], p["R"], p["Cout"], p["H"] * p["W"], e, True)),
 ]

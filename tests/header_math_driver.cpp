@@ -303,8 +303,9 @@ void taps() {
 }
 
 // In: Cin H W Cout kh kw H' W' stride_h stride_w pad_h pad_w dilation_h dilation_w (ConvGeometry's order),
-// x [Cin, H, W], filter [Cout, Cin·kh·kw]. Out: for_each_tap's source of every tap of every output pixel
-// [H', W', Cin·kh·kw], then conv_entry [Cout, H', W'].
+// x [Cin, H, W], filter [Cout, Cin·kh·kw]. Out: im2col_source of every tap of every output pixel
+// [H', W', Cin·kh·kw], the taps walked 5 at a time (Tap::advance's carries), then the convolution
+// [Cout, H', W'] as Σ_k filter·im2col_entry, the taps walked 16 at a time as the CUDA products walk them.
 void conv() {
   rc::ConvGeometry g{};
   for (int64_t* field : {&g.in_channels, &g.height, &g.width, &g.out_channels, &g.kernel_h, &g.kernel_w,
@@ -314,31 +315,51 @@ void conv() {
   }
   const Vector x = next_numbers(g.in_channels * g.height * g.width);
   const Vector filter = next_numbers(g.out_channels * g.filter_size());
-  for (int64_t oh = 0; oh < g.out_height; ++oh) {
-    for (int64_t ow = 0; ow < g.out_width; ++ow) {
-      rc::for_each_tap(g, oh, ow, [](int64_t, int64_t source) { print(static_cast<double>(source)); });
+  const auto by5 = rc::narrow_geometry(g, 5), by16 = rc::narrow_geometry(g, 16);
+  std::vector<int> sources(by5.K);
+  for (int l = 0; l < by5.L; ++l) {
+    for (int first = 0; first < by5.step; ++first) {
+      for (rc::Tap tap(first, by5); tap.k < by5.K; tap.advance(by5)) {
+        sources[tap.k] = rc::im2col_source(by5, tap, rc::Pixel(l, by5));
+      }
     }
+    for (int source : sources) print(static_cast<double>(source));
   }
-  for (int64_t o = 0; o < g.out_channels; ++o) {
-    for (int64_t oh = 0; oh < g.out_height; ++oh) {
-      for (int64_t ow = 0; ow < g.out_width; ++ow) print(rc::conv_entry<double>(x.data(), filter.data(), g, o, oh, ow));
+  for (int o = 0; o < by16.out_channels; ++o) {
+    for (int l = 0; l < by16.L; ++l) {
+      double sum = 0;
+      for (int first = 0; first < by16.step; ++first) {
+        for (rc::Tap tap(first, by16); tap.k < by16.K; tap.advance(by16)) {
+          sum += filter[o * by16.K + tap.k] * rc::im2col_entry<double>(x.data(), by16, tap, rc::Pixel(l, by16));
+        }
+      }
+      print(sum);
     }
   }
 }
 
 // In: r C P, guide [r, P], grad [C, P], outputs [r, C, P] (one sample of P pixels). Out: the selected
-// region of every pixel [P], then the guide's gradient [r, P] (DRConv's straight-through rule).
+// region of every pixel [P], then the guide's gradient [r, P] (DRConv's straight-through rule), G_r
+// summed over two channel slices as a CUDA block sums it over its warps'.
 void region_assign() {
   const int64_t R = next_int(), C = next_int(), P = next_int();
   const Vector guide = next_numbers(R * P), grad = next_numbers(C * P), outputs = next_numbers(R * C * P);
   for (int64_t p = 0; p < P; ++p) print(static_cast<double>(rc::selected_region(guide.data() + p, R, P)));
-  Vector guide_grad(R * P);
+  Vector guide_grad(R * P), grad_outputs(R * C * P), responses(R);
   for (int64_t p = 0; p < P; ++p) {
-    rc::guide_gradient<double>(guide.data() + p, guide_grad.data() + p, R, P, [&](int64_t r) {
-      return rc::region_response<double>(grad.data() + p, outputs.data() + p, r, C, C * P, P);
-    });
+    const int64_t selected = rc::selected_region(guide.data() + p, R, P);
+    for (int64_t r = 0; r < R; ++r) {
+      responses[r] = 0;
+      for (int64_t slice = 0; slice < 2; ++slice) {
+        responses[r] += rc::straight_through_channels<double>(grad.data() + p, outputs.data() + r * C * P + p,
+                                                              grad_outputs.data() + r * C * P + p, r == selected,
+                                                              slice, C, int64_t(2), P);
+      }
+    }
+    rc::guide_gradient<double>(guide.data() + p, guide_grad.data() + p, R, P, [&](int64_t r) { return responses[r]; });
   }
   print(guide_grad);
+  print(grad_outputs);
 }
 
 // ---- criss_cross ------------------------------------------------------------------------------

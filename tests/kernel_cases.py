@@ -410,6 +410,14 @@ CASES = [
                                                            stride=(2, 1), padding=(2, 0), dilation=(2, 3))),
     Case("drconv-1x1-stride", dynamic_conv_case, dict(B=2, Cin=4, Cout=2, H=5, W=6, R=2, kh=1, kw=1, stride=(2, 2),
                                                       padding=(0, 0), dilation=(1, 1))),
+    # the tiled products past one tile: Cout = 70 (two 64-row tiles, two guide slices), K = 81 taps (two
+    # tiles, six reduction steps), ~78 pixels a region (two column tiles); regions with no pixel; no output channel
+    Case("drconv-many-tiles", dynamic_conv_case, dict(B=2, Cin=9, Cout=70, H=12, W=13, R=2, kh=3, kw=3,
+                                                      stride=(1, 1), padding=(1, 1), dilation=(1, 1))),
+    Case("drconv-empty-regions", dynamic_conv_case, dict(B=2, Cin=2, Cout=3, H=2, W=3, R=7, kh=1, kw=1,
+                                                         stride=(1, 1), padding=(0, 0), dilation=(1, 1))),
+    Case("drconv-no-output-channels", dynamic_conv_case, dict(B=2, Cin=2, Cout=0, H=4, W=3, R=2, kh=3, kw=3,
+                                                              stride=(1, 1), padding=(1, 1), dilation=(1, 1))),
     # gating: planes longer than the 256 threads (the block loops wrap), tied maxima, gates present or not
     Case("channel-pool", channel_pool_case, dict(B=2, C=3, H=5, W=7, ties=True)),
     Case("channel-pool-long-planes", channel_pool_case, dict(B=1, C=2, H=17, W=19)),
@@ -440,8 +448,6 @@ GRID_STRIDE_CASES = [
     Case("triuvec", triuvec_case, dict(B=3, n=30)),
     Case("criss-cross-maps", criss_cross_maps_case, dict(B=2, C=3, H=9, W=11)),
     Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=9, W=10, ties=True)),
-    Case("drconv", dynamic_conv_case, dict(B=2, Cin=3, Cout=4, H=9, W=8, R=3, kh=3, kw=3, stride=(1, 1),
-                                           padding=(1, 1), dilation=(1, 1))),
     Case("spatial-pool", spatial_pool_case, dict(B=2, C=3, H=19, W=17, gate=True)),
     Case("apply-gates", apply_gates_case, dict(B=2, C=3, H=13, W=11, gates="both")),
 ]

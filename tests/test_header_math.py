@@ -268,7 +268,7 @@ CONV_CASES = [  # Cin, H, W, Cout, kh, kw, stride, pad, dilation
 
 
 @pytest.mark.parametrize("Cin,H,W,Cout,kh,kw,stride,pad,dilation", CONV_CASES)
-def test_tap_walk_and_conv_entry_are_unfold_and_conv2d(driver, Cin, H, W, Cout, kh, kw, stride, pad, dilation):
+def test_tap_walk_and_im2col_are_unfold_and_conv2d(driver, Cin, H, W, Cout, kh, kw, stride, pad, dilation):
     Ho, Wo = (out_size(s, k, st, p, d) for s, k, st, p, d in zip((H, W), (kh, kw), stride, pad, dilation))
     x, filters = randn(Cin, H, W), randn(Cout, Cin, kh, kw)
     K = Cin * kh * kw
@@ -286,17 +286,20 @@ def test_region_selection_and_guide_gradient_match_the_reference(driver):
     guide[2, 1] = guide[0, 1] = guide[:, 1].max() + 1  # a tie: the first maximum is selected
     guide.requires_grad_()
     outputs.requires_grad_()
-    selected, guide_grad = driver("region_assign", R, C, P, guide, grad, outputs, shapes=[(P,), (R, P)])
+    selected, guide_grad, grad_outputs = driver("region_assign", R, C, P, guide, grad, outputs,
+                                                shapes=[(P,), (R, P), (R, C, P)])
     out = ref.region_assign(outputs.view(1, R, C, 1, P), guide.view(1, R, 1, P))
     assert torch.equal(selected.long(), guide.argmax(dim=0))
     out.backward(grad.view(1, C, 1, P))
     close(guide_grad, guide.grad)
+    assert torch.equal(grad_outputs, outputs.grad.view(R, C, P))
 
 
 def test_region_selection_counts_nan_as_the_maximum(driver):
     guide = torch.tensor([[1.0, NAN, 2.0, NAN], [3.0, 0.0, NAN, 1.0], [NAN, 5.0, 1.0, NAN]])  # the first NaN wins
     R, P = guide.shape
-    selected = driver("region_assign", R, 1, P, guide, torch.zeros(P), torch.zeros(R, P), shapes=[(P,), (R, P)])[0]
+    selected = driver("region_assign", R, 1, P, guide, torch.zeros(P), torch.zeros(R, P),
+                      shapes=[(P,), (R, P), (R, 1, P)])[0]
     assert torch.equal(selected.long(), guide.argmax(dim=0))
 
 

@@ -59,9 +59,10 @@ USES = {
         namespace rc = attnkern::region_conv;
         T buf[64] = {};
         (void)rc::selected_region(buf, 3, 4);
-        rc::guide_gradient<T>(buf, buf + 16, 3, 1, [&](int64_t r) { return rc::region_response<T>(buf, buf, r, 2, 4, 1); });
-        rc::ConvGeometry geo{1, 3, 3, 1, 2, 2, 2, 2, 1, 1, 0, 0, 1, 1};
-        (void)rc::conv_entry<T>(buf, buf, geo, 0, 1, 1);
+        const T response = rc::straight_through_channels<T>(buf, buf, buf + 32, true, 0, 2, 1, 4);
+        rc::guide_gradient<T>(buf, buf + 16, 3, 1, [&](int) { return response; });
+        const auto geo = rc::narrow_geometry(rc::ConvGeometry{1, 3, 3, 1, 2, 2, 2, 2, 1, 1, 0, 0, 1, 1}, 16);
+        (void)rc::im2col_entry<T>(buf, geo, rc::Tap(1, geo), rc::Pixel(3, geo));
         (void)rc::output_of_tap(rc::input_of_tap(1, 1, 1, 0, 1, 3), 1, 1, 0, 1, 2);
     """,
     "window_attention": """

@@ -5,8 +5,7 @@ Two groups of rows:
                    formulation through attnkern.reference) vs attnkern.nn.DRConv2d, same weights
   dynamic conv op  the bare op vs a plain conv2d of the same shape (one filter for every pixel: the
                    floor a dynamic convolution can reach)
-On CUDA "attnkern" runs as the routing table says (attnkern.ops._cuda_routing: DRConv's grouped conv2d
-and gather), and "attnkern kernels" runs the hand-written kernels (attnkern.ops.cuda_kernels("always")).
+On CUDA "attnkern" runs the hand-written kernels (the routing table keeps them: attnkern.ops._cuda_routing).
 """
 
 import torch
@@ -14,7 +13,7 @@ import torch
 import attnkern
 from attnkern import ops, reference
 
-from .case import Case, with_kernels_row
+from .case import Case
 
 SHAPES = [  # (B, Cin, Cout, k, r, H, W), padding k // 2
     (8, 64, 64, 3, 8, 32, 32),
@@ -44,7 +43,7 @@ def cases(device, smoke):
                 return (torch.randn(b, cin, h, w, device=device, dtype=dtype, requires_grad=True),)
 
             yield Case(family="DRConv2d layer", shape=label, dtype=dtype, make_inputs=make_x,
-                       impls=with_kernels_row({"seed": seed_layer(layer), "attnkern": layer}, device))
+                       impls={"seed": seed_layer(layer), "attnkern": layer})
 
             def make_op_inputs(b=b, cin=cin, cout=cout, k=k, r=r, h=h, w=w, dtype=dtype):
                 options = dict(device=device, dtype=dtype, requires_grad=True)
@@ -56,8 +55,8 @@ def cases(device, smoke):
                 shape=label,
                 dtype=dtype,
                 make_inputs=make_op_inputs,
-                impls=with_kernels_row({
+                impls={
                     "conv2d, one filter (floor)": lambda x, f, g, p=k // 2: torch.nn.functional.conv2d(x, f[0, 0], padding=p),
                     "attnkern": lambda x, f, g, p=k // 2: ops.dynamic_region_conv(x, f, g, padding=p),
-                }, device),
+                },
             )

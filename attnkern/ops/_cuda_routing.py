@@ -100,14 +100,15 @@ ROUTES: Dict[str, Route] = {
                               "bf16 on tensor cores: fwd 0.27–0.39×, bwd 0.58–1.19×",
                               size="max(window tokens, head dim)",
                               kernel_dtypes=(torch.float16, torch.bfloat16), kernel_size_max=64),
-    # Loses everywhere: fwd 5.5–12.1×, bwd 91–546× (8×64→64 k3 r8 32×32: 8.0× / 91×).
-    "dynamic_region_conv": Route(True, "every region's grouped conv2d, then the gather by the guide "
-                                       "(reference.dynamic_region_conv)",
-                                 "fwd 5.5–12.1×, bwd 91–546× (8×64→64 k3 r8 32×32: 8.0× / 91×)"),
-    # The backward loses 3.2–6.2× (the guide's gradient: one thread per pixel on 13–100 CTAs), the
-    # forward wins (0.67–0.92×).
-    "region_assign": Route(True, "gather by argmax; straight-through backward in ATen (reference.region_assign)",
-                           "bwd 3.2–6.2×; fwd 0.67–0.92×", with_grad=True),
+    # Pixels bucketed by region, then tiled products over each region's pixels (fwd 0.78–0.98×; 8.0× /
+    # 91× before). The backward's guide gradient needs every region's response at every pixel, r× the
+    # forward's products on CUDA cores against the plain path's TF32 convolutions: bwd 1.41–2.54×, within
+    # the model's error (8×64→64 k3 r8 32×32: 0.78× / 1.78×; 16×128→128 k3 r8 40×40: 0.84× / 2.54×): keep.
+    # (bfloat16, where the plain path's convolutions run on tensor cores: fwd 1.09–1.34×, bwd 1.86–4.53×.)
+    "dynamic_region_conv": Route(False, model="fwd 0.78–0.98×, bwd 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×)"),
+    # The backward in one coalesced pass over outputs on blocks of 32 pixels × 8 channel slices: 0.32–0.69×
+    # (3.2–6.2× before); the forward 0.67–0.92×: keep.
+    "region_assign": Route(False, model="fwd 0.67–0.92×, bwd 0.32–0.69×"),
     # 0.20–0.92×: keep.
     "channel_pool": Route(False, model="0.20–0.92×"),
     # Blocks of 32 pixels × 8 channel slices (gating_cuda.cu, reduce_channels_per_pixel): fwd 1.0× / bwd

@@ -6,8 +6,6 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from . import _plain
-from ._cuda_routing import plain_on_cuda
 from ._kernels import check_tensor, int_pair, run_check, save_inputs, use_kernel
 
 __all__ = ["region_assign", "dynamic_region_conv"]
@@ -36,10 +34,7 @@ def region_assign(outputs: Tensor, guide: Tensor) -> Tensor:
     check_tensor(outputs, "outputs", op)
     check_tensor(guide, "guide", op)
     if use_kernel(outputs, guide):
-        if not plain_on_cuda("region_assign", outputs, guide):
-            return _ops.region_assign(outputs, guide)
-        run_check(_ops.region_assign_check, outputs, guide)
-        return _plain.region_assign(outputs, guide)  # CUDA, training: the routing table (ops._cuda_routing)
+        return _ops.region_assign(outputs, guide)
     run_check(_ops.region_assign_check, outputs, guide)
     return reference.region_assign(outputs, guide)
 
@@ -77,11 +72,7 @@ def dynamic_region_conv(x: Tensor, filters: Tensor, guide: Tensor, stride: IntPa
     stride, padding, dilation = (list(int_pair(v, name, op)) for v, name in
                                  ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     if use_kernel(x, filters, guide):
-        if not plain_on_cuda("dynamic_region_conv", x, filters, guide):
-            return _ops.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
-        run_check(_ops.dynamic_region_conv_check, x, filters, guide, stride, padding, dilation)
-        # CUDA: the routing table (attnkern.ops._cuda_routing)
-        return _plain.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
+        return _ops.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
     run_check(_ops.dynamic_region_conv_check, x, filters, guide, stride, padding, dilation)
     return reference.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
 

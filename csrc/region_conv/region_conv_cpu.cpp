@@ -54,19 +54,17 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cpu(const at::Tensor& 
     scalar_t* go_ptr = grad_outputs.mutable_data_ptr<scalar_t>();
     scalar_t* gg_ptr = grad_guide.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * HW, 256, [&](int64_t i0, int64_t i1) {
+      std::vector<acc_t> responses(R);  // G_r of the pixel, each computed once
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / HW, p = i % HW;
         const int64_t selected = selected_region(g_ptr + b * R * HW + p, R, HW);
         for (int64_t r = 0; r < R; ++r) {
-          for (int64_t c = 0; c < C; ++c) {
-            go_ptr[((b * R + r) * C + c) * HW + p] = r == selected ? d_ptr[(b * C + c) * HW + p] : scalar_t(0);
-          }
+          const int64_t at = (b * R + r) * C * HW + p;
+          responses[r] = straight_through_channels<acc_t>(d_ptr + b * C * HW + p, o_ptr + at, go_ptr + at,
+                                                          r == selected, int64_t(0), C, int64_t(1), HW);
         }
-        const scalar_t* grad_p = d_ptr + b * C * HW + p;
-        const scalar_t* outputs_p = o_ptr + b * R * C * HW + p;
-        guide_gradient<acc_t>(g_ptr + b * R * HW + p, gg_ptr + b * R * HW + p, R, HW, [&](int64_t r) {
-          return region_response<acc_t>(grad_p, outputs_p, r, C, C * HW, HW);
-        });
+        guide_gradient<acc_t>(g_ptr + b * R * HW + p, gg_ptr + b * R * HW + p, R, HW,
+                              [&](int64_t r) { return responses[r]; });
       }
     });
   });
