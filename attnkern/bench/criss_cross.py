@@ -3,12 +3,12 @@
 Implementations, all with the same weights (gamma = 0.5, so the attention counts):
   seed             CCNet's published formulation: permute/contiguous copies of q, k, v per
                    direction, bmm energies with a −inf diagonal, concatenated softmax, bmm outputs
-  einsum           the einsum formulation (what mmcv switched to): attnkern.ops._plain's, which the op
-                   runs on CUDA (energies and softmax in float32 for bfloat16 inputs)
+  einsum           the einsum formulation (what mmcv switched to): attnkern.ops._plain's (energies and
+                   softmax in float32 for bfloat16 inputs)
   einsum, compiled the einsum layer under torch.compile (inductor)
   attnkern         attnkern.nn.CrissCrossAttention (the criss_cross_attention op: on the CPU its fused
-                   kernel; on CUDA as the routing table says, attnkern.ops._cuda_routing — the einsum)
-  attnkern kernels (CUDA) the fused kernel (attnkern.ops.cuda_kernels("always"))
+                   kernel; on CUDA batched cuBLAS products around its softmax kernel)
+  attnkern kernels (CUDA) the same under attnkern.ops.cuda_kernels("always"), as for every family
 """
 
 import torch
