@@ -99,9 +99,9 @@ def test_window_attention_keeps_the_tensor_core_kernels_in_half_precision(dtype,
 def test_setting_blocks_nest_and_are_checked():
     outer = routing.cuda_kernels_setting()
     with ops.cuda_kernels("auto"):
-        assert ops.cuda_kernels_setting() == "auto" and routing.routes_to_plain("dynamic_region_conv", "cuda")
+        assert ops.cuda_kernels_setting() == "auto" and routing.routes_to_plain("criss_cross_aggregate", "cuda")
         with ops.cuda_kernels("always"):
-            assert ops.cuda_kernels_setting() == "always" and not routing.routes_to_plain("dynamic_region_conv", "cuda")
+            assert ops.cuda_kernels_setting() == "always" and not routing.routes_to_plain("criss_cross_aggregate", "cuda")
         assert ops.cuda_kernels_setting() == "auto"
     assert routing.cuda_kernels_setting() == outer
     for bad in ("never", "AUTO", 1, None):
@@ -109,7 +109,7 @@ def test_setting_blocks_nest_and_are_checked():
             with ops.cuda_kernels(bad):
                 pass
     with pytest.raises(ValueError, match="setting must be one of"):
-        routing.routes_to_plain("dynamic_region_conv", "cuda", setting="kernels")
+        routing.routes_to_plain("criss_cross_aggregate", "cuda", setting="kernels")
     assert routing.cuda_kernels_setting() == outer
 
 
