@@ -9,7 +9,6 @@
 
 #include <limits>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "gating/gating.h"
 #include "gating/gating_checks.h"
@@ -19,16 +18,6 @@ namespace gating {
 namespace {
 
 constexpr int kPlaneThreads = 256;  // threads of a one-block-per-plane kernel (a power of two)
-
-template <typename T>
-const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
-}
-
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->contiguous();
-}
 
 // ---- channel_pool ----------------------------------------------------------------------------
 
@@ -235,13 +224,12 @@ at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Ten
 std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                               const std::optional<at::Tensor>& gate_in,
                                                               const at::Tensor& pooled_in) {
-  const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool_backward");
-  check_spatial_pool_backward(grad_in, pooled_in, x_in);
+  const Dims d = check_spatial_pool_backward(grad_in, x_in, gate_in, pooled_in);
   c10::cuda::CUDAGuard device_guard(x_in.device());
   auto x = x_in.contiguous(), grad = grad_in.contiguous(), pooled = pooled_in.contiguous();
   auto gate = contiguous(gate_in);
   auto grad_x = at::empty_like(x);
-  auto grad_gate = gate.has_value() ? at::empty_like(*gate) : x.new_empty({0});
+  auto grad_gate = empty_gradient(gate, x);
   const int64_t pixels = d.B * d.HW();
   if (x.numel() == 0) {
     if (gate.has_value()) grad_gate.zero_();  // a gate over no pixels gets no gradient
@@ -343,16 +331,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
                                                                          const at::Tensor& x_in,
                                                                          const std::optional<at::Tensor>& cg_in,
                                                                          const std::optional<at::Tensor>& pg_in) {
-  const Dims d = check_apply_gates(x_in, cg_in, pg_in, "apply_gates_backward");
-  check_shape(grad_in, "apply_gates_backward: grad", x_in.sizes());
-  check_same_dtype(grad_in, "apply_gates_backward: grad", x_in, "x");
-  check_same_device(grad_in, "apply_gates_backward: grad", x_in, "x");
+  const Dims d = check_apply_gates_backward(grad_in, x_in, cg_in, pg_in);
   c10::cuda::CUDAGuard device_guard(x_in.device());
   auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto cg = contiguous(cg_in), pg = contiguous(pg_in);
   auto grad_x = at::empty_like(x);
-  auto grad_cg = cg.has_value() ? at::empty_like(*cg) : x.new_empty({0});
-  auto grad_pg = pg.has_value() ? at::empty_like(*pg) : x.new_empty({0});
+  auto grad_cg = empty_gradient(cg, x), grad_pg = empty_gradient(pg, x);
   if (x.numel() == 0) {  // gates over no elements get no gradient
     grad_cg.zero_();
     grad_pg.zero_();
