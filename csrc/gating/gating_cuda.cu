@@ -19,6 +19,20 @@ namespace {
 
 constexpr int kPlaneThreads = 256;  // threads of a one-block-per-plane kernel (a power of two)
 
+// The walk of a one-block-per-plane backward kernel: term(p) for every position p of the block's plane —
+// it writes p's gradient and returns p's part of the plane's sum Σ_p term(p), which goes to *sum_out
+// unless sum_out is null (the same for every thread of the block). A fixed summation order (block_sum).
+template <typename scalar_t, typename acc_t, typename Term>
+__device__ void plane_gradient(int64_t HW, scalar_t* sum_out, Term term) {
+  __shared__ acc_t scratch[kPlaneThreads];
+  acc_t sum = 0;
+  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) sum += term(p);
+  if (sum_out != nullptr) {
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) *sum_out = static_cast<scalar_t>(sum);
+  }
+}
+
 // ---- channel_pool ----------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
@@ -183,23 +197,17 @@ __global__ void spatial_pool_grad_kernel(const scalar_t* __restrict__ x, const s
                                          const scalar_t* __restrict__ pooled, const acc_t* __restrict__ weights,
                                          scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_gate, int64_t C,
                                          int64_t HW) {
-  __shared__ acc_t scratch[kPlaneThreads];
   const int64_t plane = blockIdx.x, b = plane / C;
   const scalar_t* row = x + plane * HW;
   const scalar_t* mx = pooled + b * 2 * HW + HW;
   const acc_t* mean_share = weights + b * 2 * HW;
   const acc_t* share = mean_share + HW;
   const acc_t g = gate ? static_cast<acc_t>(gate[plane]) : acc_t(1);
-  acc_t sum = 0;
-  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+  plane_gradient<scalar_t, acc_t>(HW, grad_gate ? grad_gate + plane : nullptr, [&](int64_t p) {
     const acc_t w = pool_gradient(mean_share[p], share[p], gated(row[p], g) == static_cast<acc_t>(mx[p]));
     grad_x[plane * HW + p] = static_cast<scalar_t>(g * w);
-    sum += static_cast<acc_t>(row[p]) * w;
-  }
-  if (grad_gate != nullptr) {  // uniform across the block
-    sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) grad_gate[plane] = static_cast<scalar_t>(sum);
-  }
+    return static_cast<acc_t>(row[p]) * w;
+  });
 }
 
 at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& gate_in) {
@@ -274,21 +282,15 @@ __global__ void apply_gates_plane_grad_kernel(const scalar_t* __restrict__ grad,
                                               const scalar_t* __restrict__ cg, const scalar_t* __restrict__ pg,
                                               scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_cg, int64_t C,
                                               int64_t HW) {
-  __shared__ acc_t scratch[kPlaneThreads];
   const int64_t plane = blockIdx.x;
   const scalar_t* p_gate = pg ? pg + (plane / C) * HW : nullptr;
   const acc_t g = cg ? static_cast<acc_t>(cg[plane]) : acc_t(1);
-  acc_t sum = 0;
-  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+  plane_gradient<scalar_t, acc_t>(HW, grad_cg ? grad_cg + plane : nullptr, [&](int64_t p) {
     const acc_t pgate = p_gate ? static_cast<acc_t>(p_gate[p]) : acc_t(1);
     const acc_t dy = static_cast<acc_t>(grad[plane * HW + p]);
     grad_x[plane * HW + p] = static_cast<scalar_t>(dy * g * pgate);
-    sum += dy * static_cast<acc_t>(x[plane * HW + p]) * pgate;
-  }
-  if (grad_cg != nullptr) {  // uniform across the block
-    sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) grad_cg[plane] = static_cast<scalar_t>(sum);
-  }
+    return dy * static_cast<acc_t>(x[plane * HW + p]) * pgate;
+  });
 }
 
 // One thread per pixel: the pixel gate's gradient Σ_c grad·x·cg.
