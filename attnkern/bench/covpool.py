@@ -14,7 +14,7 @@ import torch
 
 from attnkern import ops, reference
 
-from .case import Case, with_kernels_row
+from .case import Case, bench_dtypes, random_inputs, with_kernels_row
 
 ITERS = 5
 SHAPES = [  # (label, B, C, H, W): the shapes users run (seed 000 and its README)
@@ -40,12 +40,8 @@ def attnkern_op(x):
 
 
 def cases(device, smoke):
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     for label, b, c, h, w in SMOKE_SHAPES if smoke else SHAPES:
-        for dtype in dtypes:
-            def make_inputs(b=b, c=c, h=h, w=w, dtype=dtype):
-                return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
-
+        for dtype in bench_dtypes(device):
             m = h * w
             seed_bytes = 3 * b * m * m * torch.finfo(dtype).bits // 8
             skip = {}
@@ -55,7 +51,7 @@ def cases(device, smoke):
                 family="covpool+sqrtm",
                 shape=label,
                 dtype=dtype,
-                make_inputs=make_inputs,
+                make_inputs=random_inputs((b, c, h, w), device=device, dtype=dtype),
                 impls=with_kernels_row({
                     "seed": seed,
                     "plain PyTorch": plain,
