@@ -10,7 +10,8 @@ from torch import Tensor
 from .. import reference
 from . import _plain
 from ._cuda_routing import plain_on_cuda
-from ._kernels import accumulation_dtype, check_int, check_tensor, run_check, save_inputs, use_kernel
+from ._kernels import (accumulation_dtype, check_int, check_tensor, kernel_or_reference, run_check, save_inputs,
+                       use_kernel)
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
 
@@ -101,10 +102,7 @@ def triuvec(a: Tensor) -> Tensor:
     """
     op = "triuvec"
     check_tensor(a, "a", op)
-    if use_kernel(a):
-        return _ops.triuvec(a)
-    run_check(_ops.triuvec_check, a)
-    return reference.triuvec(a)
+    return kernel_or_reference(_ops.triuvec, _ops.triuvec_check, reference.triuvec, a)
 
 
 # The names of SAN's MPNCOV module, for code written against it.
