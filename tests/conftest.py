@@ -1,6 +1,7 @@
 """Shared test set-up: devices, dtypes, tolerances, and NaN-poisoned allocations."""
 
 import os
+import sys
 import zlib
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (see poison_empty)
@@ -61,6 +62,29 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def fresh_seed(request):
     torch.manual_seed(SEED + zlib.crc32(request.node.nodeid.encode()))
+
+
+# ---- the emulated CUDA device (tools/cuda_emulation.py), for the tests that run on it ----------------------
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+# The build of the emulated kernels the tests run on: plain, or a sanitized one (make test-emulated-sanitizers).
+EMULATED_VARIANT = os.environ.get("ATTNKERN_EMULATED_VARIANT", "plain")
+# The emulator's schedulers to run on: fibers do not exist in a sanitized build.
+EMULATED_SCHEDULERS = ["fibers", "threads"] if EMULATED_VARIANT == "plain" else ["threads"]
+
+
+def load_emulator():
+    """The emulated device, loaded into this process (a plain library is built first if needed)."""
+    if TOOLS not in sys.path:
+        sys.path.insert(0, TOOLS)
+    import cuda_emulation
+
+    return cuda_emulation.load()
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return load_emulator()
 
 
 def assert_compiles_like_eager(layer, x: torch.Tensor, tolerance: float = 1e-6) -> None:

@@ -123,6 +123,19 @@ def grads(fn, inputs, grad_outputs):
     return [None if t is None else next(result) for t in leaves]
 
 
+def gradient_outputs(op, names, inputs, got, expected, cpu):
+    """The Outputs of a backward kernel's gradients `got` (one per input, in order) against the reference's
+    `expected` and the CPU kernel's `cpu` (None where it does not run); an input that is None (an absent
+    optional one) must get an empty gradient instead."""
+    outputs = []
+    for i, (name, value) in enumerate(zip(names, inputs)):
+        if value is None:
+            assert got[i].numel() == 0, f"{op} {name}: a gradient for an absent input"
+        else:
+            outputs.append(Output(f"{op} {name}", got[i], expected[i], item(cpu, i)))
+    return outputs
+
+
 def f64(t):
     return None if t is None else t.double()
 
@@ -292,17 +305,11 @@ def spatial_pool_case(be, dtype, rng, B, C, H, W, gate=True):
     cg = rng.powers_of_two(B, C, dtype=dtype) if gate else None  # x·gate exact: the same ties as the reference
     pooled = be.op.spatial_pool(x, cg)
     g = rng.randn(B, 2, H, W, dtype=dtype)
-    grad_x, grad_gate = be.op.spatial_pool_backward(g, x, cg, pooled)
-    ref_x, ref_gate = grads(reference.spatial_pool, [x, cg], [g])
+    got = be.op.spatial_pool_backward(g, x, cg, pooled)
+    ref = grads(reference.spatial_pool, [x, cg], [g])
     cpu = be.cpu(K.spatial_pool_backward, g, x, cg, pooled)
-    result = [Output("spatial_pool", pooled, reference.spatial_pool(x.double(), f64(cg)),
-                     be.cpu(K.spatial_pool, x, cg)),
-              Output("spatial_pool_backward x", grad_x, ref_x, item(cpu, 0))]
-    if gate:
-        result.append(Output("spatial_pool_backward gate", grad_gate, ref_gate, item(cpu, 1)))
-    else:
-        assert grad_gate.numel() == 0
-    return result
+    return [Output("spatial_pool", pooled, reference.spatial_pool(x.double(), f64(cg)), be.cpu(K.spatial_pool, x, cg)),
+            *gradient_outputs("spatial_pool_backward", ("x", "gate"), (x, cg), got, ref, cpu)]
 
 
 def apply_gates_case(be, dtype, rng, B, C, H, W, gates="both"):
@@ -312,14 +319,9 @@ def apply_gates_case(be, dtype, rng, B, C, H, W, gates="both"):
     got = be.op.apply_gates_backward(g, x, cg, pg)
     ref = grads(reference.apply_gates, [x, cg, pg], [g])
     cpu = be.cpu(K.apply_gates_backward, g, x, cg, pg)
-    result = [Output("apply_gates", be.op.apply_gates(x, cg, pg), reference.apply_gates(x.double(), f64(cg), f64(pg)),
-                     be.cpu(K.apply_gates, x, cg, pg))]
-    for i, (name, gate) in enumerate((("x", x), ("channel_gate", cg), ("pixel_gate", pg))):
-        if gate is None:
-            assert got[i].numel() == 0
-        else:
-            result.append(Output(f"apply_gates_backward {name}", got[i], ref[i], item(cpu, i)))
-    return result
+    return [Output("apply_gates", be.op.apply_gates(x, cg, pg), reference.apply_gates(x.double(), f64(cg), f64(pg)),
+                   be.cpu(K.apply_gates, x, cg, pg)),
+            *gradient_outputs("apply_gates_backward", ("x", "channel_gate", "pixel_gate"), (x, cg, pg), got, ref, cpu)]
 
 
 def window_attention_case(be, dtype, rng, B, H, W, heads, d, window, shift, bias=True, mask=False):
@@ -336,19 +338,14 @@ def window_attention_case(be, dtype, rng, B, H, W, heads, d, window, shift, bias
     scale = d ** -0.5
     out, lse = be.op.window_attention(qkv, b, m, window, shift, scale)
     g = rng.randn(B, H, W, heads, d, dtype=dtype)
-    grad_qkv, grad_bias = be.op.window_attention_backward(g, qkv, b, m, out, lse, window, shift, scale)
+    got = be.op.window_attention_backward(g, qkv, b, m, out, lse, window, shift, scale)
     ref = lambda q, bb: reference.window_attention(q, bb, window, shift, f64(m), scale)  # noqa: E731
-    ref_qkv, ref_bias = grads(ref, [qkv, b], [g])
+    ref_grads = grads(ref, [qkv, b], [g])
     cpu = be.cpu(K.window_attention, qkv, b, m, window, shift, scale)
     cpu_grads = None if cpu is None else be.cpu(K.window_attention_backward, g, qkv, b, m, *cpu, window, shift, scale)
-    result = [Output("window_attention", out, ref(qkv.double(), f64(b)), item(cpu, 0)),
-              Output("window_attention lse", lse, lse.double() if cpu is None else cpu[1].double()),
-              Output("window_attention_backward qkv", grad_qkv, ref_qkv, item(cpu_grads, 0))]
-    if bias:
-        result.append(Output("window_attention_backward bias", grad_bias, ref_bias, item(cpu_grads, 1)))
-    else:
-        assert grad_bias.numel() == 0
-    return result
+    return [Output("window_attention", out, ref(qkv.double(), f64(b)), item(cpu, 0)),
+            Output("window_attention lse", lse, lse.double() if cpu is None else cpu[1].double()),
+            *gradient_outputs("window_attention_backward", ("qkv", "bias"), (qkv, b), got, ref_grads, cpu_grads)]
 
 
 @dataclass

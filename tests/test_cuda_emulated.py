@@ -12,22 +12,16 @@ it checks races and out-of-bounds accesses too. It says nothing about speed.
 """
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 
 from attnkern import reference
-from conftest import SEED
+from conftest import EMULATED_VARIANT as VARIANT, SEED, load_emulator
 from kernel_cases import (CASES, DTYPES, EMPTY_CASES, GRID_STRIDE_CASES, Backend, Inputs, Output, check,
                           criss_cross_attention_case, cuda_kernels, grads, grid_stride_kernels, rel_error,
                           TOLERANCE, sqrtm_case, tensor_core_kernels, window_attention_case)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-import cuda_emulation  # noqa: E402
-
-VARIANT = os.environ.get("ATTNKERN_EMULATED_VARIANT", "plain")
 EMULATED = Backend(torch.ops.attnkern_emulated, "cpu", "emulated")
 E = torch.ops.attnkern_emulated  # the CUDA kernels, emulated
 K = torch.ops.attnkern  # the CPU kernels
@@ -38,7 +32,7 @@ slow_under_sanitizers = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", autouse=True)
 def emu():
-    emulator = cuda_emulation.load()
+    emulator = load_emulator()
     with emulator.settings(order="forward", target="sm_86", grid_stride_blocks=0):
         yield emulator
 

@@ -13,23 +13,12 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-import cuda_emulation  # noqa: E402
+from conftest import EMULATED_SCHEDULERS, EMULATED_VARIANT as VARIANT, TOOLS
 
-VARIANT = os.environ.get("ATTNKERN_EMULATED_VARIANT", "plain")
 T = torch.ops.attnkern_emulation_tests
 
 
-@pytest.fixture(scope="module")
-def emu():
-    return cuda_emulation.load()
-
-
-def schedulers():
-    return ["fibers", "threads"] if VARIANT == "plain" else ["threads"]
-
-
-@pytest.fixture(params=schedulers())
+@pytest.fixture(params=EMULATED_SCHEDULERS)
 def scheduler(request, emu):
     with emu.settings(scheduler=request.param):
         yield request.param
@@ -163,50 +152,35 @@ print("finished without a report")
 
 
 def run_child(call: str) -> subprocess.CompletedProcess:
-    code = _CHILD.format(tools=os.path.dirname(cuda_emulation.__file__), call=call)
+    code = _CHILD.format(tools=TOOLS, call=call)
     return subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
                           timeout=600)
 
 
-needs_tsan = pytest.mark.skipif(VARIANT != "tsan",
-                                reason="needs the ThreadSanitizer build: make test-emulated-sanitizers")
-needs_asan = pytest.mark.skipif(VARIANT != "asan",
-                                reason="needs the AddressSanitizer build: make test-emulated-sanitizers")
+# (the sanitized build that reports it, the call, the function the report must name). The second race:
+# thread 0 overwrites scratch[0] for the second reduction while the others may still read the first one's
+# result from it — a race whichever order the OS runs the threads in.
+PLANTED_BUGS = [
+    ("tsan", "P.planted_missing_barrier(torch.rand(3, 1000, dtype=torch.float64))", "racy_block_sum"),
+    ("tsan", "P.planted_reused_scratch(torch.rand(3, 1000, dtype=torch.float64))", "unfinished_block_reduce"),
+    ("asan", "q, v = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4)\nP.planted_shared_overrun(q, q, v)",
+     "overrunning_block_reduce"),
+    ("asan", "P.planted_global_overrun(torch.randn(2, 5, 5))", "triuvec_overrun_kernel"),
+]
+# Each sanitizer's report and exit code (tools/cuda_emulation.py's sanitizer_env).
+REPORTS = {"tsan": ("WARNING: ThreadSanitizer: data race", 66),
+           "asan": ("ERROR: AddressSanitizer: heap-buffer-overflow", 67)}
 
 
-@needs_tsan
-def test_thread_sanitizer_reports_the_planted_missing_barrier():
-    result = run_child("P.planted_missing_barrier(torch.rand(3, 1000, dtype=torch.float64))")
-    assert "WARNING: ThreadSanitizer: data race" in result.stderr, result.stderr[-5000:]
-    assert "racy_block_sum" in result.stderr
-    assert result.returncode == 66
-
-
-@needs_tsan
-def test_thread_sanitizer_reports_the_planted_reuse_of_scratch_before_a_barrier():
-    """Thread 0 overwrites scratch[0] for the second reduction while the others may still read the first
-    one's result from it: a race whichever order the OS runs the threads in."""
-    result = run_child("P.planted_reused_scratch(torch.rand(3, 1000, dtype=torch.float64))")
-    assert "WARNING: ThreadSanitizer: data race" in result.stderr, result.stderr[-5000:]
-    assert "unfinished_block_reduce" in result.stderr
-    assert result.returncode == 66
-
-
-@needs_asan
-def test_address_sanitizer_reports_the_planted_shared_memory_overrun():
-    result = run_child("q, v = torch.randn(1, 2, 3, 4), torch.randn(1, 5, 3, 4)\n"
-                       "P.planted_shared_overrun(q, q, v)")
-    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in result.stderr, result.stderr[-5000:]
-    assert "overrunning_block_reduce" in result.stderr
-    assert "finished without a report" not in result.stdout
-
-
-@needs_asan
-def test_address_sanitizer_reports_the_planted_global_overrun():
-    result = run_child("P.planted_global_overrun(torch.randn(2, 5, 5))")
-    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in result.stderr, result.stderr[-5000:]
-    assert "triuvec_overrun_kernel" in result.stderr
-    assert "finished without a report" not in result.stdout
+@pytest.mark.parametrize("variant, call, where", PLANTED_BUGS, ids=[where for _, _, where in PLANTED_BUGS])
+def test_the_sanitized_build_reports_the_planted_bug(variant, call, where):
+    if VARIANT != variant:
+        pytest.skip(f"needs the {variant} build: make test-emulated-sanitizers")
+    result = run_child(call)
+    report, exit_code = REPORTS[variant]
+    assert report in result.stderr, result.stderr[-5000:]
+    assert where in result.stderr
+    assert result.returncode == exit_code
 
 
 @pytest.mark.skipif(VARIANT == "plain", reason="needs a sanitized build: make test-emulated-sanitizers")

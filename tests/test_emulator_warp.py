@@ -4,25 +4,15 @@ bf16 against a float64 matrix product, ldmatrix .x1/.x2/.x4 with and without .tr
 fragment layout, and the errors of collectives that not every lane of a warp reaches — on both schedulers.
 The window-attention tensor-core kernel (tests/test_cuda_emulated.py) runs them end to end."""
 
-import os
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-import cuda_emulation  # noqa: E402
+from conftest import EMULATED_SCHEDULERS
 
-VARIANT = os.environ.get("ATTNKERN_EMULATED_VARIANT", "plain")
 W = torch.ops.attnkern_warp_tests
 
 
-@pytest.fixture(scope="module")
-def emu():
-    return cuda_emulation.load()
-
-
-@pytest.fixture(params=["fibers", "threads"] if VARIANT == "plain" else ["threads"])
+@pytest.fixture(params=EMULATED_SCHEDULERS)
 def scheduler(request, emu):
     with emu.settings(scheduler=request.param, order="shuffled", seed=3):
         yield request.param

@@ -34,6 +34,12 @@ CASES = [
      lambda: ak.SplitAttn(8, 12, radix=4, norm_layer=nn.BatchNorm2d), [(2, 8, 5, 6)]),
     ("SplitAttn radix 1", lambda: seeds.SeedSplitAttn(8, radix=1, stride=2),
      lambda: ak.SplitAttn(8, radix=1, stride=2), [(2, 8, 5, 6)]),
+    # Hidden widths above make_divisible's floor of 32: 48·2·0.375 = 36 rounds to 40; 16·2·1.11875 = 35.8
+    # rounds to 32, which loses more than 10 %, so up to 40 (the seed and the layer each round their own).
+    ("SplitAttn rounded width", lambda: seeds.SeedSplitAttn(48, rd_ratio=0.375),
+     lambda: ak.SplitAttn(48, rd_ratio=0.375), [(2, 48, 4, 5)]),
+    ("SplitAttn rounded-up width", lambda: seeds.SeedSplitAttn(16, rd_ratio=1.11875),
+     lambda: ak.SplitAttn(16, rd_ratio=1.11875), [(2, 16, 4, 5)]),
 ]
 
 

@@ -57,6 +57,19 @@ class Result:
     note: str = ""
 
 
+def bench_dtypes(device: str) -> List[torch.dtype]:
+    """The dtypes a family is measured in: float32, and bfloat16 on CUDA."""
+    return [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+
+
+def random_inputs(*shapes: Sequence[int], device: str, dtype: torch.dtype) -> Callable[[], Inputs]:
+    """A Case's make_inputs: fresh standard-normal tensors of these shapes, each requiring a gradient."""
+    def make_inputs() -> Inputs:
+        return tuple(torch.randn(*shape, device=device, dtype=dtype, requires_grad=True) for shape in shapes)
+
+    return make_inputs
+
+
 KERNELS_ROW = "attnkern kernels"
 
 
@@ -76,29 +89,20 @@ def with_kernels_row(impls: Dict[str, Callable[..., torch.Tensor]], device: str,
     return {**impls, KERNELS_ROW: kernels}
 
 
-def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, int, int]], device: str,
-                routed: Sequence[str] = ()) -> List[Case]:
+def layer_cases(layers: Callable[[int], list], shapes: Sequence[Tuple[int, int, int, int]], device: str) -> List[Case]:
     """Cases comparing drop-in layers with their seeds, same weights, in training mode: for each
     [B, C, H, W] shape, `layers(C)` lists (family, seed module, attnkern module, the seed's row name);
-    rows: the seed, the seed under torch.compile, attnkern, and for the `routed` families on CUDA
-    attnkern's kernels (with_kernels_row)."""
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+    rows: the seed, the seed under torch.compile, attnkern."""
     cases = []
     for b, c, h, w in shapes:
-        for dtype in dtypes:
+        for dtype in bench_dtypes(device):
             for family, seed, layer, seed_name in layers(c):
                 seed = seed.to(device=device, dtype=dtype)
                 layer = layer.to(device=device, dtype=dtype)
                 layer.load_state_dict(seed.state_dict())
-
-                def make_inputs(b=b, c=c, h=h, w=w, dtype=dtype):
-                    return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
-
                 impls = {seed_name: seed, f"{seed_name}, compiled": torch.compile(seed, dynamic=False), "attnkern": layer}
-                if family in routed:
-                    impls = with_kernels_row(impls, device)
-                cases.append(Case(family=family, shape=f"{b}×{c}×{h}×{w}", dtype=dtype, make_inputs=make_inputs,
-                                  impls=impls))
+                cases.append(Case(family=family, shape=f"{b}×{c}×{h}×{w}", dtype=dtype,
+                                  make_inputs=random_inputs((b, c, h, w), device=device, dtype=dtype), impls=impls))
     return cases
 
 

@@ -8,14 +8,13 @@ Implementations, all computing sqrtm(cov(x)) → [B, C, C]:
   attnkern         attnkern.ops.covpool + attnkern.ops.sqrtm_newton_schulz (on CUDA: the centring then one
                    cuBLAS bmm for the covariance; Newton–Schulz in one block per matrix up to 64×64, batched
                    cuBLAS above; neither is routed, attnkern.ops._cuda_routing)
-  attnkern kernels (CUDA) the same under attnkern.ops.cuda_kernels("always")
 """
 
 import torch
 
 from attnkern import ops, reference
 
-from .case import Case, with_kernels_row
+from .case import Case, bench_dtypes, random_inputs
 
 ITERS = 5
 SHAPES = [  # (label, B, C, H, W): the shapes users run (seed 000 and its README)
@@ -41,12 +40,8 @@ def attnkern_op(x):
 
 
 def cases(device, smoke):
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     for label, b, c, h, w in SMOKE_SHAPES if smoke else SHAPES:
-        for dtype in dtypes:
-            def make_inputs(b=b, c=c, h=h, w=w, dtype=dtype):
-                return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
-
+        for dtype in bench_dtypes(device):
             m = h * w
             seed_bytes = 3 * b * m * m * torch.finfo(dtype).bits // 8
             skip = {}
@@ -56,12 +51,12 @@ def cases(device, smoke):
                 family="covpool+sqrtm",
                 shape=label,
                 dtype=dtype,
-                make_inputs=make_inputs,
-                impls=with_kernels_row({
+                make_inputs=random_inputs((b, c, h, w), device=device, dtype=dtype),
+                impls={
                     "seed": seed,
                     "plain PyTorch": plain,
                     "plain, torch.compile": torch.compile(plain, dynamic=False),
                     "attnkern": attnkern_op,
-                }, device),
+                },
                 skip=skip,
             )

@@ -8,7 +8,6 @@ Implementations, all with the same weights (gamma = 0.5, so the attention counts
   einsum, compiled the einsum layer under torch.compile (inductor)
   attnkern         attnkern.nn.CrissCrossAttention (the criss_cross_attention op: on the CPU its fused
                    kernel; on CUDA batched cuBLAS products around its softmax kernel)
-  attnkern kernels (CUDA) the same under attnkern.ops.cuda_kernels("always"), as for every family
 """
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 import attnkern
 from attnkern.ops._plain import criss_cross_attention as einsum_attention
 
-from .case import Case, with_kernels_row
+from .case import Case, bench_dtypes, random_inputs
 
 SHAPES = [  # (label, B, C, H, W)
     ("CCNet head 2×512×97×97", 2, 512, 97, 97),
@@ -59,26 +58,22 @@ class FormulationLayer(nn.Module):
 
 
 def cases(device, smoke):
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     for label, b, c, h, w in SMOKE_SHAPES if smoke else SHAPES:
-        for dtype in dtypes:
+        for dtype in bench_dtypes(device):
             layer = attnkern.nn.CrissCrossAttention(c).to(device=device, dtype=dtype)
             with torch.no_grad():
                 layer.gamma.fill_(0.5)
             einsum_layer = FormulationLayer(layer, einsum_attention)
 
-            def make_inputs(b=b, c=c, h=h, w=w, dtype=dtype):
-                return (torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True),)
-
             yield Case(
                 family="criss-cross layer",
                 shape=label,
                 dtype=dtype,
-                make_inputs=make_inputs,
-                impls=with_kernels_row({
+                make_inputs=random_inputs((b, c, h, w), device=device, dtype=dtype),
+                impls={
                     "seed": FormulationLayer(layer, seed_attention),
                     "einsum": einsum_layer,
                     "einsum, torch.compile": torch.compile(einsum_layer, dynamic=False),
                     "attnkern": layer,
-                }, device),
+                },
             )

@@ -5,9 +5,8 @@ same weights, in training mode.
 Implementations:
   seed              the published formulation
   seed, compiled    the same under torch.compile (inductor)
-  attnkern          attnkern.nn.SEAttention / CBAM: poolings and gates in one pass each way (on CUDA:
-                    CBAM's spatial pool and pixel gate as the routing table says, attnkern.ops._cuda_routing)
-  attnkern kernels  (CUDA, CBAM) the hand-written kernels everywhere (attnkern.ops.cuda_kernels("always"))
+  attnkern          attnkern.nn.SEAttention / CBAM: poolings and gates in one pass each way (their kernels
+                    on CUDA too: no gating op is routed, attnkern.ops._cuda_routing)
 On the CPU this family is measured on every CPU capability the machine runs (attnkern.bench).
 """
 
@@ -29,4 +28,4 @@ def layers(c):
 
 
 def cases(device, smoke):
-    return layer_cases(layers, SMOKE_SHAPES if smoke else SHAPES, device, routed=("CBAM layer",))
+    return layer_cases(layers, SMOKE_SHAPES if smoke else SHAPES, device)

@@ -13,7 +13,7 @@ import torch
 import attnkern
 from attnkern import ops, reference
 
-from .case import Case
+from .case import Case, bench_dtypes, random_inputs
 
 SHAPES = [  # (B, Cin, Cout, k, r, H, W), padding k // 2
     (8, 64, 64, 3, 8, 32, 32),
@@ -33,28 +33,19 @@ def seed_layer(layer):
 
 
 def cases(device, smoke):
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     for b, cin, cout, k, r, h, w in SMOKE_SHAPES if smoke else SHAPES:
         label = f"{b}×{cin}→{cout} k{k} r{r} {h}×{w}"
-        for dtype in dtypes:
+        for dtype in bench_dtypes(device):
             layer = attnkern.nn.DRConv2d(cin, cout, k, region_num=r, padding=k // 2).to(device=device, dtype=dtype)
-
-            def make_x(b=b, cin=cin, h=h, w=w, dtype=dtype):
-                return (torch.randn(b, cin, h, w, device=device, dtype=dtype, requires_grad=True),)
-
-            yield Case(family="DRConv2d layer", shape=label, dtype=dtype, make_inputs=make_x,
+            yield Case(family="DRConv2d layer", shape=label, dtype=dtype,
+                       make_inputs=random_inputs((b, cin, h, w), device=device, dtype=dtype),
                        impls={"seed": seed_layer(layer), "attnkern": layer})
-
-            def make_op_inputs(b=b, cin=cin, cout=cout, k=k, r=r, h=h, w=w, dtype=dtype):
-                options = dict(device=device, dtype=dtype, requires_grad=True)
-                return (torch.randn(b, cin, h, w, **options), torch.randn(b, r, cout, cin, k, k, **options),
-                        torch.randn(b, r, h, w, **options))
-
             yield Case(
                 family="dynamic conv op",
                 shape=label,
                 dtype=dtype,
-                make_inputs=make_op_inputs,
+                make_inputs=random_inputs((b, cin, h, w), (b, r, cout, cin, k, k), (b, r, h, w), device=device,
+                                          dtype=dtype),
                 impls={
                     "conv2d, one filter (floor)": lambda x, f, g, p=k // 2: torch.nn.functional.conv2d(x, f[0, 0], padding=p),
                     "attnkern": lambda x, f, g, p=k // 2: ops.dynamic_region_conv(x, f, g, padding=p),

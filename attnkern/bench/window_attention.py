@@ -23,7 +23,7 @@ from torch import nn
 
 from attnkern import ops, reference
 
-from .case import Case, onnxruntime_row, with_kernels_row
+from .case import Case, bench_dtypes, onnxruntime_row, random_inputs, with_kernels_row
 
 SHAPES = [  # (label, B, H, W, C, heads, window, shift)
     ("SwinIR-light 4×64×64 C60 h6 w8 s4", 4, 64, 64, 60, 6, 8, 4),
@@ -86,13 +86,9 @@ def attnkern_branch(m: AttentionBranch, x: torch.Tensor) -> torch.Tensor:
 
 
 def branch_cases(device, smoke):
-    dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
     for label, b, h, w, c, heads, window, shift in SMOKE_SHAPES if smoke else SHAPES:
-        for dtype in dtypes:
+        for dtype in bench_dtypes(device):
             m = AttentionBranch(c, heads, window, shift, h, w).to(device=device, dtype=dtype)
-
-            def make_inputs(b=b, h=h, w=w, c=c, dtype=dtype):
-                return (torch.randn(b, h * w, c, device=device, dtype=dtype, requires_grad=True),)
 
             def seed(x, m=m):
                 return seed_branch(m, x)
@@ -101,7 +97,7 @@ def branch_cases(device, smoke):
                 family="window attention branch",
                 shape=label,
                 dtype=dtype,
-                make_inputs=make_inputs,
+                make_inputs=random_inputs((b, h * w, c), device=device, dtype=dtype),
                 impls=with_kernels_row({
                     "seed": seed,
                     "SDPA": lambda x, m=m: seed_branch(m, x, use_sdpa=True),

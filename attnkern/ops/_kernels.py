@@ -42,6 +42,15 @@ def run_check(check_op, *args) -> None:
         check_op(*args)
 
 
+def kernel_or_reference(kernel, check_op, reference_fn, *args):
+    """An op whose kernel, check op and reference take the same arguments: its kernel where use_kernel says so
+    for the tensors among args, else its check op and then its reference."""
+    if use_kernel(*[a for a in args if isinstance(a, Tensor)]):
+        return kernel(*args)
+    run_check(check_op, *args)
+    return reference_fn(*args)
+
+
 def save_inputs(ctx, inputs, output) -> None:
     """setup_context for ops whose backward needs every tensor input."""
     ctx.save_for_backward(*inputs)

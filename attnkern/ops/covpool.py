@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import accumulation_dtype, check_int, check_tensor, run_check, save_inputs, use_kernel
+from ._kernels import (accumulation_dtype, check_int, check_tensor, kernel_or_reference, run_check, save_inputs,
+                       use_kernel)
 
 __all__ = ["covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer"]
 
@@ -93,10 +94,7 @@ def triuvec(a: Tensor) -> Tensor:
     """
     op = "triuvec"
     check_tensor(a, "a", op)
-    if use_kernel(a):
-        return _ops.triuvec(a)
-    run_check(_ops.triuvec_check, a)
-    return reference.triuvec(a)
+    return kernel_or_reference(_ops.triuvec, _ops.triuvec_check, reference.triuvec, a)
 
 
 # The names of SAN's MPNCOV module, for code written against it.

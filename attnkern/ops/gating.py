@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import check_tensor, run_check, use_kernel
+from ._kernels import check_tensor, kernel_or_reference
 
 __all__ = ["channel_pool", "spatial_pool", "apply_gates"]
 
@@ -43,10 +43,7 @@ def channel_pool(x: Tensor) -> Tuple[Tensor, Tensor]:
     """
     op = "channel_pool"
     check_tensor(x, "x", op)
-    if use_kernel(x):
-        return _ops.channel_pool(x)
-    run_check(_ops.channel_pool_check, x)
-    return reference.channel_pool(x)
+    return kernel_or_reference(_ops.channel_pool, _ops.channel_pool_check, reference.channel_pool, x)
 
 
 def spatial_pool(x: Tensor, gate: Optional[Tensor] = None) -> Tensor:
@@ -69,10 +66,7 @@ def spatial_pool(x: Tensor, gate: Optional[Tensor] = None) -> Tensor:
     op = "spatial_pool"
     check_tensor(x, "x", op)
     check_tensor(gate, "gate", op, optional=True)
-    if use_kernel(x, gate):
-        return _ops.spatial_pool(x, gate)
-    run_check(_ops.spatial_pool_check, x, gate)
-    return reference.spatial_pool(x, gate)
+    return kernel_or_reference(_ops.spatial_pool, _ops.spatial_pool_check, reference.spatial_pool, x, gate)
 
 
 def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Optional[Tensor] = None) -> Tensor:
@@ -95,10 +89,8 @@ def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Op
     check_tensor(x, "x", op)
     check_tensor(channel_gate, "channel_gate", op, optional=True)
     check_tensor(pixel_gate, "pixel_gate", op, optional=True)
-    if use_kernel(x, channel_gate, pixel_gate):
-        return _ops.apply_gates(x, channel_gate, pixel_gate)
-    run_check(_ops.apply_gates_check, x, channel_gate, pixel_gate)
-    return reference.apply_gates(x, channel_gate, pixel_gate)
+    return kernel_or_reference(_ops.apply_gates, _ops.apply_gates_check, reference.apply_gates, x, channel_gate,
+                               pixel_gate)
 
 
 # ---- autograd and fake kernels --------------------------------------------------------------

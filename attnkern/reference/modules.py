@@ -210,7 +210,12 @@ class SeedSCConv(nn.Module):
 
 def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
     """v rounded to the nearest multiple of divisor, at least min_value (default divisor), and rounded
-    up a step when that lost more than 10 % (timm's helper, which ResNeSt's SplitAttn uses)."""
+    up a step when that lost more than 10 % (timm's helper, which ResNeSt's SplitAttn uses).
+
+    A restatement of ``attnkern.nn._common.make_divisible``, kept on purpose: the seeds depend on torch
+    alone (attnkern.nn may not be imported here, nor this file from attnkern.nn), and as an independent
+    statement it checks the layer's copy — ``SplitAttn`` loading ``SeedSplitAttn``'s state dict
+    (tests/test_modules.py) fails if the two round a hidden width differently."""
     floor = divisor if min_value is None else min_value
     rounded = max(floor, int(v + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < round_limit * v else rounded

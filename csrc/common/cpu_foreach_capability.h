@@ -25,60 +25,27 @@
 
 #include "common/cpu_capability.h"
 
+// Each capability: its namespace, vector width and vector registers, and the instruction set its
+// functions are compiled for (cpu_one_capability.h; none for the baseline).
 #if ATTNKERN_CPU_X86_CAPABILITIES
-
 #define ATTNKERN_CPU_NAMESPACE cpu_avx512
 #define ATTNKERN_CPU_VECTOR_BYTES 64
 #define ATTNKERN_CPU_VECTOR_REGISTERS 32
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2,f16c"))), \
-                             apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2,f16c")
-#endif
-#include "common/cpu_vec.h"
-#include ATTNKERN_CPU_KERNEL_BODY
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#undef ATTNKERN_CPU_NAMESPACE
-#undef ATTNKERN_CPU_VECTOR_BYTES
-#undef ATTNKERN_CPU_VECTOR_REGISTERS
+#define ATTNKERN_CPU_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2,f16c"
+#include "common/cpu_one_capability.h"
 
 #define ATTNKERN_CPU_NAMESPACE cpu_avx2
 #define ATTNKERN_CPU_VECTOR_BYTES 32
 #define ATTNKERN_CPU_VECTOR_REGISTERS 16
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,bmi2,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi2,f16c")
-#endif
-#include "common/cpu_vec.h"
-#include ATTNKERN_CPU_KERNEL_BODY
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#undef ATTNKERN_CPU_NAMESPACE
-#undef ATTNKERN_CPU_VECTOR_BYTES
-#undef ATTNKERN_CPU_VECTOR_REGISTERS
-
+#define ATTNKERN_CPU_TARGET "avx2,fma,bmi2,f16c"
+#include "common/cpu_one_capability.h"
 #endif  // ATTNKERN_CPU_X86_CAPABILITIES
 
 // The baseline: 16-byte vectors (SSE2 on x86-64, NEON on Arm), compiled with the file's own flags.
 #define ATTNKERN_CPU_NAMESPACE cpu_default
 #define ATTNKERN_CPU_VECTOR_BYTES 16
 #define ATTNKERN_CPU_VECTOR_REGISTERS 16
-#include "common/cpu_vec.h"
-#include ATTNKERN_CPU_KERNEL_BODY
-#undef ATTNKERN_CPU_NAMESPACE
-#undef ATTNKERN_CPU_VECTOR_BYTES
-#undef ATTNKERN_CPU_VECTOR_REGISTERS
+#include "common/cpu_one_capability.h"
 
 // ATTNKERN_CPU_DISPATCH(name): the version of `name` (a function of the body, template arguments
 // allowed) for the capability in use, looked up in the cpu_* namespaces of the current namespace.

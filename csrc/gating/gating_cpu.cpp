@@ -11,7 +11,6 @@
 #include <cmath>
 #include <limits>
 
-#include "common/checks.h"
 #include "common/macros.h"
 #include "gating/gating.h"
 #include "gating/gating_checks.h"
@@ -73,11 +72,6 @@ namespace {
 // Rows of n elements per parallel task: enough work for each to pay for its scheduling.
 inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
 
-template <typename T>
-const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
-}
-
 // out[b, c] = Σ_block partial[b, block, c]: the per-block partial gradients of a [B, C] gate, summed in a
 // fixed order. With no pixels there are no blocks and the gradient is 0.
 template <typename scalar_t>
@@ -108,9 +102,7 @@ at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_
                                      const at::Tensor& max_in) {
   const Dims d = check_channel_pool_backward(grad_mean_in, grad_max_in, x_in, max_in);
   auto x = x_in.contiguous(), max = max_in.contiguous();
-  std::optional<at::Tensor> grad_mean, grad_max;
-  if (grad_mean_in.has_value()) grad_mean = grad_mean_in->contiguous();
-  if (grad_max_in.has_value()) grad_max = grad_max_in->contiguous();
+  auto grad_mean = contiguous(grad_mean_in), grad_max = contiguous(grad_max_in);
   auto grad_x = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_backward_cpu", [&] {
     const ChannelPoolGrad<scalar_t> a{d.HW(), x.const_data_ptr<scalar_t>(), max.const_data_ptr<scalar_t>(),
@@ -128,8 +120,7 @@ at::Tensor channel_pool_backward_cpu(const std::optional<at::Tensor>& grad_mean_
 at::Tensor spatial_pool_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& gate_in) {
   const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool");
   auto x = x_in.contiguous();
-  std::optional<at::Tensor> gate;
-  if (gate_in.has_value()) gate = gate_in->contiguous();
+  auto gate = contiguous(gate_in);
   auto pooled = at::empty({d.B, 2, d.H, d.W}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_cpu", [&] {
     const SpatialPool<scalar_t> a{d.C, d.HW(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate),
@@ -143,14 +134,12 @@ at::Tensor spatial_pool_cpu(const at::Tensor& x_in, const std::optional<at::Tens
 std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                              const std::optional<at::Tensor>& gate_in,
                                                              const at::Tensor& pooled_in) {
-  const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool_backward");
-  check_spatial_pool_backward(grad_in, pooled_in, x_in);
+  const Dims d = check_spatial_pool_backward(grad_in, x_in, gate_in, pooled_in);
   auto x = x_in.contiguous(), grad = grad_in.contiguous(), pooled = pooled_in.contiguous();
-  std::optional<at::Tensor> gate;
-  if (gate_in.has_value()) gate = gate_in->contiguous();
+  auto gate = contiguous(gate_in);
   const int64_t blocks = pixel_blocks(d.HW());
   auto grad_x = at::empty_like(x);
-  auto grad_gate = gate.has_value() ? at::empty_like(*gate) : x.new_empty({0});
+  auto grad_gate = empty_gradient(gate, x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_backward_cpu", [&] {
     // Per (sample, block, channel): Σ over the block's pixels of x·w (the gate's gradient, partly).
     auto partial = gate.has_value()
@@ -184,9 +173,7 @@ at::Tensor apply_gates_cpu(const at::Tensor& x_in, const std::optional<at::Tenso
     return (x_in * cg_in->view({d.B, d.C, 1, 1})).contiguous();
   }
   auto x = x_in.contiguous();
-  std::optional<at::Tensor> cg, pg;
-  if (cg_in.has_value()) cg = cg_in->contiguous();
-  if (pg_in.has_value()) pg = pg_in->contiguous();
+  auto cg = contiguous(cg_in), pg = contiguous(pg_in);
   auto out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_cpu", [&] {
     const Gates<scalar_t> a{d.C, d.HW(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
@@ -201,18 +188,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
                                                                         const at::Tensor& x_in,
                                                                         const std::optional<at::Tensor>& cg_in,
                                                                         const std::optional<at::Tensor>& pg_in) {
-  const Dims d = check_apply_gates(x_in, cg_in, pg_in, "apply_gates_backward");
-  check_shape(grad_in, "apply_gates_backward: grad", x_in.sizes());
-  check_same_dtype(grad_in, "apply_gates_backward: grad", x_in, "x");
-  check_same_device(grad_in, "apply_gates_backward: grad", x_in, "x");
+  const Dims d = check_apply_gates_backward(grad_in, x_in, cg_in, pg_in);
   auto x = x_in.contiguous(), grad = grad_in.contiguous();
-  std::optional<at::Tensor> cg, pg;
-  if (cg_in.has_value()) cg = cg_in->contiguous();
-  if (pg_in.has_value()) pg = pg_in->contiguous();
+  auto cg = contiguous(cg_in), pg = contiguous(pg_in);
   const int64_t blocks = pixel_blocks(d.HW());
   auto grad_x = at::empty_like(x);
-  auto grad_cg = cg.has_value() ? at::empty_like(*cg) : x.new_empty({0});
-  auto grad_pg = pg.has_value() ? at::empty_like(*pg) : x.new_empty({0});
+  auto grad_cg = empty_gradient(cg, x), grad_pg = empty_gradient(pg, x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_backward_cpu", [&] {
     // With both gates: per (sample, block, channel), the block's part of the channel gate's gradient.
     const bool both = cg.has_value() && pg.has_value();

@@ -9,7 +9,6 @@
 
 #include <limits>
 
-#include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "gating/gating.h"
 #include "gating/gating_checks.h"
@@ -20,14 +19,18 @@ namespace {
 
 constexpr int kPlaneThreads = 256;  // threads of a one-block-per-plane kernel (a power of two)
 
-template <typename T>
-const T* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
-}
-
-std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->contiguous();
+// The walk of a one-block-per-plane backward kernel: term(p) for every position p of the block's plane —
+// it writes p's gradient and returns p's part of the plane's sum Σ_p term(p), which goes to *sum_out
+// unless sum_out is null (the same for every thread of the block). A fixed summation order (block_sum).
+template <typename scalar_t, typename acc_t, typename Term>
+__device__ void plane_gradient(int64_t HW, scalar_t* sum_out, Term term) {
+  __shared__ acc_t scratch[kPlaneThreads];
+  acc_t sum = 0;
+  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) sum += term(p);
+  if (sum_out != nullptr) {
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) *sum_out = static_cast<scalar_t>(sum);
+  }
 }
 
 // ---- channel_pool ----------------------------------------------------------------------------
@@ -194,23 +197,17 @@ __global__ void spatial_pool_grad_kernel(const scalar_t* __restrict__ x, const s
                                          const scalar_t* __restrict__ pooled, const acc_t* __restrict__ weights,
                                          scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_gate, int64_t C,
                                          int64_t HW) {
-  __shared__ acc_t scratch[kPlaneThreads];
   const int64_t plane = blockIdx.x, b = plane / C;
   const scalar_t* row = x + plane * HW;
   const scalar_t* mx = pooled + b * 2 * HW + HW;
   const acc_t* mean_share = weights + b * 2 * HW;
   const acc_t* share = mean_share + HW;
   const acc_t g = gate ? static_cast<acc_t>(gate[plane]) : acc_t(1);
-  acc_t sum = 0;
-  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+  plane_gradient<scalar_t, acc_t>(HW, grad_gate ? grad_gate + plane : nullptr, [&](int64_t p) {
     const acc_t w = pool_gradient(mean_share[p], share[p], gated(row[p], g) == static_cast<acc_t>(mx[p]));
     grad_x[plane * HW + p] = static_cast<scalar_t>(g * w);
-    sum += static_cast<acc_t>(row[p]) * w;
-  }
-  if (grad_gate != nullptr) {  // uniform across the block
-    sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) grad_gate[plane] = static_cast<scalar_t>(sum);
-  }
+    return static_cast<acc_t>(row[p]) * w;
+  });
 }
 
 at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& gate_in) {
@@ -235,13 +232,12 @@ at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Ten
 std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                               const std::optional<at::Tensor>& gate_in,
                                                               const at::Tensor& pooled_in) {
-  const Dims d = check_spatial_pool(x_in, gate_in, "spatial_pool_backward");
-  check_spatial_pool_backward(grad_in, pooled_in, x_in);
+  const Dims d = check_spatial_pool_backward(grad_in, x_in, gate_in, pooled_in);
   c10::cuda::CUDAGuard device_guard(x_in.device());
   auto x = x_in.contiguous(), grad = grad_in.contiguous(), pooled = pooled_in.contiguous();
   auto gate = contiguous(gate_in);
   auto grad_x = at::empty_like(x);
-  auto grad_gate = gate.has_value() ? at::empty_like(*gate) : x.new_empty({0});
+  auto grad_gate = empty_gradient(gate, x);
   const int64_t pixels = d.B * d.HW();
   if (x.numel() == 0) {
     if (gate.has_value()) grad_gate.zero_();  // a gate over no pixels gets no gradient
@@ -286,21 +282,15 @@ __global__ void apply_gates_plane_grad_kernel(const scalar_t* __restrict__ grad,
                                               const scalar_t* __restrict__ cg, const scalar_t* __restrict__ pg,
                                               scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_cg, int64_t C,
                                               int64_t HW) {
-  __shared__ acc_t scratch[kPlaneThreads];
   const int64_t plane = blockIdx.x;
   const scalar_t* p_gate = pg ? pg + (plane / C) * HW : nullptr;
   const acc_t g = cg ? static_cast<acc_t>(cg[plane]) : acc_t(1);
-  acc_t sum = 0;
-  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+  plane_gradient<scalar_t, acc_t>(HW, grad_cg ? grad_cg + plane : nullptr, [&](int64_t p) {
     const acc_t pgate = p_gate ? static_cast<acc_t>(p_gate[p]) : acc_t(1);
     const acc_t dy = static_cast<acc_t>(grad[plane * HW + p]);
     grad_x[plane * HW + p] = static_cast<scalar_t>(dy * g * pgate);
-    sum += dy * static_cast<acc_t>(x[plane * HW + p]) * pgate;
-  }
-  if (grad_cg != nullptr) {  // uniform across the block
-    sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) grad_cg[plane] = static_cast<scalar_t>(sum);
-  }
+    return dy * static_cast<acc_t>(x[plane * HW + p]) * pgate;
+  });
 }
 
 // One thread per pixel: the pixel gate's gradient Σ_c grad·x·cg.
@@ -343,16 +333,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
                                                                          const at::Tensor& x_in,
                                                                          const std::optional<at::Tensor>& cg_in,
                                                                          const std::optional<at::Tensor>& pg_in) {
-  const Dims d = check_apply_gates(x_in, cg_in, pg_in, "apply_gates_backward");
-  check_shape(grad_in, "apply_gates_backward: grad", x_in.sizes());
-  check_same_dtype(grad_in, "apply_gates_backward: grad", x_in, "x");
-  check_same_device(grad_in, "apply_gates_backward: grad", x_in, "x");
+  const Dims d = check_apply_gates_backward(grad_in, x_in, cg_in, pg_in);
   c10::cuda::CUDAGuard device_guard(x_in.device());
   auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto cg = contiguous(cg_in), pg = contiguous(pg_in);
   auto grad_x = at::empty_like(x);
-  auto grad_cg = cg.has_value() ? at::empty_like(*cg) : x.new_empty({0});
-  auto grad_pg = pg.has_value() ? at::empty_like(*pg) : x.new_empty({0});
+  auto grad_cg = empty_gradient(cg, x), grad_pg = empty_gradient(pg, x);
   if (x.numel() == 0) {  // gates over no elements get no gradient
     grad_cg.zero_();
     grad_pg.zero_();

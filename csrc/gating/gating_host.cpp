@@ -50,10 +50,12 @@ Dims check_spatial_pool(const at::Tensor& x, const std::optional<at::Tensor>& ga
   return d;
 }
 
-void check_spatial_pool_backward(const at::Tensor& grad, const at::Tensor& pooled, const at::Tensor& x) {
-  const std::vector<int64_t> shape{x.size(0), 2, x.size(2), x.size(3)};
-  check_like(grad, "spatial_pool_backward: grad", shape, x);
-  check_like(pooled, "spatial_pool_backward: pooled", shape, x);
+Dims check_spatial_pool_backward(const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& gate,
+                                 const at::Tensor& pooled) {
+  const Dims d = check_spatial_pool(x, gate, "spatial_pool_backward");
+  check_like(grad, "spatial_pool_backward: grad", {d.B, 2, d.H, d.W}, x);
+  check_like(pooled, "spatial_pool_backward: pooled", {d.B, 2, d.H, d.W}, x);
+  return d;
 }
 
 Dims check_apply_gates(const at::Tensor& x, const std::optional<at::Tensor>& channel_gate,
@@ -64,6 +66,14 @@ Dims check_apply_gates(const at::Tensor& x, const std::optional<at::Tensor>& cha
                     "needs a channel_gate, a pixel_gate or both, got neither");
   if (channel_gate.has_value()) check_like(*channel_gate, prefix + "channel_gate", {d.B, d.C}, x, "[B, C]");
   if (pixel_gate.has_value()) check_like(*pixel_gate, prefix + "pixel_gate", {d.B, 1, d.H, d.W}, x, "[B, 1, H, W]");
+  return d;
+}
+
+Dims check_apply_gates_backward(const at::Tensor& grad, const at::Tensor& x,
+                                const std::optional<at::Tensor>& channel_gate,
+                                const std::optional<at::Tensor>& pixel_gate) {
+  const Dims d = check_apply_gates(x, channel_gate, pixel_gate, "apply_gates_backward");
+  check_like(grad, "apply_gates_backward: grad", x.sizes(), x);
   return d;
 }
 

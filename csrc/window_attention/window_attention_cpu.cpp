@@ -45,31 +45,28 @@ namespace window_attention {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-Operands<scalar_t, acc_t> operands(const WindowGrid& grid, const at::Tensor& qkv, const at::Tensor& bias,
-                                   const at::Tensor& mask, double scale) {
-  return {grid,
-          qkv.size(0),
-          qkv.size(4),
-          qkv.size(5),
+Operands<scalar_t, acc_t> operands(const Inputs& in, double scale) {
+  return {in.grid,
+          in.B,
+          in.heads,
+          in.d,
           static_cast<acc_t>(scale),
-          qkv.const_data_ptr<scalar_t>(),
-          bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-          mask.defined() ? mask.const_data_ptr<acc_t>() : nullptr};
+          in.qkv.const_data_ptr<scalar_t>(),
+          in.bias.defined() ? in.bias.const_data_ptr<scalar_t>() : nullptr,
+          in.mask.defined() ? in.mask.const_data_ptr<acc_t>() : nullptr};
 }
 
 std::tuple<at::Tensor, at::Tensor> window_attention_cpu(const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias,
                                                         const c10::optional<at::Tensor>& mask, int64_t window_size,
                                                         int64_t shift_size, double scale) {
-  const WindowGrid grid = check_inputs(qkv_in, bias, mask, window_size, shift_size, "window_attention");
-  auto qkv = qkv_in.contiguous();
-  const auto acc_type = at::toOpMathType(qkv.scalar_type());
-  auto bias_c = bias_operand(bias), mask_c = mask_operand(mask, qkv);
-  const int64_t B = qkv.size(0), heads = qkv.size(4), d = qkv.size(5), nW = grid.windows();
-  auto out = at::empty({B, grid.H, grid.W, heads, d}, qkv.options());
-  auto lse = at::empty({B, grid.H, grid.W, heads}, qkv.options().dtype(acc_type));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_cpu", [&] {
+  const Inputs in = forward_inputs(qkv_in, bias, mask, window_size, shift_size);
+  const WindowGrid& grid = in.grid;
+  const int64_t B = in.B, nW = grid.windows();
+  auto out = at::empty({B, grid.H, grid.W, in.heads, in.d}, in.qkv.options());
+  auto lse = at::empty({B, grid.H, grid.W, in.heads}, in.acc_options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.qkv.scalar_type(), "window_attention_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto op = operands<scalar_t, acc_t>(grid, qkv, bias_c, mask_c, scale);
+    const auto op = operands<scalar_t, acc_t>(in, scale);
     const auto kernel = ATTNKERN_CPU_DISPATCH(forward_windows<scalar_t, acc_t>);
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
@@ -82,20 +79,16 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& mask, const at::Tensor& out_in, const at::Tensor& lse_in, int64_t window_size,
     int64_t shift_size, double scale) {
-  const char* name = "window_attention_backward";
-  const WindowGrid grid = check_inputs(qkv_in, bias, mask, window_size, shift_size, name);
-  check_saved(grad_in, qkv_in, out_in, lse_in, name);
-  auto qkv = qkv_in.contiguous(), grad = grad_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
-  const auto acc_type = at::toOpMathType(qkv.scalar_type());
-  auto bias_c = bias_operand(bias), mask_c = mask_operand(mask, qkv);
-  const int64_t B = qkv.size(0), heads = qkv.size(4), N = grid.tokens(), nW = grid.windows();
-  const int64_t groups = backward_groups(B * nW);
+  const BackwardInputs in = backward_inputs(grad_in, qkv_in, bias, mask, out_in, lse_in, window_size, shift_size);
+  const at::Tensor &qkv = in.qkv, &grad = in.grad, &out = in.out, &lse = in.lse;
+  const int64_t heads = in.heads, N = in.grid.tokens();
+  const int64_t groups = backward_groups(in.B * in.grid.windows());
   auto grad_qkv = at::empty_like(qkv);
   // Partial bias gradients, one per (group, head), summed in a fixed order.
-  auto grad_bias_partial = bias_c.defined() ? at::zeros({groups, heads, N, N}, qkv.options().dtype(acc_type)) : at::Tensor();
+  auto grad_bias_partial = in.bias.defined() ? at::zeros({groups, heads, N, N}, in.acc_options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto op = operands<scalar_t, acc_t>(grid, qkv, bias_c, mask_c, scale);
+    const auto op = operands<scalar_t, acc_t>(in, scale);
     const auto kernel = ATTNKERN_CPU_DISPATCH(backward_windows<scalar_t, acc_t>);
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t group = begin; group < end; ++group) {

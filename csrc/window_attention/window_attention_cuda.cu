@@ -266,20 +266,19 @@ bool backward_on_tensor_cores(const at::Tensor& grad, const at::Tensor& qkv, con
 std::tuple<at::Tensor, at::Tensor> window_attention_cuda(const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias_in,
                                                          const c10::optional<at::Tensor>& mask_in, int64_t window_size,
                                                          int64_t shift_size, double scale) {
-  const char* op = "window_attention";
-  const WindowGrid grid = check_inputs(qkv_in, bias_in, mask_in, window_size, shift_size, op);
+  const Inputs in = forward_inputs(qkv_in, bias_in, mask_in, window_size, shift_size);
   c10::cuda::CUDAGuard guard(qkv_in.device());
-  auto qkv = qkv_in.contiguous();
-  auto bias = bias_operand(bias_in), mask = mask_operand(mask_in, qkv);
-  const int64_t B = qkv.size(0), heads = qkv.size(4), d = qkv.size(5), N = grid.tokens();
+  const at::Tensor &qkv = in.qkv, &bias = in.bias, &mask = in.mask;
+  const WindowGrid& grid = in.grid;
+  const int64_t B = in.B, heads = in.heads, d = in.d, N = grid.tokens();
   auto out = at::empty({B, grid.H, grid.W, heads, d}, qkv.options());
-  auto lse = at::empty({B, grid.H, grid.W, heads}, qkv.options().dtype(at::toOpMathType(qkv.scalar_type())));
+  auto lse = at::empty({B, grid.H, grid.W, heads}, in.acc_options());
   const int64_t blocks = B * grid.windows() * heads;
   if (blocks == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (forward_on_tensor_cores<scalar_t>(qkv, bias, mask, out, lse, grid, scale)) return;
-    const int64_t bytes = launch_smem<acc_t>(forward_kernel<scalar_t, acc_t>, N, d, 4, 0, op);
+    const int64_t bytes = launch_smem<acc_t>(forward_kernel<scalar_t, acc_t>, N, d, 4, 0, in.op);
     ATTNKERN_LAUNCH(blocks, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
                     forward_kernel<scalar_t, acc_t>)(
         qkv.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
@@ -294,15 +293,12 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias_in,
     const c10::optional<at::Tensor>& mask_in, const at::Tensor& out_in, const at::Tensor& lse_in, int64_t window_size,
     int64_t shift_size, double scale) {
-  const char* op = "window_attention_backward";
-  const WindowGrid grid = check_inputs(qkv_in, bias_in, mask_in, window_size, shift_size, op);
-  check_saved(grad_in, qkv_in, out_in, lse_in, op);
+  const BackwardInputs in = backward_inputs(grad_in, qkv_in, bias_in, mask_in, out_in, lse_in, window_size, shift_size);
   c10::cuda::CUDAGuard guard(qkv_in.device());
-  auto qkv = qkv_in.contiguous(), grad = grad_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
-  auto bias = bias_operand(bias_in), mask = mask_operand(mask_in, qkv);
-  const int64_t B = qkv.size(0), heads = qkv.size(4), d = qkv.size(5), N = grid.tokens();
+  const at::Tensor &qkv = in.qkv, &bias = in.bias, &mask = in.mask, &grad = in.grad, &out = in.out, &lse = in.lse;
+  const WindowGrid& grid = in.grid;
+  const int64_t B = in.B, heads = in.heads, d = in.d, N = grid.tokens();
   const int64_t groups = backward_groups(B * grid.windows());
-  const auto acc_options = qkv.options().dtype(at::toOpMathType(qkv.scalar_type()));
   auto grad_qkv = at::empty_like(qkv);
   at::Tensor grad_bias_partial;  // [groups, heads, N, N], the groups of whichever kernel runs
   if (groups > 0) {
@@ -312,8 +308,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
                                              scale)) {
         return;
       }
-      if (bias.defined()) grad_bias_partial = at::zeros({groups, heads, N, N}, acc_options);
-      const int64_t bytes = launch_smem<acc_t>(backward_kernel<scalar_t, acc_t>, N, d, 6, 2, op);
+      if (bias.defined()) grad_bias_partial = at::zeros({groups, heads, N, N}, in.acc_options());
+      const int64_t bytes = launch_smem<acc_t>(backward_kernel<scalar_t, acc_t>, N, d, 6, 2, in.op);
       ATTNKERN_LAUNCH(groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
                       backward_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),

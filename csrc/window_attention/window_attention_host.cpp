@@ -12,6 +12,7 @@
 
 namespace attnkern {
 namespace window_attention {
+namespace {
 
 WindowGrid check_inputs(const at::Tensor& qkv, const c10::optional<at::Tensor>& bias,
                         const c10::optional<at::Tensor>& mask, int64_t window_size, int64_t shift_size,
@@ -63,12 +64,36 @@ void check_saved(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor
   for (const auto* t : {&grad, &out, &lse}) check_same_device(*t, (prefix + "grad, out and lse").c_str(), qkv, "qkv");
 }
 
-at::Tensor bias_operand(const c10::optional<at::Tensor>& bias) {
-  return bias.has_value() ? bias->contiguous() : at::Tensor();
+Inputs prepare(const char* op, WindowGrid grid, const at::Tensor& qkv_in, const c10::optional<at::Tensor>& bias,
+               const c10::optional<at::Tensor>& mask) {
+  auto qkv = qkv_in.contiguous();
+  return {op,
+          grid,
+          qkv,
+          bias.has_value() ? bias->contiguous() : at::Tensor(),
+          mask.has_value() ? mask->to(at::toOpMathType(qkv.scalar_type())).contiguous() : at::Tensor(),
+          qkv.size(0),
+          qkv.size(4),
+          qkv.size(5)};
 }
 
-at::Tensor mask_operand(const c10::optional<at::Tensor>& mask, const at::Tensor& qkv) {
-  return mask.has_value() ? mask->to(at::toOpMathType(qkv.scalar_type())).contiguous() : at::Tensor();
+}  // namespace
+
+at::TensorOptions Inputs::acc_options() const { return qkv.options().dtype(at::toOpMathType(qkv.scalar_type())); }
+
+Inputs forward_inputs(const at::Tensor& qkv, const c10::optional<at::Tensor>& bias,
+                      const c10::optional<at::Tensor>& mask, int64_t window_size, int64_t shift_size) {
+  const char* op = "window_attention";
+  return prepare(op, check_inputs(qkv, bias, mask, window_size, shift_size, op), qkv, bias, mask);
+}
+
+BackwardInputs backward_inputs(const at::Tensor& grad, const at::Tensor& qkv, const c10::optional<at::Tensor>& bias,
+                               const c10::optional<at::Tensor>& mask, const at::Tensor& out, const at::Tensor& lse,
+                               int64_t window_size, int64_t shift_size) {
+  const char* op = "window_attention_backward";
+  const WindowGrid grid = check_inputs(qkv, bias, mask, window_size, shift_size, op);
+  check_saved(grad, qkv, out, lse, op);
+  return {prepare(op, grid, qkv, bias, mask), grad.contiguous(), out.contiguous(), lse.contiguous()};
 }
 
 namespace {
