@@ -89,8 +89,9 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
 // whole batch, and the softmax over a pixel's W + H − 1 energies is one kernel, a warp per pixel. q and k
 // (C/8 channels) are copied into both layouts in the accumulation type, so the energies are exact to it;
 // v, whose column matrices V_w have no unit stride in [B, C, H, W], is transposed once through shared
-// memory, and so are the column products on their way back. Nothing of size [B, P, H, W] is written: the
-// energies and weights take B·H·W·(H + W) values.
+// memory, and so are the column products on their way back. While the op runs, the energies (accumulation
+// type) and the weights take B·H·W·(H + W) values each, the size of the [B, P, H, W] maps; the backward keeps
+// only the per-pixel log-sum-exp.
 
 constexpr int kTile = 32;  // transpose tiles: 32×32 values, a block of 32×8 threads
 constexpr int kTileRows = 8;
