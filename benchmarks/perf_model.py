@@ -38,7 +38,9 @@ The model (one small function per kernel, named after it, counts what one launch
     the tiles cannot fill the GPU), cuDNN convolution at 40 % of the TF32 tensor-core peak (PyTorch's
     default allows TF32 in cuDNN), SDPA memory-efficient (fp32 SIMT) at 35 % of FP32 peak, elementwise
     and reductions at 80 % of HBM bandwidth; each call + 4 µs launch.
-  * Floors: bytes / HBM bandwidth, FLOPs / FP32 peak, FLOPs / dense BF16 tensor-core peak. ×floor is the
+  * Floors: bytes / HBM bandwidth, FLOPs / FP32 peak, FLOPs / dense BF16 tensor-core peak. In the ops
+    rewritten around library calls (covpool, criss_cross_attention) an op's bytes are what its inputs and
+    outputs need: the launches that only move its intermediates declare none. ×floor is the
     modelled time over max(memory, FP32) floor for the kernels on CUDA cores (FP32 arithmetic), over
     max(memory, tensor-core) for those on tensor cores (mma.sync, at MMA_SYNC_EFF of the dense peak). The
     tensor-core floor says what a tensor-core formulation could reach.
@@ -548,9 +550,8 @@ def centring(B: int, C: int, M: int, elem: int) -> List[Launch]:
     """covpool_cuda.cu: centred — the row means and Xc = X − μ, ATen, in float64 (memory-bound: the FP64
     arithmetic, ≤ 2 operations an element, is far below the H200's 34 TFLOP/s)."""
     x = B * C * M * elem
-    return [aten_call("covpool", "ATen: μ = x.mean(2) (float64)", lambda d: plain_ew(d, x + B * C * 8),
-                      nbytes=x + B * C * 8),
-            aten_call("covpool", "ATen: Xc = x − μ", lambda d: plain_ew(d, 2 * x + B * C * 8), nbytes=2 * x)]
+    return [aten_call("covpool", "ATen: μ = x.mean(2) (float64)", lambda d: plain_ew(d, x + B * C * 8), nbytes=x),
+            aten_call("covpool", "ATen: Xc = x − μ", lambda d: plain_ew(d, 2 * x + B * C * 8))]
 
 
 def covpool_forward(p: dict, elem: int) -> List[Launch]:
@@ -558,7 +559,7 @@ def covpool_forward(p: dict, elem: int) -> List[Launch]:
     B, C, M = covpool_dims(p)
     return centring(B, C, M, elem) + [
         aten_call("covpool", "at::baddbmm Xc·Xcᵀ/M (cuBLAS)", lambda d: plain_gemm(d, B, C, C, M, elem),
-                  flops=2.0 * B * C * C * M, nbytes=(B * C * M + B * C * C) * elem)]
+                  flops=2.0 * B * C * C * M, nbytes=B * C * C * elem)]
 
 
 def covpool_backward(p: dict, elem: int) -> List[Launch]:
@@ -566,9 +567,9 @@ def covpool_backward(p: dict, elem: int) -> List[Launch]:
     B, C, M = covpool_dims(p)
     cc = B * C * C * elem
     return centring(B, C, M, elem) + [
-        aten_call("covpool", "ATen: G + Gᵀ", lambda d: plain_ew(d, 3 * cc), nbytes=3 * cc),
+        aten_call("covpool", "ATen: G + Gᵀ", lambda d: plain_ew(d, 3 * cc), nbytes=cc),
         aten_call("covpool", "at::baddbmm (G + Gᵀ)·Xc/M (cuBLAS)", lambda d: plain_gemm(d, B, C, M, C, elem),
-                  flops=2.0 * B * C * C * M, nbytes=(2 * B * C * M + B * C * C) * elem)]
+                  flops=2.0 * B * C * C * M, nbytes=B * C * M * elem)]
 
 
 def sqrtm_forward(p: dict, elem: int) -> List[Launch]:
@@ -672,7 +673,7 @@ def aggregate_kernel(transposed: bool, B: int, C: int, H: int, W: int, elem: int
 
 # The fused attention (attention_cuda): cuBLAS GEMMs for the energies and outputs, a softmax kernel between.
 # Launches that only move the op's intermediates (the transposes, the softmax's energies and weights) declare
-# no minimum bytes: the op's floor is what its inputs, outputs and products need.
+# no minimum bytes (module docstring, "Floors").
 
 
 def transpose_kernel(N: int, R: int, S: int, elem: int) -> Launch:
