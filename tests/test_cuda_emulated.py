@@ -189,6 +189,27 @@ def test_window_attention_tensor_cores_copy_as_wide_as_alignment_allows(emu, dty
     torch.testing.assert_close(out, E.window_attention(qkv.clone(), bias, None, 4, 2, d ** -0.5)[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d, offset", [(16, 0), (16, 1), (12, 0), (6, 0), (40, 1)])
+def test_window_attention_tensor_core_backward_copies_as_wide_as_alignment_allows(emu, dtype, d, offset):
+    """The tensor-core backward copies (and sums D_i = dO_i·o_i over) 8, 4, 2 or 1 channels at once, as d and
+    the addresses of qkv and the output gradient allow: 2, 4, 16 or 32 threads a token (d = 40 one channel at
+    a time: two steps a thread); views `offset` elements into their storage give the reference's gradients."""
+    def view(*shape):
+        storage = torch.randn(math.prod(shape) + offset).to(dtype)
+        return storage[offset:].view(*shape)
+
+    qkv, grad, bias = view(1, 8, 8, 3, 2, d), view(1, 8, 8, 2, d), torch.randn(2, 16, 16).to(dtype)
+    scale = d ** -0.5
+    out, lse = E.window_attention(qkv, bias, None, 4, 2, scale)
+    before = launch_counts(emu)
+    got = E.window_attention_backward(grad, qkv, bias, None, out, lse, 4, 2, scale)
+    assert launched_since(emu, before)["window_attention_cuda.cu:mma_backward_kernel"][0] == 1
+    expected = grads(lambda q, b: reference.window_attention(q, b, 4, 2, None, scale), [qkv, bias], [grad])
+    for name, g, e in zip(("qkv", "bias"), got, expected):
+        assert rel_error(g, e) <= TOLERANCE[dtype], name
+
+
 # ---- empty batches: no launch (the emulator refuses a grid of 0 blocks), empty results -------------------
 
 

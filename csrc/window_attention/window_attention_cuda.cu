@@ -249,7 +249,7 @@ bool backward_on_tensor_cores(const at::Tensor& grad, const at::Tensor& qkv, con
     if (bias.defined()) grad_bias_partial = at::empty({groups, heads, N, N}, qkv.options().dtype(at::kFloat));
     allow_smem(mma_backward_kernel<scalar_t>, bytes);
     const int vec = std::min(mma_vector_width(d, qkv.const_data_ptr(), grad.const_data_ptr()),
-                             mma_vector_width(d, grad_qkv.const_data_ptr(), grad_qkv.const_data_ptr()));
+                             mma_vector_width(d, grad_qkv.const_data_ptr(), out.const_data_ptr()));
     ATTNKERN_LAUNCH(groups * heads, mma_round_up16(N) / 16 * 32, bytes, c10::cuda::getCurrentCUDAStream(),
                     mma_backward_kernel<scalar_t>)(
         grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),

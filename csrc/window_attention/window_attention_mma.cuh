@@ -78,6 +78,13 @@ __device__ __forceinline__ void copy_elements(scalar_t* dst, const scalar_t* src
   else *dst = *src;
 }
 
+// dst[0], dst[1] = a, b rounded to scalar_t, in one 4-byte store (dst 4-byte aligned).
+template <typename scalar_t>
+__device__ __forceinline__ void store_pair(scalar_t* dst, float a, float b) {
+  alignas(4) const scalar_t pair[2] = {static_cast<scalar_t>(a), static_cast<scalar_t>(b)};
+  copy_chunk<4>(dst, pair);
+}
+
 // Accumulator tiles of one warp: up to 8 tiles of 16×8 (key tiles of S, or dimension tiles of an output).
 using MmaAccumulators = float[8][4];
 static_assert(kMmaMaxTokens == 8 * 8 && kMmaMaxHeadDim == 8 * 8, "8 accumulator tiles of 8 columns");
@@ -184,7 +191,7 @@ __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, 
 }
 
 // The warp's output rows (acc: rows row0 + g, + 8; columns 8dt + 2t, + 1) times `scale`, rounded, into a
-// [Np, ld] tile.
+// [Np, ld] tile, a column pair a store.
 template <typename scalar_t>
 __device__ __forceinline__ void mma_stage_rows(const MmaAccumulators& acc, float scale, scalar_t* tile, int ld,
                                                int row0, int dim_tiles) {
@@ -193,8 +200,9 @@ __device__ __forceinline__ void mma_stage_rows(const MmaAccumulators& acc, float
   for (int dt = 0; dt < 8; ++dt) {
     if (dt < dim_tiles) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        tile[(row0 + g + 8 * (e / 2)) * ld + 8 * dt + 2 * t4 + e % 2] = static_cast<scalar_t>(scale * acc[dt][e]);
+      for (int r = 0; r < 2; ++r) {
+        store_pair(tile + (row0 + g + 8 * r) * ld + 8 * dt + 2 * t4, scale * acc[dt][2 * r],
+                   scale * acc[dt][2 * r + 1]);
       }
     }
   }

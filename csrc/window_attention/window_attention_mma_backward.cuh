@@ -78,6 +78,40 @@ __device__ __forceinline__ void mma_transposed_times_tile(MmaAccumulators& acc, 
   }
 }
 
+// lse_i and D_i = Σ_c dO_ic·o_ic (logit_grad's row term) for the window's tokens (0 past N): `lanes` adjacent
+// threads a token (the power of two ≥ d / vec, at most 32), each vec channels at a time — o in vec-element
+// copies like the tiles, dO from its tile — their partial sums added by shuffles in a fixed order.
+template <typename scalar_t>
+__device__ void mma_load_row_terms(const scalar_t* grad_o, int ld, const scalar_t* out, const float* lse,
+                                   const int64_t* pixel, int64_t h, int heads, int N, int Np, int d, int vec,
+                                   float* lse_w, float* delta) {
+  const int chunks = d / vec;
+  int lanes = 1;
+  while (lanes < chunks && lanes < 32) lanes *= 2;
+  const int part = threadIdx.x % lanes;
+  for (int first = 0; first < Np; first += blockDim.x / lanes) {  // the same trip count on every thread
+    const int i = first + threadIdx.x / lanes;
+    float sum = 0.f;
+    if (i < N) {
+      const scalar_t* o_i = out + out_offset(pixel[i], h, heads, d);
+      for (int c = part * vec; c < d; c += lanes * vec) {
+        alignas(16) scalar_t o_chunk[8], grad_chunk[8];
+        copy_elements(o_chunk, o_i + c, vec);
+        copy_elements(grad_chunk, grad_o + i * ld + c, vec);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) {  // constant indices: the chunks stay in registers
+          if (x < vec) sum += static_cast<float>(grad_chunk[x]) * static_cast<float>(o_chunk[x]);
+        }
+      }
+    }
+    for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (part == 0 && i < Np) {
+      lse_w[i] = i < N ? lse[pixel[i] * heads + h] : 0.f;
+      delta[i] = sum;
+    }
+  }
+}
+
 template <typename scalar_t>
 __global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ qkv,
                                     const scalar_t* __restrict__ bias, const float* __restrict__ mask,
@@ -119,15 +153,7 @@ __global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const sca
     mma_load_rows(v, qkv + (2 * heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
     mma_load_rows(grad_o, grad + h * d, int64_t(heads) * d, pixel, N, Np, d, dp, ld, vec);
     __syncthreads();
-    for (int i = threadIdx.x; i < Np; i += blockDim.x) {  // lse_i, and D_i = Σ_c dO_ic·o_ic
-      float sum = 0.f;
-      if (i < N) {
-        const scalar_t* o_i = out + out_offset(pixel[i], h, heads, d);
-        for (int c = 0; c < d; ++c) sum += static_cast<float>(grad_o[i * ld + c]) * static_cast<float>(o_i[c]);
-      }
-      lse_w[i] = i < N ? lse[pixel[i] * heads + h] : 0.f;
-      delta[i] = sum;
-    }
+    mma_load_row_terms(grad_o, ld, out, lse, pixel, h, heads, N, Np, d, vec, lse_w, delta);
     __syncthreads();
 
     // Rows: P, dS, the bias gradient, dq.
@@ -138,19 +164,28 @@ __global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const sca
                mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
     mma_zero(dprob);
     mma_rows_times_rows(dprob, grad_o, v, ld, dp, tiles, row0);
+    // The lane's rows row0 + g and row0 + g + 8 (elements 0, 1 and 2, 3 of a tile): their lse and D held in
+    // registers, as the bias-gradient stores could alias them for the compiler.
+    const float row_lse[2] = {lse_w[row0 + g], lse_w[row0 + g + 8]};
+    const float row_delta[2] = {delta[row0 + g], delta[row0 + g + 8]};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
+      float p[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + g + 8 * (e / 2), j = nt * 8 + 2 * t4 + e % 2;
         const bool inside = nt < tiles && i < N && j < N;
-        const float p = inside ? exp(s[nt][e] - lse_w[i]) : 0.f;
-        const float ds = inside ? logit_grad(p, dprob[nt][e], delta[i]) : 0.f;
+        p[e] = inside ? exp(s[nt][e] - row_lse[e / 2]) : 0.f;
+        const float ds = inside ? logit_grad(p[e], dprob[nt][e], row_delta[e / 2]) : 0.f;
         if (inside) bias_grad[i * N + j] += ds;  // this lane's own element
         s[nt][e] = ds;
-        if (nt < tiles) {
-          p_tile[i * ldp + j] = static_cast<scalar_t>(p);
-          ds_tile[i * ldp + j] = static_cast<scalar_t>(ds);
+      }
+      if (nt < tiles) {  // keys 8nt + 2t, + 1 of both rows: one 4-byte store a pair
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int at = (row0 + g + 8 * r) * ldp + nt * 8 + 2 * t4;
+          store_pair(p_tile + at, p[2 * r], p[2 * r + 1]);
+          store_pair(ds_tile + at, s[nt][2 * r], s[nt][2 * r + 1]);
         }
       }
     }
