@@ -912,7 +912,7 @@ def mma_tile_loads(g: WindowGrid, heads: int, d: int, elem: int) -> Tuple[int, i
     chunks = dp // vec
     lanes = [[(pix[min(e // chunks, g.N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
              for s in range(0, Np * chunks, 32)]
-    lines, sectors = mean_access(lanes, elem * vec)
+    lines, sectors = mean_access(lanes, elem)  # element offsets; a vec-element access stays in its line
     return vec, ceil_div(Np * chunks, 32), lines, sectors
 
 
@@ -941,11 +941,11 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     logits = dict(alu=elements * (14 + EXP_ALU) + warps * 40, mem=elements * (1 + region), mufu=elements + 2 * warps,
                   lsu=elements * (2 + region))  # bias rows of a fragment: 8 rows, 2-way bank conflicts
     pack = Np // 16 * 4 * 2 * warps  # F2F conversions of P
-    # output: staging stores, then 16·d/vec chunks a warp
+    # output: staging stores (a column pair a 4-byte store), then 16·d/vec chunks a warp
     out_warps = warps * ceil_div(16 * d // vec, 32)
     out_lines = 16 * d * elem / 128 / max(1, out_warps // warps)
-    store = dict(alu=out_warps * (DIV32 + 12) + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 4,
-                 lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 4 * 2,
+    store = dict(alu=out_warps * (DIV32 + 12) + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 2,
+                 lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 2 * 2,
                  l2=B * g.H * g.W * heads * d * elem / ctas)
     pixels, bias = B * g.H * g.W, heads * N * N * elem
     l2_cta = load["l2"] + store["l2"] + N * 32
@@ -968,33 +968,41 @@ def mma_backward_groups(windows: int, heads: int) -> int:  # window_attention_mm
 
 def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_mma_backward.cuh: min(B·nW, max(64, 8·SMs/heads))·heads CTAs of Np/16 warps, each
-    walking its windows: per window q, k, v, dO loaded (vec-element copies), D per token (a thread per token
-    over d), then per warp S and dP (mma), P, dS, the bias gradient in shared memory, P and dS tiles, dq
-    (mma), and over keys dv, dk (mma, transposed A fragments); dq, dk, dv staged in shared memory and copied
-    out in vec-element copies."""
+    walking its windows: per window q, k, v, dO loaded (vec-element copies), D per token (adjacent threads a
+    token, vec-element copies, shuffles), then per warp S and dP (mma), P, dS, the bias gradient in shared
+    memory, P and dS tiles (a column pair a 4-byte store), dq (mma), and over keys dv, dk (mma, transposed A
+    fragments); dq, dk, dv staged in shared memory and copied out in vec-element copies."""
     N, windows = g.N, B * g.nW
     groups = mma_backward_groups(windows, heads)
     ctas, per_cta = groups * heads, ceil_div(windows, groups)
     Np, dp = ceil_div(N, 16) * 16, ceil_div(d, 16) * 16
     warps = Np // 16
     vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
+    # D_i = dO_i·o_i (mma_load_row_terms): `lanes` threads a token, vec channels each a step, shuffles
     pix = [g.pixel(g.nW // 2, t) for t in range(N)]
-    token_warps = ceil_div(Np, 32)
-    o_lines, _ = mean_access([[(pix[min(t, N - 1)] * heads) * d for t in range(s, s + 32)] for s in range(0, Np, 32)],
-                             elem)
-    load = dict(alu=load_warps * 4 * (DIV32 + 16) + token_warps * (d * 4 + 30) + warps * 40,
-                mem=load_warps * 4 * 2 + token_warps * (2 * d + 4) + 3 * warps,
-                lsu=load_warps * 4 * (q_lines + vec * elem // 4) + token_warps * d * (1 + o_lines) + 3 * warps,
-                l2=load_warps * 4 * q_sectors * 32 + Np * d * elem, gld=load_warps * 4 + token_warps * (d + 1))
+    chunks = d // vec
+    lanes = min(32, 1 << (chunks - 1).bit_length())
+    steps = ceil_div(chunks, lanes)
+    row_warps = ceil_div(Np * lanes, 32)
+    o_lines, _ = mean_access([[(pix[min(e // lanes, N - 1)] * heads) * d + (e % lanes) * vec for e in range(s, s + 32)]
+                              for s in range(0, Np * lanes, 32)], elem)
+    shuffles = (lanes - 1).bit_length()
+    load = dict(alu=load_warps * 4 * (DIV32 + 16) + row_warps * (steps * (3 * vec + 16) + shuffles * 2 + 20)
+                + warps * 40,
+                mem=load_warps * 4 * 2 + row_warps * (2 * steps + shuffles + 2) + 3 * warps,
+                lsu=load_warps * 4 * (q_lines + vec * elem // 4)
+                + row_warps * (steps * (o_lines + vec * elem // 4) + shuffles + 2) + 3 * warps,
+                l2=load_warps * 4 * q_sectors * 32 + Np * d * elem, gld=load_warps * 4 + row_warps * (steps + 1))
     hmma = warps * 5 * Np * dp // 128
     ldsm = warps * (2 * dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8 + 2 * Np // 16 * (1 + dp // 8))
     ldsm_lsu = warps * (2 * dp // 16 * (4 + 2 * Np // 8) + 2 * Np // 16 * dp // 8 + 2 * Np // 16 * (4 + 2 * dp // 8))
     elements = warps * Np // 2
     region = 2 if g.shift else 0
-    elementwise = dict(alu=elements * (30 + EXP_ALU), mem=elements * (6 + region), mufu=elements,
-                       lsu=elements * (6 + region))
+    # per element: the bias, the bias gradient's read-modify-write, half a 4-byte store to each of P and dS
+    elementwise = dict(alu=elements * (30 + EXP_ALU), mem=elements * (4 + region), mufu=elements,
+                       lsu=elements * (4 + region))
     pack = 2 * (Np // 16) * 4 * 2 * warps
-    staged = warps * 3 * (dp // 8) * 4  # 2-byte shared stores of dq, dk, dv
+    staged = warps * 3 * (dp // 8) * 2  # 4-byte shared stores (column pairs) of dq, dk, dv
     out_warps = 3 * ceil_div(N * d // vec, 32)  # then vec-element copies out
     out_lines = 32 * vec * elem / 128
     out = dict(alu=staged * 4 + out_warps * (DIV32 + 12), mem=staged + 2 * out_warps,
