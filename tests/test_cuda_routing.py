@@ -20,9 +20,9 @@ from attnkern.ops import _cuda_routing as routing
 from attnkern.ops import _plain
 from conftest import CUDA, TOLERANCE, rel_error, requires_cuda
 
-ROUTED = ["criss_cross_affinity", "criss_cross_aggregate", "window_attention"]
+ROUTED = ["criss_cross_affinity", "criss_cross_aggregate", "window_attention", "dynamic_region_conv"]
 KEPT = ["covpool", "sqrtm_newton_schulz", "triuvec", "criss_cross_attention", "channel_pool", "spatial_pool",
-        "apply_gates", "dynamic_region_conv", "region_assign"]
+        "apply_gates", "region_assign"]
 BENCHMARK_ONLY = ["criss_cross_attention"]  # kept ops whose plain formulation stays as the benchmark's row
 SETTINGS = ["auto", "always"]
 
@@ -71,7 +71,7 @@ AUTO = [
     ("criss_cross_affinity", True, 8 * 128 * 20 * 20 * 39, False),
     ("window_attention", False, None, True), ("window_attention", True, None, True),
     ("window_attention", True, 64, True), ("window_attention", False, 65, True),  # (float32, the default)
-    ("dynamic_region_conv", False, None, False), ("dynamic_region_conv", True, None, False),
+    ("dynamic_region_conv", False, None, False), ("dynamic_region_conv", True, None, True),
     ("region_assign", False, None, False), ("region_assign", True, None, False),
     ("spatial_pool", False, 8 * 20 * 20, False), ("spatial_pool", True, 8 * 20 * 20, False),
     ("apply_gates", True, 8 * 20 * 20, False), ("apply_gates", True, None, False),
@@ -81,8 +81,8 @@ AUTO = [
 @pytest.mark.parametrize("op,grad,size,plain", AUTO)
 def test_auto_follows_the_table(op, grad, size, plain):
     assert routing.routes_to_plain(op, "cuda", grad=grad, size=size, setting="auto") is plain
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # no tensor-core exception at these sizes
-        if op != "window_attention" or size is None or size > 64:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # no dtype exception at these sizes
+        if dtype not in routing.ROUTES[op].plain_dtypes and (op != "window_attention" or size is None or size > 64):
             assert routing.routes_to_plain(op, "cuda", grad=grad, size=size, setting="auto", dtype=dtype) is plain
 
 
@@ -94,6 +94,15 @@ def test_auto_follows_the_table(op, grad, size, plain):
 def test_window_attention_keeps_the_tensor_core_kernels_in_half_precision(dtype, grad, size, plain):
     assert routing.routes_to_plain("window_attention", "cuda", grad=grad, size=size, setting="auto",
                                    dtype=dtype) is plain
+
+
+@pytest.mark.parametrize("dtype,grad,plain", [
+    (torch.float32, False, False), (torch.float64, False, False), (None, False, False),  # inference: the kernel
+    (torch.float32, True, True), (torch.float64, True, True),  # training: the plain path
+    (torch.float16, False, True), (torch.bfloat16, False, True), (torch.bfloat16, True, True)])  # half: plain
+def test_dynamic_region_conv_routes_training_and_half_precision(dtype, grad, plain):
+    assert routing.routes_to_plain("dynamic_region_conv", "cuda", grad=grad, setting="auto", dtype=dtype) is plain
+    assert not routing.routes_to_plain("dynamic_region_conv", "cuda", grad=grad, setting="always", dtype=dtype)
 
 
 def test_setting_blocks_nest_and_are_checked():
@@ -306,6 +315,20 @@ def test_plain_criss_cross_shapes_and_self_position(shape):
     assert rel_error(out, ops.criss_cross_aggregate(ops.criss_cross_affinity(q, k).softmax(1), v)) <= 1e-12
 
 
+@pytest.mark.parametrize("geometry", [dict(), dict(padding=1), dict(stride=2, padding=(1, 0), dilation=(2, 1))])
+def test_plain_dynamic_region_conv(geometry):
+    """Every region's grouped conv2d and the gather: the op's CPU kernel's values and gradients."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    filters = torch.randn(2, 4, 5, 3, 3, 3, dtype=torch.float64)
+    out_size = reference.region_correlation(x, filters, **geometry).shape[-2:]
+    guide = torch.randn(2, 4, *out_size, dtype=torch.float64)
+    plain, plain_grads = _value_and_grads(_plain.dynamic_region_conv, (x, filters, guide), geometry)
+    kernel, kernel_grads = _value_and_grads(ops.dynamic_region_conv, (x, filters, guide), geometry)
+    assert rel_error(plain, kernel) <= 1e-10
+    for g, g_kernel in zip(plain_grads, kernel_grads):
+        assert rel_error(g, g_kernel) <= 1e-10
+
+
 @pytest.mark.parametrize("op", ["criss_cross_attention", "criss_cross_affinity", "criss_cross_aggregate",
                                 "window_attention"])
 def test_plain_gradcheck(op):
@@ -316,7 +339,7 @@ def test_plain_gradcheck(op):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("op", ["criss_cross_attention", "criss_cross_affinity", "criss_cross_aggregate",
-                                "window_attention"])
+                                "window_attention", "dynamic_region_conv"])
 def test_plain_lower_precision(op, dtype):
     """In float32 and bfloat16 (on the CPU here) the plain formulations keep the ops' tolerances."""
     args, kwargs = _inputs(op)
@@ -351,6 +374,9 @@ def test_cuda_routed_path(op, dtype, monkeypatch):
     args, kwargs = _inputs(op)
     if op == "criss_cross_affinity":  # above the work threshold: 64·96·96·191 ≈ 113M ≥ 2^26
         args = (torch.randn(1, 64, 96, 96, dtype=torch.float64), torch.randn(1, 64, 96, 96, dtype=torch.float64))
+    if op == "window_attention" and dtype in (torch.float16, torch.bfloat16):  # past the tensor-core kernels' 64 tokens
+        r = lambda *shape: torch.randn(*shape, dtype=torch.float64)  # noqa: E731
+        args, kwargs = (r(1, 9, 18, 3, 2, 5), r(2, 81, 81), 9), {"shift_size": 4, "mask": r(2, 81, 81)}
     exact_args = [a.to(dtype).double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
     exact_kwargs = {k: v.to(dtype).double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     cuda_args = [a.to("cuda", dtype) if isinstance(a, torch.Tensor) else a for a in exact_args]
@@ -369,9 +395,9 @@ def test_cuda_routed_path(op, dtype, monkeypatch):
 
 
 @requires_cuda
-@pytest.mark.parametrize("op", ["criss_cross_affinity"])
+@pytest.mark.parametrize("op", ["criss_cross_affinity", "dynamic_region_conv"])
 def test_cuda_kept_kernels_where_the_table_says(op, monkeypatch):
-    """Small work (affinity) keeps the kernel under "auto"."""
+    """Small work (affinity) and float64 inference (DRConv) keep the kernel under "auto"."""
     args, kwargs = _inputs(op)
     monkeypatch.setattr(_plain, op, lambda *a, **k: pytest.fail("routed"))
     cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]

@@ -5,7 +5,9 @@ Two groups of rows:
                    formulation through attnkern.reference) vs attnkern.nn.DRConv2d, same weights
   dynamic conv op  the bare op vs a plain conv2d of the same shape (one filter for every pixel: the
                    floor a dynamic convolution can reach)
-On CUDA "attnkern" runs the hand-written kernels (the routing table keeps them: attnkern.ops._cuda_routing).
+On CUDA "attnkern" runs as the routing table says (attnkern.ops._cuda_routing: the kernels for float32
+inference; training and fp16/bf16, DRConv's grouped conv2d and gather), and "attnkern kernels" runs the
+hand-written kernels (attnkern.ops.cuda_kernels("always")).
 """
 
 import torch
@@ -13,7 +15,7 @@ import torch
 import attnkern
 from attnkern import ops, reference
 
-from .case import Case, bench_dtypes, random_inputs
+from .case import Case, bench_dtypes, random_inputs, with_kernels_row
 
 SHAPES = [  # (B, Cin, Cout, k, r, H, W), padding k // 2
     (8, 64, 64, 3, 8, 32, 32),
@@ -39,15 +41,15 @@ def cases(device, smoke):
             layer = attnkern.nn.DRConv2d(cin, cout, k, region_num=r, padding=k // 2).to(device=device, dtype=dtype)
             yield Case(family="DRConv2d layer", shape=label, dtype=dtype,
                        make_inputs=random_inputs((b, cin, h, w), device=device, dtype=dtype),
-                       impls={"seed": seed_layer(layer), "attnkern": layer})
+                       impls=with_kernels_row({"seed": seed_layer(layer), "attnkern": layer}, device))
             yield Case(
                 family="dynamic conv op",
                 shape=label,
                 dtype=dtype,
                 make_inputs=random_inputs((b, cin, h, w), (b, r, cout, cin, k, k), (b, r, h, w), device=device,
                                           dtype=dtype),
-                impls={
+                impls=with_kernels_row({
                     "conv2d, one filter (floor)": lambda x, f, g, p=k // 2: torch.nn.functional.conv2d(x, f[0, 0], padding=p),
                     "attnkern": lambda x, f, g, p=k // 2: ops.dynamic_region_conv(x, f, g, padding=p),
-                },
+                }, device),
             )

@@ -3,7 +3,9 @@ formulation (``attnkern.ops._plain``).
 
 **The rule** (DESIGN.md, "CUDA code that is fast by design"): an op runs its plain formulation on CUDA
 where the performance model says its kernel loses to it by more than 3× — the model's error bar — at
-a benchmark shape, in the direction (forward, backward) the call runs; elsewhere it runs its kernel.
+a benchmark shape, in the direction (forward, backward) the call runs, or loses by any margin at every
+benchmark shape for the calls the choice covers (inference: the forward; training: forward + backward;
+a dtype); elsewhere it runs its kernel.
 Where a kernel loses at one shape only, the entry names the size measure behind the loss (from the
 model's cause for it) and a threshold placed between the benchmark shapes where it loses and those
 where it does not.
@@ -44,7 +46,8 @@ class Route:
 
     plain: False — the kernel always (the model has it at or within its error of the plain path).
     True — the plain formulation, further limited by:
-      with_grad: only when a gradient is needed (the kernel's backward loses, its forward does not);
+      with_grad: only when a gradient is needed (the kernel's backward loses, its forward does not), but
+        in ``plain_dtypes`` whether or not one is (there the forward loses too);
       size_at_least / size_below: only when the op's ``size`` measure (named in ``size``) is ≥ / < it;
       and, for a kernel that wins in some dtypes: a call in one of ``kernel_dtypes`` with its ``size``
       measure ≤ ``kernel_size_max`` runs the kernel.
@@ -55,6 +58,7 @@ class Route:
     formulation: str = ""
     model: str = ""
     with_grad: bool = False
+    plain_dtypes: Tuple[torch.dtype, ...] = ()
     size: str = ""
     size_at_least: Optional[int] = None
     size_below: Optional[int] = None
@@ -100,12 +104,18 @@ ROUTES: Dict[str, Route] = {
                               "bf16 on tensor cores: fwd 0.28–0.44×, bwd 0.44–1.19×",
                               size="max(window tokens, head dim)",
                               kernel_dtypes=(torch.float16, torch.bfloat16), kernel_size_max=64),
-    # Pixels bucketed by region, then tiled products over each region's pixels (fwd 0.78–0.98×; 8.0× /
-    # 91× before). The backward's guide gradient needs every region's response at every pixel, r× the
-    # forward's products on CUDA cores against the plain path's TF32 convolutions: bwd 1.41–2.54×, within
-    # the model's error (8×64→64 k3 r8 32×32: 0.78× / 1.78×; 16×128→128 k3 r8 40×40: 0.84× / 2.54×): keep.
-    # (bfloat16, where the plain path's convolutions run on tensor cores: fwd 1.09–1.34×, bwd 1.86–4.53×.)
-    "dynamic_region_conv": Route(False, model="fwd 0.78–0.98×, bwd 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×)"),
+    # Pixels bucketed by region, then tiled products over each region's pixels: the forward wins in float32
+    # (0.78–0.98×; 8.0× / 91× before). The backward's guide gradient needs every region's response at every
+    # pixel, r× the forward's products on CUDA cores against the plain path's TF32 convolutions: bwd
+    # 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×; 16×128→128 k3 r8 40×40: 0.84× / 2.54×), a training
+    # step (forward + backward) 1.30–2.03×. In bfloat16, where the plain path's convolutions run on tensor
+    # cores, both lose: fwd 1.09–1.34×, bwd 1.86–4.53×. So: float32/float64 inference keeps the kernel;
+    # training, and fp16/bf16 always, take every region's grouped conv2d and the gather.
+    "dynamic_region_conv": Route(True, "every region's grouped conv2d, then the gather by the guide "
+                                       "(reference.dynamic_region_conv)",
+                                 "fwd 0.78–0.98×, bwd 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×); "
+                                 "bf16: fwd 1.09–1.34×, bwd 1.86–4.53×",
+                                 with_grad=True, plain_dtypes=(torch.float16, torch.bfloat16)),
     # The backward in one coalesced pass over outputs on blocks of 32 pixels × 8 channel slices: 0.32–0.69×
     # (3.2–6.2× before); the forward 0.67–0.92×: keep.
     "region_assign": Route(False, model="fwd 0.67–0.92×, bwd 0.32–0.69×"),
@@ -174,7 +184,7 @@ def routes_to_plain(op: str, device_type: str, *, grad: bool = False, size: Opti
     if _check_setting(setting if setting is not None else cuda_kernels_setting()) == "always":
         return False
     route = ROUTES[op]
-    if not route.plain or (route.with_grad and not grad):
+    if not route.plain or (route.with_grad and not grad and dtype not in route.plain_dtypes):
         return False
     if dtype in route.kernel_dtypes and size is not None and size <= route.kernel_size_max:
         return False

@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
+from ..reference.region_conv import dynamic_region_conv  # every region's grouped conv2d + gather: as is
 
 __all__ = [
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention", "window_attention",
+    "dynamic_region_conv",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from . import _plain
+from ._cuda_routing import plain_on_cuda
 from ._kernels import check_tensor, int_pair, run_check, save_inputs, use_kernel
 
 __all__ = ["region_assign", "dynamic_region_conv"]
@@ -72,7 +74,11 @@ def dynamic_region_conv(x: Tensor, filters: Tensor, guide: Tensor, stride: IntPa
     stride, padding, dilation = (list(int_pair(v, name, op)) for v, name in
                                  ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     if use_kernel(x, filters, guide):
-        return _ops.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
+        if not plain_on_cuda("dynamic_region_conv", x, filters, guide):
+            return _ops.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
+        run_check(_ops.dynamic_region_conv_check, x, filters, guide, stride, padding, dilation)
+        # CUDA, training or half precision: the routing table (attnkern.ops._cuda_routing)
+        return _plain.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
     run_check(_ops.dynamic_region_conv_check, x, filters, guide, stride, padding, dilation)
     return reference.dynamic_region_conv(x, filters, guide, stride, padding, dilation)
 
