@@ -210,6 +210,30 @@ def test_window_attention_tensor_core_backward_copies_as_wide_as_alignment_allow
         assert rel_error(g, e) <= TOLERANCE[dtype], name
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("H, W, x_offset, gate_offset", [(8, 8, 0, 0), (8, 8, 1, 0), (8, 8, 0, 2), (8, 8, 4, None),
+                                                        (2, 3, 0, 0), (3, 4, 0, 0), (1, 1, 0, 0)])
+def test_apply_gates_copies_as_wide_as_alignment_allows(emu, dtype, H, W, x_offset, gate_offset):
+    """apply_gates' forward copies up to 16 bytes at once: the most elements that divide H·W and keep x and the
+    pixel gate (views `offset` elements into their storage; None: no pixel gate) aligned — one block per 256
+    such chunks — and gives the reference's values whatever the width."""
+    def view(offset, *shape, low=0.0):  # uniform on [low, low + 1)
+        return (torch.rand(math.prod(shape) + offset) + low).to(dtype)[offset:].view(*shape)
+
+    B, C, HW = 2, 64, H * W
+    x, channel_gate = view(x_offset, B, C, H, W, low=-0.5), torch.rand(B, C).to(dtype)
+    pixel_gate = None if gate_offset is None else view(gate_offset, B, 1, H, W)
+    vec = 16 // x.element_size()
+    while HW % vec or x_offset % vec or (gate_offset or 0) % vec:
+        vec //= 2
+    before = launch_counts(emu)
+    out = E.apply_gates(x, channel_gate, pixel_gate)
+    assert launched_since(emu, before)["gating_cuda.cu:apply_gates_kernel"] == (1, math.ceil(B * C * HW / vec / 256))
+    expected = reference.apply_gates(x.double(), channel_gate.double(),
+                                     None if pixel_gate is None else pixel_gate.double())
+    assert rel_error(out, expected) <= TOLERANCE[dtype]
+
+
 # ---- empty batches: no launch (the emulator refuses a grid of 0 blocks), empty results -------------------
 
 

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "common/cuda_utils.cuh"
+#include "common/cuda_vector.cuh"
 #include "gating/gating.h"
 #include "gating/gating_checks.h"
 
@@ -263,16 +264,28 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& 
 
 // ---- apply_gates -----------------------------------------------------------------------------
 
+// A grid-stride loop over chunks of `vec` elements (vec divides HW: a chunk stays in its (b, c) plane), each
+// copied in one access (vector_width: up to 16 bytes), its plane and pixel found once a chunk.
 template <typename scalar_t, typename acc_t>
 __global__ void apply_gates_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ cg,
                                    const scalar_t* __restrict__ pg, scalar_t* __restrict__ out, int64_t C, int64_t HW,
-                                   int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = (b·C + c)·HW + p
-    const int64_t plane = idx / HW, p = idx % HW;
-    acc_t v = static_cast<acc_t>(x[idx]);
-    if (cg) v *= static_cast<acc_t>(cg[plane]);
-    if (pg) v *= static_cast<acc_t>(pg[(plane / C) * HW + p]);
-    out[idx] = static_cast<scalar_t>(v);
+                                   int64_t total, int vec) {
+  ATTNKERN_GRID_STRIDE_LOOP(chunk, total / vec) {
+    const int64_t idx = chunk * vec, plane = idx / HW, p = idx % HW;  // idx = (b·C + c)·HW + p
+    const acc_t channel_gate = cg ? static_cast<acc_t>(cg[plane]) : acc_t(1);
+    constexpr int kMaxVec = 16 / sizeof(scalar_t);
+    alignas(16) scalar_t values[kMaxVec], pixel_gates[kMaxVec];  // constant indices below: registers
+    copy_elements(values, x + idx, vec);
+    if (pg) copy_elements(pixel_gates, pg + (plane / C) * HW + p, vec);
+#pragma unroll
+    for (int e = 0; e < kMaxVec; ++e) {
+      if (e < vec) {
+        acc_t v = static_cast<acc_t>(values[e]) * channel_gate;
+        if (pg) v *= static_cast<acc_t>(pixel_gates[e]);
+        values[e] = static_cast<scalar_t>(v);
+      }
+    }
+    copy_elements(out + idx, values, vec);
   }
 }
 
@@ -320,10 +333,13 @@ at::Tensor apply_gates_cuda(const at::Tensor& x_in, const std::optional<at::Tens
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+    const int vec = static_cast<int>(vector_width(d.HW(), sizeof(scalar_t),
+                                                  {x.const_data_ptr(), out.const_data_ptr(),
+                                                   pg.has_value() ? pg->const_data_ptr() : nullptr}));
+    ATTNKERN_LAUNCH(element_blocks(total / vec), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
                     apply_gates_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg), optional_ptr<scalar_t>(pg),
-        out.mutable_data_ptr<scalar_t>(), d.C, d.HW(), total);
+        out.mutable_data_ptr<scalar_t>(), d.C, d.HW(), total, vec);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -224,7 +224,9 @@ bool forward_on_tensor_cores(const at::Tensor& qkv, const at::Tensor& bias, cons
         qkv.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
         mask.defined() ? mask.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<scalar_t>(),
         lse.mutable_data_ptr<float>(), grid, static_cast<int>(heads), static_cast<int>(d),
-        mma_vector_width(d, qkv.const_data_ptr(), out.const_data_ptr()), static_cast<float>(scale));
+        // a token's rows lie multiples of d past the bases: their alignment is the bases'
+        static_cast<int>(vector_width(d, sizeof(scalar_t), {qkv.const_data_ptr(), out.const_data_ptr()})),
+        static_cast<float>(scale));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return true;
   }
@@ -248,8 +250,8 @@ bool backward_on_tensor_cores(const at::Tensor& grad, const at::Tensor& qkv, con
                                                current_device_attribute(cudaDevAttrMultiProcessorCount));
     if (bias.defined()) grad_bias_partial = at::empty({groups, heads, N, N}, qkv.options().dtype(at::kFloat));
     allow_smem(mma_backward_kernel<scalar_t>, bytes);
-    const int vec = std::min(mma_vector_width(d, qkv.const_data_ptr(), grad.const_data_ptr()),
-                             mma_vector_width(d, grad_qkv.const_data_ptr(), out.const_data_ptr()));
+    const int vec = vector_width(d, sizeof(scalar_t), {qkv.const_data_ptr(), grad.const_data_ptr(),
+                                                        grad_qkv.const_data_ptr(), out.const_data_ptr()});
     ATTNKERN_LAUNCH(groups * heads, mma_round_up16(N) / 16 * 32, bytes, c10::cuda::getCurrentCUDAStream(),
                     mma_backward_kernel<scalar_t>)(
         grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),

@@ -16,9 +16,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "common/cuda_utils.cuh"
+#include "common/cuda_vector.cuh"
 #include "common/warp_mma.cuh"
 #include "window_attention/window_attention.h"
 
@@ -41,41 +41,6 @@ ATTNKERN_HD inline int64_t mma_tiles_bytes(int64_t N, int64_t d) {
 
 inline int64_t mma_smem_bytes(int64_t N, int64_t d) {
   return mma_tiles_bytes(N, d) + mma_round_up16(N) * static_cast<int64_t>(sizeof(int64_t) + sizeof(int));
-}
-
-// Elements a thread copies at once: the most (8, 4, 2, 1) that divide d and keep every token's rows of
-// both tensors aligned (qkv and out, or qkv and dO: their addresses are multiples of the access).
-inline int mma_vector_width(int64_t d, const void* a, const void* b) {
-  for (int vec = 8; vec > 1; vec /= 2) {
-    const uintptr_t bytes = 2 * vec;
-    if (d % vec == 0 && reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0)
-      return vec;
-  }
-  return 1;
-}
-
-// The widest copy of `vec` 16-bit elements in one access: 16, 8 or 4 bytes, or element by element. The
-// host picks vec (mma_vector_width) so that both pointers are aligned to it.
-template <int bytes>
-struct alignas(bytes) Chunk {
-  uint16_t element[bytes / 2];
-};
-
-template <int bytes, typename scalar_t>
-__device__ __forceinline__ void copy_chunk(scalar_t* dst, const scalar_t* src) {
-#if defined(ATTNKERN_CUDA_EMULATION)
-  std::memcpy(dst, src, bytes);  // the host compiler: no type punning
-#else
-  *reinterpret_cast<Chunk<bytes>*>(dst) = *reinterpret_cast<const Chunk<bytes>*>(src);
-#endif
-}
-
-template <typename scalar_t>
-__device__ __forceinline__ void copy_elements(scalar_t* dst, const scalar_t* src, int vec) {
-  if (vec == 8) copy_chunk<16>(dst, src);
-  else if (vec == 4) copy_chunk<8>(dst, src);
-  else if (vec == 2) copy_chunk<4>(dst, src);
-  else *dst = *src;
 }
 
 // dst[0], dst[1] = a, b rounded to scalar_t, in one 4-byte store (dst 4-byte aligned).
