@@ -225,6 +225,10 @@ def element_blocks(total: int) -> int:  # csrc/common/cuda_utils.cuh: element_bl
     return min(ceil_div(total, 256), 65535 * 16)
 
 
+def vector_width(n: int, elem: int) -> int:  # csrc/common/cuda_vector.cuh: vector_width, aligned tensors
+    return next(v for v in (16 // elem, 8, 4, 2, 1) if v * elem <= 16 and n % v == 0)
+
+
 # ---- one kernel launch and its model --------------------------------------------------------------
 
 
@@ -905,9 +909,9 @@ def mma_fits(N: int, d: int, elem: int) -> bool:  # window_attention_cuda.cu: fo
 
 def mma_tile_loads(g: WindowGrid, heads: int, d: int, elem: int) -> Tuple[int, int, float, float]:
     """window_attention_mma.cuh: mma_load_rows of one [Np, dp] tile, Np·dp/vec chunks of vec elements a
-    thread (vec as mma_vector_width for aligned tensors): vec, warp requests, lines and sectors a request."""
+    thread (vec as vector_width for aligned tensors): vec, warp requests, lines and sectors a request."""
     Np, dp = ceil_div(g.N, 16) * 16, ceil_div(d, 16) * 16
-    vec = next(v for v in (8, 4, 2, 1) if d % v == 0)
+    vec = vector_width(d, elem)
     pix = [g.pixel(g.nW // 2, t) for t in range(g.N)]
     chunks = dp // vec
     lanes = [[(pix[min(e // chunks, g.N - 1)] * 3 * heads) * d + (e % chunks) * vec for e in range(s, s + 32)]
@@ -1411,14 +1415,19 @@ def spatial_pool_grad_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
 
 
 def apply_gates_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:
-    total, w = B * C * HW, warps_of(B * C * HW)
-    lines, sectors = global_access([i * elem for i in range(32)])
-    loads = 2 + (1 if pixel_gate else 0)
-    return Launch("gating", "apply_gates_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
+    """gating_cuda.cu: apply_gates_kernel — a grid-stride loop over chunks of vec elements (vector_width of
+    H·W: 16 bytes where it divides), two int64 divisions a chunk; x, the pixel gate and the output a chunk
+    an access, the channel gate one element."""
+    total = B * C * HW
+    vec = vector_width(HW, elem)
+    w = warps_of(total // vec)
+    lines, sectors = global_access([i * vec * elem for i in range(32)])
+    chunked = 2 + (1 if pixel_gate else 0)  # x, the output, the pixel gate
+    return Launch("gating", "apply_gates_kernel", (element_blocks(total // vec), 1, 1), (256, 1, 1),
                   min_bytes=2 * total * elem + B * C * elem + (B * HW * elem if pixel_gate else 0),
-                  alu=w * (2 * DIV64 + 4), mem=w * (loads + 1), lsu=w * (loads + 1) * lines,
-                  l2=w * (loads + 1) * sectors * 32, gld=w * (loads + 1), ilp=loads,
-                  note="elementwise, one element a thread, int64 index math")
+                  alu=w * (2 * DIV64 + 6 + 2 * vec), mem=w * (chunked + 1), lsu=w * (chunked * lines + 1),
+                  l2=w * (chunked * sectors + 1) * 32, gld=w * (chunked + 1), ilp=chunked,
+                  note=f"elementwise, {vec}-element chunks, int64 index math a chunk")
 
 
 def apply_gates_plane_grad_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> Launch:

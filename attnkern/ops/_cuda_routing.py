@@ -124,9 +124,11 @@ ROUTES: Dict[str, Route] = {
     # Blocks of 32 pixels × 8 channel slices (gating_cuda.cu, reduce_channels_per_pixel): fwd 1.0× / bwd
     # 0.48× at 8×512×20×20, 0.44× / 0.28× at 8×256×40×40 (one thread per pixel before: 6.3× / 2.2×).
     "spatial_pool": Route(False, model="fwd 1.0× / bwd 0.48× (8×512×20×20), 0.44× / 0.28× (8×256×40×40)"),
-    # The pixel gate's gradient over the same channel slices: bwd 0.37–0.66× (3.55× before); the forward
-    # and SE's channel gate alone 0.35–1.3×.
-    "apply_gates": Route(False, model="CBAM gates: fwd 0.53×, bwd 0.37–0.66×; SE (channel gate only): 0.35–1.3×"),
+    # The pixel gate's gradient over the same channel slices: bwd 0.37–0.66× (3.55× before). The forward in
+    # 16-byte chunks (a thread an element before: SE's channel gate alone 1.23–1.30×, bf16 1.37–1.56×): CBAM
+    # 0.47×, SE 0.93–0.95× (bf16 0.95–0.97×), the DRAM floor and a launch.
+    "apply_gates": Route(False, model="CBAM gates: fwd 0.47×, bwd 0.37–0.66×; SE (channel gate only): fwd "
+                                      "0.93–0.95×, bwd 0.35–0.38×"),
 }
 
 
