@@ -269,15 +269,15 @@ void sqrtm() {
   for (int e = 0; e < nn; ++e) print(gY[e] / t + (e / n == e % n ? coef : 0));
 }
 
-// In: n. Out: for each k < n(n+1)/2, triu_row_col(k) = (i, j) and triu_index(i, j).
+// In: n. Out: for each row i < n and j ≤ i, row by row (the kernels' walk): i, j and triu_index(i, j).
 void triu() {
   const int64_t n = next_int();
-  for (int64_t k = 0; k < n * (n + 1) / 2; ++k) {
-    int64_t i, j;
-    cp::triu_row_col(k, i, j);
-    print(static_cast<double>(i));
-    print(static_cast<double>(j));
-    print(static_cast<double>(cp::triu_index(i, j)));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      print(static_cast<double>(i));
+      print(static_cast<double>(j));
+      print(static_cast<double>(cp::triu_index(i, j)));
+    }
   }
 }
 

@@ -397,9 +397,11 @@ CASES = [
     Case("criss-cross-attention-wide", criss_cross_attention_case, dict(B=1, Cq=2, H=2, W=140, Cv=3)),
     Case("criss-cross-attention-many-channels", criss_cross_attention_case, dict(B=1, Cq=130, H=3, W=2, Cv=131)),
     Case("criss-cross-attention-column", criss_cross_attention_case, dict(B=2, Cq=2, H=70, W=1, Cv=3)),
-    # region assignment: ties and a NaN in the guide, one region
+    # region assignment: ties and a NaN in the guide, one region; several 32-pixel tiles (the last ragged)
+    # and more channels than the 8 slices
     Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=5, W=6, ties=True)),
     Case("region-assign-one-region", region_assign_case, dict(B=1, R=1, C=3, H=4, W=2)),
+    Case("region-assign-tiles", region_assign_case, dict(B=2, R=4, C=11, H=9, W=10, ties=True)),
     # dynamic region convolution: stride, padding, dilation, non-square kernels, 1×1
     Case("drconv-3x3", dynamic_conv_case, dict(B=2, Cin=3, Cout=4, H=7, W=6, R=3, kh=3, kw=3, stride=(1, 1),
                                                padding=(1, 1), dilation=(1, 1))),
@@ -444,7 +446,6 @@ CASES = [
 GRID_STRIDE_CASES = [
     Case("triuvec", triuvec_case, dict(B=3, n=30)),
     Case("criss-cross-maps", criss_cross_maps_case, dict(B=2, C=3, H=9, W=11)),
-    Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=9, W=10, ties=True)),
     Case("spatial-pool", spatial_pool_case, dict(B=2, C=3, H=19, W=17, gate=True)),
     Case("apply-gates", apply_gates_case, dict(B=2, C=3, H=13, W=11, gates="both")),
 ]
@@ -496,8 +497,8 @@ def tensor_core_kernels():
 
 
 def grid_stride_kernels():
-    """The kernels whose body is a grid-stride loop over their elements."""
-    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "reduce_channels_per_pixel(")
+    """The kernels whose body is a grid-stride loop over their elements (or a block-stride loop over rows)."""
+    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "ATTNKERN_BLOCK_STRIDE_LOOP", "reduce_channels_per_pixel(")
     return {key for key, body in _kernel_sources() if any(loop in body.split("\n}\n")[0] for loop in loops)}
 
 

@@ -228,6 +228,7 @@ def test_sqrtm_and_its_gradient_match_the_reference(driver, n, iters, symmetric)
 
 @pytest.mark.parametrize("n", [1, 2, 7])
 def test_triu_index_is_the_triuvec_order(driver, n):
+    """Walking the rows j ≤ i, triu_index counts 0, 1, 2, … and the entries come in triuvec's order."""
     rows, cols, index = driver("triu", n, shapes=[(n * (n + 1) // 2, 3)])[0].long().unbind(-1)
     entries = torch.arange(n * n).view(1, n, n)  # entry (i, j) holds i·n + j
     assert torch.equal(rows * n + cols, ref.triuvec(entries)[0])

@@ -38,20 +38,33 @@ namespace attnkern {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Element-wise kernels: kElementThreads threads a block, a grid-stride loop over `total` elements.
-constexpr int kElementThreads = 256;
-
-inline int64_t element_blocks(int64_t total) {
+// The grid of a grid- or block-stride loop: `blocks`, capped (the loop takes the rest).
+inline int64_t capped_blocks(int64_t blocks) {
   int64_t cap = int64_t(65535) * 16;
 #if defined(ATTNKERN_CUDA_EMULATION)
   cap = emulation::grid_stride_block_cap(cap);  // tests lower it to make small grid-stride loops wrap
 #endif
-  return std::min<int64_t>(ceil_div(total, kElementThreads), cap);
+  return std::min<int64_t>(blocks, cap);
 }
+
+// Element-wise kernels: kElementThreads threads a block, a grid-stride loop over `total` elements.
+constexpr int kElementThreads = 256;
+
+inline int64_t element_blocks(int64_t total) { return capped_blocks(ceil_div(total, kElementThreads)); }
 
 #define ATTNKERN_GRID_STRIDE_LOOP(idx, total)                                                      \
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < (total); \
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// Row kernels: a block a row of `length` elements (row_threads: the warps that cover it, at most
+// kElementThreads), a block-stride loop over the rows (row_blocks of them).
+inline int row_threads(int64_t length) {
+  return static_cast<int>(std::min<int64_t>(ceil_div(std::max<int64_t>(length, 1), 32) * 32, kElementThreads));
+}
+
+inline int64_t row_blocks(int64_t rows) { return capped_blocks(rows); }
+
+#define ATTNKERN_BLOCK_STRIDE_LOOP(row, rows) for (int64_t row = blockIdx.x; row < (rows); row += gridDim.x)
 
 // An attribute of the current device.
 inline int current_device_attribute(cudaDeviceAttr attr) {

@@ -32,15 +32,6 @@ constexpr double kHalf = 0.5;
 // Position of a[i, j] (j ≤ i) in the triuvec output.
 ATTNKERN_HD inline int64_t triu_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
 
-// Inverse of triu_index: the row i with i(i+1)/2 ≤ k < (i+1)(i+2)/2, and j = k − i(i+1)/2.
-ATTNKERN_HD inline void triu_row_col(int64_t k, int64_t& i, int64_t& j) {
-  int64_t r = static_cast<int64_t>((sqrt(8.0 * static_cast<double>(k) + 1.0) - 1.0) * 0.5);
-  while (r * (r + 1) / 2 > k) --r;  // correct the floating-point estimate
-  while ((r + 1) * (r + 2) / 2 <= k) ++r;
-  i = r;
-  j = k - r * (r + 1) / 2;
-}
-
 // The coefficient of I in ∂L/∂X of out = P(X/t)·√t, given gA = ∂L/∂A:
 //   ∂L/∂X = gA/t + (−⟨gA, A⟩/t + ⟨G, P⟩/(2√t))·I,
 // from ∂A/∂X = (dX − A·tr(dX))/t and ∂√t/∂X = I/(2√t). T is a scalar, or an at::Tensor of

@@ -345,23 +345,27 @@ at::Tensor sqrtm_newton_schulz_backward_cuda(const at::Tensor& grad_in, const at
   return grad_a;
 }
 
+// A block a row (b, i) of a: its entries j ≤ i are contiguous there and in the output (from triu_index(i, 0)).
 template <typename scalar_t>
-__global__ void triuvec_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int64_t n,
-                               int64_t len, int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {
-    const int64_t b = idx / len;
-    int64_t i, j;
-    triu_row_col(idx % len, i, j);
-    out[idx] = a[(b * n + i) * n + j];
+__global__ void triuvec_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int64_t n, int64_t len,
+                               int64_t rows) {
+  ATTNKERN_BLOCK_STRIDE_LOOP(row, rows) {  // row = b·n + i
+    const int64_t b = row / n, i = row % n;
+    const scalar_t* src = a + row * n;
+    scalar_t* dst = out + b * len + triu_index(i, 0);
+    for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) dst[j] = src[j];
   }
 }
 
+// A block a row (b, i) of the gradient: the row's j ≤ i entries from the triuvec gradient, zeros past them.
 template <typename scalar_t>
 __global__ void triuvec_backward_kernel(const scalar_t* __restrict__ grad, scalar_t* __restrict__ grad_a,
-                                        int64_t n, int64_t len, int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {
-    const int64_t b = idx / (n * n), i = (idx / n) % n, j = idx % n;
-    grad_a[idx] = j <= i ? grad[b * len + triu_index(i, j)] : scalar_t(0);
+                                        int64_t n, int64_t len, int64_t rows) {
+  ATTNKERN_BLOCK_STRIDE_LOOP(row, rows) {  // row = b·n + i
+    const int64_t b = row / n, i = row % n;
+    const scalar_t* src = grad + b * len + triu_index(i, 0);
+    scalar_t* dst = grad_a + row * n;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) dst[j] = j <= i ? src[j] : scalar_t(0);
   }
 }
 
@@ -371,12 +375,11 @@ at::Tensor triuvec_cuda(const at::Tensor& a_in) {
   auto a = a_in.contiguous();
   const int64_t batch = a.size(0), n = a.size(1), len = n * (n + 1) / 2;
   auto out = at::empty({batch, len}, a.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "triuvec_cuda", [&] {
-    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+    ATTNKERN_LAUNCH(row_blocks(batch * n), row_threads(n), 0, c10::cuda::getCurrentCUDAStream(),
                     triuvec_kernel<scalar_t>)(
-        a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, len, total);
+        a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, len, batch * n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -388,12 +391,11 @@ at::Tensor triuvec_backward_cuda(const at::Tensor& grad_in, int64_t n) {
   c10::cuda::CUDAGuard guard(grad_in.device());
   auto grad = grad_in.contiguous();
   auto grad_a = at::empty({batch, n, n}, grad.options());
-  const int64_t total = grad_a.numel();
-  if (total == 0) return grad_a;
+  if (grad_a.numel() == 0) return grad_a;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "triuvec_backward_cuda", [&] {
-    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+    ATTNKERN_LAUNCH(row_blocks(batch * n), row_threads(n), 0, c10::cuda::getCurrentCUDAStream(),
                     triuvec_backward_kernel<scalar_t>)(
-        grad.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(), n, len, total);
+        grad.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(), n, len, batch * n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_a;

@@ -1,7 +1,7 @@
 // CUDA kernels of the region_conv family.
 //
-// region_assign: one thread per output element (the argmax, a gather). Its backward: one block per 32
-// pixels, its warps channel slices (region_assign_backward_kernel).
+// region_assign, forward and backward: one block per 32 pixels of a sample (the forward's also per 32
+// channels), its warps channel slices (lanes on consecutive pixels); each pixel's argmax once a block.
 //
 // dynamic_region_conv: the pixels of each sample grouped by selected region once (bucket_pixels_kernel,
 // stable, so that every reduction over a region's pixels runs in a fixed order), then each part a tiled
@@ -33,22 +33,31 @@ namespace attnkern {
 namespace region_conv {
 namespace {
 
+constexpr int kAssignPixels = 32, kAssignSlices = 8;
+constexpr int kAssignChannels = 32;  // the forward's channels a block (blockIdx.y: which 32)
+
+// The forward: the block's pixels' regions (argmax over the guide), then channels 32·blockIdx.y … + 31 of
+// the selected region's outputs copied, warp y taking channels y, y + 8, …
 template <typename scalar_t>
 __global__ void region_assign_kernel(const scalar_t* __restrict__ outputs, const scalar_t* __restrict__ guide,
-                                     scalar_t* __restrict__ out, int64_t R, int64_t C, int64_t HW, int64_t total) {
-  ATTNKERN_GRID_STRIDE_LOOP(idx, total) {  // idx = (b·C + c)·HW + p
-    const int64_t p = idx % HW, c = (idx / HW) % C, b = idx / (C * HW);
-    const int64_t r = selected_region(guide + b * R * HW + p, R, HW);
-    out[idx] = outputs[((b * R + r) * C + c) * HW + p];
+                                     scalar_t* __restrict__ out, int64_t R, int64_t C, int64_t HW, int64_t tiles) {
+  __shared__ int64_t selected[kAssignPixels];
+  const int64_t b = blockIdx.x / tiles, p = (blockIdx.x % tiles) * kAssignPixels + threadIdx.x;
+  const bool pixel = p < HW;
+  if (threadIdx.y == 0 && pixel) selected[threadIdx.x] = selected_region(guide + b * R * HW + p, R, HW);
+  __syncthreads();
+  if (!pixel) return;
+  const scalar_t* src = outputs + (b * R + selected[threadIdx.x]) * C * HW + p;
+  scalar_t* dst = out + b * C * HW + p;
+  const int64_t last = std::min<int64_t>(C, (blockIdx.y + 1) * int64_t(kAssignChannels));
+  for (int64_t c = blockIdx.y * int64_t(kAssignChannels) + threadIdx.y; c < last; c += kAssignSlices) {
+    dst[c * HW] = src[c * HW];
   }
 }
 
-// The backward: one block per 32 pixels of a sample, its 8 warps 8 channel slices (lanes on consecutive
-// pixels, so every access is a coalesced row). One pass over outputs writes their straight-through
-// gradient and each region's share of G_r; the shares are summed in a fixed order (deterministic) into
-// `responses` [B, r, HW], each G_r computed once; then the guide's gradient of the block's pixels.
-constexpr int kAssignPixels = 32, kAssignSlices = 8;
-
+// The backward, on the same blocks: one pass over outputs writes their straight-through gradient and each
+// region's share of G_r; the shares are summed in a fixed order (deterministic) into `responses` [B, r, HW],
+// each G_r computed once; then the guide's gradient of the block's pixels.
 template <typename scalar_t, typename acc_t>
 __global__ void region_assign_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ outputs,
                                               const scalar_t* __restrict__ guide, scalar_t* __restrict__ grad_outputs,
@@ -82,19 +91,30 @@ __global__ void region_assign_backward_kernel(const scalar_t* __restrict__ grad,
   }
 }
 
+// The blocks' pixel tiles a sample, ⌈H·W/32⌉; B of them must fit the grid.
+int64_t assign_tiles(int64_t B, int64_t HW, const char* op) {
+  const int64_t tiles = ceil_div(HW, kAssignPixels);
+  TORCH_CHECK(B * tiles <= std::numeric_limits<int32_t>::max(), op, ": B·⌈H·W/32⌉ = ", B * tiles,
+              " blocks exceed the CUDA grid (2^31 - 1)");
+  return tiles;
+}
+
 at::Tensor region_assign_cuda(const at::Tensor& outputs_in, const at::Tensor& guide_in) {
   check_region_assign_inputs(outputs_in, guide_in, "region_assign");
   c10::cuda::CUDAGuard device_guard(outputs_in.device());
   auto outputs = outputs_in.contiguous(), guide = guide_in.contiguous();
   const int64_t B = outputs.size(0), R = outputs.size(1), C = outputs.size(2), HW = outputs.size(3) * outputs.size(4);
   auto out = at::empty({B, C, outputs.size(3), outputs.size(4)}, outputs.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
+  const int64_t tiles = assign_tiles(B, HW, "region_assign"), channel_blocks = ceil_div(C, kAssignChannels);
+  TORCH_CHECK(channel_blocks <= 65535, "region_assign: ⌈C/32⌉ = ", channel_blocks,
+              " channel blocks exceed the CUDA grid's y (65535)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outputs.scalar_type(), "region_assign_cuda", [&] {
-    ATTNKERN_LAUNCH(element_blocks(total), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
-                    region_assign_kernel<scalar_t>)(
+    ATTNKERN_LAUNCH(dim3(static_cast<unsigned>(B * tiles), static_cast<unsigned>(channel_blocks)),
+                    dim3(kAssignPixels, kAssignSlices), 0,
+                    c10::cuda::getCurrentCUDAStream(), region_assign_kernel<scalar_t>)(
         outputs.const_data_ptr<scalar_t>(), guide.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), R, C,
-        HW, total);
+        HW, tiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -109,9 +129,7 @@ std::tuple<at::Tensor, at::Tensor> region_assign_backward_cuda(const at::Tensor&
   const int64_t B = outputs.size(0), R = outputs.size(1), C = outputs.size(2), HW = outputs.size(3) * outputs.size(4);
   auto grad_outputs = at::empty_like(outputs), grad_guide = at::empty_like(guide);
   if (guide.numel() == 0) return {grad_outputs, grad_guide};  // B·HW = 0: outputs are empty too
-  const int64_t tiles = ceil_div(HW, kAssignPixels);
-  TORCH_CHECK(B * tiles <= std::numeric_limits<int32_t>::max(), "region_assign_backward: B·⌈H·W/32⌉ = ", B * tiles,
-              " blocks exceed the CUDA grid (2^31 - 1)");
+  const int64_t tiles = assign_tiles(B, HW, "region_assign_backward");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, outputs.scalar_type(), "region_assign_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto responses = at::empty({B, R, HW}, outputs.options().dtype(c10::CppTypeToScalarType<acc_t>::value));

@@ -168,18 +168,17 @@ at::Tensor planted_shared_overrun(const at::Tensor& q_in, const at::Tensor& k_in
   return out;
 }
 
-// ---- the global overrun: a grid-stride loop one element too long ----
+// ---- the global overrun: a row copy one element too long ----
 
 template <typename scalar_t>
 __global__ void triuvec_overrun_kernel(const scalar_t* __restrict__ a, scalar_t* __restrict__ out, int64_t n,
-                                       int64_t len, int64_t total) {
-  // PLANTED: `idx <= total` for `idx < total`.
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx <= total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = idx / len;
-    int64_t i, j;
-    covpool::triu_row_col(idx % len, i, j);
-    out[idx] = a[((b % (total / len)) * n + i) * n + j];
+                                       int64_t len, int64_t rows) {
+  ATTNKERN_BLOCK_STRIDE_LOOP(row, rows) {
+    const int64_t b = row / n, i = row % n;
+    // PLANTED: `j <= i + 1` for `j <= i` (the last row writes one past the output).
+    for (int64_t j = threadIdx.x; j <= i + 1; j += blockDim.x) {
+      out[b * len + covpool::triu_index(i, 0) + j] = a[row * n + j % n];
+    }
   }
 }
 
@@ -187,9 +186,9 @@ at::Tensor planted_global_overrun(const at::Tensor& a_in) {  // a [B, n, n] floa
   auto a = a_in.to(at::kDouble).contiguous();
   const int64_t batch = a.size(0), n = a.size(1), len = n * (n + 1) / 2;
   auto out = at::empty({batch, len}, a.options());
-  ATTNKERN_LAUNCH(element_blocks(out.numel()), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+  ATTNKERN_LAUNCH(row_blocks(batch * n), row_threads(n), 0, c10::cuda::getCurrentCUDAStream(),
                   triuvec_overrun_kernel<double>)(a.const_data_ptr<double>(), out.mutable_data_ptr<double>(), n, len,
-                                                  out.numel());
+                                                  batch * n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
