@@ -484,27 +484,38 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
                        "per k-step, as the others")
 
 
+def row_threads(length: int) -> int:  # csrc/common/cuda_utils.cuh: row_threads
+    return min(ceil_div(max(length, 1), 32) * 32, 256)
+
+
 def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
-    """covpool_cuda.cu: triuvec_cuda — one thread per output element (grid-stride), a gather."""
+    """covpool_cuda.cu: triuvec_cuda — a block per row (b, i) (block-stride), its i + 1 entries copied by the
+    block's threads: contiguous in a and in the output; one int64 division a row."""
     length = n * (n + 1) // 2
-    total = B * length
-    k0 = length // 2
-    rows = [int((math.sqrt(8 * k + 1) - 1) / 2) for k in range(k0, k0 + 32)]  # triu_row_col
-    src = [(i * n + (k - i * (i + 1) // 2)) * elem for i, k in zip(rows, range(k0, k0 + 32))]
-    lines, sectors = global_access(src)
-    w = warps_of(total)
-    return Launch("covpool", "triuvec_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  min_bytes=2 * total * elem, alu=w * (DIV64 + 40), mem=w * 2, lsu=w * (lines + 1),
-                  l2=w * (sectors + elem) * 32, gld=w * 2, note="int64 divide and fp64 sqrt per element")
+    threads = row_threads(n)
+    # per row: ⌈(i+1)/32⌉ warp steps, each a load and a store of ≤ 32 consecutive elements
+    steps = sum(ceil_div(i + 1, 32) for i in range(n))
+    lines = ceil_div(32 * elem, 128) + 1  # a warp's run, unaligned (rows start anywhere in the output)
+    return Launch("covpool", "triuvec_kernel", (min(B * n, 65535 * 16), 1, 1), (threads, 1, 1),
+                  min_bytes=2 * B * length * elem, alu=B * (steps * 8 + n * warps_of(threads) * (DIV64 + 10)),
+                  mem=B * steps * 2, lsu=B * steps * 2 * lines, l2=B * steps * 2 * (ceil_div(32 * elem, 32) + 1) * 32,
+                  gld=B * steps * 2, ilp=2, warps_busy=max(1, min(warps_of(threads), ceil_div(n, 2 * 32))),
+                  note="a block a row, contiguous copies; one int64 division a row")
 
 
 def triuvec_backward_kernel(B: int, n: int, elem: int) -> Launch:
-    """covpool_cuda.cu: triuvec_backward_cuda — one thread per element of [B, n, n] (grid-stride)."""
-    length, total = n * (n + 1) // 2, B * n * n
-    w = warps_of(total)
-    return Launch("covpool", "triuvec_backward_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  min_bytes=B * length * elem + total * elem, alu=w * (3 * DIV64 + 10), mem=w * 2, lsu=w * 3,
-                  l2=w * 2 * elem * 32, gld=w * 2, note="three int64 divides per element")
+    """covpool_cuda.cu: triuvec_backward_cuda — a block per row (b, i) of [B, n, n] (block-stride): its n
+    entries, the first i + 1 from the triuvec gradient, zeros past them."""
+    length = n * (n + 1) // 2
+    threads = row_threads(n)
+    steps = n * ceil_div(n, 32)  # warp steps over every row's n entries
+    read = sum(ceil_div(i + 1, 32) for i in range(n))  # the steps that read the gradient
+    lines = ceil_div(32 * elem, 128) + 1
+    return Launch("covpool", "triuvec_backward_kernel", (min(B * n, 65535 * 16), 1, 1), (threads, 1, 1),
+                  min_bytes=B * length * elem + B * n * n * elem,
+                  alu=B * (steps * 8 + n * warps_of(threads) * (DIV64 + 10)), mem=B * (steps + read),
+                  lsu=B * (steps + read) * lines, l2=B * (steps + read) * (ceil_div(32 * elem, 32) + 1) * 32,
+                  gld=B * (steps + read), ilp=2, note="a block a row, contiguous copies and zeros")
 
 
 def covpool_dims(p: dict) -> Tuple[int, int, int]:
@@ -1267,15 +1278,24 @@ def guide_gradient_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W
 
 
 def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
-    """region_conv_cuda.cu: region_assign_cuda — one thread per output element, the argmax then a gather."""
-    total, w, per_sector = B * C * L, warps_of(B * C * L), 32 // elem
+    """region_conv_cuda.cu: region_assign_cuda — blocks of 32 pixels × 32 channels, 8 channel slices (as the
+    backward's): each pixel's argmax once a block (warp 0), then the selected region's outputs copied, 4
+    channels a warp."""
+    tiles, channel_blocks = ceil_div(L, 32), ceil_div(C, 32)
+    w, per_slice, per_sector = B * tiles * channel_blocks * 8, ceil_div(min(C, 32), 8), 32 // elem
     regions = distinct_regions(32, R)
-    touched = total / per_sector * distinct_regions(per_sector, R) * 32  # outputs' sectors a warp pulls
-    return Launch("region_conv", "region_assign_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
-                  min_bytes=B * R * L * elem + 2 * total * elem, dram=B * R * L * elem + total * elem + touched,
-                  alu=w * (3 * DIV64 + 6 * R), mem=w * (2 * R + 1), lsu=w * (2 * R + regions + 1),
-                  l2=w * R * elem * 32 + touched + total * elem, gld=w * (R + 2), ilp=2,
-                  reuse_set=R * L * elem, note=f"gather from {regions:.1f} regions' planes per warp")
+    touched = B * C * L / per_sector * distinct_regions(per_sector, R) * 32  # outputs' sectors a warp pulls
+    store_lines = ceil_div(32 * elem, 128)
+    argmax = B * tiles * channel_blocks  # warp 0 of each block: R coalesced guide loads
+    return Launch("region_conv", "region_assign_kernel", (B * tiles, channel_blocks, 1), (32, 8, 1),
+                  static_smem=32 * 8,
+                  min_bytes=B * R * L * elem + 2 * B * C * L * elem, dram=B * R * L * elem + B * C * L * elem + touched,
+                  alu=w * (per_slice * 6 + 24) + argmax * R * 6, mem=w * (per_slice * 2 + 2) + argmax * R,
+                  lsu=w * (per_slice * (regions + store_lines) + 2) + argmax * R,
+                  l2=touched + B * C * L * elem + B * R * L * elem, gld=w * per_slice * 2 + argmax * R, ilp=2,
+                  reuse_set=R * C * L * elem,
+                  note=f"32 pixels × 32 channels a CTA, the argmax once a CTA; {regions:.1f} regions' "
+                       f"planes a warp load")
 
 
 def region_assign_backward_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:

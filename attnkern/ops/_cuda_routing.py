@@ -75,8 +75,9 @@ ROUTES: Dict[str, Route] = {
     # n ≤ 64: one block per matrix, conflict-free products (fwd 37 µs, bwd 72 µs at n = 64 against 144 /
     # 246); larger n: the same steps over batched cuBLAS (0.87–0.97×): keep.
     "sqrtm_newton_schulz": Route(False, model="fwd 0.26×, bwd 0.29–0.30× (n = 64); 0.87–0.97× (n = 256, 1024)"),
-    # 0.60–0.94×, bwd 1.07× at YOLO P5: keep.
-    "triuvec": Route(False, model="0.60–0.94×; bwd 1.07× at 8×1024×1024"),
+    # A block a row: contiguous copies, no division or square root per element: 0.52–0.75× (bf16 0.54–0.79×;
+    # a thread an element before: 0.60–1.07×, bf16 up to 1.52×): keep.
+    "triuvec": Route(False, model="0.52–0.75× (bf16 0.54–0.79×); 0.60–1.07× before"),
     # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.58× / 0.55× at the CCNet head
     # 2×512×97×97 (182 / 352 µs, 2.9× / 2.6× the FP32 floor), 0.71× / 0.69× at YOLO P5 8×1024×20×20, 0.49× /
     # 0.48× at 1×256×64×64; bfloat16 0.51–0.83×. (The one-block-per-pixel kernels before: 4.3–27.8×.)
@@ -116,9 +117,10 @@ ROUTES: Dict[str, Route] = {
                                  "fwd 0.78–0.98×, bwd 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×); "
                                  "bf16: fwd 1.09–1.34×, bwd 1.86–4.53×",
                                  with_grad=True, plain_dtypes=(torch.float16, torch.bfloat16)),
-    # The backward in one coalesced pass over outputs on blocks of 32 pixels × 8 channel slices: 0.32–0.69×
-    # (3.2–6.2× before); the forward 0.67–0.92×: keep.
-    "region_assign": Route(False, model="fwd 0.67–0.92×, bwd 0.32–0.69×"),
+    # Blocks of 32 pixels × 8 channel slices, each pixel's argmax once a block: the backward in one coalesced
+    # pass over outputs, 0.32–0.69× (3.2–6.2× before); the forward 0.59–0.70× (bf16 0.61–0.79×; an argmax
+    # per element before: 0.67–0.92×, bf16 up to 1.23×): keep.
+    "region_assign": Route(False, model="fwd 0.59–0.70×, bwd 0.32–0.69× (bf16: 0.61–0.79×, 0.45–0.86×)"),
     # 0.20–0.92×: keep.
     "channel_pool": Route(False, model="0.20–0.92×"),
     # Blocks of 32 pixels × 8 channel slices (gating_cuda.cu, reduce_channels_per_pixel): fwd 1.0× / bwd
