@@ -333,9 +333,8 @@ at::Tensor apply_gates_cuda(const at::Tensor& x_in, const std::optional<at::Tens
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "apply_gates_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int vec = static_cast<int>(vector_width(d.HW(), sizeof(scalar_t),
-                                                  {x.const_data_ptr(), out.const_data_ptr(),
-                                                   pg.has_value() ? pg->const_data_ptr() : nullptr}));
+    const int vec = vector_width(d.HW(), sizeof(scalar_t),
+                                 {x.const_data_ptr(), out.const_data_ptr(), pg ? pg->const_data_ptr() : nullptr});
     ATTNKERN_LAUNCH(element_blocks(total / vec), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
                     apply_gates_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg), optional_ptr<scalar_t>(pg),

@@ -225,7 +225,7 @@ bool forward_on_tensor_cores(const at::Tensor& qkv, const at::Tensor& bias, cons
         mask.defined() ? mask.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<scalar_t>(),
         lse.mutable_data_ptr<float>(), grid, static_cast<int>(heads), static_cast<int>(d),
         // a token's rows lie multiples of d past the bases: their alignment is the bases'
-        static_cast<int>(vector_width(d, sizeof(scalar_t), {qkv.const_data_ptr(), out.const_data_ptr()})),
+        vector_width(d, sizeof(scalar_t), {qkv.const_data_ptr(), out.const_data_ptr()}),
         static_cast<float>(scale));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return true;
