@@ -42,6 +42,12 @@ def launch_counts(emu):
     return {key: (launches, blocks) for key, (launches, blocks, _) in emu.launches().items()}
 
 
+def offset_view(offset, *shape, dtype, fill=torch.randn):
+    """A tensor of `shape` starting `offset` elements into its storage (a view: .contiguous() keeps it), so that
+    its address is aligned to fewer bytes than a fresh tensor's."""
+    return fill(math.prod(shape) + offset).to(dtype)[offset:].view(*shape)
+
+
 def launched_since(emu, before):
     """Launches and blocks per kernel since the launch_counts() `before`."""
     return {key: (launches - before.get(key, (0, 0))[0], blocks - before.get(key, (0, 0))[1])
@@ -178,8 +184,7 @@ def test_window_attention_shared_memory_limit_is_refused(emu):
 def test_window_attention_tensor_cores_copy_as_wide_as_alignment_allows(emu, dtype, d, offset):
     """The tensor-core forward copies 8, 4, 2 or 1 channels at once, as d and the addresses of qkv allow: a qkv
     that starts `offset` elements into its storage (a view; .contiguous() keeps it) gives the same result."""
-    storage = torch.randn(1 * 8 * 8 * 3 * 2 * d + offset).to(dtype)
-    qkv = storage[offset:].view(1, 8, 8, 3, 2, d)
+    qkv = offset_view(offset, 1, 8, 8, 3, 2, d, dtype=dtype)
     bias = torch.randn(2, 16, 16).to(dtype)
     before = launch_counts(emu)
     out, lse = E.window_attention(qkv, bias, None, 4, 2, d ** -0.5)
@@ -195,11 +200,8 @@ def test_window_attention_tensor_core_backward_copies_as_wide_as_alignment_allow
     """The tensor-core backward copies (and sums D_i = dO_i·o_i over) 8, 4, 2 or 1 channels at once, as d and
     the addresses of qkv and the output gradient allow: 2, 4, 16 or 32 threads a token (d = 40 one channel at
     a time: two steps a thread); views `offset` elements into their storage give the reference's gradients."""
-    def view(*shape):
-        storage = torch.randn(math.prod(shape) + offset).to(dtype)
-        return storage[offset:].view(*shape)
-
-    qkv, grad, bias = view(1, 8, 8, 3, 2, d), view(1, 8, 8, 2, d), torch.randn(2, 16, 16).to(dtype)
+    qkv, grad = offset_view(offset, 1, 8, 8, 3, 2, d, dtype=dtype), offset_view(offset, 1, 8, 8, 2, d, dtype=dtype)
+    bias = torch.randn(2, 16, 16).to(dtype)
     scale = d ** -0.5
     out, lse = E.window_attention(qkv, bias, None, 4, 2, scale)
     before = launch_counts(emu)
@@ -217,12 +219,9 @@ def test_apply_gates_copies_as_wide_as_alignment_allows(emu, dtype, H, W, x_offs
     """apply_gates' forward copies up to 16 bytes at once: the most elements that divide H·W and keep x and the
     pixel gate (views `offset` elements into their storage; None: no pixel gate) aligned — one block per 256
     such chunks — and gives the reference's values whatever the width."""
-    def view(offset, *shape, low=0.0):  # uniform on [low, low + 1)
-        return (torch.rand(math.prod(shape) + offset) + low).to(dtype)[offset:].view(*shape)
-
     B, C, HW = 2, 64, H * W
-    x, channel_gate = view(x_offset, B, C, H, W, low=-0.5), torch.rand(B, C).to(dtype)
-    pixel_gate = None if gate_offset is None else view(gate_offset, B, 1, H, W)
+    x, channel_gate = offset_view(x_offset, B, C, H, W, dtype=dtype), torch.rand(B, C).to(dtype)
+    pixel_gate = None if gate_offset is None else offset_view(gate_offset, B, 1, H, W, dtype=dtype, fill=torch.rand)
     vec = 16 // x.element_size()
     while HW % vec or x_offset % vec or (gate_offset or 0) % vec:
         vec //= 2
