@@ -221,12 +221,16 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def capped_blocks(blocks: int) -> int:  # csrc/common/cuda_utils.cuh: capped_blocks
+    return min(blocks, 65535 * 16)
+
+
 def element_blocks(total: int) -> int:  # csrc/common/cuda_utils.cuh: element_blocks
-    return min(ceil_div(total, 256), 65535 * 16)
+    return capped_blocks(ceil_div(total, 256))
 
 
 def vector_width(n: int, elem: int) -> int:  # csrc/common/cuda_vector.cuh: vector_width, aligned tensors
-    return next(v for v in (16 // elem, 8, 4, 2, 1) if v * elem <= 16 and n % v == 0)
+    return next(v for v in (8, 4, 2, 1) if v * elem <= 16 and n % v == 0)
 
 
 # ---- one kernel launch and its model --------------------------------------------------------------
@@ -488,34 +492,35 @@ def row_threads(length: int) -> int:  # csrc/common/cuda_utils.cuh: row_threads
     return min(ceil_div(max(length, 1), 32) * 32, 256)
 
 
-def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
-    """covpool_cuda.cu: triuvec_cuda — a block per row (b, i) (block-stride), its i + 1 entries copied by the
-    block's threads: contiguous in a and in the output; one int64 division a row."""
-    length = n * (n + 1) // 2
+def triu_row_launch(kernel: str, B: int, n: int, elem: int, steps: int, accesses: int, min_bytes: float, note: str,
+                    warps_busy: Optional[int] = None) -> Launch:
+    """covpool_cuda.cu's triuvec kernels: a block per row (b, i) of the B·n rows (block-stride), one int64
+    division a row, `steps` warp steps of a matrix's rows (8 instructions each) and `accesses` warp accesses
+    of ≤ 32 consecutive elements; a warp's run starts
+    anywhere (triuvec rows start at i(i+1)/2), so it touches one line and one sector more than aligned."""
     threads = row_threads(n)
-    # per row: ⌈(i+1)/32⌉ warp steps, each a load and a store of ≤ 32 consecutive elements
-    steps = sum(ceil_div(i + 1, 32) for i in range(n))
-    lines = ceil_div(32 * elem, 128) + 1  # a warp's run, unaligned (rows start anywhere in the output)
-    return Launch("covpool", "triuvec_kernel", (min(B * n, 65535 * 16), 1, 1), (threads, 1, 1),
-                  min_bytes=2 * B * length * elem, alu=B * (steps * 8 + n * warps_of(threads) * (DIV64 + 10)),
-                  mem=B * steps * 2, lsu=B * steps * 2 * lines, l2=B * steps * 2 * (ceil_div(32 * elem, 32) + 1) * 32,
-                  gld=B * steps * 2, ilp=2, warps_busy=max(1, min(warps_of(threads), ceil_div(n, 2 * 32))),
-                  note="a block a row, contiguous copies; one int64 division a row")
+    lines, sectors = ceil_div(32 * elem, 128) + 1, ceil_div(32 * elem, 32) + 1
+    return Launch("covpool", kernel, (capped_blocks(B * n), 1, 1), (threads, 1, 1), min_bytes=min_bytes,
+                  alu=B * (steps * 8 + n * warps_of(threads) * (DIV64 + 10)), mem=B * accesses,
+                  lsu=B * accesses * lines, l2=B * accesses * sectors * 32, gld=B * accesses, ilp=2,
+                  warps_busy=warps_busy, note=note)
+
+
+def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
+    """covpool_cuda.cu: triuvec_cuda — row i's i + 1 entries copied: contiguous in a and in the output."""
+    steps = sum(ceil_div(i + 1, 32) for i in range(n))  # a load and a store each
+    return triu_row_launch("triuvec_kernel", B, n, elem, steps, 2 * steps, 2 * B * n * (n + 1) // 2 * elem,
+                           "a block a row, contiguous copies; one int64 division a row",
+                           warps_busy=max(1, min(warps_of(row_threads(n)), ceil_div(n, 2 * 32))))
 
 
 def triuvec_backward_kernel(B: int, n: int, elem: int) -> Launch:
-    """covpool_cuda.cu: triuvec_backward_cuda — a block per row (b, i) of [B, n, n] (block-stride): its n
-    entries, the first i + 1 from the triuvec gradient, zeros past them."""
-    length = n * (n + 1) // 2
-    threads = row_threads(n)
-    steps = n * ceil_div(n, 32)  # warp steps over every row's n entries
-    read = sum(ceil_div(i + 1, 32) for i in range(n))  # the steps that read the gradient
-    lines = ceil_div(32 * elem, 128) + 1
-    return Launch("covpool", "triuvec_backward_kernel", (min(B * n, 65535 * 16), 1, 1), (threads, 1, 1),
-                  min_bytes=B * length * elem + B * n * n * elem,
-                  alu=B * (steps * 8 + n * warps_of(threads) * (DIV64 + 10)), mem=B * (steps + read),
-                  lsu=B * (steps + read) * lines, l2=B * (steps + read) * (ceil_div(32 * elem, 32) + 1) * 32,
-                  gld=B * (steps + read), ilp=2, note="a block a row, contiguous copies and zeros")
+    """covpool_cuda.cu: triuvec_backward_cuda — row i's n entries of [B, n, n]: the first i + 1 from the
+    triuvec gradient, zeros past them."""
+    stores = n * ceil_div(n, 32)  # warp steps over every row's n entries
+    loads = sum(ceil_div(i + 1, 32) for i in range(n))  # the steps that read the gradient
+    return triu_row_launch("triuvec_backward_kernel", B, n, elem, stores, stores + loads,
+                           B * n * (n + 1) // 2 * elem + B * n * n * elem, "a block a row, contiguous copies and zeros")
 
 
 def covpool_dims(p: dict) -> Tuple[int, int, int]:
