@@ -20,8 +20,9 @@ from attnkern.ops import _cuda_routing as routing
 from attnkern.ops import _plain
 from conftest import CUDA, TOLERANCE, rel_error, requires_cuda
 
-ROUTED = ["criss_cross_affinity", "criss_cross_aggregate", "window_attention", "dynamic_region_conv"]
-KEPT = ["covpool", "sqrtm_newton_schulz", "triuvec", "criss_cross_attention", "channel_pool", "spatial_pool",
+ROUTED = ["criss_cross_affinity", "criss_cross_aggregate", "window_attention", "dynamic_region_conv",
+          "sqrtm_newton_schulz"]
+KEPT = ["covpool", "triuvec", "criss_cross_attention", "channel_pool", "spatial_pool",
         "apply_gates", "region_assign"]
 BENCHMARK_ONLY = ["criss_cross_attention"]  # kept ops whose plain formulation stays as the benchmark's row
 SETTINGS = ["auto", "always"]
@@ -62,7 +63,7 @@ def test_always_runs_the_kernels(op, grad, size):
 # (op, grad, size) → plain under "auto" on CUDA
 AUTO = [
     ("covpool", False, None, False), ("covpool", True, None, False),
-    ("sqrtm_newton_schulz", False, None, False), ("sqrtm_newton_schulz", True, None, False),
+    ("sqrtm_newton_schulz", False, None, False), ("sqrtm_newton_schulz", True, 1024, False),  # (float32)
     ("triuvec", True, None, False), ("channel_pool", True, 100, False),
     ("criss_cross_attention", False, None, False), ("criss_cross_attention", True, None, False),
     ("criss_cross_aggregate", False, None, True),
@@ -81,8 +82,10 @@ AUTO = [
 @pytest.mark.parametrize("op,grad,size,plain", AUTO)
 def test_auto_follows_the_table(op, grad, size, plain):
     assert routing.routes_to_plain(op, "cuda", grad=grad, size=size, setting="auto") is plain
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # no dtype exception at these sizes
-        if dtype not in routing.ROUTES[op].plain_dtypes and (op != "window_attention" or size is None or size > 64):
+    route = routing.ROUTES[op]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # the dtypes without an exception of their own
+        if (dtype not in route.plain_dtypes + route.dtypes
+                and (op != "window_attention" or size is None or size > 64)):
             assert routing.routes_to_plain(op, "cuda", grad=grad, size=size, setting="auto", dtype=dtype) is plain
 
 
@@ -103,6 +106,18 @@ def test_window_attention_keeps_the_tensor_core_kernels_in_half_precision(dtype,
 def test_dynamic_region_conv_routes_training_and_half_precision(dtype, grad, plain):
     assert routing.routes_to_plain("dynamic_region_conv", "cuda", grad=grad, setting="auto", dtype=dtype) is plain
     assert not routing.routes_to_plain("dynamic_region_conv", "cuda", grad=grad, setting="always", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype,grad,size,plain", [
+    (torch.float16, False, 65, True), (torch.bfloat16, True, 1024, True),  # half past one block: the plain bmm
+    (torch.bfloat16, False, 64, False), (torch.float16, True, 16, False),  # one block: the kernel
+    (torch.float32, False, 1024, False), (torch.float64, True, 256, False), (None, False, 1024, False),
+    (torch.bfloat16, False, None, False)])
+def test_sqrtm_routes_half_precision_past_one_block(dtype, grad, size, plain):
+    assert routing.routes_to_plain("sqrtm_newton_schulz", "cuda", grad=grad, size=size, setting="auto",
+                                   dtype=dtype) is plain
+    assert not routing.routes_to_plain("sqrtm_newton_schulz", "cuda", grad=grad, size=size, setting="always",
+                                       dtype=dtype)
 
 
 def test_setting_blocks_nest_and_are_checked():
@@ -351,6 +366,24 @@ def test_plain_lower_precision(op, dtype):
     assert rel_error(out, _reference(op)(*exact, **kwargs)) <= TOLERANCE[dtype]
 
 
+def _covariances(batch, n, dtype=torch.float64, device="cpu"):
+    """Fresh sample covariances [batch, n, n] of n + 20 positions (symmetric positive definite)."""
+    x = torch.randn(batch, n, n + 20, dtype=torch.float64)
+    return (x @ x.transpose(1, 2) / (n + 20)).to(device, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_plain_sqrtm_in_half_precision_past_one_block(dtype):
+    """What fp16/bf16 matrices past 64×64 run on CUDA: the Newton–Schulz loop in their dtype, iterates
+    rounded between steps, keeps the half types' tolerance (on the CPU here) in values and gradients."""
+    a = _covariances(2, 80, dtype)
+    out, (grad,) = _value_and_grads(_plain.sqrtm_newton_schulz, (a, 5), {})
+    ref_out, (ref_grad,) = _value_and_grads(reference.sqrtm_newton_schulz, (a.double(), 5), {})
+    assert out.dtype == grad.dtype == dtype
+    assert rel_error(out, ref_out) <= TOLERANCE[dtype]
+    assert rel_error(grad, ref_grad) <= TOLERANCE[dtype]
+
+
 def test_empty_inputs_take_the_reference():
     q = torch.randn(0, 3, 4, 5)
     assert _plain.criss_cross_attention(q, q, q).shape == q.shape
@@ -370,13 +403,17 @@ CUDA_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("op", ROUTED)
 def test_cuda_routed_path(op, dtype, monkeypatch):
     """On CUDA, with a gradient needed (so that every routed op routes; the size-limited ones at sizes
-    where they route), the op runs its plain formulation and matches the float64 reference."""
+    where they route; sqrtm in fp16/bf16 only), the op runs its plain formulation and matches the float64
+    reference."""
     args, kwargs = _inputs(op)
     if op == "criss_cross_affinity":  # above the work threshold: 64·96·96·191 ≈ 113M ≥ 2^26
         args = (torch.randn(1, 64, 96, 96, dtype=torch.float64), torch.randn(1, 64, 96, 96, dtype=torch.float64))
     if op == "window_attention" and dtype in (torch.float16, torch.bfloat16):  # past the tensor-core kernels' 64 tokens
         r = lambda *shape: torch.randn(*shape, dtype=torch.float64)  # noqa: E731
         args, kwargs = (r(1, 9, 18, 3, 2, 5), r(2, 81, 81), 9), {"shift_size": 4, "mask": r(2, 81, 81)}
+    if op == "sqrtm_newton_schulz":  # past one block (64×64), where fp16/bf16 route
+        args, kwargs = (_covariances(2, 80),), {"iters": 5}
+    routed = op != "sqrtm_newton_schulz" or dtype in (torch.float16, torch.bfloat16)
     exact_args = [a.to(dtype).double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
     exact_kwargs = {k: v.to(dtype).double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     cuda_args = [a.to("cuda", dtype) if isinstance(a, torch.Tensor) else a for a in exact_args]
@@ -386,7 +423,7 @@ def test_cuda_routed_path(op, dtype, monkeypatch):
     monkeypatch.setattr(_plain, op, lambda *a, **k: calls.append(op) or plain_fn(*a, **k))
     with ops.cuda_kernels("auto"):
         out, grads = _value_and_grads(getattr(ops, op), cuda_args, cuda_kwargs)
-    assert calls == [op]
+    assert calls == ([op] if routed else [])  # float32/float64 sqrtm keeps the kernel
     ref_out, ref_grads = _value_and_grads(getattr(ops, op), exact_args, exact_kwargs)  # CPU kernels, float64
     tolerance = 2 * TOLERANCE[dtype] if dtype in (torch.float16, torch.bfloat16) else TOLERANCE[dtype] * 10
     assert out.dtype == dtype and rel_error(out.cpu(), ref_out) <= tolerance

@@ -7,14 +7,15 @@ Implementations, all computing sqrtm(cov(x)) → [B, C, C]:
   plain, compiled  the same under torch.compile (inductor)
   attnkern         attnkern.ops.covpool + attnkern.ops.sqrtm_newton_schulz (on CUDA: the centring then one
                    cuBLAS bmm for the covariance; Newton–Schulz in one block per matrix up to 64×64, batched
-                   cuBLAS above; neither is routed, attnkern.ops._cuda_routing)
+                   cuBLAS above; fp16/bf16 past 64×64 routed to the plain loop, attnkern.ops._cuda_routing)
+  attnkern kernels (CUDA) the same with the hand-written kernels everywhere (cuda_kernels("always"))
 """
 
 import torch
 
 from attnkern import ops, reference
 
-from .case import Case, bench_dtypes, random_inputs
+from .case import Case, bench_dtypes, random_inputs, with_kernels_row
 
 ITERS = 5
 SHAPES = [  # (label, B, C, H, W): the shapes users run (seed 000 and its README)
@@ -52,11 +53,11 @@ def cases(device, smoke):
                 shape=label,
                 dtype=dtype,
                 make_inputs=random_inputs((b, c, h, w), device=device, dtype=dtype),
-                impls={
+                impls=with_kernels_row({
                     "seed": seed,
                     "plain PyTorch": plain,
                     "plain, torch.compile": torch.compile(plain, dynamic=False),
                     "attnkern": attnkern_op,
-                },
+                }, device),
                 skip=skip,
             )

@@ -46,6 +46,7 @@ class Route:
 
     plain: False — the kernel always (the model has it at or within its error of the plain path).
     True — the plain formulation, further limited by:
+      dtypes: only for inputs of these dtypes (every dtype when empty);
       with_grad: only when a gradient is needed (the kernel's backward loses, its forward does not), but
         in ``plain_dtypes`` whether or not one is (there the forward loses too);
       size_at_least / size_below: only when the op's ``size`` measure (named in ``size``) is ≥ / < it;
@@ -57,6 +58,7 @@ class Route:
     plain: bool
     formulation: str = ""
     model: str = ""
+    dtypes: Tuple[torch.dtype, ...] = ()
     with_grad: bool = False
     plain_dtypes: Tuple[torch.dtype, ...] = ()
     size: str = ""
@@ -66,15 +68,25 @@ class Route:
     kernel_size_max: Optional[int] = None
 
 
-# The table. Figures: modelled kernel / plain time at the benchmark shapes (H200, float32), fwd / bwd.
+# The table. Figures: modelled kernel / plain time at the benchmark shapes (H200, float32 unless a dtype is
+# named), fwd / bwd.
 ROUTES: Dict[str, Route] = {
     # Centring (ATen, float64) then one cuBLAS bmm each way: fwd 0.81–0.89×, bwd 0.55–0.60× at every benchmark
     # shape (SAN 16×64×48×48: 31.2 / 31.0 µs against 35.3 / 56.1; 1×64×200×200: 27.0 / 31.4 against 31.0 /
     # 57.4) — the plain path's own formulation with a launch fewer forward, the backward's one GEMM: keep.
     "covpool": Route(False, model="fwd 0.81–0.89×, bwd 0.55–0.60× (16×64×48×48: 0.88× / 0.55×)"),
     # n ≤ 64: one block per matrix, conflict-free products (fwd 37 µs, bwd 72 µs at n = 64 against 144 /
-    # 246); larger n: the same steps over batched cuBLAS (0.87–0.97×): keep.
-    "sqrtm_newton_schulz": Route(False, model="fwd 0.26×, bwd 0.29–0.30× (n = 64); 0.87–0.97× (n = 256, 1024)"),
+    # 246); larger n: the same steps over batched cuBLAS in float32 (0.87–0.97×). In fp16/bf16 the plain
+    # path's products run on tensor cores while the batched path keeps float32 (CUDA cores): 2.2× / 2.5× at
+    # iSQRT-COV 32×256×14×14, 8.2× / 9.2× at YOLO P5 8×1024×20×20 (the one-block kernel still 0.30× /
+    # 0.35× at n = 64). So half-precision matrices past one block (n > 64) take the reference in their
+    # dtype: float32 accumulation inside each bmm, the iterates rounded to the dtype between steps (relative
+    # error ≈ 0.5–0.8% in bf16 at n = 80–256 on fresh covariances, against ≈ 0.2% for float32 iterates).
+    "sqrtm_newton_schulz": Route(True, "reference.sqrtm_newton_schulz in the input dtype (bmm on tensor cores), "
+                                       "autograd's backward",
+                                 "fwd 0.30×, bwd 0.35× (n = 64); 0.87–0.97× (float32, n = 256, 1024); "
+                                 "fp16/bf16 n = 256, 1024: fwd 2.2–8.2×, bwd 2.5–9.2×",
+                                 dtypes=(torch.float16, torch.bfloat16), size="n (matrix order)", size_at_least=65),
     # A block a row: contiguous copies, no division or square root per element: 0.52–0.75× (bf16 0.54–0.79×;
     # a thread an element before: 0.60–1.07×, bf16 up to 1.52×): keep.
     "triuvec": Route(False, model="0.52–0.75× (bf16 0.54–0.79×); 0.60–1.07× before"),
@@ -188,7 +200,9 @@ def routes_to_plain(op: str, device_type: str, *, grad: bool = False, size: Opti
     if _check_setting(setting if setting is not None else cuda_kernels_setting()) == "always":
         return False
     route = ROUTES[op]
-    if not route.plain or (route.with_grad and not grad and dtype not in route.plain_dtypes):
+    if not route.plain or (route.dtypes and dtype not in route.dtypes):
+        return False
+    if route.with_grad and not grad and dtype not in route.plain_dtypes:
         return False
     if dtype in route.kernel_dtypes and size is not None and size <= route.kernel_size_max:
         return False

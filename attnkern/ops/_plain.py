@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
+from ..reference.covpool import sqrtm_newton_schulz  # a loop of bmm in the input dtype: as is
 from ..reference.region_conv import dynamic_region_conv  # every region's grouped conv2d + gather: as is
 
 __all__ = [
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention", "window_attention",
-    "dynamic_region_conv",
+    "dynamic_region_conv", "sqrtm_newton_schulz",
 ]
 
 _HALF = (torch.float16, torch.bfloat16)

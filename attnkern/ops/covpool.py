@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from . import _plain
+from ._cuda_routing import plain_on_cuda
 from ._kernels import (accumulation_dtype, check_int, check_tensor, kernel_or_reference, run_check, save_inputs,
                        use_kernel)
 
@@ -60,6 +62,10 @@ def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
         Zₖ₊₁ = TₖZₖ, the result is ½·Y(3I − ZY)·√t after iters − 1 steps. The gradient is the exact
         gradient of this forward (for any incoming gradient, symmetric or not).
 
+    On CUDA, float16/bfloat16 matrices larger than 64×64 run this formula in their own dtype (bmm on
+    tensor cores, the iterates rounded to the dtype; ``attnkern.ops.cuda_kernels`` explains the
+    routing); every other call runs attnkern's kernels, which keep the iterates in float32.
+
     Raises:
         TypeError: a is not a floating-point tensor, or iters not an int.
         ValueError: a is not [B, C, C], or iters is out of range.
@@ -71,9 +77,12 @@ def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
     check_tensor(a, "a", op)
     iters = check_int(iters, "iters", op)
     if use_kernel(a):
-        # Training keeps the iterates for the backward (3·iters − 1 matrices per input); inference does not.
-        save_iterates = torch.is_grad_enabled() and a.requires_grad
-        return _ops.sqrtm_newton_schulz(a, iters, save_iterates)[0]
+        if not plain_on_cuda(op, a, size=a.shape[-1] if a.dim() == 3 else None):
+            # Training keeps the iterates for the backward (3·iters − 1 matrices per input); inference does not.
+            save_iterates = torch.is_grad_enabled() and a.requires_grad
+            return _ops.sqrtm_newton_schulz(a, iters, save_iterates)[0]
+        run_check(_ops.sqrtm_newton_schulz_check, a, iters)
+        return _plain.sqrtm_newton_schulz(a, iters)  # CUDA: the routing table (attnkern.ops._cuda_routing)
     run_check(_ops.sqrtm_newton_schulz_check, a, iters)
     return reference.sqrtm_newton_schulz(a, iters)
 
