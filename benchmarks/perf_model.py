@@ -38,9 +38,10 @@ The model (one small function per kernel, named after it, counts what one launch
     the tiles cannot fill the GPU), cuDNN convolution at 40 % of the TF32 tensor-core peak (PyTorch's
     default allows TF32 in cuDNN), SDPA memory-efficient (fp32 SIMT) at 35 % of FP32 peak, elementwise
     and reductions at 80 % of HBM bandwidth; each call + 4 µs launch.
-  * Floors: bytes / HBM bandwidth, FLOPs / FP32 peak, FLOPs / dense BF16 tensor-core peak. In the ops
-    rewritten around library calls (covpool, criss_cross_attention) an op's bytes are what its inputs and
-    outputs need: the launches that only move its intermediates declare none. ×floor is the
+  * Floors: bytes / HBM bandwidth, FLOPs / FP32 peak, FLOPs / dense BF16 tensor-core peak. An op's bytes
+    are what its inputs and outputs need, read or written once: the launches that only move its
+    intermediates (covpool's and criss_cross_attention's library calls, window attention's per-block
+    bias-gradient partials and their sum) declare none. ×floor is the
     modelled time over max(memory, FP32) floor for the kernels on CUDA cores (FP32 arithmetic), over
     max(memory, tensor-core) for those on tensor cores (mma.sync, at MMA_SYNC_EFF of the dense peak). The
     tensor-core floor says what a tensor-core formulation could reach.
@@ -107,6 +108,7 @@ SHAPES = [  # (family, case, parameters, main): the benchmark's order; `main` ma
     ("region_conv", "8×64→64 k3 r8 32×32", dict(B=8, Cin=64, Cout=64, k=3, R=8, H=32, W=32), True),
     ("region_conv", "16×128→128 k3 r8 40×40", dict(B=16, Cin=128, Cout=128, k=3, R=8, H=40, W=40), False),
     ("region_conv", "8×256→256 k1 r4 20×20", dict(B=8, Cin=256, Cout=256, k=1, R=4, H=20, W=20), False),
+    ("gating", "8×128×80×80", dict(B=8, C=128, H=80, W=80), False),
     ("gating", "8×256×40×40", dict(B=8, C=256, H=40, W=40), True),
     ("gating", "8×512×20×20", dict(B=8, C=512, H=20, W=20), False),
 ]
@@ -1037,7 +1039,8 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     pixels = B * g.H * g.W
     return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,
                   flops=10.0 * windows * heads * N * N * d,
-                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,
+                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + 2 * heads * N * N * elem,
+                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # + partials
                   hmma=ctas * per_cta * hmma, alu=ctas * per_cta * window["alu"],
                   mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * per_cta * window["mem"],
                   lsu=ctas * per_cta * window["lsu"], l2=ctas * per_cta * window["l2"],
@@ -1075,7 +1078,8 @@ def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Lau
     pixels = B * g.H * g.W
     return Launch("window_attention", "backward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
                   dyn_smem=wa_smem_bytes(N, d, 6, 2), flops=10.0 * windows * heads * N * N * d,
-                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,
+                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + 2 * heads * N * N * elem,
+                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # + partials
                   ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
                   mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
                   lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,
@@ -1120,14 +1124,11 @@ def wa_backward(p: dict, elem: int) -> List[Launch]:
         groups = mma_backward_groups(B * g.nW, heads)
         partial = groups * heads * g.N * g.N * 4
         return [mma_backward_kernel(B, g, heads, d, elem),
-                aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial),
-                          nbytes=partial)]
+                aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial))]
     partial = min(B * g.nW, 64) * heads * g.N * g.N * 4
-    return [aten_call("window_attention", "ATen: zeros (partial bias gradients)", lambda dev: plain_ew(dev, partial),
-                      nbytes=partial),
+    return [aten_call("window_attention", "ATen: zeros (partial bias gradients)", lambda dev: plain_ew(dev, partial)),
             backward_kernel(B, g, heads, d, elem),
-            aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial),
-                      nbytes=partial)]
+            aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial))]
 
 
 OPS += [
@@ -1387,33 +1388,61 @@ def plane_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, st
                   gld=wi * (loads + stores), ilp=4, note=note)
 
 
-PIXEL_LANES, CHANNEL_SLICES = 32, 8  # gating_cuda.cu: kPixelLanes, kChannelSlices
+PIXEL_LANES = 32  # gating_cuda.cu: kPixelLanes
+MIN_CHANNEL_SLICES, MAX_CHANNEL_SLICES, CHANNELS_PER_THREAD = 8, 32, 16  # gating_cuda.cu: kMinChannelSlices, …
+
+
+def channel_slices(C: int) -> int:  # gating_cuda.cu: channel_slices
+    slices = MIN_CHANNEL_SLICES
+    while slices < MAX_CHANNEL_SLICES and slices * CHANNELS_PER_THREAD < C:
+        slices *= 2
+    return slices
 
 
 def pixel_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, broadcast: int, ffma: int, alu: int,
                  extra_bytes: float, min_bytes: float, partial_bytes: int) -> Launch:
-    """A kernel over pixels walking the C channel planes in CHANNEL_SLICES slices: blocks of 32 pixels × 8
+    """A kernel over pixels walking the C channel planes in channel_slices(C) slices: blocks of 32 pixels × 8–32
     slices (a warp: 32 consecutive pixels of one slice, coalesced), the slices' partials (`partial_bytes`
     each, in static shared memory) combined by the first slice."""
     total = B * HW
+    slices = channel_slices(C)
     groups = ceil_div(total, PIXEL_LANES)
-    per_slice = ceil_div(C, CHANNEL_SLICES)
-    w = groups * CHANNEL_SLICES
+    per_slice = ceil_div(C, slices)
+    w = groups * slices
     lines, sectors = global_access([i * elem for i in range(32)])
-    combine = groups * 2 * (CHANNEL_SLICES - 1)  # the first slice's warp reads the other slices' partials
-    return Launch("gating", kernel, (element_blocks(total * CHANNEL_SLICES), 1, 1), (PIXEL_LANES, CHANNEL_SLICES, 1),
-                  static_smem=PIXEL_LANES * CHANNEL_SLICES * partial_bytes, min_bytes=min_bytes, ffma=w * per_slice * ffma,
+    combine = groups * 2 * (slices - 1)  # the first slice's warp reads the other slices' partials
+    return Launch("gating", kernel, (capped_blocks(groups), 1, 1), (PIXEL_LANES, slices, 1),
+                  static_smem=PIXEL_LANES * MAX_CHANNEL_SLICES * partial_bytes, min_bytes=min_bytes,
+                  ffma=w * per_slice * ffma,
                   alu=w * (2 * DIV64 + 12 + per_slice * alu) + combine * 2, mem=w * (per_slice * (loads + broadcast) + 2)
                   + combine, lsu=w * (per_slice * (loads * lines + broadcast) + 2) + combine,
                   l2=w * per_slice * (loads * sectors + broadcast) * 32 + extra_bytes,
                   gld=w * per_slice * (loads + broadcast), ilp=4,
-                  note=f"32 pixels × {CHANNEL_SLICES} channel slices a CTA ({per_slice} channels a thread), "
-                       f"{groups} CTAs")
+                  note=f"32 pixels × {slices} channel slices a CTA ({per_slice} channels a thread), {groups} CTAs")
+
+
+WARP_PLANE_CHUNKS = 32 * 16  # gating_cuda.cu: kWarpPlaneChunks
 
 
 def channel_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
-    return plane_launch("channel_pool_kernel", B, C, HW, elem, 1, 0, 6, 2, PLANE_THREADS * 4,
-                        B * C * HW * elem + 2 * B * C * elem, "one CTA per plane")
+    """gating_cuda.cu: channel_pool_cuda — planes of ≤ WARP_PLANE_CHUNKS vector chunks a warp each (chunks of
+    vector_width(HW) elements, two shuffle reductions of 5 steps); larger planes a CTA each (two block
+    reductions)."""
+    min_bytes = B * C * HW * elem + 2 * B * C * elem
+    vec = vector_width(HW, elem)
+    if ceil_div(HW, vec) > WARP_PLANE_CHUNKS:
+        return plane_launch("channel_pool_kernel", B, C, HW, elem, 1, 0, 6, 2, PLANE_THREADS * 4, min_bytes,
+                            "one CTA per plane")
+    planes = B * C
+    steps = ceil_div(ceil_div(HW, vec), 32)  # a lane's chunks
+    lines, sectors = global_access([i * vec * elem for i in range(32)])
+    wi = planes * steps
+    shuffles = planes * 2 * 5
+    return Launch("gating", "channel_pool_warp_kernel", (capped_blocks(ceil_div(planes, PLANE_THREADS // 32)), 1, 1),
+                  (PLANE_THREADS, 1, 1), min_bytes=min_bytes, alu=wi * (6 + 3 * vec) + shuffles * 3 + planes * 12,
+                  mem=wi + shuffles + 2 * planes, lsu=wi * lines + shuffles + 2 * planes, l2=wi * sectors * 32,
+                  gld=wi, ilp=min(steps, 4),
+                  note=f"a warp per plane: {steps} {vec}-element chunks a lane, shuffle reductions")
 
 
 def channel_pool_backward_kernel(B: int, C: int, HW: int, elem: int) -> Launch:

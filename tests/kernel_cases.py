@@ -417,11 +417,20 @@ CASES = [
                                                          stride=(1, 1), padding=(0, 0), dilation=(1, 1))),
     Case("drconv-no-output-channels", dynamic_conv_case, dict(B=2, Cin=2, Cout=0, H=4, W=3, R=2, kh=3, kw=3,
                                                               stride=(1, 1), padding=(1, 1), dilation=(1, 1))),
-    # gating: planes longer than the 256 threads (the block loops wrap), tied maxima, gates present or not
+    # gating: channel_pool's warp-a-plane kernel with 1-element, 2-element (H·W = 30) and 16-byte chunks (H·W =
+    # 24: 4 float32, 8 bf16), and its block-a-plane kernel past 512 chunks (33·33 = 1089 odd positions), the
+    # backward's planes longer than its 256 threads; tied maxima; the per-pixel channel reductions with 8, 16
+    # (C = 140) and 32 (C = 300) channel slices; gates present or not
     Case("channel-pool", channel_pool_case, dict(B=2, C=3, H=5, W=7, ties=True)),
     Case("channel-pool-long-planes", channel_pool_case, dict(B=1, C=2, H=17, W=19)),
+    Case("channel-pool-pairs", channel_pool_case, dict(B=3, C=5, H=5, W=6, ties=True)),
+    Case("channel-pool-chunks", channel_pool_case, dict(B=2, C=9, H=4, W=6)),
+    Case("channel-pool-block-planes", channel_pool_case, dict(B=1, C=2, H=33, W=33, ties=True)),
     Case("spatial-pool-gate", spatial_pool_case, dict(B=2, C=5, H=4, W=6, gate=True)),
     Case("spatial-pool-no-gate", spatial_pool_case, dict(B=1, C=7, H=17, W=16, gate=False)),
+    Case("spatial-pool-16-slices", spatial_pool_case, dict(B=1, C=140, H=5, W=7, gate=True)),
+    Case("spatial-pool-32-slices", spatial_pool_case, dict(B=2, C=300, H=3, W=5, gate=True)),
+    Case("apply-gates-32-slices", apply_gates_case, dict(B=1, C=290, H=3, W=4, gates="both")),
     Case("apply-gates-both", apply_gates_case, dict(B=2, C=3, H=5, W=7, gates="both")),
     Case("apply-gates-channel", apply_gates_case, dict(B=1, C=4, H=17, W=16, gates="channel")),
     Case("apply-gates-pixel", apply_gates_case, dict(B=2, C=3, H=3, W=5, gates="pixel")),
@@ -447,6 +456,7 @@ GRID_STRIDE_CASES = [
     Case("triuvec", triuvec_case, dict(B=3, n=30)),
     Case("criss-cross-maps", criss_cross_maps_case, dict(B=2, C=3, H=9, W=11)),
     Case("spatial-pool", spatial_pool_case, dict(B=2, C=3, H=19, W=17, gate=True)),
+    Case("channel-pool", channel_pool_case, dict(B=3, C=40, H=2, W=4)),  # 120 planes: the warps' plane loop wraps
     Case("apply-gates", apply_gates_case, dict(B=2, C=3, H=13, W=11, gates="both")),
 ]
 
@@ -497,8 +507,9 @@ def tensor_core_kernels():
 
 
 def grid_stride_kernels():
-    """The kernels whose body is a grid-stride loop over their elements (or a block-stride loop over rows)."""
-    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "ATTNKERN_BLOCK_STRIDE_LOOP", "reduce_channels_per_pixel(")
+    """The kernels whose body is a grid-stride loop over their elements (or a block- or warp-stride loop over rows)."""
+    loops = ("ATTNKERN_GRID_STRIDE_LOOP", "ATTNKERN_BLOCK_STRIDE_LOOP", "ATTNKERN_WARP_STRIDE_LOOP",
+             "reduce_channels_per_pixel(")
     return {key for key, body in _kernel_sources() if any(loop in body.split("\n}\n")[0] for loop in loops)}
 
 

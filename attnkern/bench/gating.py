@@ -15,7 +15,7 @@ from attnkern.reference import modules as seeds
 
 from .case import layer_cases
 
-SHAPES = [(8, 256, 40, 40), (8, 512, 20, 20)]  # YOLO neck P3 / P4 feature maps
+SHAPES = [(8, 128, 80, 80), (8, 256, 40, 40), (8, 512, 20, 20)]  # a YOLO neck's P3 / P4 / P5 maps (640 input)
 SMOKE_SHAPES = [(2, 64, 5, 7)]
 
 

@@ -133,16 +133,19 @@ ROUTES: Dict[str, Route] = {
     # pass over outputs, 0.32–0.69× (3.2–6.2× before); the forward 0.59–0.70× (bf16 0.61–0.79×; an argmax
     # per element before: 0.67–0.92×, bf16 up to 1.23×): keep.
     "region_assign": Route(False, model="fwd 0.59–0.70×, bwd 0.32–0.69× (bf16: 0.61–0.79×, 0.45–0.86×)"),
-    # 0.20–0.92×: keep.
-    "channel_pool": Route(False, model="0.20–0.92×"),
-    # Blocks of 32 pixels × 8 channel slices (gating_cuda.cu, reduce_channels_per_pixel): fwd 1.0× / bwd
-    # 0.48× at 8×512×20×20, 0.44× / 0.28× at 8×256×40×40 (one thread per pixel before: 6.3× / 2.2×).
-    "spatial_pool": Route(False, model="fwd 1.0× / bwd 0.48× (8×512×20×20), 0.44× / 0.28× (8×256×40×40)"),
-    # The pixel gate's gradient over the same channel slices: bwd 0.37–0.66× (3.55× before). The forward in
+    # Small planes (≤ 512 vector chunks) a warp each, shuffle reductions; larger ones a block: fwd 0.47–0.48×
+    # (bf16 0.48–0.50×; a block a plane everywhere before: up to 0.92×, bf16 1.08× at 8×512×20×20), bwd
+    # 0.20–0.22× (bf16 0.23–0.28×): keep.
+    "channel_pool": Route(False, model="fwd 0.47–0.48×, bwd 0.20–0.22× (bf16: 0.48–0.50×, 0.23–0.28×)"),
+    # Blocks of 32 pixels × 8–32 channel slices, ≤ 16 channels a thread (gating_cuda.cu,
+    # reduce_channels_per_pixel): fwd 0.30–0.41×, bwd 0.21–0.29× (bf16 0.43–0.47×, 0.28–0.35×); with 8 slices
+    # always, 8×512×20×20's 100 blocks walked 64 channels a thread: fwd 1.0× (bf16 1.12×).
+    "spatial_pool": Route(False, model="fwd 0.30–0.41×, bwd 0.21–0.29× (bf16: 0.43–0.47×, 0.28–0.35×)"),
+    # The pixel gate's gradient over the same channel slices: bwd 0.29–0.33× (3.55× before). The forward in
     # 16-byte chunks (a thread an element before: SE's channel gate alone 1.23–1.30×, bf16 1.37–1.56×): CBAM
-    # 0.47×, SE 0.93–0.95× (bf16 0.95–0.97×), the DRAM floor and a launch.
-    "apply_gates": Route(False, model="CBAM gates: fwd 0.47×, bwd 0.37–0.66×; SE (channel gate only): fwd "
-                                      "0.93–0.95×, bwd 0.35–0.38×"),
+    # 0.46–0.47×, SE 0.91–0.95× (bf16 0.93–0.97×), the DRAM floor and a launch.
+    "apply_gates": Route(False, model="CBAM gates: fwd 0.46–0.47×, bwd 0.29–0.33×; SE (channel gate only): fwd "
+                                      "0.91–0.95×, bwd 0.35–0.40×"),
 }
 
 

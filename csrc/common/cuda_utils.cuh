@@ -66,6 +66,14 @@ inline int64_t row_blocks(int64_t rows) { return capped_blocks(rows); }
 
 #define ATTNKERN_BLOCK_STRIDE_LOOP(row, rows) for (int64_t row = blockIdx.x; row < (rows); row += gridDim.x)
 
+// A warp-stride loop over rows, a warp a row (blockDim.x a multiple of 32: a warp's lanes share the row, so
+// the row's shuffles see all 32): warp_blocks(rows) blocks of kElementThreads, capped.
+#define ATTNKERN_WARP_STRIDE_LOOP(row, rows)                                                              \
+  for (int64_t row = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32; row < (rows); \
+       row += static_cast<int64_t>(gridDim.x) * blockDim.x / 32)
+
+inline int64_t warp_blocks(int64_t rows) { return capped_blocks(ceil_div(rows, kElementThreads / 32)); }
+
 // An attribute of the current device.
 inline int current_device_attribute(cudaDeviceAttr attr) {
   int device = 0, value = 0;

@@ -1,6 +1,7 @@
-// CUDA kernels of the gating family. Reductions along a channel plane: one block per (b, c) plane,
-// a fixed-order block reduction (block_reduce). Reductions across channels: one thread per pixel,
-// walking the C planes (coalesced across the threads of a warp). No atomics: every result has one
+// CUDA kernels of the gating family. Reductions along a channel plane: one block per (b, c) plane, a
+// fixed-order block reduction (block_reduce), or for channel_pool's small planes a warp a plane (shuffles).
+// Reductions across channels: blocks of 32 pixels × channel slices (reduce_channels_per_pixel), coalesced
+// across the threads of a warp. No atomics: every result has one
 // writer and a fixed summation order, so the kernels are deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -36,23 +37,72 @@ __device__ void plane_gradient(int64_t HW, scalar_t* sum_out, Term term) {
 
 // ---- channel_pool ----------------------------------------------------------------------------
 
+// Planes of at most kWarpPlaneChunks vector chunks (16 a lane) take a warp each (channel_pool_warp_kernel):
+// a block's tree reduction over a plane that small costs more than reading it.
+constexpr int64_t kWarpPlaneChunks = 32 * 16;
+
+template <typename acc_t>
+struct SumMax {
+  acc_t sum, max;
+};
+
+template <typename acc_t>
+__device__ SumMax<acc_t> fold_sum_max(SumMax<acc_t> acc, acc_t v) {
+  return {acc.sum + v, nan_max(v, acc.max)};
+}
+
+template <typename acc_t>
+__device__ SumMax<acc_t> combine_sum_max(SumMax<acc_t> acc, SumMax<acc_t> other) {
+  return {acc.sum + other.sum, nan_max(other.max, acc.max)};
+}
+
+template <typename acc_t>
+__device__ SumMax<acc_t> empty_sum_max() {
+  return {acc_t(0), -std::numeric_limits<acc_t>::infinity()};
+}
+
+// One block a plane (larger planes).
 template <typename scalar_t, typename acc_t>
 __global__ void channel_pool_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ mean,
                                     scalar_t* __restrict__ max, int64_t HW) {
   __shared__ acc_t scratch[kPlaneThreads];
   const int64_t plane = blockIdx.x;
   const scalar_t* row = x + plane * HW;
-  acc_t sum = 0, mx = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) {
-    const acc_t v = static_cast<acc_t>(row[j]);
-    sum += v;
-    mx = nan_max(v, mx);
-  }
-  sum = block_sum(sum, scratch);
-  mx = block_reduce(mx, scratch, [](acc_t a, acc_t b) { return nan_max(a, b); });
+  SumMax<acc_t> acc = empty_sum_max<acc_t>();
+  for (int64_t j = threadIdx.x; j < HW; j += blockDim.x) acc = fold_sum_max(acc, static_cast<acc_t>(row[j]));
+  const acc_t sum = block_sum(acc.sum, scratch);
+  const acc_t mx = block_reduce(acc.max, scratch, [](acc_t a, acc_t b) { return nan_max(a, b); });
   if (threadIdx.x == 0) {
     mean[plane] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
     max[plane] = static_cast<scalar_t>(mx);
+  }
+}
+
+// One warp a plane (small planes): lanes read the plane in chunks of `vec` elements (vector_width; vec
+// divides HW, so a chunk stays in its plane), the lanes' partials combined by shuffles (warp_reduce): no
+// shared memory, no barrier.
+template <typename scalar_t, typename acc_t>
+__global__ void channel_pool_warp_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ mean,
+                                         scalar_t* __restrict__ max, int64_t planes, int64_t HW, int vec) {
+  constexpr int kMaxVec = 16 / sizeof(scalar_t);
+  const int lane = threadIdx.x % 32;
+  ATTNKERN_WARP_STRIDE_LOOP(plane, planes) {
+    const scalar_t* row = x + plane * HW;
+    SumMax<acc_t> acc = empty_sum_max<acc_t>();
+    for (int64_t j = lane * int64_t(vec); j < HW; j += 32 * int64_t(vec)) {
+      alignas(16) scalar_t values[kMaxVec];  // constant indices below: registers
+      copy_elements(values, row + j, vec);
+#pragma unroll
+      for (int e = 0; e < kMaxVec; ++e) {
+        if (e < vec) acc = fold_sum_max(acc, static_cast<acc_t>(values[e]));
+      }
+    }
+    const acc_t sum = warp_sum(acc.sum);
+    const acc_t mx = warp_reduce(acc.max, [](acc_t a, acc_t b) { return nan_max(a, b); });
+    if (lane == 0) {
+      mean[plane] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
+      max[plane] = static_cast<scalar_t>(mx);
+    }
   }
 }
 
@@ -84,11 +134,20 @@ std::tuple<at::Tensor, at::Tensor> channel_pool_cuda(const at::Tensor& x_in) {
   auto x = x_in.contiguous();
   auto mean = at::empty({d.B, d.C}, x.options()), max = at::empty({d.B, d.C}, x.options());
   if (d.B * d.C == 0) return {mean, max};
+  const int64_t planes = d.B * d.C, HW = d.HW();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ATTNKERN_LAUNCH(d.B * d.C, kPlaneThreads, 0, c10::cuda::getCurrentCUDAStream(),
-                    channel_pool_kernel<scalar_t, acc_t>)(
-        x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(), max.mutable_data_ptr<scalar_t>(), d.HW());
+    const int vec = vector_width(HW, sizeof(scalar_t), {x.const_data_ptr()});
+    if (ceil_div(HW, vec) <= kWarpPlaneChunks) {
+      ATTNKERN_LAUNCH(warp_blocks(planes), kElementThreads, 0, stream,
+                      channel_pool_warp_kernel<scalar_t, acc_t>)(
+          x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(), max.mutable_data_ptr<scalar_t>(), planes,
+          HW, vec);
+    } else {
+      ATTNKERN_LAUNCH(planes, kPlaneThreads, 0, stream, channel_pool_kernel<scalar_t, acc_t>)(
+          x.const_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(), max.mutable_data_ptr<scalar_t>(), HW);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {mean, max};
@@ -117,57 +176,57 @@ at::Tensor channel_pool_backward_cuda(const std::optional<at::Tensor>& grad_mean
 // ---- spatial_pool ----------------------------------------------------------------------------
 
 // The kernels that reduce over channels per pixel: blocks of kPixelLanes pixels (lanes: consecutive
-// pixels, so every load is coalesced) × kChannelSlices slices.
-constexpr int kPixelLanes = 32, kChannelSlices = 8;
+// pixels, so every load is coalesced) × channel_slices(C) slices.
+constexpr int kPixelLanes = 32, kMinChannelSlices = 8, kMaxChannelSlices = 32, kChannelsPerThread = 16;
 
-// Blocks for `pixels`: one per kPixelLanes pixels, capped as the grid-stride kernels' grids are.
-inline int64_t pixel_blocks(int64_t pixels) {
-  static_assert(kPixelLanes * kChannelSlices == kElementThreads);
-  return element_blocks(pixels * kChannelSlices);
+// Slices a block: enough that a thread folds at most kChannelsPerThread channels, 8 to 32 of them (blocks of
+// 256 to 1024 threads). A thread's channels form one chain of dependent loads and folds: with few pixels
+// (8×20×20 = 100 blocks) the chains' length is the kernel's time, so many channels take many slices.
+inline int channel_slices(int64_t C) {
+  int slices = kMinChannelSlices;
+  while (slices < kMaxChannelSlices && slices * int64_t(kChannelsPerThread) < C) slices *= 2;
+  return slices;
 }
 
-// For every pixel idx = b·HW + p of the block's walk: thread (x, y) folds channels y, y + kChannelSlices, …
-// of pixel x into `init` with fold(acc, b, p, c); the first slice combines the slices' partials in order
+// Blocks for `pixels`: one per kPixelLanes pixels, capped as the grid-stride kernels' grids are.
+inline int64_t pixel_blocks(int64_t pixels) { return capped_blocks(ceil_div(pixels, kPixelLanes)); }
+
+inline dim3 pixel_block_shape(int64_t C) { return dim3(kPixelLanes, channel_slices(C)); }
+
+// For every pixel idx = b·HW + p of the block's walk: thread (x, y) folds channels y, y + blockDim.y, … of
+// pixel x into `init` with fold(acc, b, p, c); the first slice combines the slices' partials in order
 // with combine(acc, partial) and calls finish(idx, b, p, acc). Deterministic: a fixed order everywhere.
 template <typename T, typename Fold, typename Combine, typename Finish>
 __device__ void reduce_channels_per_pixel(int64_t total, int64_t HW, int64_t C, T init, Fold fold, Combine combine,
                                           Finish finish) {
-  __shared__ T partials[kChannelSlices][kPixelLanes];
+  __shared__ T partials[kMaxChannelSlices][kPixelLanes];
   // A grid-stride walk a block at a time (the barriers need every thread of the block in every step).
   for (int64_t base = blockIdx.x * int64_t(kPixelLanes); base < total; base += int64_t(gridDim.x) * kPixelLanes) {
     const int64_t idx = base + threadIdx.x, b = idx / HW, p = idx % HW;
     T acc = init;
     if (idx < total) {
-      for (int64_t c = threadIdx.y; c < C; c += kChannelSlices) acc = fold(acc, b, p, c);
+      for (int64_t c = threadIdx.y; c < C; c += blockDim.y) acc = fold(acc, b, p, c);
     }
     partials[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && idx < total) {
-      for (int s = 1; s < kChannelSlices; ++s) acc = combine(acc, partials[s][threadIdx.x]);
+      for (int s = 1; s < static_cast<int>(blockDim.y); ++s) acc = combine(acc, partials[s][threadIdx.x]);
       finish(idx, b, p, acc);
     }
     __syncthreads();
   }
 }
 
-template <typename acc_t>
-struct SumMax {
-  acc_t sum, max;
-};
-
 template <typename scalar_t, typename acc_t>
 __global__ void spatial_pool_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gate,
                                     scalar_t* __restrict__ pooled, int64_t C, int64_t HW, int64_t total) {
   reduce_channels_per_pixel(
-      total, HW, C, SumMax<acc_t>{0, -std::numeric_limits<acc_t>::infinity()},
+      total, HW, C, empty_sum_max<acc_t>(),
       [&](SumMax<acc_t> acc, int64_t b, int64_t p, int64_t c) {
         const acc_t g = gate ? static_cast<acc_t>(gate[b * C + c]) : acc_t(1);
-        const acc_t y = gated(x[(b * C + c) * HW + p], g);
-        return SumMax<acc_t>{acc.sum + y, nan_max(y, acc.max)};
+        return fold_sum_max(acc, gated(x[(b * C + c) * HW + p], g));
       },
-      [](SumMax<acc_t> acc, SumMax<acc_t> other) {
-        return SumMax<acc_t>{acc.sum + other.sum, nan_max(other.max, acc.max)};
-      },
+      [](SumMax<acc_t> acc, SumMax<acc_t> other) { return combine_sum_max(acc, other); },
       [&](int64_t, int64_t b, int64_t p, SumMax<acc_t> acc) {
         pooled[b * 2 * HW + p] = static_cast<scalar_t>(acc.sum / static_cast<acc_t>(C));
         pooled[b * 2 * HW + HW + p] = static_cast<scalar_t>(acc.max);
@@ -221,7 +280,7 @@ at::Tensor spatial_pool_cuda(const at::Tensor& x_in, const std::optional<at::Ten
   if (total == 0) return pooled;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ATTNKERN_LAUNCH(pixel_blocks(total), dim3(kPixelLanes, kChannelSlices), 0, c10::cuda::getCurrentCUDAStream(),
+    ATTNKERN_LAUNCH(pixel_blocks(total), pixel_block_shape(d.C), 0, c10::cuda::getCurrentCUDAStream(),
                     spatial_pool_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate), pooled.mutable_data_ptr<scalar_t>(), d.C, d.HW(),
         total);
@@ -248,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor> spatial_pool_backward_cuda(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatial_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto weights = at::empty({d.B, 2, d.HW()}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    ATTNKERN_LAUNCH(pixel_blocks(pixels), dim3(kPixelLanes, kChannelSlices), 0, stream,
+    ATTNKERN_LAUNCH(pixel_blocks(pixels), pixel_block_shape(d.C), 0, stream,
                     spatial_pool_weights_kernel<scalar_t, acc_t>)(
         grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(gate),
         pooled.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), d.C, d.HW(), pixels);
@@ -369,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pg.has_value()) {
       const int64_t pixels = d.B * d.HW();
-      ATTNKERN_LAUNCH(pixel_blocks(pixels), dim3(kPixelLanes, kChannelSlices), 0, stream,
+      ATTNKERN_LAUNCH(pixel_blocks(pixels), pixel_block_shape(d.C), 0, stream,
                       apply_gates_pixel_grad_kernel<scalar_t, acc_t>)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(cg),
           grad_pg.mutable_data_ptr<scalar_t>(), d.C, d.HW(), pixels);
