@@ -983,13 +983,16 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                        f"{vec * elem}-byte copies")
 
 
+BACKWARD_BLOCKS_PER_SM = 3  # window_attention_mma_backward.cuh: kBackwardBlocksPerSm
+
+
 def mma_backward_groups(windows: int, heads: int) -> int:  # window_attention_mma_backward.cuh
-    wanted = min(windows, max(64, ceil_div(8 * SMS_SM90, heads)))
+    wanted = min(windows, max(64, ceil_div(BACKWARD_BLOCKS_PER_SM * SMS_SM90, heads)))
     return ceil_div(windows, ceil_div(windows, wanted)) if wanted else 0
 
 
 def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
-    """window_attention_mma_backward.cuh: min(B·nW, max(64, 8·SMs/heads))·heads CTAs of Np/16 warps, each
+    """window_attention_mma_backward.cuh: min(B·nW, max(64, 3·SMs/heads))·heads CTAs of Np/16 warps, each
     walking its windows: per window q, k, v, dO loaded (vec-element copies), D per token (adjacent threads a
     token, vec-element copies, shuffles), then per warp S and dP (mma), P, dS, the bias gradient in shared
     memory, P and dS tiles (a column pair a 4-byte store), dq (mma), and over keys dv, dk (mma, transposed A

@@ -162,9 +162,9 @@ def test_window_attention_backward_groups_run_several_windows(emu):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_window_attention_tensor_core_backward_groups_run_several_windows(emu, dtype):
-    """The tensor-core backward: on sm_86 (84 SMs) at most 8·84/8 = 84 groups of 8 heads for 100 windows, so
-    two windows a group: 50 groups, each block running two windows one after the other and adding both into
-    its own bias-gradient partial."""
+    """The tensor-core backward: on sm_86 (84 SMs) at most max(64, 3·84/8) = 64 groups of 8 heads for 100
+    windows, so two windows a group: 50 groups, each block running two windows one after the other and adding
+    both into its own bias-gradient partial."""
     before = launch_counts(emu)
     with emu.settings(target="sm_86"):
         check(window_attention_case(EMULATED, dtype, Inputs(SEED + 5), B=1, H=40, W=40, heads=8, d=4, window=4,

@@ -1,8 +1,8 @@
 // The window-attention backward on tensor cores (fp16, bf16; sm_80 and newer; N ≤ 64, d ≤ 64): the
 // gradients of window_attention.h, with P recomputed from the forward's lse.
 //
-// One block of Np / 16 warps per (window group, head), the group's windows one after another; about 8
-// blocks per SM (mma_backward_groups), each accumulating its own [N, N] bias gradient in shared memory and
+// One block of Np / 16 warps per (window group, head), the group's windows one after another; one wave
+// of 3 blocks per SM (mma_backward_groups), each accumulating its own [N, N] bias gradient in shared memory and
 // writing its slice of the [groups, heads, N, N] partials once, summed afterwards (deterministic).
 // Per window, q, k, v and dO are loaded as in the forward (window_attention_mma.cuh), D_i = dO_i·o_i per
 // token, then
@@ -22,11 +22,16 @@
 namespace attnkern {
 namespace window_attention {
 
-// Window groups of the backward: enough blocks for about 8 per SM (3 fit an SM at the kernel's 130–152
-// registers a thread: more waves even out the tail), at least the SIMT backward's 64 groups, then as few
-// as give every group the same number of windows (± 1).
+// Window groups of the backward: enough blocks for one wave of kBackwardBlocksPerSm an SM (what fits an SM
+// at the kernel's 162–168 registers a thread and its shared memory on sm_90; every group walks as many
+// windows ± 1, so one wave has no tail), at least the SIMT backward's 64 groups, then as few as give every
+// group the same number of windows (± 1). Each group writes one [N, N] bias-gradient partial a head, so
+// fewer groups move fewer partials: 384 blocks at Swin-T stage 1 and SwinIR (was 1,026 and 768 at 8 an SM).
+constexpr int64_t kBackwardBlocksPerSm = 3;
+
 inline int64_t mma_backward_groups(int64_t total_windows, int64_t heads, int64_t sms) {
-  const int64_t wanted = std::min(total_windows, std::max<int64_t>(64, (8 * sms + heads - 1) / heads));
+  const int64_t wanted =
+      std::min(total_windows, std::max<int64_t>(64, (kBackwardBlocksPerSm * sms + heads - 1) / heads));
   if (wanted == 0) return 0;
   const int64_t per_group = (total_windows + wanted - 1) / wanted;
   return (total_windows + per_group - 1) / per_group;
