@@ -1043,7 +1043,7 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,
                   flops=10.0 * windows * heads * N * N * d,
                   min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + 2 * heads * N * N * elem,
-                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # + partials
+                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # partials
                   hmma=ctas * per_cta * hmma, alu=ctas * per_cta * window["alu"],
                   mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * per_cta * window["mem"],
                   lsu=ctas * per_cta * window["lsu"], l2=ctas * per_cta * window["l2"],
@@ -1082,7 +1082,7 @@ def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Lau
     return Launch("window_attention", "backward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
                   dyn_smem=wa_smem_bytes(N, d, 6, 2), flops=10.0 * windows * heads * N * N * d,
                   min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + 2 * heads * N * N * elem,
-                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # + partials
+                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # partials
                   ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
                   mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
                   lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,

@@ -1,8 +1,8 @@
 // CUDA kernels of the gating family. Reductions along a channel plane: one block per (b, c) plane, a
 // fixed-order block reduction (block_reduce), or for channel_pool's small planes a warp a plane (shuffles).
 // Reductions across channels: blocks of 32 pixels × channel slices (reduce_channels_per_pixel), coalesced
-// across the threads of a warp. No atomics: every result has one
-// writer and a fixed summation order, so the kernels are deterministic.
+// across the threads of a warp. No atomics: every result has one writer and a fixed summation order, so
+// the kernels are deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
