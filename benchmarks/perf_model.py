@@ -231,6 +231,10 @@ def element_blocks(total: int) -> int:  # csrc/common/cuda_utils.cuh: element_bl
     return capped_blocks(ceil_div(total, 256))
 
 
+def warp_blocks(rows: int) -> int:  # csrc/common/cuda_utils.cuh: warp_blocks (a warp a row, 256-thread blocks)
+    return capped_blocks(ceil_div(rows, 256 // 32))
+
+
 def vector_width(n: int, elem: int) -> int:  # csrc/common/cuda_vector.cuh: vector_width, aligned tensors
     return next(v for v in (8, 4, 2, 1) if v * elem <= 16 and n % v == 0)
 
@@ -1040,10 +1044,10 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + ceil_div(N * N * 2, 16) * 16 \
         + N * N * 4 + Np * 8 + Np * 12
     pixels = B * g.H * g.W
+    io = pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4  # q, k, v, o, dO read; dq, dk, dv; lse
     return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,
                   flops=10.0 * windows * heads * N * N * d,
-                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + 2 * heads * N * N * elem,
-                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # partials
+                  min_bytes=io + 2 * heads * N * N * elem, dram=io + ctas * N * N * 4 * 2,  # the bias once; partials
                   hmma=ctas * per_cta * hmma, alu=ctas * per_cta * window["alu"],
                   mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * per_cta * window["mem"],
                   lsu=ctas * per_cta * window["lsu"], l2=ctas * per_cta * window["l2"],
@@ -1079,10 +1083,10 @@ def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Lau
     l2_window = (ld["l2"] + N * (ceil_div(N * elem, 32) + 1) * 32 + 3 * pt["element_warps"] * out_sectors * 32
                  + N * (d * elem + 32) + 1.5 * N * N * 32)  # o rows, lse; bias-gradient RMW sector per element
     pixels = B * g.H * g.W
+    io = pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4  # q, k, v, o, dO read; dq, dk, dv; lse
     return Launch("window_attention", "backward_kernel", (ctas, 1, 1), (wa_block_threads(N), 1, 1),
                   dyn_smem=wa_smem_bytes(N, d, 6, 2), flops=10.0 * windows * heads * N * N * d,
-                  min_bytes=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + 2 * heads * N * N * elem,
-                  dram=pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4 + ctas * N * N * 4 * 2,  # partials
+                  min_bytes=io + 2 * heads * N * N * elem, dram=io + ctas * N * N * 4 * 2,  # the bias once; partials
                   ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
                   mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
                   lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,
@@ -1441,8 +1445,8 @@ def channel_pool_kernel(B: int, C: int, HW: int, elem: int) -> Launch:
     lines, sectors = global_access([i * vec * elem for i in range(32)])
     wi = planes * steps
     shuffles = planes * 2 * 5
-    return Launch("gating", "channel_pool_warp_kernel", (capped_blocks(ceil_div(planes, PLANE_THREADS // 32)), 1, 1),
-                  (PLANE_THREADS, 1, 1), min_bytes=min_bytes, alu=wi * (6 + 3 * vec) + shuffles * 3 + planes * 12,
+    return Launch("gating", "channel_pool_warp_kernel", (warp_blocks(planes), 1, 1), (256, 1, 1), min_bytes=min_bytes,
+                  alu=wi * (6 + 3 * vec) + shuffles * 3 + planes * 12,
                   mem=wi + shuffles + 2 * planes, lsu=wi * lines + shuffles + 2 * planes, l2=wi * sectors * 32,
                   gld=wi, ilp=min(steps, 4),
                   note=f"a warp per plane: {steps} {vec}-element chunks a lane, shuffle reductions")
