@@ -27,7 +27,7 @@ E = torch.ops.attnkern_emulated  # the CUDA kernels, emulated
 K = torch.ops.attnkern  # the CPU kernels
 
 slow_under_sanitizers = pytest.mark.skipif(
-    VARIANT != "plain", reason="thousands of blocks: minutes under a sanitizer; the plain build runs it")
+    VARIANT != "plain", reason="minutes under a sanitizer; the plain build runs it")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,6 +111,7 @@ def test_grid_stride_loops_that_wrap(emu, case):
     assert any(blocks == 2 * launches for launches, blocks in launched.values()), "no grid-stride loop wrapped"
 
 
+@slow_under_sanitizers  # every case four times: 80 s an order under ThreadSanitizer
 @pytest.mark.parametrize("order", ["reverse", "shuffled"])
 def test_results_do_not_depend_on_block_or_thread_order(emu, order):
     """Every kernel writes each result once, in a fixed order: with the blocks (and, on fibers, the threads
