@@ -702,18 +702,39 @@ def aggregate_kernel(transposed: bool, B: int, C: int, H: int, W: int, elem: int
 # no minimum bytes (module docstring, "Floors").
 
 
-def transpose_kernel(N: int, R: int, S: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: transpose_batches — dst [N, S, R] = src [N, R, S] by 32×32 tiles through shared
-    memory (a padding column: conflict-free), a CTA of 32×8 threads a tile, 4 rows a thread."""
-    tiles = N * ceil_div(R, TILE) * ceil_div(S, TILE)
-    lr, sr = mean_access([[r * S + t for t in range(min(S, TILE))] for r in spread(R, 8)], elem)
-    lw, sw = mean_access([[c * R + t for t in range(min(R, TILE))] for c in spread(S, 8)], elem)
-    rows = tiles * TILE  # warp-level row accesses of each pass: 8 warps × 4 rows a tile
-    return Launch("criss_cross", "transpose_kernel", (min(tiles, element_blocks(tiles * 256)), 1, 1), (TILE, TILE_ROWS, 1),
-                  static_smem=TILE * (TILE + 1) * elem, alu=tiles * TILE_ROWS * (3 * DIV64 + 12) + rows * 10,
-                  mem=rows * 4, lsu=rows * (lr + lw + 2), l2=rows * (sr + sw) * 32, dram=2 * N * R * S * elem,
-                  gld=rows * 2, ilp=4, phased=True,
-                  note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
+def layout_vector_width(N: int, L: int, W: int, elem: int) -> int:
+    """criss_cross_cuda.cu: layout_vector_width — the widest V (≤ 16 bytes, dividing L) whose grid fills a wave
+    of 8 tiles an SM, else 1."""
+    vec = 16 // elem
+    while vec > 1 and (L % vec or N * ceil_div(L, TILE * vec) * ceil_div(W, TILE) < 8 * SMS_SM90):
+        vec //= 2
+    return vec
+
+
+def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool) -> Launch:
+    """criss_cross_cuda.cu: change_layout — [N, L, W] into [N, W, L] (to_columns) or back, by tiles of 32·V image
+    rows × 32 columns through shared memory (swizzled: conflict-free), a CTA of 32×8 threads a tile: on the image
+    side a warp access is 32 values of one image row, on the column side 32·V values of one column row (V a lane,
+    up to 16 bytes: layout_vector_width). The same counts either way."""
+    V = layout_vector_width(N, L, W, elem)
+    tiles_l, tiles_w = ceil_div(L, TILE * V), ceil_div(W, TILE)
+    tiles = N * tiles_l * tiles_w
+    image_accesses, column_steps = N * tiles_w * L, N * tiles_l * W  # warp-level accesses of each side
+    li, si = mean_access([[l * W + w0 + t for t in range(min(W - w0, TILE))]
+                          for l in spread(L, 4) for w0 in range(0, W, TILE)], elem)
+    lc, sc = mean_access([[w * L + l0 + t for t in range(min(L - l0, TILE * V))]
+                          for w in spread(W, 4) for l0 in spread(L, 4)], elem)
+    wavefronts = max(1, TILE * elem // 128)  # a shared access of 32 lanes' values: 4-byte words, 128 B each
+    return Launch("criss_cross", "transpose_kernel", (capped_blocks(tiles), 1, 1), (TILE, TILE_ROWS, 1),
+                  static_smem=TILE * V * TILE * elem,
+                  alu=tiles * TILE_ROWS * (3 * DIV64 + 12) + (image_accesses + column_steps) * 10
+                  + column_steps * V * 2,
+                  mem=2 * image_accesses + column_steps * (1 + V),
+                  lsu=image_accesses * (li + wavefronts) + column_steps * (lc + V * wavefronts),
+                  l2=(image_accesses * si + column_steps * sc) * 32, dram=2 * N * L * W * elem,
+                  gld=image_accesses + column_steps, ilp=4, phased=True,
+                  template=(f"b{int(to_columns)}", f"i{V}"),
+                  note=f"{TILE * V}×{TILE} tiles: {li:.1f} / {lc:.1f} lines per image / column warp access")
 
 
 def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, reads: int, writes: int, acc_writes: int,
@@ -775,9 +796,9 @@ def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     return [pixel_major_kernel(B, Cq, H, W, elem),
             cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
             softmax_kernel(B, H, W, elem),
-            transpose_kernel(B, Cv * H, W, elem),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column outputs", B * W, Cv, H, H, elem),
-            transpose_kernel(B, W, Cv * H, elem),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=False),
             cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
 
 
@@ -787,11 +808,12 @@ def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     return [pixel_major_kernel(B, Cq, H, W, elem),
             cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
             cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem),
-            transpose_kernel(B, Cv * H, W, elem), transpose_kernel(B, Cv * H, W, elem),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=True),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column dS", B * W, H, H, Cv, elem),
             softmax_backward_kernel(B, H, W, elem),
             cc_gemm("column ∂v", B * W, Cv, H, H, elem),
-            transpose_kernel(B, W, Cv * H, elem),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=False),
             cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem),
             cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, 4, calls=2), cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, 4, calls=2),
             aten_call("criss_cross", "ATen: ∂q, ∂k = rows + columns ×2", lambda d: 2 * plain_ew(d, q * (8 + elem)),

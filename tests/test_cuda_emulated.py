@@ -155,6 +155,22 @@ def test_criss_cross_attention_runs_products_around_a_softmax(emu):
     assert launched["criss_cross_cuda.cu:transpose_kernel"][0] == 5  # v, column outputs; g, v, column ∂v
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("multiprocessors, Cv, H, vec", [(1, 24, 15, 0), (2, 24, 15, 2), (0, 24, 15, 1), (1, 5, 9, 1)])
+def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dtype, multiprocessors, Cv, H, vec):
+    """v into the column layout and the column outputs back: a block a tile of 32·V image rows × 32 columns, V
+    values a lane in one access — the widest (up to 16 bytes; vec 0 here) that divides C·H and leaves a wave of
+    tiles (8 an SM): C·H = 360 on 1 SM, each dtype's widest; on 2 SMs V = 2 (at V = 4, 12 tiles < 16); on the
+    target's 84, V = 1; C·H = 45, V = 1."""
+    B, W = 2, 37
+    rows = 32 * (vec or 16 // torch.empty((), dtype=dtype).element_size())
+    before = launch_counts(emu)
+    with emu.settings(multiprocessors=multiprocessors):
+        check(criss_cross_attention_case(EMULATED, dtype, Inputs(SEED + 6), B=B, Cq=2, H=H, W=W, Cv=Cv), dtype)
+    tiles = B * math.ceil(Cv * H / rows) * math.ceil(W / 32)
+    assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == (5, 5 * tiles)
+
+
 def test_window_attention_backward_groups_run_several_windows(emu):
     """More than 64 windows: 64 blocks per head, some running two windows one after the other."""
     before = launch_counts(emu)

@@ -118,7 +118,7 @@ def test_cuda_max_and_min_are_fmax_and_fmin(emu):
 
 def test_settings_are_checked(emu):
     for key, value in [("order", "sideways"), ("target", "sm_75"), ("seed", "-1"), ("scheduler", "gpu"),
-                       ("grid_stride_blocks", "x"), ("colour", "red")]:
+                       ("grid_stride_blocks", "x"), ("multiprocessors", "1025"), ("colour", "red")]:
         with pytest.raises(ValueError):
             emu.set(**{key: value})
     if VARIANT != "plain":

@@ -220,7 +220,8 @@ class Emulator:
 
     def set(self, **settings) -> None:
         """order ("forward" | "reverse" | "shuffled"), seed, target ("sm_80" | "sm_86" | "sm_90"),
-        grid_stride_blocks (cap on the blocks of a grid-stride launch; 0 = the device's)."""
+        grid_stride_blocks (cap on the blocks of a grid-stride launch; 0 = the device's), multiprocessors (the
+        SM count the device reports; 0 = the target's)."""
         for key, value in settings.items():
             error = self._lib.attnkern_emulation_configure(key.encode(), str(value).encode()).decode()
             if error:

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
+#include <utility>
 
 namespace attnkern {
 
@@ -18,6 +20,16 @@ inline int vector_width(int64_t n, int64_t element_bytes, std::initializer_list<
     if (aligned) return vec;
   }
   return 1;
+}
+
+// f(std::integral_constant<int, vec>{}) for a runtime vec, a power of two ≤ kMax: kernels templated on their
+// copy width.
+template <int kMax, typename F>
+void with_vector_width(int vec, F&& f) {
+  if constexpr (kMax > 1) {
+    if (vec < kMax) return with_vector_width<kMax / 2>(vec, std::forward<F>(f));
+  }
+  f(std::integral_constant<int, kMax>{});
 }
 
 template <int bytes>

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "common/cuda_utils.cuh"
+#include "common/cuda_vector.cuh"
 #include "criss_cross/criss_cross.h"
 #include "criss_cross/criss_cross_checks.h"
 
@@ -93,42 +94,89 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
 // type) and the weights take B·H·W·(H + W) values each, the size of the [B, P, H, W] maps; the backward keeps
 // only the per-pixel log-sum-exp.
 
-constexpr int kTile = 32;  // transpose tiles: 32×32 values, a block of 32×8 threads
+constexpr int kTile = 32;  // transpose tiles: 32 (·V) × 32 values, a block of 32×8 threads
 constexpr int kTileRows = 8;
 constexpr int kSoftmaxWarps = 8;  // the softmax kernels: a warp per pixel, 8 a block
 static_assert(kTile * kTileRows == kElementThreads && 32 * kSoftmaxWarps == kElementThreads);
 
-// dst[n, s, r] = src[n, r, s] for contiguous src [N, R, S] and dst [N, S, R]: a tile read along src's rows
-// into shared memory (a padding column keeps the transposed reads conflict-free) and written along dst's rows.
-template <typename scalar_t>
-__global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t R, int64_t S,
-                                 int64_t tiles_r, int64_t tiles_s, int64_t tiles) {
-  __shared__ scalar_t tile[kTile][kTile + 1];
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int64_t n = t / (tiles_r * tiles_s), r0 = (t / tiles_s) % tiles_r * kTile, s0 = t % tiles_s * kTile;
-    const scalar_t* src_n = src + n * R * S;
-    scalar_t* dst_n = dst + n * R * S;
-    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-      if (r0 + i < R && s0 + threadIdx.x < S) tile[i][threadIdx.x] = src_n[(r0 + i) * S + s0 + threadIdx.x];
-    }
+// v's planes in two layouts: the image layout [N, L, W] (L = C·H rows of W values) and the column layout
+// [N, W, L] (the column matrices: rows of L values). A block moves a tile of 32·V image rows × 32 columns
+// through shared memory. On the image side a warp takes 32 consecutive values of an image row (one a lane:
+// W is any length); on the column side, 32·V consecutive values of a column row, V a lane in one access of
+// up to 16 bytes (V: layout_vector_width, at most what L and the column-layout address allow). The
+// tile's value (l, w) sits at tile[l][w ^ l / V]: an image-side access (one l, 32 w) and a column-side step
+// (l = lane·V + k, k fixed: l / V = lane) each touch 32 different banks (2-byte values: 16 words, two lanes
+// a word), so neither phase has a bank conflict.
+template <bool kToColumns, int V, typename scalar_t>
+__global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t L, int64_t W,
+                                 int64_t tiles_l, int64_t tiles_w, int64_t tiles) {
+  constexpr int kRows = kTile * V;
+  __shared__ scalar_t tile[kRows][kTile];
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = (n·tiles_l + l tile)·tiles_w + w tile
+    const int64_t n = t / (tiles_l * tiles_w), l0 = t / tiles_w % tiles_l * kRows, w0 = t % tiles_w * kTile;
+    const int64_t plane = n * L * W;
+    auto image_side = [&] {
+      for (int i = threadIdx.y; i < kRows; i += kTileRows) {
+        const int64_t l = l0 + i, w = w0 + threadIdx.x;
+        if (l >= L || w >= W) continue;
+        scalar_t& cell = tile[i][threadIdx.x ^ i / V];
+        if constexpr (kToColumns) cell = src[plane + l * W + w];
+        else dst[plane + l * W + w] = cell;
+      }
+    };
+    auto column_side = [&] {
+      for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+        const int64_t w = w0 + i, l = l0 + threadIdx.x * V;
+        if (w >= W || l >= L) continue;  // L is a multiple of V: a lane's values are all in or all out
+        alignas(V * sizeof(scalar_t)) scalar_t values[V];
+        if constexpr (!kToColumns) copy_elements(values, src + plane + w * L + l, V);
+        for (int k = 0; k < V; ++k) {
+          scalar_t& cell = tile[threadIdx.x * V + k][i ^ threadIdx.x];
+          if constexpr (kToColumns) values[k] = cell;
+          else cell = values[k];
+        }
+        if constexpr (kToColumns) copy_elements(dst + plane + w * L + l, values, V);
+      }
+    };
+    if constexpr (kToColumns) image_side();
+    else column_side();
     __syncthreads();
-    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-      if (s0 + i < S && r0 + threadIdx.x < R) dst_n[(s0 + i) * R + r0 + threadIdx.x] = tile[threadIdx.x][i];
-    }
+    if constexpr (kToColumns) column_side();
+    else image_side();
     __syncthreads();
   }
 }
 
-// x [N, R, S] (contiguous) transposed into dst [N, S, R].
-void transpose_batches(const at::Tensor& x, at::Tensor& dst) {
-  const int64_t N = x.size(0), R = x.size(1), S = x.size(2);
-  const int64_t tiles_r = ceil_div(R, kTile), tiles_s = ceil_div(S, kTile), tiles = N * tiles_r * tiles_s;
-  if (tiles == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "criss_cross_transpose_cuda", [&] {
-    ATTNKERN_LAUNCH(element_blocks(tiles * kElementThreads), dim3(kTile, kTileRows), 0,  // a block a tile
-                    c10::cuda::getCurrentCUDAStream(), transpose_kernel<scalar_t>)(
-        x.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), R, S, tiles_r, tiles_s, tiles);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+// The copy width V of change_layout: the widest vector_width allows whose grid still fills the GPU (a wave:
+// kTransposeBlocksPerSm tiles an SM); a grid smaller than a wave even at V = 1 takes V = 1, the most tiles.
+constexpr int kTransposeBlocksPerSm = 8;  // 256 threads a block, 2048 an SM (the 16 KiB tiles allow 13)
+
+int layout_vector_width(int64_t N, int64_t L, int64_t W, int widest) {
+  const int64_t wave = kTransposeBlocksPerSm * current_device_attribute(cudaDevAttrMultiProcessorCount);
+  for (int vec = widest; vec > 1; vec /= 2) {
+    if (N * ceil_div(L, kTile * vec) * ceil_div(W, kTile) >= wave) return vec;
+  }
+  return 1;
+}
+
+// image [N, L, W] into columns [N, W, L] (kToColumns), or columns back into image.
+template <bool kToColumns>
+void change_layout(const at::Tensor& image, const at::Tensor& columns) {
+  const int64_t N = image.size(0), L = image.size(1), W = image.size(2);
+  if (N * L * W == 0) return;
+  const at::Tensor& src = kToColumns ? image : columns;
+  const at::Tensor& dst = kToColumns ? columns : image;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "criss_cross_transpose_cuda", [&] {
+    constexpr int kWidest = 16 / sizeof(scalar_t);
+    const int vec = layout_vector_width(N, L, W, vector_width(L, sizeof(scalar_t), {columns.const_data_ptr()}));
+    with_vector_width<kWidest>(vec, [&](auto vector) {
+      constexpr int V = decltype(vector)::value;
+      const int64_t tiles_l = ceil_div(L, kTile * V), tiles_w = ceil_div(W, kTile), tiles = N * tiles_l * tiles_w;
+      ATTNKERN_LAUNCH(capped_blocks(tiles), dim3(kTile, kTileRows), 0,  // a block a tile
+                      c10::cuda::getCurrentCUDAStream(), transpose_kernel<kToColumns, V, scalar_t>)(
+          src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), L, W, tiles_l, tiles_w, tiles);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
@@ -136,9 +184,14 @@ void transpose_batches(const at::Tensor& x, at::Tensor& dst) {
 at::Tensor column_matrices(const at::Tensor& x) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   auto columns = at::empty({B * W, C, H}, x.options());
-  auto as_batches = columns.view({B, W, C * H});
-  transpose_batches(x.view({B, C * H, W}), as_batches);
+  change_layout<true>(x.view({B, C * H, W}), columns.view({B, W, C * H}));
   return columns;
+}
+
+// The column products [B·W, C, H] into out [B, C, H, W].
+void columns_into(const at::Tensor& columns, at::Tensor& out) {
+  const int64_t B = out.size(0), C = out.size(1), H = out.size(2), W = out.size(3);
+  change_layout<false>(out.view({B, C * H, W}), columns.view({B, W, C * H}));
 }
 
 // q and k [B, C, H, W] pixel-major, in the accumulation type: the row matrices [B·H, W, C] and the column
@@ -294,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention");
   c10::cuda::CUDAGuard guard(q_in.device());
   auto v = v_in.contiguous();
-  const int64_t B = v.size(0), Cv = v.size(1), H = v.size(2), W = v.size(3);
+  const int64_t B = v.size(0), H = v.size(2), W = v.size(3);
   const auto acc = at::toOpMathType(v.scalar_type());
   auto out = at::empty_like(v);
   auto lse = at::empty({B, H, W}, v.options().dtype(acc));
@@ -311,9 +364,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   });
   // Columns: [B·W, Cv, H] products, transposed into out; then the rows added, out[b, :, h, :] += V_h·A_row[b, h]ᵀ,
   // a batch over h per sample (the matrices x[b, :, h, :] are W apart).
-  auto column_out = at::bmm(column_matrices(v), a_col.transpose(1, 2));
-  auto out_batches = out.view({B, Cv * H, W});
-  transpose_batches(column_out.view({B, W, Cv * H}), out_batches);
+  columns_into(at::bmm(column_matrices(v), a_col.transpose(1, 2)), out);
   auto a_rows = a_row.view({B, H, W, W});
   for (int64_t b = 0; b < B; ++b) row_matrices(out, b).baddbmm_(row_matrices(v, b), a_rows[b].transpose(1, 2));
   return {out, lse};
@@ -329,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   check_attention_outputs(grad_in, out_in, lse_in, v_in, "criss_cross_attention_backward");
   c10::cuda::CUDAGuard guard(q_in.device());
   auto v = v_in.contiguous(), g = grad_in.contiguous(), lse = lse_in.contiguous();
-  const int64_t B = q_in.size(0), Cq = q_in.size(1), H = q_in.size(2), W = q_in.size(3), Cv = v.size(1);
+  const int64_t B = q_in.size(0), Cq = q_in.size(1), H = q_in.size(2), W = q_in.size(3);
   const auto acc = lse.scalar_type();
   auto grad_q = at::empty_like(q_in, at::MemoryFormat::Contiguous);
   auto grad_k = at::empty_like(k_in, at::MemoryFormat::Contiguous), grad_v = at::empty_like(v);
@@ -356,9 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // ∂v: the columns through the transposed layout, then the rows added, ∂v[b, :, h, :] += G_h·S_row[b, h].
-  auto column_grad_v = at::bmm(g_cols, a_col);
-  auto grad_v_batches = grad_v.view({B, Cv * H, W});
-  transpose_batches(column_grad_v.view({B, W, Cv * H}), grad_v_batches);
+  columns_into(at::bmm(g_cols, a_col), grad_v);
   for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
   // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq].
   auto de_rows = de_row.view({B * H, W, W});

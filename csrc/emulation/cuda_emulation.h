@@ -166,6 +166,7 @@ struct Config {
   uint64_t seed = 0;                // of the shuffled order (each launch draws from seed and its number)
   const Target* target = nullptr;
   int64_t grid_stride_block_cap = 0;  // > 0: element_blocks() launches at most this many blocks
+  int multiprocessors = 0;            // > 0: the SM count the device reports instead of the target's
   bool fibers = true;                 // the scheduler (schedulers.h): fibers, or OS threads
 };
 

@@ -7,6 +7,7 @@
 //   ATTNKERN_EMULATION_SEED          integer                         seed of the shuffled order
 //   ATTNKERN_EMULATION_TARGET        sm_80 | sm_86 | sm_90           device limits and attributes
 //   ATTNKERN_EMULATION_GRID_STRIDE_BLOCKS  integer ≥ 0               cap on element_blocks() (0: none)
+//   ATTNKERN_EMULATION_MULTIPROCESSORS     0 to 1024                 the SM count reported (0: the target's)
 //   ATTNKERN_EMULATION_SCHEDULER     threads | fibers                how CUDA threads run (schedulers.h);
 //                                                                    fibers by default, threads when sanitized
 // Compiled only into the emulated library (tools/cuda_emulation.py defines ATTNKERN_CUDA_EMULATION): in
@@ -83,16 +84,18 @@ std::string set_field(Config& c, const std::string& key, const std::string& valu
     else return "scheduler must be threads or fibers, got '" + value + "'";
     return "";
   }
-  if (key == "seed" || key == "grid_stride_blocks") {
+  if (key == "seed" || key == "grid_stride_blocks" || key == "multiprocessors") {
     char* end = nullptr;
     errno = 0;
     const long long v = std::strtoll(value.c_str(), &end, 10);
     if (value.empty() || *end != '\0' || errno != 0 || v < 0) return key + " must be an integer >= 0, got '" + value + "'";
+    if (key == "multiprocessors" && v > 1024) return "multiprocessors must be at most 1024, got '" + value + "'";
     if (key == "seed") c.seed = static_cast<uint64_t>(v);
-    else c.grid_stride_block_cap = v;
+    else if (key == "grid_stride_blocks") c.grid_stride_block_cap = v;
+    else c.multiprocessors = static_cast<int>(v);
     return "";
   }
-  return "unknown setting '" + key + "' (order, seed, target, grid_stride_blocks, scheduler)";
+  return "unknown setting '" + key + "' (order, seed, target, grid_stride_blocks, multiprocessors, scheduler)";
 }
 
 Config& current_config() {  // under config_mutex
@@ -104,6 +107,7 @@ Config& current_config() {  // under config_mutex
                                                         {"ATTNKERN_EMULATION_SEED", "seed"},
                                                         {"ATTNKERN_EMULATION_TARGET", "target"},
                                                         {"ATTNKERN_EMULATION_GRID_STRIDE_BLOCKS", "grid_stride_blocks"},
+                                                        {"ATTNKERN_EMULATION_MULTIPROCESSORS", "multiprocessors"},
                                                         {"ATTNKERN_EMULATION_SCHEDULER", "scheduler"}};
     for (const auto& [var, key] : vars) {
       if (const char* value = std::getenv(var)) {
@@ -121,6 +125,7 @@ std::string get_field(const Config& c, const std::string& key) {
   if (key == "target") return c.target->name;
   if (key == "seed") return std::to_string(c.seed);
   if (key == "grid_stride_blocks") return std::to_string(c.grid_stride_block_cap);
+  if (key == "multiprocessors") return std::to_string(c.multiprocessors);
   if (key == "scheduler") return c.fibers ? "fibers" : "threads";
   return "";
 }
@@ -415,7 +420,8 @@ cudaError_t cudaGetDevice(int* device) {
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   if (device != 0) return cudaErrorInvalidValue;
-  const attnkern::emulation::Target& t = *attnkern::emulation::config().target;
+  const attnkern::emulation::Config c = attnkern::emulation::config();
+  const attnkern::emulation::Target& t = *c.target;
   switch (attr) {
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
     case cudaDevAttrMaxBlockDimX: *value = 1024; return cudaSuccess;
@@ -426,7 +432,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMaxGridDimZ: *value = 65535; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
-    case cudaDevAttrMultiProcessorCount: *value = t.multiprocessors; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = c.multiprocessors > 0 ? c.multiprocessors : t.multiprocessors; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor: *value = t.major; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = t.minor; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = t.smem_optin_bytes; return cudaSuccess;
@@ -438,7 +444,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 extern "C" {
 
-// Sets one setting (order, seed, target, grid_stride_blocks); returns "" or the error.
+// Sets one setting (order, seed, target, grid_stride_blocks, multiprocessors, scheduler); returns "" or the error.
 const char* attnkern_emulation_configure(const char* key, const char* value) {
   thread_local std::string result;
   result = attnkern::emulation::configure(key, value);
