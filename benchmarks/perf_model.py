@@ -964,6 +964,19 @@ def mma_tile_loads(g: WindowGrid, heads: int, d: int, elem: int) -> Tuple[int, i
     return vec, ceil_div(Np * chunks, 32), lines, sectors
 
 
+def mma_bias_bytes(N: int) -> int:  # window_attention_mma.cuh: the bias region, 16 bytes to align the tile
+    return ceil_div(N * N * 2, 16) * 16 + 16
+
+
+def mma_bias_load(N: int) -> dict:
+    """window_attention_mma.cuh: mma_load_bias — a head's N² 16-bit biases into shared memory by block_copy:
+    16 bytes a thread (a warp: 4 lines read, 4 wavefronts stored), the values before the first and after the
+    last 16-byte boundary one a thread (a warp each)."""
+    chunk_warps = ceil_div(N * N * 2 // 16, 32)
+    return dict(alu=(chunk_warps + 2) * 8, mem=(chunk_warps + 2) * 2, lsu=chunk_warps * 8 + 2 * 2,
+                gld=chunk_warps + 2)
+
+
 def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_mma.cuh: one CTA of Np/16 warps per (window, head); per warp, 16 query rows:
     S = Q·Kᵀ and O = P·V on mma.sync.m16n8k16 from ldmatrix fragments, the logits' offsets and softmax on the
@@ -973,13 +986,13 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     ld_smem = dp + MMA_ROW_PAD
     warps = Np // 16
     pt = window_patterns(g, heads, d, elem)
-    # load: the head's bias (N² elements, one a thread), then the q, k, v tiles (int32 index math)
-    bias_warps = ceil_div(N * N, 32)
+    # load: the head's bias (mma_load_bias), then the q, k, v tiles (int32 index math)
+    bias = mma_bias_load(N)
     vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
-    load = dict(alu=load_warps * (DIV32 + 16) + bias_warps * 6 + warps * 4 * 10,
-                mem=load_warps * 6 + bias_warps * 2 + 2 * warps,
-                lsu=load_warps * 3 * (q_lines + vec * elem // 4) + bias_warps * 2 + 2 * warps,
-                l2=load_warps * 3 * q_sectors * 32 + N * N * elem, gld=load_warps * 3 + bias_warps)
+    load = dict(alu=load_warps * (DIV32 + 16) + bias["alu"] + warps * 4 * 10,
+                mem=load_warps * 6 + bias["mem"] + 2 * warps,
+                lsu=load_warps * 3 * (q_lines + vec * elem // 4) + bias["lsu"] + 2 * warps,
+                l2=load_warps * 3 * q_sectors * 32 + N * N * elem, gld=load_warps * 3 + bias["gld"])
     # per warp: ldmatrix (A ×4: 4 wavefronts; B ×2: 2), mma, logits (offsets from shared memory), softmax
     hmma = warps * (dp // 16 * Np // 8 + Np // 16 * dp // 8)
     ldsm = warps * (dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8)
@@ -995,11 +1008,11 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     store = dict(alu=out_warps * (DIV32 + 12) + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 2,
                  lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 2 * 2,
                  l2=B * g.H * g.W * heads * d * elem / ctas)
-    pixels, bias = B * g.H * g.W, heads * N * N * elem
+    pixels, bias_bytes = B * g.H * g.W, heads * N * N * elem
     l2_cta = load["l2"] + store["l2"] + N * 32
     return Launch("window_attention", "mma_forward_kernel", (ctas, 1, 1), (warps * 32, 1, 1),
-                  dyn_smem=3 * Np * ld_smem * 2 + ceil_div(N * N * 2, 16) * 16 + Np * 12, flops=4.0 * ctas * N * N * d,
-                  min_bytes=pixels * 4 * heads * d * elem + pixels * heads * 4 + bias,
+                  dyn_smem=3 * Np * ld_smem * 2 + mma_bias_bytes(N) + Np * 12, flops=4.0 * ctas * N * N * d,
+                  min_bytes=pixels * 4 * heads * d * elem + pixels * heads * 4 + bias_bytes,
                   hmma=ctas * hmma,
                   alu=ctas * (load["alu"] + logits["alu"] + pack + store["alu"] + hmma),
                   mufu=ctas * logits["mufu"], mem=ctas * (load["mem"] + ldsm + logits["mem"] + store["mem"]),
@@ -1063,17 +1076,22 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     window["alu"] += pack + hmma
     window["mem"] += ldsm
     window["lsu"] += ldsm_lsu
-    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + ceil_div(N * N * 2, 16) * 16 \
+    # once a CTA: the head's bias (mma_load_bias), the bias gradient zeroed, and its partial stored (4-byte
+    # values, one a thread a step: a warp writes a line)
+    bias, nn_warps = mma_bias_load(N), ceil_div(N * N, 32)
+    cta = dict(alu=bias["alu"] + nn_warps * (4 + 6), mem=bias["mem"] + nn_warps * 3,
+               lsu=bias["lsu"] + nn_warps * 3, l2=N * N * (2 + 4), gld=bias["gld"])
+    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + mma_bias_bytes(N) \
         + N * N * 4 + Np * 8 + Np * 12
     pixels = B * g.H * g.W
     io = pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4  # q, k, v, o, dO read; dq, dk, dv; lse
     return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,
                   flops=10.0 * windows * heads * N * N * d,
                   min_bytes=io + 2 * heads * N * N * elem, dram=io + ctas * N * N * 4 * 2,  # the bias once; partials
-                  hmma=ctas * per_cta * hmma, alu=ctas * per_cta * window["alu"],
-                  mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * per_cta * window["mem"],
-                  lsu=ctas * per_cta * window["lsu"], l2=ctas * per_cta * window["l2"],
-                  gld=ctas * per_cta * window["gld"], ilp=2, phased=True,
+                  hmma=ctas * per_cta * hmma, alu=ctas * (per_cta * window["alu"] + cta["alu"]),
+                  mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * (per_cta * window["mem"] + cta["mem"]),
+                  lsu=ctas * (per_cta * window["lsu"] + cta["lsu"]), l2=ctas * (per_cta * window["l2"] + cta["l2"]),
+                  gld=ctas * (per_cta * window["gld"] + cta["gld"]), ilp=2, phased=True,
                   note=f"{ctas} CTAs of {warps} warps ({per_cta} windows each), {hmma} mma.sync a window; "
                        f"dq, dk, dv stored from the accumulators")
 

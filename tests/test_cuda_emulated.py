@@ -231,6 +231,29 @@ def test_window_attention_tensor_core_backward_copies_as_wide_as_alignment_allow
         assert rel_error(g, e) <= TOLERANCE[dtype], name
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("window, heads, offset", [(4, 2, 0), (4, 2, 3), (7, 3, 0), (7, 3, 5)])
+def test_window_attention_tensor_cores_copy_the_bias_16_bytes_at_a_time(emu, dtype, window, heads, offset):
+    """Both tensor-core kernels copy a head's [N, N] bias into shared memory 16 bytes at a time, the tile as far
+    past a 16-byte boundary as the head's bias (N = 49: each head's differs) and the values before the first
+    boundary and after the last one at a time: a bias `offset` elements into its storage (a view) gives the
+    reference's values and gradients."""
+    N, shift, d = window * window, window // 2, 8
+    qkv, grad = torch.randn(1, 2 * window, 2 * window, 3, heads, d).to(dtype), torch.randn(1, 2 * window, 2 * window,
+                                                                                        heads, d).to(dtype)
+    bias = offset_view(offset, heads, N, N, dtype=dtype)
+    before = launch_counts(emu)
+    out, lse = E.window_attention(qkv, bias, None, window, shift, d ** -0.5)
+    got = E.window_attention_backward(grad, qkv, bias, None, out, lse, window, shift, d ** -0.5)
+    launched = launched_since(emu, before)
+    assert launched["window_attention_cuda.cu:mma_forward_kernel"][0] == 1
+    assert launched["window_attention_cuda.cu:mma_backward_kernel"][0] == 1
+    attention = lambda q, b: reference.window_attention(q, b, window, shift, None, d ** -0.5)  # noqa: E731
+    assert rel_error(out, attention(qkv.double(), bias.double())) <= TOLERANCE[dtype]
+    for name, g, e in zip(("qkv", "bias"), got, grads(attention, [qkv, bias], [grad])):
+        assert rel_error(g, e) <= TOLERANCE[dtype], name
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("H, W, x_offset, gate_offset", [(8, 8, 0, 0), (8, 8, 1, 0), (8, 8, 0, 2), (8, 8, 4, None),
                                                         (2, 3, 0, 0), (3, 4, 0, 0), (1, 1, 0, 0)])

@@ -137,6 +137,17 @@ def test_the_fibers_run_threads_in_order_so_a_missing_barrier_gives_wrong_values
     assert not torch.allclose(planted, x.mean(1))
 
 
+def test_a_misaligned_vector_copy_is_reported(emu):
+    """A 16-byte copy from an address not aligned to 16 faults on a GPU ("misaligned address"); the emulator
+    raises. The planted copy takes its width from the length alone: a tensor at the start of its storage
+    copies, a view one element in is refused."""
+    x = torch.randn(65)
+    P = torch.ops.attnkern_planted_bugs
+    assert torch.equal(P.planted_misaligned_copy(x[:64]), x[:64])
+    with pytest.raises(RuntimeError, match="16-byte copy .* not both aligned"):
+        P.planted_misaligned_copy(x[1:])
+
+
 # ---- planted bugs, each in a sanitized subprocess -----------------------------------------------------
 
 _CHILD = """

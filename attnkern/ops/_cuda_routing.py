@@ -92,7 +92,7 @@ ROUTES: Dict[str, Route] = {
     "triuvec": Route(False, model="0.52–0.75× (bf16 0.54–0.79×); 0.60–1.07× before"),
     # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.58× / 0.55× at the CCNet head
     # 2×512×97×97 (182 / 352 µs, 2.9× / 2.6× the FP32 floor), 0.71× / 0.69× at YOLO P5 8×1024×20×20, 0.49× /
-    # 0.48× at 1×256×64×64; bfloat16 0.51–0.83×. (The one-block-per-pixel kernels before: 4.3–27.8×.)
+    # 0.48× at 1×256×64×64; bfloat16 0.51–0.78×. (The one-block-per-pixel kernels before: 4.3–27.8×.)
     "criss_cross_attention": Route(False, model="0.58× / 0.55× (CCNet 2×512×97×97), 0.71× / 0.69× (8×1024×20×20), "
                                                 "0.49× / 0.48× (1×256×64×64)"),
     # Loses at the CCNet head only: 3.1× / 6.4× there (2·64·97·97·193 = 232M multiply-adds: one
@@ -109,13 +109,13 @@ ROUTES: Dict[str, Route] = {
     # In float32 the SIMT kernels lose: backward 6.9–21.9× (Swin-T stage 1: 21.9×), forward 1.9–2.8×. In
     # fp16/bf16 the tensor-core kernels (window_attention_mma*.cuh: windows of ≤ 64 tokens, head dims ≤ 64;
     # model in bfloat16: benchmarks/results/2026-12-03-cuda-model-bf16.md) win or tie at every benchmark
-    # shape: forward 0.28–0.44× (Swin-T stage 1: 48.1 µs against SDPA's 144), backward 0.44–1.16× (Swin-T
-    # 86.9 µs against 199; SwinIR classical 48.4 against 41.9, a training step there 0.83×): they keep the
+    # shape: forward 0.22–0.30× (Swin-T stage 1: 34.3 µs against SDPA's 144), backward 0.44–1.15× (Swin-T
+    # 87.5 µs against 199; SwinIR classical 48.0 against 41.9, a training step there 0.76×): they keep the
     # kernel. Size: max(N, d).
     "window_attention": Route(True, "roll, window partition, F.scaled_dot_product_attention with bias + masks as "
                                     "attn_mask, window reverse, roll back",
                               "fwd 1.9–2.8×, bwd 6.9–21.9× (Swin-T 32×56×56 C96 w7: 2.8× / 21.9×); "
-                              "bf16 on tensor cores: fwd 0.28–0.44×, bwd 0.44–1.16×",
+                              "bf16 on tensor cores: fwd 0.22–0.30×, bwd 0.44–1.15×",
                               size="max(window tokens, head dim)",
                               kernel_dtypes=(torch.float16, torch.bfloat16), kernel_size_max=64),
     # Pixels bucketed by region, then tiled products over each region's pixels: the forward wins in float32

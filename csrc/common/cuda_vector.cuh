@@ -8,6 +8,10 @@
 #include <type_traits>
 #include <utility>
 
+#if defined(ATTNKERN_CUDA_EMULATION)
+#include "emulation/cuda_emulation.h"
+#endif
+
 namespace attnkern {
 
 // The most elements a copy moves at once (16 bytes' worth, halved down to 1) that divide `n` — the length of
@@ -40,10 +44,28 @@ struct alignas(bytes) Chunk {
 template <int bytes, typename scalar_t>
 __device__ __forceinline__ void copy_chunk(scalar_t* dst, const scalar_t* src) {
 #if defined(ATTNKERN_CUDA_EMULATION)
+  emulation::check_vector_copy(dst, src, bytes);
   std::memcpy(dst, src, bytes);  // the host compiler: no type punning
 #else
   *reinterpret_cast<Chunk<bytes>*>(dst) = *reinterpret_cast<const Chunk<bytes>*>(src);
 #endif
+}
+
+// How many elements p lies past a 16-byte boundary.
+template <typename scalar_t>
+__device__ __forceinline__ int offset_in_16_bytes(const scalar_t* p) {
+  return static_cast<int>(reinterpret_cast<uintptr_t>(p) % 16 / sizeof(scalar_t));
+}
+
+// dst[0, n) = src[0, n) by the threads of a (1-D) block, 16 bytes a copy between the first and the last
+// 16-byte boundary of src, one element a copy before and after; dst must lie as far past a boundary as src.
+template <typename scalar_t>
+__device__ void block_copy(scalar_t* dst, const scalar_t* src, int n) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const int head = min(n, (kVec - offset_in_16_bytes(src)) % kVec), chunks = (n - head) / kVec;
+  for (int e = threadIdx.x; e < chunks; e += blockDim.x) copy_chunk<16>(dst + head + e * kVec, src + head + e * kVec);
+  for (int e = threadIdx.x; e < head; e += blockDim.x) dst[e] = src[e];
+  for (int e = head + chunks * kVec + threadIdx.x; e < n; e += blockDim.x) dst[e] = src[e];
 }
 
 // dst[0, vec) = src[0, vec), vec a power of two with vec·sizeof(scalar_t) ≤ 16 (vector_width's).

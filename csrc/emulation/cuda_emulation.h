@@ -194,6 +194,10 @@ void run_launch(const void* function, const char* name, const char* file, const 
 // The dynamic shared memory of the running block (ATTNKERN_DYNAMIC_SHARED).
 unsigned char* dynamic_shared_memory_base();
 
+// A vector copy of `bytes` (copy_chunk): dst and src must be aligned to it, or a GPU faults ("misaligned
+// address"); throws c10::Error.
+void check_vector_copy(const void* dst, const void* src, int bytes);
+
 template <typename T>
 T* dynamic_shared_memory() {
   return reinterpret_cast<T*>(dynamic_shared_memory_base());

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,14 @@ struct ThreadHooks {
 };
 extern thread_local ThreadHooks* t_hooks;   // null outside a kernel
 extern thread_local unsigned char* t_smem;  // the running block's dynamic shared memory
+
+// A block's dynamic shared memory: exactly `bytes` (so that AddressSanitizer reports an overrun), 16-byte
+// aligned as on a GPU (copy_chunk checks the alignment of vector copies).
+struct SharedMemoryDeleter {
+  void operator()(unsigned char* p) const;
+};
+using SharedMemory = std::unique_ptr<unsigned char[], SharedMemoryDeleter>;
+SharedMemory allocate_shared_memory(size_t bytes);
 
 // Shared by both schedulers.
 constexpr int kWarpSize = 32;

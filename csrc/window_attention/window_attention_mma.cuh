@@ -4,7 +4,8 @@
 //
 // One block per (window, head) of Np / 16 warps (Np = N rounded up to 16). The block loads the window's
 // q, k, v through the index maps into shared memory, zero-padded to Np rows and dp = d rounded up to 16
-// columns (rows dp + 8 elements apart, so the 8 rows of an ldmatrix fall in different banks). Warp w owns
+// columns (rows dp + 8 elements apart, so the 8 rows of an ldmatrix fall in different banks), and the
+// head's bias 16 bytes a copy. Warp w owns
 // query rows 16w … 16w + 15:
 //   S = Q·Kᵀ      mma.m16n8k16 over dp / 16 steps into Np / 8 accumulator tiles (fp32, registers);
 //   s = scale·S + logit_offset (window_attention.h: bias, region and explicit mask), −inf past key N;
@@ -32,11 +33,14 @@ ATTNKERN_HD inline int64_t mma_round_up16(int64_t n) { return (n + 15) / 16 * 16
 
 inline bool mma_fits(int64_t N, int64_t d) { return N <= kMmaMaxTokens && d <= kMmaMaxHeadDim; }
 
-// Shared memory: q, k, v tiles [Np, dp + kMmaRowPad] and the head's bias [N, N] (16-bit elements; 16-byte
-// aligned size), then the tokens' pixels and regions.
+// The region of the head's bias tile [N, N] (16-bit): 16 bytes more than the tile, so that it can start as
+// far past a 16-byte boundary as the head's bias in global memory (mma_load_bias); a multiple of 16 bytes.
+ATTNKERN_HD inline int64_t mma_bias_bytes(int64_t N) { return (N * N * 2 + 15) / 16 * 16 + 16; }
+
+// Shared memory: q, k, v tiles [Np, dp + kMmaRowPad] and the bias region, then the tokens' pixels and regions.
 ATTNKERN_HD inline int64_t mma_tiles_bytes(int64_t N, int64_t d) {
   const int64_t Np = mma_round_up16(N), ld = mma_round_up16(d) + kMmaRowPad;
-  return 3 * Np * ld * 2 + (N * N * 2 + 15) / 16 * 16;
+  return 3 * Np * ld * 2 + mma_bias_bytes(N);
 }
 
 inline int64_t mma_smem_bytes(int64_t N, int64_t d) {
@@ -53,6 +57,15 @@ __device__ __forceinline__ void store_pair(scalar_t* dst, float a, float b) {
 // Accumulator tiles of one warp: up to 8 tiles of 16×8 (key tiles of S, or dimension tiles of an output).
 using MmaAccumulators = float[8][4];
 static_assert(kMmaMaxTokens == 8 * 8 && kMmaMaxHeadDim == 8 * 8, "8 accumulator tiles of 8 columns");
+
+// The head's bias bias_h [N, N] into the bias region (16-byte aligned) of shared memory, 16 bytes a copy
+// (block_copy): the tile starts as far into the region as bias_h lies past a 16-byte boundary. Returns it.
+template <typename scalar_t>
+__device__ scalar_t* mma_load_bias(unsigned char* region, const scalar_t* bias_h, int N) {
+  scalar_t* tile = reinterpret_cast<scalar_t*>(region) + offset_in_16_bytes(bias_h);
+  block_copy(tile, bias_h, N * N);
+  return tile;
+}
 
 // The window's tokens: pixel (with the sample's offset; 0 past N) and shifted-window region.
 __device__ __forceinline__ void mma_load_tokens(const WindowGrid& grid, int64_t b, int64_t w, int N, int Np,
@@ -185,14 +198,12 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   scalar_t* q = reinterpret_cast<scalar_t*>(smem_raw);
   scalar_t* k = q + Np * ld;
   scalar_t* v = k + Np * ld;
-  scalar_t* bias_tile = v + Np * ld;
   int64_t* pixel = reinterpret_cast<int64_t*>(smem_raw + mma_tiles_bytes(N, d));
   int* region = reinterpret_cast<int*>(pixel + Np);
 
   mma_load_tokens(grid, b, w, N, Np, pixel, region);
-  if (bias != nullptr) {  // this head's [N, N] bias, read row by row below
-    for (int e = threadIdx.x; e < N * N; e += blockDim.x) bias_tile[e] = bias[h * N * N + e];
-  }
+  const scalar_t* bias_tile =  // this head's [N, N] bias, read row by row below
+      bias != nullptr ? mma_load_bias(smem_raw + 3 * Np * ld * 2, bias + h * N * N, N) : nullptr;
   __syncthreads();
   const int64_t token = 3 * heads * d;
   mma_load_rows(q, qkv + h * d, token, pixel, N, Np, d, dp, ld, vec);
@@ -205,8 +216,8 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   MmaAccumulators s;
   mma_zero(s);
   mma_rows_times_rows(s, q, k, ld, dp, key_tiles, row0);
-  mma_logits(s, row0, N, key_tiles, scale, bias != nullptr ? bias_tile : nullptr,
-             mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
+  mma_logits(s, row0, N, key_tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
+             grid.shift > 0 ? region : nullptr);
 
   // The softmax of rows row0 + g (elements 0, 1) and row0 + g + 8 (2, 3), over the 4 lanes of a group.
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};

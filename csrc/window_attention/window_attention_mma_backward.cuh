@@ -38,7 +38,7 @@ inline int64_t mma_backward_groups(int64_t total_windows, int64_t heads, int64_t
 }
 
 // Shared memory of the backward: q, k, v, dO tiles [Np, dp + kMmaRowPad]; P and dS tiles [Np, Np + kMmaRowPad]
-// (16-bit); the bias tile [N, N] (16-bit, 16-byte aligned size); the bias gradient [N, N] and lse, D [Np]
+// (16-bit); the bias region (mma_bias_bytes); the bias gradient [N, N] and lse, D [Np]
 // (float); pixels (int64) and regions (int) [Np].
 struct MmaBackwardLayout {
   int64_t tiles, probabilities, bias, bias_grad, lse, delta, pixel, region, total;
@@ -48,7 +48,7 @@ struct MmaBackwardLayout {
     tiles = 0;
     probabilities = tiles + 4 * Np * ld * 2;
     bias = probabilities + 2 * Np * ldp * 2;
-    bias_grad = bias + (N * N * 2 + 15) / 16 * 16;
+    bias_grad = bias + mma_bias_bytes(N);
     lse = bias_grad + N * N * 4;
     delta = lse + Np * 4;
     pixel = (delta + Np * 4 + 7) / 8 * 8;
@@ -135,17 +135,14 @@ __global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const sca
   scalar_t* grad_o = v + Np * ld;
   scalar_t* p_tile = reinterpret_cast<scalar_t*>(smem_raw + layout.probabilities);
   scalar_t* ds_tile = p_tile + Np * ldp;
-  scalar_t* bias_tile = reinterpret_cast<scalar_t*>(smem_raw + layout.bias);
   float* bias_grad = reinterpret_cast<float*>(smem_raw + layout.bias_grad);
   float* lse_w = reinterpret_cast<float*>(smem_raw + layout.lse);
   float* delta = reinterpret_cast<float*>(smem_raw + layout.delta);
   int64_t* pixel = reinterpret_cast<int64_t*>(smem_raw + layout.pixel);
   int* region = reinterpret_cast<int*>(smem_raw + layout.region);
 
-  for (int e = threadIdx.x; e < N * N; e += blockDim.x) {
-    if (bias != nullptr) bias_tile[e] = bias[h * N * N + e];
-    bias_grad[e] = 0.f;
-  }
+  const scalar_t* bias_tile = bias != nullptr ? mma_load_bias(smem_raw + layout.bias, bias + h * N * N, N) : nullptr;
+  for (int e = threadIdx.x; e < N * N; e += blockDim.x) bias_grad[e] = 0.f;
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
   const int tiles = Np / 8, dim_tiles = dp / 8;
   const int64_t token = 3 * heads * d;
@@ -165,8 +162,8 @@ __global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const sca
     MmaAccumulators s, dprob;
     mma_zero(s);
     mma_rows_times_rows(s, q, k, ld, dp, tiles, row0);
-    mma_logits(s, row0, N, tiles, scale, bias != nullptr ? bias_tile : nullptr,
-               mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
+    mma_logits(s, row0, N, tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
+               grid.shift > 0 ? region : nullptr);
     mma_zero(dprob);
     mma_rows_times_rows(dprob, grad_o, v, ld, dp, tiles, row0);
     // The lane's rows row0 + g and row0 + g + 8 (elements 0, 1 and 2, 3 of a tile): their lse and D held in

@@ -12,11 +12,15 @@
 //                             shared memory (AddressSanitizer: heap-buffer-overflow).
 //   planted_global_overrun    covpool's triuvec_kernel with its grid-stride loop running to `idx <= total`:
 //                             one write past the output tensor (AddressSanitizer: heap-buffer-overflow).
+//   planted_misaligned_copy   a copy in 16-byte chunks whose width comes from the length alone, not the
+//                             addresses: a view that starts off a 16-byte boundary faults on a GPU (every
+//                             build's copy_chunk reports it).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "common/cuda_utils.cuh"
+#include "common/cuda_vector.cuh"
 #include "covpool/covpool.h"
 #include "criss_cross/criss_cross.h"
 
@@ -193,6 +197,24 @@ at::Tensor planted_global_overrun(const at::Tensor& a_in) {  // a [B, n, n] floa
   return out;
 }
 
+// ---- the misaligned copy: a vector width from the length alone ----
+
+__global__ void misaligned_copy_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t chunks, int vec) {
+  ATTNKERN_GRID_STRIDE_LOOP(chunk, chunks) copy_elements(out + chunk * vec, x + chunk * vec, vec);
+}
+
+at::Tensor planted_misaligned_copy(const at::Tensor& x_in) {  // float32; a view may start anywhere
+  auto x = x_in.contiguous();
+  auto out = at::empty_like(x);
+  // PLANTED: vector_width without x's address (`{x.const_data_ptr(), out.const_data_ptr()}`).
+  const int vec = vector_width(x.numel(), sizeof(float), {out.const_data_ptr()});
+  ATTNKERN_LAUNCH(element_blocks(x.numel() / vec), kElementThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                  misaligned_copy_kernel)(x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), x.numel() / vec,
+                                          vec);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(attnkern_planted_bugs, m) {
@@ -200,6 +222,7 @@ TORCH_LIBRARY(attnkern_planted_bugs, m) {
   m.def("planted_reused_scratch(Tensor x) -> Tensor", &planted_reused_scratch);
   m.def("planted_shared_overrun(Tensor q, Tensor k, Tensor v) -> Tensor", &planted_shared_overrun);
   m.def("planted_global_overrun(Tensor a) -> Tensor", &planted_global_overrun);
+  m.def("planted_misaligned_copy(Tensor x) -> Tensor", &planted_misaligned_copy);
 }
 
 }  // namespace planted

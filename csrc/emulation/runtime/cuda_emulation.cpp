@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 #include <numeric>
 #include <random>
 #include <set>
@@ -220,6 +221,17 @@ cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attr,
   std::lock_guard<std::mutex> guard(registry_mutex);
   dynamic_smem_allowed()[function] = value;
   return cudaSuccess;
+}
+
+void SharedMemoryDeleter::operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t{16}); }
+
+SharedMemory allocate_shared_memory(size_t bytes) {
+  return SharedMemory(static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t{16})));
+}
+
+void check_vector_copy(const void* dst, const void* src, int bytes) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(dst) % bytes == 0 && reinterpret_cast<uintptr_t>(src) % bytes == 0,
+              "emulated CUDA kernel: a ", bytes, "-byte copy from ", src, " to ", dst, ", not both aligned to it");
 }
 
 unsigned char* dynamic_shared_memory_base() {
@@ -432,7 +444,9 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMaxGridDimZ: *value = 65535; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
-    case cudaDevAttrMultiProcessorCount: *value = c.multiprocessors > 0 ? c.multiprocessors : t.multiprocessors; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = c.multiprocessors > 0 ? c.multiprocessors : t.multiprocessors;
+      return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor: *value = t.major; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = t.minor; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = t.smem_optin_bytes; return cudaSuccess;

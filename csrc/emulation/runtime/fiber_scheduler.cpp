@@ -62,7 +62,7 @@ class Fibers final : public ThreadHooks {
   std::string run(const LaunchRun& launch) {
     const int threads = static_cast<int>(launch.block.x * launch.block.y * launch.block.z);
     grow(threads);
-    std::unique_ptr<unsigned char[]> smem(new unsigned char[launch.smem_bytes]);
+    const SharedMemory smem = allocate_shared_memory(launch.smem_bytes);
     ThreadHooks* const saved_hooks = t_hooks;
     unsigned char* const saved_smem = t_smem;
     t_hooks = this;

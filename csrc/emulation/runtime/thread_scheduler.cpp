@@ -87,8 +87,7 @@ class Pool final : public ThreadHooks {
   std::string run(const LaunchRun& launch) {
     const int threads = static_cast<int>(launch.block.x * launch.block.y * launch.block.z);
     grow(threads);
-    // Exactly the requested size (zero bytes too), so that AddressSanitizer reports an overrun.
-    std::unique_ptr<unsigned char[]> smem(new unsigned char[launch.smem_bytes]);
+    const SharedMemory smem = allocate_shared_memory(launch.smem_bytes);
     {
       IgnoreSync ignore;
       std::lock_guard<std::mutex> lock(mu_);
