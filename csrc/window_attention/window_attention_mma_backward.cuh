@@ -23,7 +23,7 @@ namespace attnkern {
 namespace window_attention {
 
 // Window groups of the backward: enough blocks for one wave of kBackwardBlocksPerSm an SM (what fits an SM
-// at the kernel's 162–168 registers a thread and its shared memory on sm_90; every group walks as many
+// at the kernel's 156–162 registers a thread and its shared memory on sm_90; every group walks as many
 // windows ± 1, so one wave has no tail), at least the SIMT backward's 64 groups, then as few as give every
 // group the same number of windows (± 1). Each group writes one [N, N] bias-gradient partial a head, so
 // fewer groups move fewer partials: 384 blocks at Swin-T stage 1 and SwinIR (was 1,026 and 768 at 8 an SM).
