@@ -241,8 +241,8 @@ def test_window_attention_tensor_cores_copy_the_bias_16_bytes_at_a_time(emu, dty
     boundary and after the last one at a time: a bias `offset` elements into its storage (a view) gives the
     reference's values and gradients."""
     N, shift, d = window * window, window // 2, 8
-    qkv, grad = torch.randn(1, 2 * window, 2 * window, 3, heads, d).to(dtype), torch.randn(1, 2 * window, 2 * window,
-                                                                                        heads, d).to(dtype)
+    side = 2 * window
+    qkv, grad = torch.randn(1, side, side, 3, heads, d).to(dtype), torch.randn(1, side, side, heads, d).to(dtype)
     bias = offset_view(offset, heads, N, N, dtype=dtype)
     before = launch_counts(emu)
     out, lse = E.window_attention(qkv, bias, None, window, shift, d ** -0.5)
