@@ -5,8 +5,7 @@
 // One block per (window, head) of Np / 16 warps (Np = N rounded up to 16). The block loads the window's
 // q, k, v through the index maps into shared memory, zero-padded to Np rows and dp = d rounded up to 16
 // columns (rows dp + 8 elements apart, so the 8 rows of an ldmatrix fall in different banks), and the
-// head's bias 16 bytes a copy. Warp w owns
-// query rows 16w … 16w + 15:
+// head's bias 16 bytes a copy. Warp w owns query rows 16w … 16w + 15:
 //   S = Q·Kᵀ      mma.m16n8k16 over dp / 16 steps into Np / 8 accumulator tiles (fp32, registers);
 //   s = scale·S + logit_offset (window_attention.h: bias, region and explicit mask), −inf past key N;
 //   the row's max and Σ exp over the 4 lanes of its group (shuffles); lse = max + log Σ;
@@ -203,7 +202,7 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
 
   mma_load_tokens(grid, b, w, N, Np, pixel, region);
   const scalar_t* bias_tile =  // this head's [N, N] bias, read row by row below
-      bias != nullptr ? mma_load_bias(smem_raw + 3 * Np * ld * 2, bias + h * N * N, N) : nullptr;
+      bias != nullptr ? mma_load_bias(reinterpret_cast<unsigned char*>(v + Np * ld), bias + h * N * N, N) : nullptr;
   __syncthreads();
   const int64_t token = 3 * heads * d;
   mma_load_rows(q, qkv + h * d, token, pixel, N, Np, d, dp, ld, vec);
