@@ -56,6 +56,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)  // nvcc's register budget: nothing to emulate
 #define __shared__ static  // one copy per kernel instantiation; blocks run one at a time
 // __restrict__ is a GCC/Clang keyword already.
 

@@ -3,9 +3,9 @@
 // where it fits and the SIMT forward elsewhere; both compute window_attention.h's s, P and o.
 //
 // One block per (window, head) of Np / 16 warps (Np = N rounded up to 16). The block loads the window's
-// q, k, v through the index maps into shared memory, zero-padded to Np rows and dp = d rounded up to 16
-// columns (rows dp + 8 elements apart, so the 8 rows of an ldmatrix fall in different banks), and the
-// head's bias 16 bytes a copy. Warp w owns query rows 16w … 16w + 15:
+// q, k, v through the index maps into shared memory (mma_load_tiles), zero-padded to Np rows and dp = d
+// rounded up to 16 columns (rows dp + 8 elements apart, so the 8 rows of an ldmatrix fall in different
+// banks), and the head's bias 16 bytes a copy. Warp w owns query rows 16w … 16w + 15:
 //   S = Q·Kᵀ      mma.m16n8k16 over dp / 16 steps into Np / 8 accumulator tiles (fp32, registers);
 //   s = scale·S + logit_offset (window_attention.h: bias, region and explicit mask), −inf past key N;
 //   the row's max and Σ exp over the 4 lanes of its group (shuffles); lse = max + log Σ;
@@ -76,19 +76,29 @@ __device__ __forceinline__ void mma_load_tokens(const WindowGrid& grid, int64_t 
   }
 }
 
-// tile[t][c] = src[pixel[t]·stride + c] for t < N, c < d, zero elsewhere in [Np, dp]: `vec` consecutive
-// channels a thread (vec divides d; 16 bytes when d % 8 == 0).
-template <typename scalar_t>
-__device__ void mma_load_rows(scalar_t* tile, const scalar_t* src, int64_t stride, const int64_t* pixel, int N, int Np,
-                              int d, int dp, int ld, int vec) {
+// tiles[x][t][c] = sources[x][pixel[t]·strides[x] + c] for t < N, c < d, zero elsewhere in [Np, dp], for the
+// kTiles tiles of a window (q, k, v; the backward's dO): `vec` consecutive channels a thread (vec divides d;
+// 16 bytes when d % 8 == 0), the same chunk of every tile loaded into registers before any is stored, so
+// that a warp has kTiles requests in flight where a load and its store one after the other gave it one.
+template <int kTiles, typename scalar_t>
+__device__ void mma_load_tiles(scalar_t* const (&tiles)[kTiles], const scalar_t* const (&sources)[kTiles],
+                               const int64_t (&strides)[kTiles], const int64_t* pixel, int N, int Np, int d, int dp,
+                               int ld, int vec) {
   const int chunks = dp / vec;
   for (int e = threadIdx.x; e < Np * chunks; e += blockDim.x) {
     const int t = e / chunks, c = (e % chunks) * vec;
-    if (t < N && c < d) {
-      copy_elements(tile + t * ld + c, src + pixel[t] * stride + c, vec);
-    } else {
-      for (int x = 0; x < vec; ++x) tile[t * ld + c + x] = scalar_t(0);
+    alignas(16) scalar_t chunk[kTiles][8];
+#pragma unroll
+    for (int x = 0; x < kTiles; ++x) {  // constant indices: the chunks stay in registers
+      if (t < N && c < d) {
+        copy_elements(chunk[x], sources[x] + pixel[t] * strides[x] + c, vec);
+      } else {
+#pragma unroll
+        for (int y = 0; y < 8; ++y) chunk[x][y] = scalar_t(0);
+      }
     }
+#pragma unroll
+    for (int x = 0; x < kTiles; ++x) copy_elements(tiles[x] + t * ld + c, chunk[x], vec);
   }
 }
 
@@ -205,9 +215,8 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
       bias != nullptr ? mma_load_bias(reinterpret_cast<unsigned char*>(v + Np * ld), bias + h * N * N, N) : nullptr;
   __syncthreads();
   const int64_t token = 3 * heads * d;
-  mma_load_rows(q, qkv + h * d, token, pixel, N, Np, d, dp, ld, vec);
-  mma_load_rows(k, qkv + (heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
-  mma_load_rows(v, qkv + (2 * heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
+  mma_load_tiles<3>({q, k, v}, {qkv + h * d, qkv + (heads + h) * d, qkv + (2 * heads + h) * d},
+                    {token, token, token}, pixel, N, Np, d, dp, ld, vec);
   __syncthreads();
 
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);

@@ -4,8 +4,8 @@
 // One block of Np / 16 warps per (window group, head), the group's windows one after another; one wave
 // of 3 blocks per SM (mma_backward_groups), each accumulating its own [N, N] bias gradient in shared memory and
 // writing its slice of the [groups, heads, N, N] partials once, summed afterwards (deterministic).
-// Per window, q, k, v and dO are loaded as in the forward (window_attention_mma.cuh), D_i = dO_i·o_i per
-// token, then
+// Per window, q, k, v and dO are loaded as in the forward (mma_load_tiles, four chunks in flight a thread),
+// lse and D_i = dO_i·o_i per token, then
 //   rows    (warp w: queries 16w … 16w + 15)  S = Q·Kᵀ → logits → P = exp(s − lse);  dP = dO·Vᵀ;
 //           dS = logit_grad(P, dP, D) (window_attention.h); the bias gradient += dS; P and dS, rounded to
 //           the input type, into shared tiles; dq = scale·dS·K from registers;
@@ -23,7 +23,7 @@ namespace attnkern {
 namespace window_attention {
 
 // Window groups of the backward: enough blocks for one wave of kBackwardBlocksPerSm an SM (what fits an SM
-// at the kernel's 156–162 registers a thread and its shared memory on sm_90; every group walks as many
+// at the kernel's 147–153 registers a thread and its shared memory on sm_90; every group walks as many
 // windows ± 1, so one wave has no tail), at least the SIMT backward's 64 groups, then as few as give every
 // group the same number of windows (± 1). Each group writes one [N, N] bias-gradient partial a head, so
 // fewer groups move fewer partials: 384 blocks at Swin-T stage 1 and SwinIR (was 1,026 and 768 at 8 an SM).
@@ -83,13 +83,12 @@ __device__ __forceinline__ void mma_transposed_times_tile(MmaAccumulators& acc, 
   }
 }
 
-// lse_i and D_i = Σ_c dO_ic·o_ic (logit_grad's row term) for the window's tokens (0 past N): `lanes` adjacent
-// threads a token (the power of two ≥ d / vec, at most 32), each vec channels at a time — o in vec-element
-// copies like the tiles, dO from its tile — their partial sums added by shuffles in a fixed order.
+// D_i = Σ_c dO_ic·o_ic (logit_grad's row term) for the window's tokens (0 past N): `lanes` adjacent threads a
+// token (the power of two ≥ d / vec, at most 32), each vec channels at a time — o in vec-element copies like
+// the tiles, dO from its tile — their partial sums added by shuffles in a fixed order.
 template <typename scalar_t>
-__device__ void mma_load_row_terms(const scalar_t* grad_o, int ld, const scalar_t* out, const float* lse,
-                                   const int64_t* pixel, int64_t h, int heads, int N, int Np, int d, int vec,
-                                   float* lse_w, float* delta) {
+__device__ void mma_row_deltas(const scalar_t* grad_o, int ld, const scalar_t* out, const int64_t* pixel, int64_t h,
+                               int heads, int N, int Np, int d, int vec, float* delta) {
   const int chunks = d / vec;
   int lanes = 1;
   while (lanes < chunks && lanes < 32) lanes *= 2;
@@ -110,19 +109,19 @@ __device__ void mma_load_row_terms(const scalar_t* grad_o, int ld, const scalar_
       }
     }
     for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (part == 0 && i < Np) {
-      lse_w[i] = i < N ? lse[pixel[i] * heads + h] : 0.f;
-      delta[i] = sum;
-    }
+    if (part == 0 && i < Np) delta[i] = sum;
   }
 }
 
+// At most kMmaMaxTokens / 16 warps a block and kBackwardBlocksPerSm blocks an SM: at most 168 registers a
+// thread (unbounded, nvcc 13.0 gave the bf16 kernel 179: 2 blocks an SM).
 template <typename scalar_t>
-__global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ qkv,
-                                    const scalar_t* __restrict__ bias, const float* __restrict__ mask,
-                                    const scalar_t* __restrict__ out, const float* __restrict__ lse,
-                                    scalar_t* __restrict__ grad_qkv, float* __restrict__ grad_bias_partial,
-                                    WindowGrid grid, int batch, int heads, int d, int vec, float scale, int groups) {
+__global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
+    mma_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ qkv,
+                        const scalar_t* __restrict__ bias, const float* __restrict__ mask,
+                        const scalar_t* __restrict__ out, const float* __restrict__ lse,
+                        scalar_t* __restrict__ grad_qkv, float* __restrict__ grad_bias_partial, WindowGrid grid,
+                        int batch, int heads, int d, int vec, float scale, int groups) {
   ATTNKERN_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int N = static_cast<int>(grid.tokens()), Np = static_cast<int>(mma_round_up16(N));
   const int dp = static_cast<int>(mma_round_up16(d)), ld = dp + kMmaRowPad, ldp = Np + kMmaRowPad;
@@ -150,12 +149,12 @@ __global__ void mma_backward_kernel(const scalar_t* __restrict__ grad, const sca
     const int64_t b = window / nW, w = window % nW;
     mma_load_tokens(grid, b, w, N, Np, pixel, region);
     __syncthreads();
-    mma_load_rows(q, qkv + h * d, token, pixel, N, Np, d, dp, ld, vec);
-    mma_load_rows(k, qkv + (heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
-    mma_load_rows(v, qkv + (2 * heads + h) * d, token, pixel, N, Np, d, dp, ld, vec);
-    mma_load_rows(grad_o, grad + h * d, int64_t(heads) * d, pixel, N, Np, d, dp, ld, vec);
+    for (int i = threadIdx.x; i < Np; i += blockDim.x) lse_w[i] = i < N ? lse[pixel[i] * heads + h] : 0.f;
+    mma_load_tiles<4>({q, k, v, grad_o},
+                      {qkv + h * d, qkv + (heads + h) * d, qkv + (2 * heads + h) * d, grad + h * d},
+                      {token, token, token, int64_t(heads) * d}, pixel, N, Np, d, dp, ld, vec);
     __syncthreads();
-    mma_load_row_terms(grad_o, ld, out, lse, pixel, h, heads, N, Np, d, vec, lse_w, delta);
+    mma_row_deltas(grad_o, ld, out, pixel, h, heads, N, Np, d, vec, delta);
     __syncthreads();
 
     // Rows: P, dS, the bias gradient, dq.
