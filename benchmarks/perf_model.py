@@ -24,7 +24,8 @@ The model (one small function per kernel, named after it, counts what one launch
   * Latency hiding (Little's law): a pipe needs 16 (FMA/issue) or 32 (LSU) independent warp-operations in
     flight per SM; resident warps × the kernel's `ilp` provide them. Memory time is at least global
     requests × their average latency / (resident warps × ilp) per SM (L1 hit 20 ns, L2 150 ns, DRAM 550 ns;
-    the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM).
+    the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM); requests a warp
+    issues in batches (several loads into registers before their stores) count 1/batch each.
   * time = max(core terms, memory terms) + 4 µs launch; for tiled kernels whose load and compute phases
     are separated by __syncthreads and which have one CTA per SM, the core and memory terms add.
   * L1 keeps the sectors a lane walks through consecutively (a row read element by element), and a warp's
@@ -264,6 +265,8 @@ class Launch:
     dram: float = 0.0  # bytes from/to DRAM (raised to min_bytes)
     gld: float = 0.0  # global warp requests (for bytes in flight)
     ilp: float = 1.0  # independent operations in flight per warp
+    gld_batched: float = 0.0  # of gld: requests a warp issues `batch` at a time (loads before their stores)
+    batch: float = 1.0
     ctas_active: Optional[int] = None  # CTAs that do work (default: all)
     warps_busy: Optional[int] = None  # warps of a CTA that do work (default: all)
     phased: bool = False  # load and compute phases separated by __syncthreads
@@ -345,7 +348,8 @@ def model(launch: Launch, dev: Device, res: Optional[Resources]) -> dict:
     if launch.gld > 0:  # Little's law on requests: each miss fraction from the bytes that go further
         miss = min(1.0, launch.l2 / (32 * launch.gld))
         latency = LAT_L1 + miss * (LAT_L2 - LAT_L1) + miss * min(1.0, dram / max(launch.l2, 1.0)) * (LAT_DRAM - LAT_L2)
-        mem_terms["latency"] = launch.gld * latency / (sm_eff * resident * launch.ilp)
+        serial = launch.gld - launch.gld_batched + launch.gld_batched / launch.batch
+        mem_terms["latency"] = serial * latency / (sm_eff * resident * launch.ilp)
     core_bound = max(terms, key=terms.get)
     mem_bound = max(mem_terms, key=mem_terms.get)
     t_core, t_mem = terms[core_bound], mem_terms[mem_bound]
@@ -952,7 +956,7 @@ def mma_fits(N: int, d: int, elem: int) -> bool:  # window_attention_cuda.cu: fo
 
 
 def mma_tile_loads(g: WindowGrid, heads: int, d: int, elem: int) -> Tuple[int, int, float, float]:
-    """window_attention_mma.cuh: mma_load_rows of one [Np, dp] tile, Np·dp/vec chunks of vec elements a
+    """window_attention_mma.cuh: mma_load_tiles, for one [Np, dp] tile, Np·dp/vec chunks of vec elements a
     thread (vec as vector_width for aligned tensors): vec, warp requests, lines and sectors a request."""
     Np, dp = ceil_div(g.N, 16) * 16, ceil_div(d, 16) * 16
     vec = vector_width(d, elem)
@@ -986,7 +990,8 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     ld_smem = dp + MMA_ROW_PAD
     warps = Np // 16
     pt = window_patterns(g, heads, d, elem)
-    # load: the head's bias (mma_load_bias), then the q, k, v tiles (int32 index math)
+    # load: the head's bias (mma_load_bias), then the q, k, v tiles (int32 index math; a chunk of each a thread
+    # in flight at once)
     bias = mma_bias_load(N)
     vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
     load = dict(alu=load_warps * (DIV32 + 16) + bias["alu"] + warps * 4 * 10,
@@ -1017,7 +1022,8 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                   alu=ctas * (load["alu"] + logits["alu"] + pack + store["alu"] + hmma),
                   mufu=ctas * logits["mufu"], mem=ctas * (load["mem"] + ldsm + logits["mem"] + store["mem"]),
                   lsu=ctas * (load["lsu"] + ldsm_lsu + logits["lsu"] + store["lsu"]), l2=ctas * l2_cta,
-                  gld=ctas * (load["gld"] + out_warps), ilp=2, phased=True,
+                  gld=ctas * (load["gld"] + out_warps), gld_batched=ctas * load_warps * 3, batch=3, ilp=2,
+                  phased=True,
                   note=f"{warps} warps a (window, head), {hmma} mma.sync a CTA; N padded {N}→{Np}, d {d}→{dp}; "
                        f"{vec * elem}-byte copies")
 
@@ -1032,18 +1038,23 @@ def mma_backward_groups(windows: int, heads: int) -> int:  # window_attention_mm
 
 def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_mma_backward.cuh: min(B·nW, max(64, 3·SMs/heads))·heads CTAs of Np/16 warps, each
-    walking its windows: per window q, k, v, dO loaded (vec-element copies), D per token (adjacent threads a
-    token, vec-element copies, shuffles), then per warp S and dP (mma), P, dS, the bias gradient in shared
-    memory, P and dS tiles (a column pair a 4-byte store), dq (mma), and over keys dv, dk (mma, transposed A
-    fragments); dq, dk, dv staged in shared memory and copied out in vec-element copies."""
+    walking its windows: per window q, k, v, dO loaded (vec-element copies, a chunk of each a thread in flight
+    at once), lse and D per token (adjacent threads a token, vec-element copies, shuffles), then per warp S and
+    dP (mma), P, dS, the bias gradient in shared memory, P and dS tiles (a column pair a 4-byte store), dq
+    (mma), and over keys dv, dk (mma, transposed A fragments); dq, dk, dv staged in shared memory and copied
+    out in vec-element copies."""
     N, windows = g.N, B * g.nW
     groups = mma_backward_groups(windows, heads)
     ctas, per_cta = groups * heads, ceil_div(windows, groups)
     Np, dp = ceil_div(N, 16) * 16, ceil_div(d, 16) * 16
     warps = Np // 16
     vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
-    # D_i = dO_i·o_i (mma_load_row_terms): `lanes` threads a token, vec channels each a step, shuffles
+    # lse a thread a token; D_i = dO_i·o_i (mma_row_deltas): `lanes` threads a token, vec channels each a
+    # step, shuffles
     pix = [g.pixel(g.nW // 2, t) for t in range(N)]
+    lse_warps = ceil_div(Np, 32)
+    lse_lines, lse_sectors = mean_access([[pix[min(t, N - 1)] * heads for t in range(s, s + 32)]
+                                          for s in range(0, Np, 32)], 4)
     chunks = d // vec
     lanes = min(32, 1 << (chunks - 1).bit_length())
     steps = ceil_div(chunks, lanes)
@@ -1052,11 +1063,13 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
                               for s in range(0, Np * lanes, 32)], elem)
     shuffles = (lanes - 1).bit_length()
     load = dict(alu=load_warps * 4 * (DIV32 + 16) + row_warps * (steps * (3 * vec + 16) + shuffles * 2 + 20)
-                + warps * 40,
-                mem=load_warps * 4 * 2 + row_warps * (2 * steps + shuffles + 2) + 3 * warps,
+                + lse_warps * 12 + warps * 40,
+                mem=load_warps * 4 * 2 + row_warps * (2 * steps + shuffles + 1) + lse_warps * 3 + 3 * warps,
                 lsu=load_warps * 4 * (q_lines + vec * elem // 4)
-                + row_warps * (steps * (o_lines + vec * elem // 4) + shuffles + 2) + 3 * warps,
-                l2=load_warps * 4 * q_sectors * 32 + Np * d * elem, gld=load_warps * 4 + row_warps * (steps + 1))
+                + row_warps * (steps * (o_lines + vec * elem // 4) + shuffles + 1) + lse_warps * (2 + lse_lines)
+                + 3 * warps,
+                l2=load_warps * 4 * q_sectors * 32 + Np * d * elem + lse_warps * lse_sectors * 32,
+                gld=load_warps * 4 + row_warps * steps + lse_warps)
     hmma = warps * 5 * Np * dp // 128
     ldsm = warps * (2 * dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8 + 2 * Np // 16 * (1 + dp // 8))
     ldsm_lsu = warps * (2 * dp // 16 * (4 + 2 * Np // 8) + 2 * Np // 16 * dp // 8 + 2 * Np // 16 * (4 + 2 * dp // 8))
@@ -1091,7 +1104,8 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
                   hmma=ctas * per_cta * hmma, alu=ctas * (per_cta * window["alu"] + cta["alu"]),
                   mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * (per_cta * window["mem"] + cta["mem"]),
                   lsu=ctas * (per_cta * window["lsu"] + cta["lsu"]), l2=ctas * (per_cta * window["l2"] + cta["l2"]),
-                  gld=ctas * (per_cta * window["gld"] + cta["gld"]), ilp=2, phased=True,
+                  gld=ctas * (per_cta * window["gld"] + cta["gld"]), gld_batched=ctas * per_cta * load_warps * 4,
+                  batch=4, ilp=2, phased=True,
                   note=f"{ctas} CTAs of {warps} warps ({per_cta} windows each), {hmma} mma.sync a window; "
                        f"dq, dk, dv stored from the accumulators")
 
