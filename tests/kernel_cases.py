@@ -493,7 +493,7 @@ def _kernel_sources():
         for header in re.findall(rf'#include "{family}/(\w+\.cuh)"', text):
             with open(os.path.join(os.path.dirname(path), header)) as f:
                 text += f.read()
-        starts = [m for m in re.finditer(r"__global__\s+void\s+(\w+)", text)]
+        starts = [m for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)", text)]
         for m, following in zip(starts, starts[1:] + [None]):
             body = text[m.end():following.start() if following else len(text)]
             yield f"{os.path.basename(path)}:{m.group(1)}", body
