@@ -158,8 +158,12 @@ def demangle_kernel(mangled: str) -> Tuple[List[str], Optional[str], Tuple[str, 
             k = end + 1
         for code, name in DTYPE_CODES.items():
             if rest.startswith(code, k):
-                dtype = name
+                dtype, k = name, k + len(code)
                 break
+        while dtype and rest.startswith("L", k):  # literals after the type: pixel_major_kernel<float, true>
+            end = rest.index("E", k)
+            literals.append(rest[k + 1:end])
+            k = end + 1
     return names, dtype, tuple(literals)
 
 
@@ -630,6 +634,7 @@ OPS += [
 # ---- criss_cross (csrc/criss_cross/criss_cross_cuda.cu, criss_cross.h) -------------------------------
 TILE, TILE_ROWS = 32, 8  # criss_cross_cuda.cu: kTile, kTileRows
 SOFTMAX_WARPS = 8  # criss_cross_cuda.cu: kSoftmaxWarps
+CACHED_PER_LANE = 4  # criss_cross_cuda.cu: kCachedPerLane
 
 
 def position_offset(p: int, h: int, w: int, H: int, W: int) -> int:  # criss_cross.h: position_offset
@@ -741,35 +746,43 @@ def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool) -> Lau
                   note=f"{TILE * V}×{TILE} tiles: {li:.1f} / {lc:.1f} lines per image / column warp access")
 
 
-def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, reads: int, writes: int, acc_writes: int,
-                   exps: int, min_bytes: float) -> Launch:
-    """A softmax kernel: a warp per pixel (8 a CTA), lanes over its W row and H column energies (each list
-    contiguous, 4-byte); `reads` passes over the energies (and their gradients), `writes` of elem-byte weights,
+def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, lists: int, passes: int, writes: int,
+                   acc_writes: int, exps: int, flops_per_position: int, min_bytes: float) -> Launch:
+    """A softmax kernel: a warp per pixel (8 a CTA), lanes over its W row and H column positions (each list
+    contiguous, 4-byte). `lists` values read a position (the energies, and their gradients): a lane's first
+    CACHED_PER_LANE of each list loaded into registers at once (LaneLists: every load of the pixel in flight
+    together), positions past them re-read by each of the `passes` passes; `writes` of elem-byte weights,
     `acc_writes` of 4-byte gradients, `exps` exponentials a position."""
     pixels, L = B * H * W, W + H
     its = ceil_div(W, 32) + ceil_div(H, 32)  # warp-iterations over one pixel's lists
+    held = min(ceil_div(W, 32), CACHED_PER_LANE) + min(ceil_div(H, 32), CACHED_PER_LANE)
+    tail_positions = max(0, W - 32 * CACHED_PER_LANE) + max(0, H - 32 * CACHED_PER_LANE)
+    loads = lists * (held + (its - held) * passes)  # warp requests a pixel
+    stores = its * (writes + acc_writes)
     lines = sum(mean_access([[j for j in range(min(n, 32))]], 4)[0] for n in (W, H)) / 2 + 0.5  # unaligned starts
     return Launch("criss_cross", kernel, (ceil_div(pixels, SOFTMAX_WARPS), 1, 1), (32, SOFTMAX_WARPS, 1),
-                  flops=pixels * L * (reads + 2), min_bytes=min_bytes, ffma=pixels * its * reads,
-                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (reads + writes) * 6 + exps * its * EXP_ALU),
-                  mufu=pixels * (its * exps + 1), mem=pixels * its * (reads + writes + acc_writes),
-                  lsu=pixels * (its * (reads + writes + acc_writes) * lines + 10),
-                  l2=pixels * L * (4 * (reads + acc_writes) + elem * writes),
-                  dram=pixels * L * (4 * (1 + acc_writes + (reads > 1)) + elem * writes) + pixels * 4,
-                  gld=pixels * its * reads, ilp=2, note=f"a warp per pixel over its {W} + {H} energies")
+                  flops=pixels * L * flops_per_position, min_bytes=min_bytes, ffma=pixels * its * passes,
+                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (passes + writes) * 6 + exps * its * EXP_ALU),
+                  mufu=pixels * (its * exps + 1), mem=pixels * (loads + stores),
+                  lsu=pixels * ((loads + stores) * lines + 10),
+                  l2=pixels * (4 * lists * (L + tail_positions * (passes - 1)) + L * (elem * writes + 4 * acc_writes)),
+                  dram=pixels * L * (4 * lists + elem * writes + 4 * acc_writes) + pixels * 4,
+                  gld=pixels * loads, gld_batched=pixels * lists * held, batch=lists * held,
+                  note=f"a warp per pixel over its {W} + {H} energies, held in registers")
 
 
 def softmax_kernel(B: int, H: int, W: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: softmax_kernel — max, sum, then the weights: three reads of the energies (the
-    later two from L1), the weights and the log-sum-exp written."""
-    return softmax_launch("softmax_kernel", B, H, W, elem, reads=3, writes=1, acc_writes=0, exps=2,
-                          min_bytes=B * H * W * 4)
+    """criss_cross_cuda.cu: softmax_kernel — the energies loaded once; max, sum, then the weights from registers;
+    the weights and the log-sum-exp written."""
+    return softmax_launch("softmax_kernel", B, H, W, elem, lists=1, passes=3, writes=1, acc_writes=0, exps=2,
+                          flops_per_position=5, min_bytes=B * H * W * 4)
 
 
 def softmax_backward_kernel(B: int, H: int, W: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: softmax_backward_kernel — D = Σ S·dS, then the weights and dE over dS."""
-    return softmax_launch("softmax_backward_kernel", B, H, W, elem, reads=4, writes=1, acc_writes=1, exps=2,
-                          min_bytes=B * H * W * 4)
+    """criss_cross_cuda.cu: softmax_backward_kernel — the energies and dS loaded once; D = Σ S·dS, then the
+    weights and dE over dS."""
+    return softmax_launch("softmax_backward_kernel", B, H, W, elem, lists=2, passes=2, writes=1, acc_writes=1,
+                          exps=2, flops_per_position=6, min_bytes=B * H * W * 4)
 
 
 def cc_gemm(what: str, batch: int, m: int, n: int, k: int, elem: int, calls: int = 1, nbytes: float = 0.0) -> Launch:
@@ -779,26 +792,29 @@ def cc_gemm(what: str, batch: int, m: int, n: int, k: int, elem: int, calls: int
                      nbytes=nbytes, tensor_cores=elem == 2)
 
 
-def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: pixel_major — q and k [B, Cq, H, W] into [B, H, W, Cq] and [B, W, H, Cq] (float):
-    32 channels × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read along w, written along c."""
+def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int, widen: bool) -> Launch:
+    """criss_cross_cuda.cu: pixel_major — q and k [B, Cq, H, W] into [B, H, W, Cq] and [B, W, H, Cq] (widen: float,
+    else the inputs' type): 32 channels × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read
+    along w, written along c."""
+    copy = 4 if widen else elem
     tiles = B * H * ceil_div(Cq, TILE) * ceil_div(W, TILE)
     lr, sr = mean_access([[(c * H) * W + t for t in range(min(W, TILE))] for c in range(2)], elem)
-    lw, sw = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)], 4)
+    lw, sw = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)], copy)
     rows = 2 * tiles * min(TILE, max(Cq, W))  # warp-level row accesses of each pass
     x = B * Cq * H * W
     return Launch("criss_cross", "pixel_major_kernel", (min(tiles, element_blocks(tiles * 256)), 2, 1),
-                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * 4, min_bytes=2 * x * elem,
+                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * copy, min_bytes=2 * x * elem,
                   alu=2 * tiles * TILE_ROWS * (4 * DIV64 + 14) + rows * 12, mem=rows * 5,
-                  lsu=rows * (lr + 2 * lw + 2), l2=rows * (sr + 2 * sw) * 32, dram=2 * x * (elem + 8), gld=rows * 3,
-                  ilp=4, phased=True, note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
+                  lsu=rows * (lr + 2 * lw + 2), l2=rows * (sr + 2 * sw) * 32, dram=2 * x * (elem + 2 * copy),
+                  gld=rows * 3, ilp=4, phased=True, template=(f"b{int(widen)}",),
+                  note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
 
 
 def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     v = B * Cv * H * W * elem
-    return [pixel_major_kernel(B, Cq, H, W, elem),
-            cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
+    return [pixel_major_kernel(B, Cq, H, W, elem, widen=False),
+            cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
             softmax_kernel(B, H, W, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column outputs", B * W, Cv, H, H, elem),
@@ -809,7 +825,7 @@ def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
 def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     q, v = B * Cq * H * W, B * Cv * H * W
-    return [pixel_major_kernel(B, Cq, H, W, elem),
+    return [pixel_major_kernel(B, Cq, H, W, elem, widen=True),
             cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
             cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),

@@ -389,7 +389,8 @@ CASES = [
     Case("triuvec", triuvec_case, dict(B=2, n=7)),
     Case("triuvec-many-blocks", triuvec_case, dict(B=3, n=30)),
     # criss-cross: P = H + W − 1 from 1 to several times the 32 lanes of a softmax warp, in the row and in the
-    # column; channels past one 32-channel tile of the pixel-major copies; images narrower than a 32-wide tile
+    # column, and rows and columns longer than the 128 positions a softmax warp holds in registers; channels
+    # past one 32-channel tile of the pixel-major copies; images narrower than a 32-wide tile
     Case("criss-cross-maps", criss_cross_maps_case, dict(B=2, C=3, H=5, W=7)),
     Case("criss-cross-maps-1x1", criss_cross_maps_case, dict(B=1, C=2, H=1, W=1)),
     Case("criss-cross-maps-column", criss_cross_maps_case, dict(B=1, C=4, H=9, W=1)),
@@ -398,6 +399,7 @@ CASES = [
     Case("criss-cross-attention-wide", criss_cross_attention_case, dict(B=1, Cq=2, H=2, W=140, Cv=3)),
     Case("criss-cross-attention-many-channels", criss_cross_attention_case, dict(B=1, Cq=130, H=3, W=2, Cv=131)),
     Case("criss-cross-attention-column", criss_cross_attention_case, dict(B=2, Cq=2, H=70, W=1, Cv=3)),
+    Case("criss-cross-attention-tall", criss_cross_attention_case, dict(B=1, Cq=2, H=140, W=2, Cv=3)),
     # region assignment: ties and a NaN in the guide, one region; several 32-pixel tiles (the last ragged)
     # and more channels than the 8 slices
     Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=5, W=6, ties=True)),

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "common/cuda_utils.cuh"
@@ -88,11 +89,12 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
 //   out[b, :, h, :]  = V_h·A_row[b, h]ᵀ,  out[b, :, :, w] += V_w·A_col[b, w]ᵀ,
 // as the CPU kernel computes them tile by tile; here each is one batched GEMM (or one a sample) over the
 // whole batch, and the softmax over a pixel's W + H − 1 energies is one kernel, a warp per pixel. q and k
-// (C/8 channels) are copied into both layouts in the accumulation type, so the energies are exact to it;
-// v, whose column matrices V_w have no unit stride in [B, C, H, W], is transposed once through shared
-// memory, and so are the column products on their way back. While the op runs, the energies (accumulation
-// type) and the weights take B·H·W·(H + W) values each, the size of the [B, P, H, W] maps; the backward keeps
-// only the per-pixel log-sum-exp.
+// (C/8 channels) are copied into both layouts, the energies summed in the accumulation type from exact
+// products: the forward's copies keep the inputs' type (16-bit: tensor-core GEMMs), the backward's are
+// widened for its ∂q, ∂k products with the float dE. v, whose column matrices V_w have no unit stride in
+// [B, C, H, W], is transposed once through shared memory, and so are the column products on their way back.
+// While the op runs, the energies (accumulation type) and the weights take B·H·W·(H + W) values each, the
+// size of the [B, P, H, W] maps; the backward keeps only the per-pixel log-sum-exp.
 
 constexpr int kTile = 32;  // transpose tiles: 32 (·V) × 32 values, a block of 32×8 threads
 constexpr int kTileRows = 8;
@@ -194,24 +196,30 @@ void columns_into(const at::Tensor& columns, at::Tensor& out) {
   change_layout<false>(out.view({B, C * H, W}), columns.view({B, W, C * H}));
 }
 
-// q and k [B, C, H, W] pixel-major, in the accumulation type: the row matrices [B·H, W, C] and the column
-// matrices [B·W, H, C] of each. A block takes 32 channels × 32 pixels of one image row (blockIdx.y: q or k),
-// read along w into shared memory and written along c into both layouts.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, bool kWiden>
+using CopyType = std::conditional_t<kWiden, at::opmath_type<scalar_t>, scalar_t>;
+
+// q and k [B, C, H, W] pixel-major, as copy_t (kWiden: the accumulation type, else scalar_t): the row matrices
+// [B·H, W, C] and the column matrices [B·W, H, C] of each. A block takes 32 channels × 32 pixels of one image row
+// (blockIdx.y: q or k), read along w into shared memory and written along c into both layouts.
+template <typename scalar_t, bool kWiden>
 __global__ void pixel_major_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                                   acc_t* __restrict__ q_rows, acc_t* __restrict__ q_cols, acc_t* __restrict__ k_rows,
-                                   acc_t* __restrict__ k_cols, int64_t C, int64_t H, int64_t W, int64_t tiles_c,
-                                   int64_t tiles_w, int64_t tiles) {
-  __shared__ acc_t tile[kTile][kTile + 1];
+                                   CopyType<scalar_t, kWiden>* __restrict__ q_rows,
+                                   CopyType<scalar_t, kWiden>* __restrict__ q_cols,
+                                   CopyType<scalar_t, kWiden>* __restrict__ k_rows,
+                                   CopyType<scalar_t, kWiden>* __restrict__ k_cols, int64_t C, int64_t H, int64_t W,
+                                   int64_t tiles_c, int64_t tiles_w, int64_t tiles) {
+  using copy_t = CopyType<scalar_t, kWiden>;
+  __shared__ copy_t tile[kTile][kTile + 1];
   const scalar_t* x = blockIdx.y == 0 ? q : k;
-  acc_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
-  acc_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
+  copy_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
+  copy_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = ((b·H + h)·tiles_c + c tile)·tiles_w + w tile
     const int64_t w0 = t % tiles_w * kTile, c0 = t / tiles_w % tiles_c * kTile, row = t / (tiles_w * tiles_c);
     const int64_t b = row / H, h = row % H;
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       if (c0 + i < C && w0 + threadIdx.x < W) {
-        tile[i][threadIdx.x] = static_cast<acc_t>(x[((b * C + c0 + i) * H + h) * W + w0 + threadIdx.x]);
+        tile[i][threadIdx.x] = static_cast<copy_t>(x[((b * C + c0 + i) * H + h) * W + w0 + threadIdx.x]);
       }
     }
     __syncthreads();
@@ -231,22 +239,29 @@ struct PixelMajor {
   at::Tensor q_rows, q_cols, k_rows, k_cols;
 };
 
-PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in, at::ScalarType acc) {
+// widen: the copies in the accumulation type (the backward's ∂q, ∂k products take them with the float dE),
+// else in the inputs' type (the forward's energies: for 16-bit inputs, tensor-core products summed in float).
+PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in, bool widen) {
   auto q = q_in.contiguous(), k = k_in.contiguous();
   const int64_t B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
-  const auto options = q.options().dtype(acc);
+  const auto options = q.options().dtype(widen ? at::toOpMathType(q.scalar_type()) : q.scalar_type());
   PixelMajor out{at::empty({B * H, W, C}, options), at::empty({B * W, H, C}, options),
                  at::empty({B * H, W, C}, options), at::empty({B * W, H, C}, options)};
   const int64_t tiles_c = ceil_div(C, kTile), tiles_w = ceil_div(W, kTile), tiles = B * H * tiles_c * tiles_w;
   if (tiles == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_pixel_major_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    ATTNKERN_LAUNCH(dim3(element_blocks(tiles * kElementThreads), 2), dim3(kTile, kTileRows), 0,  // a block a tile
-                    c10::cuda::getCurrentCUDAStream(), pixel_major_kernel<scalar_t, acc_t>)(
-        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q_rows.mutable_data_ptr<acc_t>(),
-        out.q_cols.mutable_data_ptr<acc_t>(), out.k_rows.mutable_data_ptr<acc_t>(), out.k_cols.mutable_data_ptr<acc_t>(),
-        C, H, W, tiles_c, tiles_w, tiles);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto launch = [&](auto widen_constant) {
+      constexpr bool kWiden = decltype(widen_constant)::value;
+      using copy_t = CopyType<scalar_t, kWiden>;
+      ATTNKERN_LAUNCH(dim3(element_blocks(tiles * kElementThreads), 2), dim3(kTile, kTileRows), 0,  // a block a tile
+                      c10::cuda::getCurrentCUDAStream(), pixel_major_kernel<scalar_t, kWiden>)(
+          q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q_rows.mutable_data_ptr<copy_t>(),
+          out.q_cols.mutable_data_ptr<copy_t>(), out.k_rows.mutable_data_ptr<copy_t>(),
+          out.k_cols.mutable_data_ptr<copy_t>(), C, H, W, tiles_c, tiles_w, tiles);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (widen) launch(std::true_type{});
+    else launch(std::false_type{});
   });
   return out;
 }
@@ -266,9 +281,14 @@ at::Tensor& accumulating_bmm_out(at::Tensor& out, const at::Tensor& a, const at:
 // Views of x [B, C, H, W]'s sample b as a batch over rows: [H, C, W] (the row matrices X_h = x[b, :, h, :]).
 at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(0, 1); }
 
-// The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above).
+// The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above), in the accumulation type.
 std::pair<at::Tensor, at::Tensor> energies(const PixelMajor& x) {
-  return {at::bmm(x.q_rows, x.k_rows.transpose(1, 2)), at::bmm(x.q_cols, x.k_cols.transpose(1, 2))};
+  const auto options = x.q_rows.options().dtype(at::toOpMathType(x.q_rows.scalar_type()));
+  auto e_row = at::empty({x.q_rows.size(0), x.q_rows.size(1), x.k_rows.size(1)}, options);
+  auto e_col = at::empty({x.q_cols.size(0), x.q_cols.size(1), x.k_cols.size(1)}, options);
+  accumulating_bmm_out(e_row, x.q_rows, x.k_rows.transpose(1, 2));
+  accumulating_bmm_out(e_col, x.q_cols, x.k_cols.transpose(1, 2));
+  return {e_row, e_col};
 }
 
 // One pixel's energies: its row E_row[b, h][w, :] (W values from offset `row`) and column E_col[b, w][h, :]
@@ -283,6 +303,45 @@ __device__ inline PixelLists pixel_lists(int64_t pixel, int64_t H, int64_t W) {
   return {pixel * W, ((b * W + w) * H + h) * H, h};
 }
 
+// A pixel's lists as a warp holds them, lane-strided (position j at lane j % 32): `kLists` lists of `size`
+// values read at the same positions (the energies, or the energies and their gradients). The first
+// kCachedPerLane·32 positions are loaded into registers at once, every load in flight before the first is
+// used, and reused by each pass over the list; positions past them (lists longer than CCNet's) are read
+// from memory where a pass uses them.
+constexpr int kCachedPerLane = 4;  // lists of up to 128 positions held in registers
+
+template <typename acc_t, int kLists>
+struct LaneLists {
+  const acc_t* const* sources;
+  int64_t size;
+  acc_t cached[kCachedPerLane][kLists];
+
+  __device__ LaneLists(const acc_t* const (&lists)[kLists], int64_t size_) : sources(lists), size(size_) {
+#pragma unroll
+    for (int i = 0; i < kCachedPerLane; ++i) {
+      const int64_t j = threadIdx.x + 32 * i;
+#pragma unroll
+      for (int l = 0; l < kLists; ++l) cached[i][l] = j < size ? lists[l][j] : acc_t(0);
+    }
+  }
+
+  // f(j, values) for each of this lane's positions j: values[l] = sources[l][j].
+  template <typename F>
+  __device__ void for_each(F&& f) const {
+#pragma unroll
+    for (int i = 0; i < kCachedPerLane; ++i) {
+      const int64_t j = threadIdx.x + 32 * i;
+      if (j < size) f(j, cached[i]);
+    }
+    for (int64_t j = threadIdx.x + 32 * kCachedPerLane; j < size; j += 32) {
+      acc_t values[kLists];
+#pragma unroll
+      for (int l = 0; l < kLists; ++l) values[l] = sources[l][j];
+      f(j, values);
+    }
+  }
+};
+
 // Softmax over each pixel's positions: the weights (0 at the pixel's own column entry) and the log-sum-exp.
 template <typename scalar_t, typename acc_t>
 __global__ void softmax_kernel(const acc_t* __restrict__ e_row, const acc_t* __restrict__ e_col,
@@ -291,21 +350,24 @@ __global__ void softmax_kernel(const acc_t* __restrict__ e_row, const acc_t* __r
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.y;
   if (pixel >= pixels) return;  // the whole warp
   const PixelLists lists = pixel_lists(pixel, H, W);
-  const acc_t* row = e_row + lists.row;
-  const acc_t* column = e_col + lists.column;
+  const acc_t* const row_lists[1] = {e_row + lists.row};
+  const acc_t* const column_lists[1] = {e_col + lists.column};
+  const LaneLists<acc_t, 1> row(row_lists, W), column(column_lists, H);
   acc_t max = -INFINITY;
-  for (int64_t j = threadIdx.x; j < W; j += 32) max = row[j] > max ? row[j] : max;
-  for (int64_t i = threadIdx.x; i < H; i += 32) max = i != lists.self && column[i] > max ? column[i] : max;
+  row.for_each([&](int64_t, const acc_t* e) { max = e[0] > max ? e[0] : max; });
+  column.for_each([&](int64_t i, const acc_t* e) { max = i != lists.self && e[0] > max ? e[0] : max; });
   max = warp_max(max);
   acc_t sum = 0;
-  for (int64_t j = threadIdx.x; j < W; j += 32) sum += exp(row[j] - max);
-  for (int64_t i = threadIdx.x; i < H; i += 32) sum += i != lists.self ? exp(column[i] - max) : acc_t(0);
+  row.for_each([&](int64_t, const acc_t* e) { sum += exp(e[0] - max); });
+  column.for_each([&](int64_t i, const acc_t* e) { sum += i != lists.self ? exp(e[0] - max) : acc_t(0); });
   const acc_t log_sum = max + log(warp_sum(sum));
   if (threadIdx.x == 0) lse[pixel] = log_sum;
-  for (int64_t j = threadIdx.x; j < W; j += 32) a_row[lists.row + j] = static_cast<scalar_t>(attention_weight(row[j], log_sum));
-  for (int64_t i = threadIdx.x; i < H; i += 32) {
-    a_col[lists.column + i] = static_cast<scalar_t>(i != lists.self ? attention_weight(column[i], log_sum) : acc_t(0));
-  }
+  row.for_each([&](int64_t j, const acc_t* e) {
+    a_row[lists.row + j] = static_cast<scalar_t>(attention_weight(e[0], log_sum));
+  });
+  column.for_each([&](int64_t i, const acc_t* e) {
+    a_col[lists.column + i] = static_cast<scalar_t>(i != lists.self ? attention_weight(e[0], log_sum) : acc_t(0));
+  });
 }
 
 // The weights again (from the saved log-sum-exp), and the energies' gradients dE = S·(dS − D) with
@@ -318,26 +380,29 @@ __global__ void softmax_backward_kernel(const acc_t* __restrict__ e_row, const a
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.y;
   if (pixel >= pixels) return;  // the whole warp
   const PixelLists lists = pixel_lists(pixel, H, W);
-  const acc_t* row = e_row + lists.row;
-  const acc_t* column = e_col + lists.column;
   acc_t* grad_row = de_row + lists.row;
   acc_t* grad_column = de_col + lists.column;
+  const acc_t* const row_lists[2] = {e_row + lists.row, grad_row};  // energy, dS
+  const acc_t* const column_lists[2] = {e_col + lists.column, grad_column};
+  const LaneLists<acc_t, 2> row(row_lists, W), column(column_lists, H);
   const acc_t log_sum = lse[pixel];
-  auto column_weight = [&](int64_t i) { return i != lists.self ? attention_weight(column[i], log_sum) : acc_t(0); };
+  auto column_weight = [&](int64_t i, acc_t energy) {
+    return i != lists.self ? attention_weight(energy, log_sum) : acc_t(0);
+  };
   acc_t d = 0;
-  for (int64_t j = threadIdx.x; j < W; j += 32) d += attention_weight(row[j], log_sum) * grad_row[j];
-  for (int64_t i = threadIdx.x; i < H; i += 32) d += column_weight(i) * grad_column[i];
+  row.for_each([&](int64_t, const acc_t* x) { d += attention_weight(x[0], log_sum) * x[1]; });
+  column.for_each([&](int64_t i, const acc_t* x) { d += column_weight(i, x[0]) * x[1]; });
   d = warp_sum(d);
-  for (int64_t j = threadIdx.x; j < W; j += 32) {
-    const acc_t weight = attention_weight(row[j], log_sum);
+  row.for_each([&](int64_t j, const acc_t* x) {
+    const acc_t weight = attention_weight(x[0], log_sum);
     a_row[lists.row + j] = static_cast<scalar_t>(weight);
-    grad_row[j] = energy_grad(weight, grad_row[j], d);
-  }
-  for (int64_t i = threadIdx.x; i < H; i += 32) {
-    const acc_t weight = column_weight(i);
+    grad_row[j] = energy_grad(weight, x[1], d);
+  });
+  column.for_each([&](int64_t i, const acc_t* x) {
+    const acc_t weight = column_weight(i, x[0]);
     a_col[lists.column + i] = static_cast<scalar_t>(weight);
-    grad_column[i] = energy_grad(weight, grad_column[i], d);
-  }
+    grad_column[i] = energy_grad(weight, x[1], d);
+  });
 }
 
 int64_t softmax_blocks(int64_t pixels) { return ceil_div(pixels, kSoftmaxWarps); }
@@ -352,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   auto out = at::empty_like(v);
   auto lse = at::empty({B, H, W}, v.options().dtype(acc));
   if (B * H * W == 0) return {out, lse};
-  auto [e_row, e_col] = energies(pixel_major(q_in, k_in, acc));
+  auto [e_row, e_col] = energies(pixel_major(q_in, k_in, /*widen=*/false));
   auto a_row = at::empty(e_row.sizes(), v.options()), a_col = at::empty(e_col.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -385,7 +450,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   auto grad_q = at::empty_like(q_in, at::MemoryFormat::Contiguous);
   auto grad_k = at::empty_like(k_in, at::MemoryFormat::Contiguous), grad_v = at::empty_like(v);
   if (B * H * W == 0) return {grad_q, grad_k, grad_v};
-  const PixelMajor qk = pixel_major(q_in, k_in, acc);
+  const PixelMajor qk = pixel_major(q_in, k_in, /*widen=*/true);
   auto [e_row, e_col] = energies(qk);
   // dS[w, w'] = g(h, w)·v(h, w') by rows, per sample; dS[h, h'] = g(h, w)·v(h', w) by columns.
   auto de_row = at::empty({B, H, W, W}, v.options().dtype(acc));
