@@ -11,8 +11,9 @@ time. Pure Python: no torch, no GPU. It is a model, not a measurement: good to Â
 The model (one small function per kernel, named after it, counts what one launch executes):
   * Counts are warp-level totals taken from the loop structure of the kernel: FMAs (`ffma`), other issued
     arithmetic (`alu`: index math, compares, loop overhead; a 64-bit integer division or modulo by a
-    runtime value costs DIV64 issue slots, a 32-bit one DIV32), special-function ops (`mufu`: one per
-    exp/log, plus EXP_ALU issue slots of range reduction), memory instructions (`mem`), L1/shared
+    runtime value costs DIV64 issue slots, a 32-bit one DIV32; a (row, column) pair stepped by a constant
+    stride instead, INDEX_STEP), special-function ops (`mufu`: one per exp/log, plus EXP_ALU issue slots of
+    range reduction, or EXP2_ALU for an ex2 of a prescaled argument), memory instructions (`mem`), L1/shared
     wavefronts (`lsu`), bytes between L1 and L2 (`l2`), bytes from DRAM (`dram`, at least the minimum).
   * Coalescing and bank conflicts come from the index pattern: the kernel's own index formulas are
     evaluated for the 32 lanes of a representative warp; a global access costs one wavefront per distinct
@@ -74,6 +75,7 @@ LAT_L1, LAT_L2, LAT_DRAM = 20e-9, 150e-9, 550e-9
 L1_BYTES = 200 * 1024  # L1 data cache left to a CTA that uses little shared memory
 LAUNCH = 4e-6
 DIV64, DIV32, EXP_ALU = 25, 15, 8
+INDEX_STEP, EXP2_ALU = 4, 4  # add, add, compare, select; FFMA and ex2's denormal-range fix-ups
 PLAIN_GEMM_EFF, PLAIN_CONV_EFF, PLAIN_SDPA_EFF, PLAIN_BW_EFF = 0.7, 0.4, 0.35, 0.8
 REGS_UNKNOWN = 32  # assumed when the ptxas output has no entry for a kernel
 SMS_SM90 = 132  # what host code that sizes grids by the SM count sees on an H100/H200
@@ -1010,7 +1012,7 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     # in flight at once)
     bias = mma_bias_load(N)
     vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
-    load = dict(alu=load_warps * (DIV32 + 16) + bias["alu"] + warps * 4 * 10,
+    load = dict(alu=load_warps * (INDEX_STEP + 16) + warps * 2 * DIV32 + bias["alu"] + warps * 4 * 10,
                 mem=load_warps * 6 + bias["mem"] + 2 * warps,
                 lsu=load_warps * 3 * (q_lines + vec * elem // 4) + bias["lsu"] + 2 * warps,
                 l2=load_warps * 3 * q_sectors * 32 + N * N * elem, gld=load_warps * 3 + bias["gld"])
@@ -1020,13 +1022,13 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     ldsm_lsu = warps * (dp // 16 * (4 + 2 * Np // 8) + Np // 16 * dp // 8 * 2)
     elements = warps * Np // 2  # accumulator elements a lane holds, per warp, summed over the CTA's warps
     region = 2 if g.shift else 0
-    logits = dict(alu=elements * (14 + EXP_ALU) + warps * 40, mem=elements * (1 + region), mufu=elements + 2 * warps,
+    logits = dict(alu=elements * (14 + EXP2_ALU) + warps * 40, mem=elements * (1 + region), mufu=elements + 2 * warps,
                   lsu=elements * (2 + region))  # bias rows of a fragment: 8 rows, 2-way bank conflicts
     pack = Np // 16 * 4 * 2 * warps  # F2F conversions of P
     # output: staging stores (a column pair a 4-byte store), then 16Â·d/vec chunks a warp
     out_warps = warps * ceil_div(16 * d // vec, 32)
     out_lines = 16 * d * elem / 128 / max(1, out_warps // warps)
-    store = dict(alu=out_warps * (DIV32 + 12) + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 2,
+    store = dict(alu=out_warps * (INDEX_STEP + 12) + warps * 2 * DIV32 + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 2,
                  lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 2 * 2,
                  l2=B * g.H * g.W * heads * d * elem / ctas)
     pixels, bias_bytes = B * g.H * g.W, heads * N * N * elem
@@ -1078,7 +1080,7 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     o_lines, _ = mean_access([[(pix[min(e // lanes, N - 1)] * heads) * d + (e % lanes) * vec for e in range(s, s + 32)]
                               for s in range(0, Np * lanes, 32)], elem)
     shuffles = (lanes - 1).bit_length()
-    load = dict(alu=load_warps * 4 * (DIV32 + 16) + row_warps * (steps * (3 * vec + 16) + shuffles * 2 + 20)
+    load = dict(alu=load_warps * 4 * (INDEX_STEP + 16) + warps * 2 * DIV32 + row_warps * (steps * (3 * vec + 16) + shuffles * 2 + 20)
                 + lse_warps * 12 + warps * 40,
                 mem=load_warps * 4 * 2 + row_warps * (2 * steps + shuffles + 1) + lse_warps * 3 + 3 * warps,
                 lsu=load_warps * 4 * (q_lines + vec * elem // 4)
@@ -1092,13 +1094,13 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     elements = warps * Np // 2
     region = 2 if g.shift else 0
     # per element: the bias, the bias gradient's read-modify-write, half a 4-byte store to each of P and dS
-    elementwise = dict(alu=elements * (30 + EXP_ALU), mem=elements * (4 + region), mufu=elements,
+    elementwise = dict(alu=elements * (30 + EXP2_ALU), mem=elements * (4 + region), mufu=elements,
                        lsu=elements * (4 + region))
     pack = 2 * (Np // 16) * 4 * 2 * warps
     staged = warps * 3 * (dp // 8) * 2  # 4-byte shared stores (column pairs) of dq, dk, dv
     out_warps = 3 * ceil_div(N * d // vec, 32)  # then vec-element copies out
     out_lines = 32 * vec * elem / 128
-    out = dict(alu=staged * 4 + out_warps * (DIV32 + 12), mem=staged + 2 * out_warps,
+    out = dict(alu=staged * 4 + out_warps * (INDEX_STEP + 12) + warps * 2 * DIV32, mem=staged + 2 * out_warps,
                lsu=staged * 2 + out_warps * (vec * elem // 4 + out_lines),
                l2=3 * N * d * elem, gld=out_warps)
     window = {k: load.get(k, 0) + elementwise.get(k, 0) + out.get(k, 0) for k in ("alu", "mem", "lsu", "l2", "gld")}

@@ -8,9 +8,10 @@
 // banks), and the head's bias 16 bytes a copy. Warp w owns query rows 16w … 16w + 15:
 //   S = Q·Kᵀ      mma.m16n8k16 over dp / 16 steps into Np / 8 accumulator tiles (fp32, registers);
 //   s = scale·S + logit_offset (window_attention.h: bias, region and explicit mask), −inf past key N;
-//   the row's max and Σ exp over the 4 lanes of its group (shuffles); lse = max + log Σ;
+//   the row's max and Σ exp over the 4 lanes of its group (shuffles; exp_minus: ex2 of log2 e-scaled
+//   logits); lse = max + log Σ;
 //   O = P·V       the accumulators, rounded to the input type, are the A fragments (two tiles a k-step),
-//                 V's B fragments come from ldmatrix.trans; o = O / Σ,
+//                 V's B fragments come from ldmatrix.trans; o = O·(1 / Σ),
 // and the warp stages its output rows in its own rows of the q tile, copied out vec channels at a time.
 #pragma once
 
@@ -53,6 +54,13 @@ __device__ __forceinline__ void store_pair(scalar_t* dst, float a, float b) {
   copy_chunk<4>(dst, pair);
 }
 
+// exp(x − m) as exp2(x·log2 e − m_log2e), m_log2e = m·log2 e: one FFMA and the SFU's ex2, where expf spends
+// about 8 more instructions on its range reduction (FlashAttention's softmax). Its P is rounded to 16 bits
+// for the P·V product; the relative error, ~|m|·2⁻²⁴, is far below that.
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float exp_minus(float x, float m_log2e) { return exp2f(fmaf(x, kLog2e, -m_log2e)); }
+
 // Accumulator tiles of one warp: up to 8 tiles of 16×8 (key tiles of S, or dimension tiles of an output).
 using MmaAccumulators = float[8][4];
 static_assert(kMmaMaxTokens == 8 * 8 && kMmaMaxHeadDim == 8 * 8, "8 accumulator tiles of 8 columns");
@@ -76,6 +84,23 @@ __device__ __forceinline__ void mma_load_tokens(const WindowGrid& grid, int64_t 
   }
 }
 
+// f(row, chunk) for the elements e = row·chunks + chunk of a [rows, chunks] grid that a thread takes, e = first,
+// first + stride, … : one division at the start, then the pair is stepped (no division a step).
+template <typename F>
+__device__ __forceinline__ void for_each_row_chunk(int first, int stride, int rows, int chunks, F&& f) {
+  const int row_step = stride / chunks, chunk_step = stride % chunks;
+  int row = first / chunks, chunk = first % chunks;
+  while (row < rows) {
+    f(row, chunk);
+    row += row_step;
+    chunk += chunk_step;
+    if (chunk >= chunks) {
+      chunk -= chunks;
+      ++row;
+    }
+  }
+}
+
 // tiles[x][t][c] = sources[x][pixel[t]·strides[x] + c] for t < N, c < d, zero elsewhere in [Np, dp], for the
 // kTiles tiles of a window (q, k, v; the backward's dO): `vec` consecutive channels a thread (vec divides d;
 // 16 bytes when d % 8 == 0), the same chunk of every tile loaded into registers before any is stored, so
@@ -84,22 +109,21 @@ template <int kTiles, typename scalar_t>
 __device__ void mma_load_tiles(scalar_t* const (&tiles)[kTiles], const scalar_t* const (&sources)[kTiles],
                                const int64_t (&strides)[kTiles], const int64_t* pixel, int N, int Np, int d, int dp,
                                int ld, int vec) {
-  const int chunks = dp / vec;
-  for (int e = threadIdx.x; e < Np * chunks; e += blockDim.x) {
-    const int t = e / chunks, c = (e % chunks) * vec;
-    alignas(16) scalar_t chunk[kTiles][8];
+  for_each_row_chunk(threadIdx.x, blockDim.x, Np, dp / vec, [&](int t, int chunk) {
+    const int c = chunk * vec;
+    alignas(16) scalar_t values[kTiles][8];
 #pragma unroll
     for (int x = 0; x < kTiles; ++x) {  // constant indices: the chunks stay in registers
       if (t < N && c < d) {
-        copy_elements(chunk[x], sources[x] + pixel[t] * strides[x] + c, vec);
+        copy_elements(values[x], sources[x] + pixel[t] * strides[x] + c, vec);
       } else {
 #pragma unroll
-        for (int y = 0; y < 8; ++y) chunk[x][y] = scalar_t(0);
+        for (int y = 0; y < 8; ++y) values[x][y] = scalar_t(0);
       }
     }
 #pragma unroll
-    for (int x = 0; x < kTiles; ++x) copy_elements(tiles[x] + t * ld + c, chunk[x], vec);
-  }
+    for (int x = 0; x < kTiles; ++x) copy_elements(tiles[x] + t * ld + c, values[x], vec);
+  });
 }
 
 __device__ __forceinline__ void mma_zero(MmaAccumulators& acc) {
@@ -234,16 +258,18 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
 #pragma unroll
     for (int e = 0; e < 4; ++e) row_max[e / 2] = max(row_max[e / 2], s[nt][e]);
   }
+  float max_log2e[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     row_max[r] = tensor_core::group_max(row_max[r]);
     if (row_max[r] == -INFINITY) row_max[r] = 0.f;  // a row of −inf logits: P = 0, o = 0/0 = NaN as in torch
+    max_log2e[r] = row_max[r] * kLog2e;
   }
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[nt][e] = exp(s[nt][e] - row_max[e / 2]);
+      s[nt][e] = exp_minus(s[nt][e], max_log2e[e / 2]);
       row_sum[e / 2] += s[nt][e];
     }
   }
@@ -259,19 +285,19 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   mma_registers_times_tile(o, s, v, ld, Np / 16, dim_tiles);
 
   // o = O / Σ into this warp's rows of the q tile (no other warp reads them), then to the image.
+  const float inverse_sum[2] = {1.f / row_sum[0], 1.f / row_sum[1]};
 #pragma unroll
   for (int dt = 0; dt < 8; ++dt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o[dt][e] /= row_sum[e / 2];
+    for (int e = 0; e < 4; ++e) o[dt][e] *= inverse_sum[e / 2];
   }
   __syncwarp();
   mma_stage_rows(o, 1.f, q, ld, row0, dim_tiles);
   __syncwarp();
-  const int out_chunks = d / vec;
-  for (int e = lane; e < 16 * out_chunks; e += 32) {
-    const int i = row0 + e / out_chunks, c = (e % out_chunks) * vec;
+  for_each_row_chunk(lane, 32, 16, d / vec, [&](int row, int chunk) {
+    const int i = row0 + row, c = chunk * vec;
     if (i < N) copy_elements(out + out_offset(pixel[i], h, heads, d) + c, q + i * ld + c, vec);
-  }
+  });
 }
 
 }  // namespace window_attention

@@ -6,7 +6,7 @@
 // writing its slice of the [groups, heads, N, N] partials once, summed afterwards (deterministic).
 // Per window, q, k, v and dO are loaded as in the forward (mma_load_tiles, four chunks in flight a thread),
 // lse and D_i = dO_i·o_i per token, then
-//   rows    (warp w: queries 16w … 16w + 15)  S = Q·Kᵀ → logits → P = exp(s − lse);  dP = dO·Vᵀ;
+//   rows    (warp w: queries 16w … 16w + 15)  S = Q·Kᵀ → logits → P = exp(s − lse) (exp_minus);  dP = dO·Vᵀ;
 //           dS = logit_grad(P, dP, D) (window_attention.h); the bias gradient += dS; P and dS, rounded to
 //           the input type, into shared tiles; dq = scale·dS·K from registers;
 //   columns (warp w: keys 16w … 16w + 15)     dv = Pᵀ·dO and dk = scale·dSᵀ·Q, the transposed A fragments
@@ -23,7 +23,7 @@ namespace attnkern {
 namespace window_attention {
 
 // Window groups of the backward: enough blocks for one wave of kBackwardBlocksPerSm an SM (what fits an SM
-// at the kernel's 147–153 registers a thread and its shared memory on sm_90; every group walks as many
+// at the kernel's 148–154 registers a thread and its shared memory on sm_90; every group walks as many
 // windows ± 1, so one wave has no tail), at least the SIMT backward's 64 groups, then as few as give every
 // group the same number of windows (± 1). Each group writes one [N, N] bias-gradient partial a head, so
 // fewer groups move fewer partials: 384 blocks at Swin-T stage 1 and SwinIR (was 1,026 and 768 at 8 an SM).
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
     mma_rows_times_rows(dprob, grad_o, v, ld, dp, tiles, row0);
     // The lane's rows row0 + g and row0 + g + 8 (elements 0, 1 and 2, 3 of a tile): their lse and D held in
     // registers, as the bias-gradient stores could alias them for the compiler.
-    const float row_lse[2] = {lse_w[row0 + g], lse_w[row0 + g + 8]};
+    const float lse_log2e[2] = {lse_w[row0 + g] * kLog2e, lse_w[row0 + g + 8] * kLog2e};
     const float row_delta[2] = {delta[row0 + g], delta[row0 + g + 8]};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + g + 8 * (e / 2), j = nt * 8 + 2 * t4 + e % 2;
         const bool inside = nt < tiles && i < N && j < N;
-        p[e] = inside ? exp(s[nt][e] - row_lse[e / 2]) : 0.f;
+        p[e] = inside ? exp_minus(s[nt][e], lse_log2e[e / 2]) : 0.f;
         const float ds = inside ? logit_grad(p[e], dprob[nt][e], row_delta[e / 2]) : 0.f;
         if (inside) bias_grad[i * N + j] += ds;  // this lane's own element
         s[nt][e] = ds;
@@ -205,14 +205,13 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
     __syncthreads();  // q is read no more
     mma_stage_rows(acc, scale, q, ld, row0, dim_tiles);  // dk
     __syncthreads();
-    const int chunks = d / vec;
-    for (int e = threadIdx.x; e < N * chunks; e += blockDim.x) {
-      const int t = e / chunks, c = (e % chunks) * vec;
+    for_each_row_chunk(threadIdx.x, blockDim.x, N, d / vec, [&](int t, int chunk) {
+      const int c = chunk * vec;
       scalar_t* token_grad = grad_qkv + pixel[t] * token + h * d + c;
       copy_elements(token_grad, k + t * ld + c, vec);
       copy_elements(token_grad + heads * d, q + t * ld + c, vec);
       copy_elements(token_grad + 2 * heads * d, v + t * ld + c, vec);
-    }
+    });
     __syncthreads();
   }
   if (grad_bias_partial != nullptr) {
