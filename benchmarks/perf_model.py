@@ -152,20 +152,21 @@ def demangle_kernel(mangled: str) -> Tuple[List[str], Optional[str], Tuple[str, 
         if not nested:
             break
     rest, dtype, literals = s[i:], None, []
-    if rest.startswith("I"):
-        k = 1
-        while rest.startswith("L", k):  # non-type template arguments: Lb0E, Li3E, ...
+
+    def read_literals(k: int) -> int:  # non-type template arguments from rest[k]: Lb0E, Li3E, ...
+        while rest.startswith("L", k):
             end = rest.index("E", k)
             literals.append(rest[k + 1:end])
             k = end + 1
+        return k
+
+    if rest.startswith("I"):
+        k = read_literals(1)
         for code, name in DTYPE_CODES.items():
             if rest.startswith(code, k):
-                dtype, k = name, k + len(code)
+                dtype = name
+                read_literals(k + len(code))  # after the type too: pixel_major_kernel<float, true>
                 break
-        while dtype and rest.startswith("L", k):  # literals after the type: pixel_major_kernel<float, true>
-            end = rest.index("E", k)
-            literals.append(rest[k + 1:end])
-            k = end + 1
     return names, dtype, tuple(literals)
 
 
@@ -1028,7 +1029,8 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     # output: staging stores (a column pair a 4-byte store), then 16·d/vec chunks a warp
     out_warps = warps * ceil_div(16 * d // vec, 32)
     out_lines = 16 * d * elem / 128 / max(1, out_warps // warps)
-    store = dict(alu=out_warps * (INDEX_STEP + 12) + warps * 2 * DIV32 + warps * dp // 8 * 4 * 4, mem=out_warps * 2 + warps * dp // 8 * 2,
+    store = dict(alu=out_warps * (INDEX_STEP + 12) + warps * 2 * DIV32 + warps * dp // 8 * 4 * 4,
+                 mem=out_warps * 2 + warps * dp // 8 * 2,
                  lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 2 * 2,
                  l2=B * g.H * g.W * heads * d * elem / ctas)
     pixels, bias_bytes = B * g.H * g.W, heads * N * N * elem
@@ -1080,8 +1082,8 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     o_lines, _ = mean_access([[(pix[min(e // lanes, N - 1)] * heads) * d + (e % lanes) * vec for e in range(s, s + 32)]
                               for s in range(0, Np * lanes, 32)], elem)
     shuffles = (lanes - 1).bit_length()
-    load = dict(alu=load_warps * 4 * (INDEX_STEP + 16) + warps * 2 * DIV32 + row_warps * (steps * (3 * vec + 16) + shuffles * 2 + 20)
-                + lse_warps * 12 + warps * 40,
+    load = dict(alu=load_warps * 4 * (INDEX_STEP + 16) + warps * 2 * DIV32
+                + row_warps * (steps * (3 * vec + 16) + shuffles * 2 + 20) + lse_warps * 12 + warps * 40,
                 mem=load_warps * 4 * 2 + row_warps * (2 * steps + shuffles + 1) + lse_warps * 3 + 3 * warps,
                 lsu=load_warps * 4 * (q_lines + vec * elem // 4)
                 + row_warps * (steps * (o_lines + vec * elem // 4) + shuffles + 1) + lse_warps * (2 + lse_lines)
