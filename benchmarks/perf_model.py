@@ -13,8 +13,8 @@ The model (one small function per kernel, named after it, counts what one launch
     arithmetic (`alu`: index math, compares, loop overhead; a 64-bit integer division or modulo by a
     runtime value costs DIV64 issue slots, a 32-bit one DIV32; a (row, column) pair stepped by a constant
     stride instead, INDEX_STEP), special-function ops (`mufu`: one per exp/log, plus EXP_ALU issue slots of
-    range reduction, or EXP2_ALU for an ex2 of a prescaled argument), memory instructions (`mem`), L1/shared
-    wavefronts (`lsu`), bytes between L1 and L2 (`l2`), bytes from DRAM (`dram`, at least the minimum).
+    range reduction; an ex2.approx.ftz of a prescaled argument is the MUFU alone), memory instructions (`mem`),
+    L1/shared wavefronts (`lsu`), bytes between L1 and L2 (`l2`), bytes from DRAM (`dram`, at least the minimum).
   * Coalescing and bank conflicts come from the index pattern: the kernel's own index formulas are
     evaluated for the 32 lanes of a representative warp; a global access costs one wavefront per distinct
     128-byte line and moves its distinct 32-byte sectors; a shared access costs as many wavefronts as the
@@ -75,7 +75,8 @@ LAT_L1, LAT_L2, LAT_DRAM = 20e-9, 150e-9, 550e-9
 L1_BYTES = 200 * 1024  # L1 data cache left to a CTA that uses little shared memory
 LAUNCH = 4e-6
 DIV64, DIV32, EXP_ALU = 25, 15, 8
-INDEX_STEP, EXP2_ALU = 4, 4  # add, add, compare, select; FFMA and ex2's denormal-range fix-ups
+INDEX_STEP = 4  # add, add, compare, select
+BLOCK_COPY_IN_FLIGHT = 4  # common/cuda_vector.cuh: kBlockCopyInFlight
 PLAIN_GEMM_EFF, PLAIN_CONV_EFF, PLAIN_SDPA_EFF, PLAIN_BW_EFF = 0.7, 0.4, 0.35, 0.8
 REGS_UNKNOWN = 32  # assumed when the ptxas output has no entry for a kernel
 SMS_SM90 = 132  # what host code that sizes grids by the SM count sees on an H100/H200
@@ -987,17 +988,52 @@ def mma_tile_loads(g: WindowGrid, heads: int, d: int, elem: int) -> Tuple[int, i
     return vec, ceil_div(Np * chunks, 32), lines, sectors
 
 
+def mma_bias_ld(N: int) -> int:  # window_attention_mma.cuh: mma_bias_ld (elements)
+    return ceil_div(N, 64) * 64 + 8 if N % 8 == 0 else N
+
+
+def mma_bias_grad_ld(N: int) -> int:  # window_attention_mma.cuh: mma_bias_grad_ld (floats)
+    return ceil_div(N, 32) * 32 + 8
+
+
 def mma_bias_bytes(N: int) -> int:  # window_attention_mma.cuh: the bias region, 16 bytes to align the tile
-    return ceil_div(N * N * 2, 16) * 16 + 16
+    return ceil_div(N * mma_bias_ld(N) * 2, 16) * 16 + 16
 
 
-def mma_bias_load(N: int) -> dict:
+def fragment_ways(ld: int, elem: int, width: int = 1) -> float:
+    """Wavefronts of a warp's shared-memory access in accumulator-fragment order (lane 4g + t: row g, columns
+    2t, 2t + 1 of an 8-column tile) to an array of elem-byte values with rows ld apart, `width` consecutive
+    values an access (a column pair: 2); the mean over the 8 tiles of a row band and the accesses of a tile."""
+    ways = [bank_ways([((g * ld + 8 * nt + 2 * t + e) * elem) // 4 for g in range(8) for t in range(4)])
+            for nt in range(8) for e in range(0, 2, width)]
+    return sum(ways) / len(ways)
+
+
+def mma_bias_load(N: int, warps: int) -> dict:
     """window_attention_mma.cuh: mma_load_bias — a head's N² 16-bit biases into shared memory by block_copy:
-    16 bytes a thread (a warp: 4 lines read, 4 wavefronts stored), the values before the first and after the
-    last 16-byte boundary one a thread (a warp each)."""
-    chunk_warps = ceil_div(N * N * 2 // 16, 32)
+    16 bytes a thread (a warp: 4 lines read, 4 wavefronts stored), up to BLOCK_COPY_IN_FLIGHT of a thread's
+    loaded before any is stored (`batched`, waited on `rounds` times a warp), the values before the first and
+    after the last 16-byte boundary one a thread (a warp each)."""
+    chunks = N * N * 2 // 16
+    chunk_warps = ceil_div(chunks, 32)
+    rounds = ceil_div(chunks, 32 * warps * BLOCK_COPY_IN_FLIGHT)
     return dict(alu=(chunk_warps + 2) * 8, mem=(chunk_warps + 2) * 2, lsu=chunk_warps * 8 + 2 * 2,
-                gld=chunk_warps + 2)
+                gld=chunk_warps + 2, batched=(chunk_warps, chunk_warps / (warps * rounds)))
+
+
+def batched_requests(*groups: Tuple[float, float]) -> Tuple[float, float]:
+    """Launch's (gld_batched, batch) for groups of (requests, issued this many at a time): the same serial count."""
+    requests = sum(n for n, _ in groups)
+    return requests, requests / sum(n / batch for n, batch in groups) if requests else 1.0
+
+
+def logit_alu(g: WindowGrid, settled: bool) -> int:
+    """window_attention_mma.cuh: mma_logits and the softmax, issue slots an accumulator element beyond its
+    shared-memory loads and ex2: with the bias alone settled once (kSettled, the forward), the key's bound (a
+    compare shared by two elements, a select), the bias's conversion, the FFMA of scale·S + bias, the row's max,
+    the FFMA of the exponent, the row's sum; the general offset (null tests, region addresses, compare, select,
+    adds: shifted windows, and the backward) about twice that."""
+    return 7 if settled and not g.shift else 14
 
 
 def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
@@ -1011,7 +1047,7 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     pt = window_patterns(g, heads, d, elem)
     # load: the head's bias (mma_load_bias), then the q, k, v tiles (int32 index math; a chunk of each a thread
     # in flight at once)
-    bias = mma_bias_load(N)
+    bias = mma_bias_load(N, warps)
     vec, load_warps, q_lines, q_sectors = mma_tile_loads(g, heads, d, elem)
     load = dict(alu=load_warps * (INDEX_STEP + 16) + warps * 2 * DIV32 + bias["alu"] + warps * 4 * 10,
                 mem=load_warps * 6 + bias["mem"] + 2 * warps,
@@ -1023,8 +1059,9 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     ldsm_lsu = warps * (dp // 16 * (4 + 2 * Np // 8) + Np // 16 * dp // 8 * 2)
     elements = warps * Np // 2  # accumulator elements a lane holds, per warp, summed over the CTA's warps
     region = 2 if g.shift else 0
-    logits = dict(alu=elements * (14 + EXP2_ALU) + warps * 40, mem=elements * (1 + region), mufu=elements + 2 * warps,
-                  lsu=elements * (2 + region))  # bias rows of a fragment: 8 rows, 2-way bank conflicts
+    logits = dict(alu=elements * logit_alu(g, settled=True) + warps * 40,
+                  mem=elements * (1 + region), mufu=elements + 2 * warps,
+                  lsu=elements * (fragment_ways(mma_bias_ld(N), 2) + region))  # the bias in fragment order
     pack = Np // 16 * 4 * 2 * warps  # F2F conversions of P
     # output: staging stores (a column pair a 4-byte store), then 16·d/vec chunks a warp
     out_warps = warps * ceil_div(16 * d // vec, 32)
@@ -1034,6 +1071,7 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                  lsu=out_warps * (vec * elem // 4 + out_lines) + warps * dp // 8 * 2 * 2,
                  l2=B * g.H * g.W * heads * d * elem / ctas)
     pixels, bias_bytes = B * g.H * g.W, heads * N * N * elem
+    tiles_batched, tiles_batch = batched_requests((load_warps * 3, 3), bias["batched"])
     l2_cta = load["l2"] + store["l2"] + N * 32
     return Launch("window_attention", "mma_forward_kernel", (ctas, 1, 1), (warps * 32, 1, 1),
                   dyn_smem=3 * Np * ld_smem * 2 + mma_bias_bytes(N) + Np * 12, flops=4.0 * ctas * N * N * d,
@@ -1042,7 +1080,7 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                   alu=ctas * (load["alu"] + logits["alu"] + pack + store["alu"] + hmma),
                   mufu=ctas * logits["mufu"], mem=ctas * (load["mem"] + ldsm + logits["mem"] + store["mem"]),
                   lsu=ctas * (load["lsu"] + ldsm_lsu + logits["lsu"] + store["lsu"]), l2=ctas * l2_cta,
-                  gld=ctas * (load["gld"] + out_warps), gld_batched=ctas * load_warps * 3, batch=3, ilp=2,
+                  gld=ctas * (load["gld"] + out_warps), gld_batched=ctas * tiles_batched, batch=tiles_batch, ilp=2,
                   phased=True,
                   note=f"{warps} warps a (window, head), {hmma} mma.sync a CTA; N padded {N}→{Np}, d {d}→{dp}; "
                        f"{vec * elem}-byte copies")
@@ -1095,9 +1133,12 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     ldsm_lsu = warps * (2 * dp // 16 * (4 + 2 * Np // 8) + 2 * Np // 16 * dp // 8 + 2 * Np // 16 * (4 + 2 * dp // 8))
     elements = warps * Np // 2
     region = 2 if g.shift else 0
-    # per element: the bias, the bias gradient's read-modify-write, half a 4-byte store to each of P and dS
-    elementwise = dict(alu=elements * (30 + EXP2_ALU), mem=elements * (4 + region), mufu=elements,
-                       lsu=elements * (4 + region))
+    # per element: the bias; per pair of elements (a column pair), the bias gradient's 8-byte read-modify-write
+    # and a 4-byte store to each of P and dS; each in fragment order (bank conflicts from the rows' strides)
+    element_ways = (fragment_ways(mma_bias_ld(N), 2) + fragment_ways(mma_bias_grad_ld(N), 4, width=2)
+                    + fragment_ways(Np + MMA_ROW_PAD, 2, width=2))
+    elementwise = dict(alu=elements * (16 + logit_alu(g, settled=False)), mem=elements * (3 + region), mufu=elements,
+                       lsu=elements * (element_ways + region))
     pack = 2 * (Np // 16) * 4 * 2 * warps
     staged = warps * 3 * (dp // 8) * 2  # 4-byte shared stores (column pairs) of dq, dk, dv
     out_warps = 3 * ceil_div(N * d // vec, 32)  # then vec-element copies out
@@ -1111,11 +1152,11 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     window["lsu"] += ldsm_lsu
     # once a CTA: the head's bias (mma_load_bias), the bias gradient zeroed, and its partial stored (4-byte
     # values, one a thread a step: a warp writes a line)
-    bias, nn_warps = mma_bias_load(N), ceil_div(N * N, 32)
+    bias, nn_warps = mma_bias_load(N, warps), ceil_div(N * mma_bias_grad_ld(N), 32)
     cta = dict(alu=bias["alu"] + nn_warps * (4 + 6), mem=bias["mem"] + nn_warps * 3,
                lsu=bias["lsu"] + nn_warps * 3, l2=N * N * (2 + 4), gld=bias["gld"])
     layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + mma_bias_bytes(N) \
-        + N * N * 4 + Np * 8 + Np * 12
+        + N * mma_bias_grad_ld(N) * 4 + Np * 8 + Np * 12
     pixels = B * g.H * g.W
     io = pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4  # q, k, v, o, dO read; dq, dk, dv; lse
     return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,
@@ -1124,8 +1165,10 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
                   hmma=ctas * per_cta * hmma, alu=ctas * (per_cta * window["alu"] + cta["alu"]),
                   mufu=ctas * per_cta * elementwise["mufu"], mem=ctas * (per_cta * window["mem"] + cta["mem"]),
                   lsu=ctas * (per_cta * window["lsu"] + cta["lsu"]), l2=ctas * (per_cta * window["l2"] + cta["l2"]),
-                  gld=ctas * (per_cta * window["gld"] + cta["gld"]), gld_batched=ctas * per_cta * load_warps * 4,
-                  batch=4, ilp=2, phased=True,
+                  gld=ctas * (per_cta * window["gld"] + cta["gld"]),
+                  **dict(zip(("gld_batched", "batch"),
+                             batched_requests((ctas * per_cta * load_warps * 4, 4),
+                                              (ctas * bias["batched"][0], bias["batched"][1])))), ilp=2, phased=True,
                   note=f"{ctas} CTAs of {warps} warps ({per_cta} windows each), {hmma} mma.sync a window; "
                        f"dq, dk, dv stored from the accumulators")
 

@@ -128,6 +128,15 @@ def test_access_patterns():
     assert pm.bank_ways([7] * 32) == 1  # broadcast
 
 
+def test_fragment_order_bank_conflicts():
+    # window_attention_mma.cuh reads the bias (bf16) and its gradient (float) in accumulator-fragment order
+    assert pm.fragment_ways(64, 2) == 8  # 64 values a row: a fragment's 8 rows in the same 4 banks
+    assert pm.fragment_ways(pm.mma_bias_ld(64), 2) == 1  # rows 4 banks apart
+    assert pm.fragment_ways(pm.mma_bias_ld(49), 2) == 2  # rows of 49 stay unpadded
+    assert (pm.fragment_ways(64, 4), pm.fragment_ways(49, 4)) == (8, 4)
+    assert all(pm.fragment_ways(pm.mma_bias_grad_ld(N), 4, width=2) == 2 for N in (16, 49, 64))  # pairs: 64 words
+
+
 def test_report(rows):
     dev = pm.Device("h200")
     md = pm.markdown(rows, dev, "float32", "fixture")

@@ -21,6 +21,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 
 #if defined(ATTNKERN_CUDA_EMULATION)
@@ -134,6 +136,19 @@ __device__ acc_t warp_sum(acc_t value) {
 template <typename acc_t>
 __device__ acc_t warp_max(acc_t value) {
   return warp_reduce(value, [](acc_t a, acc_t b) { return a > b ? a : b; });
+}
+
+// 2^x by the SFU's ex2.approx.ftz.f32 (relative error ≤ 2⁻²²; results below 2⁻¹²⁶ flushed to 0): one MUFU.EX2,
+// where exp2f adds the scaling that keeps its subnormal results. For softmax weights, whose largest is 1.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if defined(ATTNKERN_CUDA_EMULATION)
+  const float y = std::exp2(x);
+  return y < FLT_MIN ? 0.f : y;
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
 }
 
 }  // namespace attnkern

@@ -57,17 +57,6 @@ __device__ __forceinline__ int offset_in_16_bytes(const scalar_t* p) {
   return static_cast<int>(reinterpret_cast<uintptr_t>(p) % 16 / sizeof(scalar_t));
 }
 
-// dst[0, n) = src[0, n) by the threads of a (1-D) block, 16 bytes a copy between the first and the last
-// 16-byte boundary of src, one element a copy before and after; dst must lie as far past a boundary as src.
-template <typename scalar_t>
-__device__ void block_copy(scalar_t* dst, const scalar_t* src, int n) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const int head = min(n, (kVec - offset_in_16_bytes(src)) % kVec), chunks = (n - head) / kVec;
-  for (int e = threadIdx.x; e < chunks; e += blockDim.x) copy_chunk<16>(dst + head + e * kVec, src + head + e * kVec);
-  for (int e = threadIdx.x; e < head; e += blockDim.x) dst[e] = src[e];
-  for (int e = head + chunks * kVec + threadIdx.x; e < n; e += blockDim.x) dst[e] = src[e];
-}
-
 // dst[0, vec) = src[0, vec), vec a power of two with vec·sizeof(scalar_t) ≤ 16 (vector_width's).
 template <typename scalar_t>
 __device__ __forceinline__ void copy_elements(scalar_t* dst, const scalar_t* src, int vec) {
@@ -76,6 +65,53 @@ __device__ __forceinline__ void copy_elements(scalar_t* dst, const scalar_t* src
   else if (bytes == 8) copy_chunk<8>(dst, src);
   else if (bytes == 4) copy_chunk<4>(dst, src);
   else *dst = *src;  // one element of 1 or 2 bytes
+}
+
+// dst[r·ldd + c] = src[r·lds + c] for r < rows, c < cols, by the threads of a (1-D) block: each row in pieces,
+// 16 bytes a copy between its first and last 16-byte boundary, one element a copy before and after. dst must lie
+// as far past a 16-byte boundary as src, and for more than one row ldd and lds must be multiples of 16 bytes (every
+// row then as far past one as the first). A thread loads
+// up to kBlockCopyInFlight pieces into registers before it stores any: that many requests in flight where a
+// load and its store one after the other gave it one.
+constexpr int kBlockCopyInFlight = 4;
+
+template <typename scalar_t>
+__device__ void block_copy_rows(scalar_t* dst, int ldd, const scalar_t* src, int lds, int rows, int cols) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const int head = min(cols, (kVec - offset_in_16_bytes(src)) % kVec), chunks = (cols - head) / kVec;
+  const int pieces = cols - chunks * (kVec - 1);  // head elements, chunks, tail elements
+  const int stride = static_cast<int>(blockDim.x), row_step = stride / pieces, piece_step = stride % pieces;
+  int row = threadIdx.x / pieces, piece = threadIdx.x % pieces;  // this thread's next piece, stepped by `stride`
+  while (row < rows) {
+    int at_row[kBlockCopyInFlight], at_col[kBlockCopyInFlight], width[kBlockCopyInFlight];
+    alignas(16) scalar_t values[kBlockCopyInFlight][kVec];
+#pragma unroll
+    for (int u = 0; u < kBlockCopyInFlight; ++u) {
+      const bool chunk = piece >= head && piece < head + chunks;
+      at_row[u] = row;
+      at_col[u] = piece < head ? piece : chunk ? head + (piece - head) * kVec : piece + chunks * (kVec - 1);
+      width[u] = chunk ? kVec : 1;
+      if (row < rows) copy_elements(values[u], src + row * lds + at_col[u], width[u]);
+      row += row_step;
+      piece += piece_step;
+      if (piece >= pieces) {
+        piece -= pieces;
+        ++row;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBlockCopyInFlight; ++u) {
+      if (at_row[u] < rows) copy_elements(dst + at_row[u] * ldd + at_col[u], values[u], width[u]);
+    }
+  }
+}
+
+// dst[0, n) = src[0, n) by the threads of a block (block_copy_rows, one row); dst as far past a 16-byte boundary
+// as src.
+template <typename scalar_t>
+__device__ void block_copy(scalar_t* dst, const scalar_t* src, int n) {
+  block_copy_rows(dst, n, src, n, 1, n);
 }
 
 }  // namespace attnkern

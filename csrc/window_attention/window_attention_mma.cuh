@@ -33,9 +33,18 @@ ATTNKERN_HD inline int64_t mma_round_up16(int64_t n) { return (n + 15) / 16 * 16
 
 inline bool mma_fits(int64_t N, int64_t d) { return N <= kMmaMaxTokens && d <= kMmaMaxHeadDim; }
 
-// The region of the head's bias tile [N, N] (16-bit): 16 bytes more than the tile, so that it can start as
+// Row strides (elements) of the head's bias tile [N, N] (16-bit) and of the backward's bias gradient [N, N]
+// (float) in shared memory, chosen for the accumulator-fragment order in which warps read them (8 rows g, the
+// columns 2t, 2t + 1 of each 8-column tile): rows that are whole 16-byte chunks (N % 8 == 0) go 4 banks apart,
+// so a fragment's 8 rows fill the 32 banks once (N = 64 unpadded: all 8 rows in the same 4 banks, 8-way
+// conflicts); other N keep rows of N (copied as one run: 2-way). The gradient's rows go 8 banks apart: its
+// float pairs span 64 words, 2-way at best, where 49 or 64 floats a row gave 4- or 8-way.
+ATTNKERN_HD inline int64_t mma_bias_ld(int64_t N) { return N % 8 == 0 ? (N + 63) / 64 * 64 + 8 : N; }
+ATTNKERN_HD inline int64_t mma_bias_grad_ld(int64_t N) { return (N + 31) / 32 * 32 + 8; }
+
+// The region of the head's bias tile [N, mma_bias_ld(N)]: 16 bytes more than the tile, so that it can start as
 // far past a 16-byte boundary as the head's bias in global memory (mma_load_bias); a multiple of 16 bytes.
-ATTNKERN_HD inline int64_t mma_bias_bytes(int64_t N) { return (N * N * 2 + 15) / 16 * 16 + 16; }
+ATTNKERN_HD inline int64_t mma_bias_bytes(int64_t N) { return (N * mma_bias_ld(N) * 2 + 15) / 16 * 16 + 16; }
 
 // Shared memory: q, k, v tiles [Np, dp + kMmaRowPad] and the bias region, then the tokens' pixels and regions.
 ATTNKERN_HD inline int64_t mma_tiles_bytes(int64_t N, int64_t d) {
@@ -54,23 +63,27 @@ __device__ __forceinline__ void store_pair(scalar_t* dst, float a, float b) {
   copy_chunk<4>(dst, pair);
 }
 
-// exp(x − m) as exp2(x·log2 e − m_log2e), m_log2e = m·log2 e: one FFMA and the SFU's ex2, where expf spends
-// about 8 more instructions on its range reduction (FlashAttention's softmax). Its P is rounded to 16 bits
-// for the P·V product; the relative error, ~|m|·2⁻²⁴, is far below that.
+// exp(x − m) as exp2(x·log2 e − m_log2e), m_log2e = m·log2 e: one FFMA and the SFU's ex2 (exp2_ftz), where
+// expf spends about 8 more instructions on its range reduction (FlashAttention's softmax). Its P is rounded to
+// 16 bits for the P·V product; the relative error, ~|m|·2⁻²⁴ + 2⁻²², is far below that, and the weights it
+// flushes to 0 (below 2⁻¹²⁶ of the row's largest) are below what 16 bits keep beside it.
 constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ float exp_minus(float x, float m_log2e) { return exp2f(fmaf(x, kLog2e, -m_log2e)); }
+__device__ __forceinline__ float exp_minus(float x, float m_log2e) { return exp2_ftz(fmaf(x, kLog2e, -m_log2e)); }
 
 // Accumulator tiles of one warp: up to 8 tiles of 16×8 (key tiles of S, or dimension tiles of an output).
 using MmaAccumulators = float[8][4];
 static_assert(kMmaMaxTokens == 8 * 8 && kMmaMaxHeadDim == 8 * 8, "8 accumulator tiles of 8 columns");
 
-// The head's bias bias_h [N, N] into the bias region (16-byte aligned) of shared memory, 16 bytes a copy
-// (block_copy): the tile starts as far into the region as bias_h lies past a 16-byte boundary. Returns it.
+// The head's bias bias_h [N, N] into the bias region (16-byte aligned) of shared memory as a tile of rows
+// mma_bias_ld(N) apart, 16 bytes a copy (block_copy_rows; rows of N run on as one): the tile starts as far into
+// the region as bias_h lies past a 16-byte boundary. Returns it.
 template <typename scalar_t>
 __device__ scalar_t* mma_load_bias(unsigned char* region, const scalar_t* bias_h, int N) {
   scalar_t* tile = reinterpret_cast<scalar_t*>(region) + offset_in_16_bytes(bias_h);
-  block_copy(tile, bias_h, N * N);
+  const int ld = static_cast<int>(mma_bias_ld(N));
+  if (ld == N) block_copy(tile, bias_h, N * N);
+  else block_copy_rows(tile, ld, bias_h, N, N, N);
   return tile;
 }
 
@@ -181,23 +194,36 @@ __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, c
 }
 
 // The logits of the warp's rows from S (in place): s_ij = scale·S_ij + logit_offset (window_attention.h),
-// −inf past key N. Element e of tile nt is row row0 + g + 8·(e / 2), key 8nt + 2t + e % 2.
-template <typename scalar_t>
+// −inf past key N; bias_h is the tile of mma_load_bias. Element e of tile nt is row row0 + g + 8·(e / 2), key
+// 8nt + 2t + e % 2. No element branches: padding rows (i ≥ N, whose outputs are never stored) take row N − 1's
+// offsets. kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
+// shared-memory load, a conversion and an FFMA an element), none, or the general sum; else every element takes
+// the general sum (the backward: its three unrolled copies cost registers past its launch bound, and spills).
+template <bool kSettled, typename scalar_t>
 __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, int key_tiles, float scale,
                                            const scalar_t* bias_h, const float* mask_w, const int* regions) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, ld = static_cast<int>(mma_bias_ld(N));
+  const int rows[2] = {min(row0 + g, N - 1), min(row0 + g + 8, N - 1)};
+  auto bias = [&](int i, int j) { return bias_h != nullptr ? static_cast<float>(bias_h[i * ld + j]) : 0.f; };
+  auto logits = [&](auto logit) {  // logit(scaled S, i, j)
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
+    for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int i = row0 + g + 8 * (e / 2), j = nt * 8 + 2 * t4 + e % 2;
-      float logit = -INFINITY;
-      if (nt < key_tiles && j < N) {
-        logit = scale * s[nt][e];
-        if (i < N) logit += logit_offset<float>(bias_h, mask_w, regions, i, j, N);
+      for (int e = 0; e < 4; ++e) {
+        const int j = nt * 8 + 2 * t4 + e % 2;
+        s[nt][e] = nt < key_tiles && j < N ? logit(scale * s[nt][e], rows[e / 2], j) : -INFINITY;
       }
-      s[nt][e] = logit;
     }
+  };
+  auto general = [&](float x, int i, int j) {
+    return x + (bias(i, j) + logit_offset<float>(static_cast<const scalar_t*>(nullptr), mask_w, regions, i, j, N));
+  };
+  if (!kSettled || mask_w != nullptr || regions != nullptr) {
+    logits(general);
+  } else if (bias_h != nullptr) {
+    logits([&](float x, int i, int j) { return x + bias(i, j); });
+  } else {
+    logits([](float x, int, int) { return x; });
   }
 }
 
@@ -248,7 +274,7 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   MmaAccumulators s;
   mma_zero(s);
   mma_rows_times_rows(s, q, k, ld, dp, key_tiles, row0);
-  mma_logits(s, row0, N, key_tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
+  mma_logits</*kSettled=*/true>(s, row0, N, key_tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
              grid.shift > 0 ? region : nullptr);
 
   // The softmax of rows row0 + g (elements 0, 1) and row0 + g + 8 (2, 3), over the 4 lanes of a group.

@@ -38,7 +38,7 @@ inline int64_t mma_backward_groups(int64_t total_windows, int64_t heads, int64_t
 }
 
 // Shared memory of the backward: q, k, v, dO tiles [Np, dp + kMmaRowPad]; P and dS tiles [Np, Np + kMmaRowPad]
-// (16-bit); the bias region (mma_bias_bytes); the bias gradient [N, N] and lse, D [Np]
+// (16-bit); the bias region (mma_bias_bytes); the bias gradient [N, mma_bias_grad_ld(N)] and lse, D [Np]
 // (float); pixels (int64) and regions (int) [Np].
 struct MmaBackwardLayout {
   int64_t tiles, probabilities, bias, bias_grad, lse, delta, pixel, region, total;
@@ -49,7 +49,7 @@ struct MmaBackwardLayout {
     probabilities = tiles + 4 * Np * ld * 2;
     bias = probabilities + 2 * Np * ldp * 2;
     bias_grad = bias + mma_bias_bytes(N);
-    lse = bias_grad + N * N * 4;
+    lse = bias_grad + N * mma_bias_grad_ld(N) * 4;
     delta = lse + Np * 4;
     pixel = (delta + Np * 4 + 7) / 8 * 8;
     region = pixel + Np * 8;
@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
   int* region = reinterpret_cast<int*>(smem_raw + layout.region);
 
   const scalar_t* bias_tile = bias != nullptr ? mma_load_bias(smem_raw + layout.bias, bias + h * N * N, N) : nullptr;
-  for (int e = threadIdx.x; e < N * N; e += blockDim.x) bias_grad[e] = 0.f;
+  const int grad_ld = static_cast<int>(mma_bias_grad_ld(N));
+  for (int e = threadIdx.x; e < N * grad_ld; e += blockDim.x) bias_grad[e] = 0.f;
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
   const int tiles = Np / 8, dim_tiles = dp / 8;
   const int64_t token = 3 * heads * d;
@@ -161,7 +162,7 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
     MmaAccumulators s, dprob;
     mma_zero(s);
     mma_rows_times_rows(s, q, k, ld, dp, tiles, row0);
-    mma_logits(s, row0, N, tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
+    mma_logits</*kSettled=*/false>(s, row0, N, tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
                grid.shift > 0 ? region : nullptr);
     mma_zero(dprob);
     mma_rows_times_rows(dprob, grad_o, v, ld, dp, tiles, row0);
@@ -177,16 +178,21 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
         const int i = row0 + g + 8 * (e / 2), j = nt * 8 + 2 * t4 + e % 2;
         const bool inside = nt < tiles && i < N && j < N;
         p[e] = inside ? exp_minus(s[nt][e], lse_log2e[e / 2]) : 0.f;
-        const float ds = inside ? logit_grad(p[e], dprob[nt][e], row_delta[e / 2]) : 0.f;
-        if (inside) bias_grad[i * N + j] += ds;  // this lane's own element
-        s[nt][e] = ds;
+        s[nt][e] = inside ? logit_grad(p[e], dprob[nt][e], row_delta[e / 2]) : 0.f;
       }
-      if (nt < tiles) {  // keys 8nt + 2t, + 1 of both rows: one 4-byte store a pair
+      if (nt < tiles) {  // keys 8nt + 2t, + 1 of both rows: one 4-byte store a pair, one 8-byte bias-gradient RMW
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int at = (row0 + g + 8 * r) * ldp + nt * 8 + 2 * t4;
-          store_pair(p_tile + at, p[2 * r], p[2 * r + 1]);
-          store_pair(ds_tile + at, s[nt][2 * r], s[nt][2 * r + 1]);
+          const int i = row0 + g + 8 * r, j = nt * 8 + 2 * t4;
+          store_pair(p_tile + i * ldp + j, p[2 * r], p[2 * r + 1]);
+          store_pair(ds_tile + i * ldp + j, s[nt][2 * r], s[nt][2 * r + 1]);
+          if (i < N) {  // this lane's own pair; keys past N add 0 to the row's padding (grad_ld > Np)
+            alignas(8) float pair[2];
+            copy_chunk<8>(pair, bias_grad + i * grad_ld + j);
+            pair[0] += s[nt][2 * r];
+            pair[1] += s[nt][2 * r + 1];
+            copy_chunk<8>(bias_grad + i * grad_ld + j, pair);
+          }
         }
       }
     }
@@ -216,7 +222,8 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
   }
   if (grad_bias_partial != nullptr) {
     float* partial = grad_bias_partial + (group * heads + h) * N * N;
-    for (int e = threadIdx.x; e < N * N; e += blockDim.x) partial[e] = bias_grad[e];
+    for_each_row_chunk(threadIdx.x, blockDim.x, N, N,
+                       [&](int i, int j) { partial[i * N + j] = bias_grad[i * grad_ld + j]; });
   }
 }
 
