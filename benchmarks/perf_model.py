@@ -751,42 +751,44 @@ def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool) -> Lau
 
 
 def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, lists: int, passes: int, writes: int,
-                   acc_writes: int, exps: int, flops_per_position: int, min_bytes: float) -> Launch:
+                   flops_per_position: int, min_bytes: float) -> Launch:
     """A softmax kernel: a warp per pixel (8 a CTA), lanes over its W row and H column positions (each list
     contiguous, 4-byte). `lists` values read a position (the energies, and their gradients): a lane's first
     CACHED_PER_LANE of each list loaded into registers at once (LaneLists: every load of the pixel in flight
-    together), positions past them re-read by each of the `passes` passes; `writes` of elem-byte weights,
-    `acc_writes` of 4-byte gradients, `exps` exponentials a position."""
+    together), positions past them re-read by each of the `passes` passes; `writes` elem-byte values written
+    (the weights, and the energies' gradients). One exponential a held position (exp_minus: an FFMA and the
+    SFU's ex2, its result held in place of the energy), two a position past them (each pass recomputes it)."""
     pixels, L = B * H * W, W + H
     its = ceil_div(W, 32) + ceil_div(H, 32)  # warp-iterations over one pixel's lists
     held = min(ceil_div(W, 32), CACHED_PER_LANE) + min(ceil_div(H, 32), CACHED_PER_LANE)
     tail_positions = max(0, W - 32 * CACHED_PER_LANE) + max(0, H - 32 * CACHED_PER_LANE)
     loads = lists * (held + (its - held) * passes)  # warp requests a pixel
-    stores = its * (writes + acc_writes)
+    exps = held + 2 * (its - held)  # warp-level exponentials a pixel
+    stores = its * writes
     lines = sum(mean_access([[j for j in range(min(n, 32))]], 4)[0] for n in (W, H)) / 2 + 0.5  # unaligned starts
     return Launch("criss_cross", kernel, (ceil_div(pixels, SOFTMAX_WARPS), 1, 1), (32, SOFTMAX_WARPS, 1),
                   flops=pixels * L * flops_per_position, min_bytes=min_bytes, ffma=pixels * its * passes,
-                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (passes + writes) * 6 + exps * its * EXP_ALU),
-                  mufu=pixels * (its * exps + 1), mem=pixels * (loads + stores),
+                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (passes + writes) * 6 + exps), mufu=pixels * (exps + 1),
+                  mem=pixels * (loads + stores),
                   lsu=pixels * ((loads + stores) * lines + 10),
-                  l2=pixels * (4 * lists * (L + tail_positions * (passes - 1)) + L * (elem * writes + 4 * acc_writes)),
-                  dram=pixels * L * (4 * lists + elem * writes + 4 * acc_writes) + pixels * 4,
+                  l2=pixels * (4 * lists * (L + tail_positions * (passes - 1)) + L * elem * writes),
+                  dram=pixels * L * (4 * lists + elem * writes) + pixels * 4,
                   gld=pixels * loads, gld_batched=pixels * lists * held, batch=lists * held,
                   note=f"a warp per pixel over its {W} + {H} energies, held in registers")
 
 
 def softmax_kernel(B: int, H: int, W: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: softmax_kernel — the energies loaded once; max, sum, then the weights from registers;
-    the weights and the log-sum-exp written."""
-    return softmax_launch("softmax_kernel", B, H, W, elem, lists=1, passes=3, writes=1, acc_writes=0, exps=2,
+    """criss_cross_cuda.cu: softmax_kernel — the energies loaded once; the max, then p = e^(e − max) held over
+    them and Σ p, then the weights p / Σ p and the log-sum-exp written."""
+    return softmax_launch("softmax_kernel", B, H, W, elem, lists=1, passes=3, writes=1,
                           flops_per_position=5, min_bytes=B * H * W * 4)
 
 
 def softmax_backward_kernel(B: int, H: int, W: int, elem: int) -> Launch:
-    """criss_cross_cuda.cu: softmax_backward_kernel — the energies and dS loaded once; D = Σ S·dS, then the
-    weights and dE over dS."""
-    return softmax_launch("softmax_backward_kernel", B, H, W, elem, lists=2, passes=2, writes=1, acc_writes=1,
-                          exps=2, flops_per_position=6, min_bytes=B * H * W * 4)
+    """criss_cross_cuda.cu: softmax_backward_kernel — the energies and dS loaded once; D = Σ S·dS (S held over
+    the energies), then the weights and dE (the inputs' type) written."""
+    return softmax_launch("softmax_backward_kernel", B, H, W, elem, lists=2, passes=2, writes=2, flops_per_position=6,
+                          min_bytes=B * H * W * 4)
 
 
 def cc_gemm(what: str, batch: int, m: int, n: int, k: int, elem: int, calls: int = 1, nbytes: float = 0.0) -> Launch:
@@ -796,28 +798,26 @@ def cc_gemm(what: str, batch: int, m: int, n: int, k: int, elem: int, calls: int
                      nbytes=nbytes, tensor_cores=elem == 2)
 
 
-def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int, widen: bool) -> Launch:
-    """criss_cross_cuda.cu: pixel_major — q and k [B, Cq, H, W] into [B, H, W, Cq] and [B, W, H, Cq] (widen: float,
-    else the inputs' type): 32 channels × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read
-    along w, written along c."""
-    copy = 4 if widen else elem
+def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int) -> Launch:
+    """criss_cross_cuda.cu: pixel_major — q and k [B, Cq, H, W] into [B, H, W, Cq] and [B, W, H, Cq]: 32 channels
+    × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read along w, written along c."""
     tiles = B * H * ceil_div(Cq, TILE) * ceil_div(W, TILE)
     lr, sr = mean_access([[(c * H) * W + t for t in range(min(W, TILE))] for c in range(2)], elem)
-    lw, sw = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)], copy)
+    lw, sw = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)], elem)
     rows = 2 * tiles * min(TILE, max(Cq, W))  # warp-level row accesses of each pass
     x = B * Cq * H * W
     return Launch("criss_cross", "pixel_major_kernel", (min(tiles, element_blocks(tiles * 256)), 2, 1),
-                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * copy, min_bytes=2 * x * elem,
+                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * elem, min_bytes=2 * x * elem,
                   alu=2 * tiles * TILE_ROWS * (4 * DIV64 + 14) + rows * 12, mem=rows * 5,
-                  lsu=rows * (lr + 2 * lw + 2), l2=rows * (sr + 2 * sw) * 32, dram=2 * x * (elem + 2 * copy),
-                  gld=rows * 3, ilp=4, phased=True, template=(f"b{int(widen)}",),
+                  lsu=rows * (lr + 2 * lw + 2), l2=rows * (sr + 2 * sw) * 32, dram=2 * x * 3 * elem,
+                  gld=rows * 3, ilp=4, phased=True,
                   note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
 
 
 def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     v = B * Cv * H * W * elem
-    return [pixel_major_kernel(B, Cq, H, W, elem, widen=False),
+    return [pixel_major_kernel(B, Cq, H, W, elem),
             cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
             softmax_kernel(B, H, W, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
@@ -829,8 +829,8 @@ def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
 def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     q, v = B * Cq * H * W, B * Cv * H * W
-    return [pixel_major_kernel(B, Cq, H, W, elem, widen=True),
-            cc_gemm("row energies", B * H, W, W, Cq, 4), cc_gemm("column energies", B * W, H, H, Cq, 4),
+    return [pixel_major_kernel(B, Cq, H, W, elem),
+            cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
             cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
@@ -839,7 +839,8 @@ def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
             cc_gemm("column ∂v", B * W, Cv, H, H, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=False),
             cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem),
-            cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, 4, calls=2), cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, 4, calls=2),
+            cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, elem, calls=2),
+            cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, elem, calls=2),
             aten_call("criss_cross", "ATen: ∂q, ∂k = rows + columns ×2", lambda d: 2 * plain_ew(d, q * (8 + elem)),
                       nbytes=2 * q * elem)]
 

@@ -56,11 +56,11 @@ def test_demangle():
     names, dtype, literals = pm.demangle_kernel(
         "_ZN8attnkern11criss_cross4anon16aggregate_kernelILb1EN3c104HalfEfEEvPKT0_S3_PS1_llll")
     assert names[-1] == "aggregate_kernel" and dtype == "float16" and literals == ("b1",)
-    # literals after the type (pixel_major_kernel<scalar_t, kWiden>): the two instantiations stay apart
-    for widen in (0, 1):
+    # literals after the type (a kernel<scalar_t, bool>): the two instantiations stay apart
+    for flag in (0, 1):
         names, dtype, literals = pm.demangle_kernel(
-            f"_ZN8attnkern11criss_cross4anon18pixel_major_kernelIN3c108BFloat16ELb{widen}EEEvPKT_S7_llllll")
-        assert names[-1] == "pixel_major_kernel" and dtype == "bfloat16" and literals == (f"b{widen}",)
+            f"_ZN8attnkern4demo4anon11demo_kernelIN3c108BFloat16ELb{flag}EEEvPKT_S7_llllll")
+        assert names[-1] == "demo_kernel" and dtype == "bfloat16" and literals == (f"b{flag}",)
     assert pm.demangle_kernel("_Z11demo_kernelPf")[0] == ["demo_kernel"]
 
 

@@ -89,12 +89,12 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
 //   out[b, :, h, :]  = V_h·A_row[b, h]ᵀ,  out[b, :, :, w] += V_w·A_col[b, w]ᵀ,
 // as the CPU kernel computes them tile by tile; here each is one batched GEMM (or one a sample) over the
 // whole batch, and the softmax over a pixel's W + H − 1 energies is one kernel, a warp per pixel. q and k
-// (C/8 channels) are copied into both layouts, the energies summed in the accumulation type from exact
-// products: the forward's copies keep the inputs' type (16-bit: tensor-core GEMMs), the backward's are
-// widened for its ∂q, ∂k products with the float dE. v, whose column matrices V_w have no unit stride in
-// [B, C, H, W], is transposed once through shared memory, and so are the column products on their way back.
-// While the op runs, the energies (accumulation type) and the weights take B·H·W·(H + W) values each, the
-// size of the [B, P, H, W] maps; the backward keeps only the per-pixel log-sum-exp.
+// (C/8 channels) are copied into both layouts in the inputs' type, every product (16-bit operands: on tensor
+// cores) summed in the accumulation type. v, whose column matrices V_w have no unit stride in [B, C, H, W], is
+// transposed once through shared memory, and so are the column products on their way back. While the op
+// runs, the energies (accumulation type) and the weights take B·H·W·(H + W) values each, the size of the
+// [B, P, H, W] maps; the backward adds dS (accumulation type) and, for 16-bit inputs, dE (the inputs' type),
+// and keeps only the per-pixel log-sum-exp between the two.
 
 constexpr int kTile = 32;  // transpose tiles: 32 (·V) × 32 values, a block of 32×8 threads
 constexpr int kTileRows = 8;
@@ -196,31 +196,24 @@ void columns_into(const at::Tensor& columns, at::Tensor& out) {
   change_layout<false>(out.view({B, C * H, W}), columns.view({B, W, C * H}));
 }
 
-template <typename scalar_t, bool kWiden>
-using CopyType = std::conditional_t<kWiden, at::opmath_type<scalar_t>, scalar_t>;
-
-// q and k [B, C, H, W] pixel-major, as copy_t (kWiden: the accumulation type, else scalar_t): the row matrices
-// [B·H, W, C] and the column matrices [B·W, H, C] of each. A block takes 32 channels × 32 pixels of one image row
-// (blockIdx.y: q or k), read along w into shared memory and written along c into both layouts.
-template <typename scalar_t, bool kWiden>
+// q and k [B, C, H, W] pixel-major: the row matrices [B·H, W, C] and the column matrices [B·W, H, C] of each. A
+// block takes 32 channels × 32 pixels of one image row (blockIdx.y: q or k), read along w into shared memory and
+// written along c into both layouts.
+template <typename scalar_t>
 __global__ void pixel_major_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                                   CopyType<scalar_t, kWiden>* __restrict__ q_rows,
-                                   CopyType<scalar_t, kWiden>* __restrict__ q_cols,
-                                   CopyType<scalar_t, kWiden>* __restrict__ k_rows,
-                                   CopyType<scalar_t, kWiden>* __restrict__ k_cols, int64_t C, int64_t H, int64_t W,
-                                   int64_t tiles_c, int64_t tiles_w, int64_t tiles) {
-  using copy_t = CopyType<scalar_t, kWiden>;
-  __shared__ copy_t tile[kTile][kTile + 1];
+                                   scalar_t* __restrict__ q_rows, scalar_t* __restrict__ q_cols,
+                                   scalar_t* __restrict__ k_rows, scalar_t* __restrict__ k_cols, int64_t C, int64_t H,
+                                   int64_t W, int64_t tiles_c, int64_t tiles_w, int64_t tiles) {
+  __shared__ scalar_t tile[kTile][kTile + 1];
   const scalar_t* x = blockIdx.y == 0 ? q : k;
-  copy_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
-  copy_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
+  scalar_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
+  scalar_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = ((b·H + h)·tiles_c + c tile)·tiles_w + w tile
     const int64_t w0 = t % tiles_w * kTile, c0 = t / tiles_w % tiles_c * kTile, row = t / (tiles_w * tiles_c);
     const int64_t b = row / H, h = row % H;
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-      if (c0 + i < C && w0 + threadIdx.x < W) {
-        tile[i][threadIdx.x] = static_cast<copy_t>(x[((b * C + c0 + i) * H + h) * W + w0 + threadIdx.x]);
-      }
+      const int64_t c = c0 + i, w = w0 + threadIdx.x;
+      if (c < C && w < W) tile[i][threadIdx.x] = x[((b * C + c) * H + h) * W + w];
     }
     __syncthreads();
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
@@ -239,29 +232,20 @@ struct PixelMajor {
   at::Tensor q_rows, q_cols, k_rows, k_cols;
 };
 
-// widen: the copies in the accumulation type (the backward's ∂q, ∂k products take them with the float dE),
-// else in the inputs' type (the forward's energies: for 16-bit inputs, tensor-core products summed in float).
-PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in, bool widen) {
+PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in) {
   auto q = q_in.contiguous(), k = k_in.contiguous();
   const int64_t B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
-  const auto options = q.options().dtype(widen ? at::toOpMathType(q.scalar_type()) : q.scalar_type());
-  PixelMajor out{at::empty({B * H, W, C}, options), at::empty({B * W, H, C}, options),
-                 at::empty({B * H, W, C}, options), at::empty({B * W, H, C}, options)};
+  PixelMajor out{at::empty({B * H, W, C}, q.options()), at::empty({B * W, H, C}, q.options()),
+                 at::empty({B * H, W, C}, q.options()), at::empty({B * W, H, C}, q.options())};
   const int64_t tiles_c = ceil_div(C, kTile), tiles_w = ceil_div(W, kTile), tiles = B * H * tiles_c * tiles_w;
   if (tiles == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_pixel_major_cuda", [&] {
-    auto launch = [&](auto widen_constant) {
-      constexpr bool kWiden = decltype(widen_constant)::value;
-      using copy_t = CopyType<scalar_t, kWiden>;
-      ATTNKERN_LAUNCH(dim3(element_blocks(tiles * kElementThreads), 2), dim3(kTile, kTileRows), 0,  // a block a tile
-                      c10::cuda::getCurrentCUDAStream(), pixel_major_kernel<scalar_t, kWiden>)(
-          q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q_rows.mutable_data_ptr<copy_t>(),
-          out.q_cols.mutable_data_ptr<copy_t>(), out.k_rows.mutable_data_ptr<copy_t>(),
-          out.k_cols.mutable_data_ptr<copy_t>(), C, H, W, tiles_c, tiles_w, tiles);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (widen) launch(std::true_type{});
-    else launch(std::false_type{});
+    ATTNKERN_LAUNCH(dim3(element_blocks(tiles * kElementThreads), 2), dim3(kTile, kTileRows), 0,  // a block a tile
+                    c10::cuda::getCurrentCUDAStream(), pixel_major_kernel<scalar_t>)(
+        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q_rows.mutable_data_ptr<scalar_t>(),
+        out.q_cols.mutable_data_ptr<scalar_t>(), out.k_rows.mutable_data_ptr<scalar_t>(),
+        out.k_cols.mutable_data_ptr<scalar_t>(), C, H, W, tiles_c, tiles_w, tiles);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -325,24 +309,28 @@ struct LaneLists {
     }
   }
 
-  // f(j, values) for each of this lane's positions j: values[l] = sources[l][j].
+  // f(j, values, held) for each of this lane's positions j: values[l] = sources[l][j] as first read; held, a
+  // std::bool_constant, says whether the position is held in registers, where what f writes into values stays
+  // for the next pass (past them, a pass reads the sources again).
   template <typename F>
-  __device__ void for_each(F&& f) const {
+  __device__ void for_each(F&& f) {
 #pragma unroll
     for (int i = 0; i < kCachedPerLane; ++i) {
       const int64_t j = threadIdx.x + 32 * i;
-      if (j < size) f(j, cached[i]);
+      if (j < size) f(j, cached[i], std::true_type{});
     }
     for (int64_t j = threadIdx.x + 32 * kCachedPerLane; j < size; j += 32) {
       acc_t values[kLists];
 #pragma unroll
       for (int l = 0; l < kLists; ++l) values[l] = sources[l][j];
-      f(j, values);
+      f(j, values, std::false_type{});
     }
   }
 };
 
 // Softmax over each pixel's positions: the weights (0 at the pixel's own column entry) and the log-sum-exp.
+// p = e^(e − max) once a position, held in place of its energy, and the weight p / Σ p; past the held
+// positions the weight is recomputed from the energy, e^(e − lse).
 template <typename scalar_t, typename acc_t>
 __global__ void softmax_kernel(const acc_t* __restrict__ e_row, const acc_t* __restrict__ e_col,
                                scalar_t* __restrict__ a_row, scalar_t* __restrict__ a_col, acc_t* __restrict__ lse,
@@ -352,56 +340,73 @@ __global__ void softmax_kernel(const acc_t* __restrict__ e_row, const acc_t* __r
   const PixelLists lists = pixel_lists(pixel, H, W);
   const acc_t* const row_lists[1] = {e_row + lists.row};
   const acc_t* const column_lists[1] = {e_col + lists.column};
-  const LaneLists<acc_t, 1> row(row_lists, W), column(column_lists, H);
+  LaneLists<acc_t, 1> row(row_lists, W), column(column_lists, H);
   acc_t max = -INFINITY;
-  row.for_each([&](int64_t, const acc_t* e) { max = e[0] > max ? e[0] : max; });
-  column.for_each([&](int64_t i, const acc_t* e) { max = i != lists.self && e[0] > max ? e[0] : max; });
+  row.for_each([&](int64_t, const acc_t* e, auto) { max = e[0] > max ? e[0] : max; });
+  column.for_each([&](int64_t i, const acc_t* e, auto) { max = i != lists.self && e[0] > max ? e[0] : max; });
   max = warp_max(max);
+  const acc_t max_log2e = max * log2e<acc_t>();
   acc_t sum = 0;
-  row.for_each([&](int64_t, const acc_t* e) { sum += exp(e[0] - max); });
-  column.for_each([&](int64_t i, const acc_t* e) { sum += i != lists.self ? exp(e[0] - max) : acc_t(0); });
-  const acc_t log_sum = max + log(warp_sum(sum));
-  if (threadIdx.x == 0) lse[pixel] = log_sum;
-  row.for_each([&](int64_t j, const acc_t* e) {
-    a_row[lists.row + j] = static_cast<scalar_t>(attention_weight(e[0], log_sum));
+  row.for_each([&](int64_t, acc_t* e, auto) {
+    e[0] = exp_minus(e[0], max_log2e);
+    sum += e[0];
   });
-  column.for_each([&](int64_t i, const acc_t* e) {
-    a_col[lists.column + i] = static_cast<scalar_t>(i != lists.self ? attention_weight(e[0], log_sum) : acc_t(0));
+  column.for_each([&](int64_t i, acc_t* e, auto) {
+    e[0] = i != lists.self ? exp_minus(e[0], max_log2e) : acc_t(0);
+    sum += e[0];
+  });
+  sum = warp_sum(sum);
+  const acc_t log_sum = max + log(sum), lse_log2e = log_sum * log2e<acc_t>(), inverse_sum = 1 / sum;
+  if (threadIdx.x == 0) lse[pixel] = log_sum;
+  auto weight = [&](const acc_t* x, auto held) {  // x[0]: p where held, else the energy
+    if constexpr (decltype(held)::value) return x[0] * inverse_sum;
+    else return exp_minus(x[0], lse_log2e);
+  };
+  row.for_each([&](int64_t j, const acc_t* x, auto held) {
+    a_row[lists.row + j] = static_cast<scalar_t>(weight(x, held));
+  });
+  column.for_each([&](int64_t i, const acc_t* x, auto held) {
+    a_col[lists.column + i] = static_cast<scalar_t>(i != lists.self ? weight(x, held) : acc_t(0));
   });
 }
 
-// The weights again (from the saved log-sum-exp), and the energies' gradients dE = S·(dS − D) with
-// D = Σ S·dS over the pixel's positions (= Σ_c g·out), in place over dS = g·v.
+// The weights S again, from the saved log-sum-exp (held in place of the energies by the first pass), and the
+// energies' gradients dE = S·(dS − D) with D = Σ S·dS over the pixel's positions (= Σ_c g·out), in the
+// inputs' type: the ∂q, ∂k products take them with the copies of q and k (16-bit: on tensor cores, as
+// autograd's would). For float dE is written over dS (a lane reads a position before it writes it), hence no
+// __restrict__ on either.
 template <typename scalar_t, typename acc_t>
 __global__ void softmax_backward_kernel(const acc_t* __restrict__ e_row, const acc_t* __restrict__ e_col,
-                                        const acc_t* __restrict__ lse, acc_t* __restrict__ de_row,
-                                        acc_t* __restrict__ de_col, scalar_t* __restrict__ a_row,
+                                        const acc_t* __restrict__ lse, const acc_t* ds_row, const acc_t* ds_col,
+                                        scalar_t* de_row, scalar_t* de_col, scalar_t* __restrict__ a_row,
                                         scalar_t* __restrict__ a_col, int64_t pixels, int64_t H, int64_t W) {
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.y;
   if (pixel >= pixels) return;  // the whole warp
   const PixelLists lists = pixel_lists(pixel, H, W);
-  acc_t* grad_row = de_row + lists.row;
-  acc_t* grad_column = de_col + lists.column;
-  const acc_t* const row_lists[2] = {e_row + lists.row, grad_row};  // energy, dS
-  const acc_t* const column_lists[2] = {e_col + lists.column, grad_column};
-  const LaneLists<acc_t, 2> row(row_lists, W), column(column_lists, H);
-  const acc_t log_sum = lse[pixel];
-  auto column_weight = [&](int64_t i, acc_t energy) {
-    return i != lists.self ? attention_weight(energy, log_sum) : acc_t(0);
+  const acc_t* const row_lists[2] = {e_row + lists.row, ds_row + lists.row};  // energy, dS
+  const acc_t* const column_lists[2] = {e_col + lists.column, ds_col + lists.column};
+  LaneLists<acc_t, 2> row(row_lists, W), column(column_lists, H);
+  const acc_t lse_log2e = lse[pixel] * log2e<acc_t>();
+  auto row_weight = [&](acc_t energy) { return exp_minus(energy, lse_log2e); };
+  auto column_weight = [&](int64_t i, acc_t energy) { return i != lists.self ? row_weight(energy) : acc_t(0); };
+  // x = (energy, dS); the first pass leaves S in place of a held energy
+  auto hold = [](acc_t* x, acc_t weight, auto held) {
+    if constexpr (decltype(held)::value) x[0] = weight;
+    return weight;
   };
   acc_t d = 0;
-  row.for_each([&](int64_t, const acc_t* x) { d += attention_weight(x[0], log_sum) * x[1]; });
-  column.for_each([&](int64_t i, const acc_t* x) { d += column_weight(i, x[0]) * x[1]; });
+  row.for_each([&](int64_t, acc_t* x, auto held) { d += hold(x, row_weight(x[0]), held) * x[1]; });
+  column.for_each([&](int64_t i, acc_t* x, auto held) { d += hold(x, column_weight(i, x[0]), held) * x[1]; });
   d = warp_sum(d);
-  row.for_each([&](int64_t j, const acc_t* x) {
-    const acc_t weight = attention_weight(x[0], log_sum);
+  row.for_each([&](int64_t j, const acc_t* x, auto held) {
+    const acc_t weight = decltype(held)::value ? x[0] : row_weight(x[0]);
     a_row[lists.row + j] = static_cast<scalar_t>(weight);
-    grad_row[j] = energy_grad(weight, x[1], d);
+    de_row[lists.row + j] = static_cast<scalar_t>(energy_grad(weight, x[1], d));
   });
-  column.for_each([&](int64_t i, const acc_t* x) {
-    const acc_t weight = column_weight(i, x[0]);
+  column.for_each([&](int64_t i, const acc_t* x, auto held) {
+    const acc_t weight = decltype(held)::value ? x[0] : column_weight(i, x[0]);
     a_col[lists.column + i] = static_cast<scalar_t>(weight);
-    grad_column[i] = energy_grad(weight, x[1], d);
+    de_col[lists.column + i] = static_cast<scalar_t>(energy_grad(weight, x[1], d));
   });
 }
 
@@ -417,7 +422,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   auto out = at::empty_like(v);
   auto lse = at::empty({B, H, W}, v.options().dtype(acc));
   if (B * H * W == 0) return {out, lse};
-  auto [e_row, e_col] = energies(pixel_major(q_in, k_in, /*widen=*/false));
+  auto [e_row, e_col] = energies(pixel_major(q_in, k_in));
   auto a_row = at::empty(e_row.sizes(), v.options()), a_col = at::empty(e_col.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -436,8 +441,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
 }
 
 // Backward: the energies and the weights' gradients dS = g·v as GEMMs, the softmax backward (the weights S,
-// D and dE over dS), then ∂q = dE·K and ∂k = dEᵀ·Q by rows and by columns (pixel-major), ∂v = G·S by rows and
-// by columns (transposed back). `out` is not needed: D = Σ S·dS.
+// D and dE), then ∂q = dE·K and ∂k = dEᵀ·Q by rows and by columns (pixel-major, summed in the accumulation
+// type), ∂v = G·S by rows and by columns (transposed back). `out` is not needed: D = Σ S·dS.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in) {
@@ -450,37 +455,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   auto grad_q = at::empty_like(q_in, at::MemoryFormat::Contiguous);
   auto grad_k = at::empty_like(k_in, at::MemoryFormat::Contiguous), grad_v = at::empty_like(v);
   if (B * H * W == 0) return {grad_q, grad_k, grad_v};
-  const PixelMajor qk = pixel_major(q_in, k_in, /*widen=*/true);
+  const PixelMajor qk = pixel_major(q_in, k_in);
   auto [e_row, e_col] = energies(qk);
   // dS[w, w'] = g(h, w)·v(h, w') by rows, per sample; dS[h, h'] = g(h, w)·v(h', w) by columns.
-  auto de_row = at::empty({B, H, W, W}, v.options().dtype(acc));
+  auto ds_row = at::empty({B, H, W, W}, v.options().dtype(acc));
   for (int64_t b = 0; b < B; ++b) {
-    auto de_b = de_row[b];
-    accumulating_bmm_out(de_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
+    auto ds_b = ds_row[b];
+    accumulating_bmm_out(ds_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
   }
   auto g_cols = column_matrices(g), v_cols = column_matrices(v);
-  auto de_col = at::empty({B * W, H, H}, v.options().dtype(acc));
-  accumulating_bmm_out(de_col, g_cols.transpose(1, 2), v_cols);
+  auto ds_col = at::empty({B * W, H, H}, v.options().dtype(acc));
+  accumulating_bmm_out(ds_col, g_cols.transpose(1, 2), v_cols);
+  const bool in_place = v.scalar_type() == acc;  // dE over dS
+  auto de_row = in_place ? ds_row : at::empty(ds_row.sizes(), v.options());
+  auto de_col = in_place ? ds_col : at::empty(ds_col.sizes(), v.options());
   auto a_row = at::empty({B, H, W, W}, v.options()), a_col = at::empty({B * W, H, H}, v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
                     softmax_backward_kernel<scalar_t, acc_t>)(
         e_row.const_data_ptr<acc_t>(), e_col.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
-        de_row.mutable_data_ptr<acc_t>(), de_col.mutable_data_ptr<acc_t>(), a_row.mutable_data_ptr<scalar_t>(),
-        a_col.mutable_data_ptr<scalar_t>(), B * H * W, H, W);
+        ds_row.const_data_ptr<acc_t>(), ds_col.const_data_ptr<acc_t>(), de_row.mutable_data_ptr<scalar_t>(),
+        de_col.mutable_data_ptr<scalar_t>(), a_row.mutable_data_ptr<scalar_t>(), a_col.mutable_data_ptr<scalar_t>(),
+        B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // ∂v: the columns through the transposed layout, then the rows added, ∂v[b, :, h, :] += G_h·S_row[b, h].
   columns_into(at::bmm(g_cols, a_col), grad_v);
   for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
-  // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq].
+  // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq], each summed in the accumulation type.
   auto de_rows = de_row.view({B * H, W, W});
+  auto product = [&](const at::Tensor& a, const at::Tensor& b) {
+    auto out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(acc));
+    return accumulating_bmm_out(out, a, b);
+  };
   auto pixels_of_rows = [&](const at::Tensor& x) { return x.view({B, H, W, Cq}).permute({0, 3, 1, 2}); };
   auto pixels_of_columns = [&](const at::Tensor& x) { return x.view({B, W, H, Cq}).permute({0, 3, 2, 1}); };
-  at::add_out(grad_q, pixels_of_rows(at::bmm(de_rows, qk.k_rows)), pixels_of_columns(at::bmm(de_col, qk.k_cols)));
-  at::add_out(grad_k, pixels_of_rows(at::bmm(de_rows.transpose(1, 2), qk.q_rows)),
-              pixels_of_columns(at::bmm(de_col.transpose(1, 2), qk.q_cols)));
+  at::add_out(grad_q, pixels_of_rows(product(de_rows, qk.k_rows)), pixels_of_columns(product(de_col, qk.k_cols)));
+  at::add_out(grad_k, pixels_of_rows(product(de_rows.transpose(1, 2), qk.q_rows)),
+              pixels_of_columns(product(de_col.transpose(1, 2), qk.q_cols)));
   return {grad_q, grad_k, grad_v};
 }
 

@@ -63,14 +63,6 @@ __device__ __forceinline__ void store_pair(scalar_t* dst, float a, float b) {
   copy_chunk<4>(dst, pair);
 }
 
-// exp(x − m) as exp2(x·log2 e − m_log2e), m_log2e = m·log2 e: one FFMA and the SFU's ex2 (exp2_ftz), where
-// expf spends about 8 more instructions on its range reduction (FlashAttention's softmax). Its P is rounded to
-// 16 bits for the P·V product; the relative error, ~|m|·2⁻²⁴ + 2⁻²², is far below that, and the weights it
-// flushes to 0 (below 2⁻¹²⁶ of the row's largest) are below what 16 bits keep beside it.
-constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float exp_minus(float x, float m_log2e) { return exp2_ftz(fmaf(x, kLog2e, -m_log2e)); }
-
 // Accumulator tiles of one warp: up to 8 tiles of 16×8 (key tiles of S, or dimension tiles of an output).
 using MmaAccumulators = float[8][4];
 static_assert(kMmaMaxTokens == 8 * 8 && kMmaMaxHeadDim == 8 * 8, "8 accumulator tiles of 8 columns");
