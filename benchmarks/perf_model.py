@@ -814,31 +814,62 @@ def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int) -> Launch:
                   note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
 
 
+ROW_LAUNCH_BYTES = 16 << 20  # criss_cross_cuda.cu: kLaunchBytes
+
+
+def rows_in_one_call(launches_saved: int, bytes_added: int) -> bool:
+    """criss_cross_cuda.cu: rows_in_one_call — the row products one GEMM over every sample's rows, copied into
+    the row layout, where the launches saved outlast the passes the copy adds; else one GEMM a sample."""
+    return launches_saved * ROW_LAUNCH_BYTES > bytes_added
+
+
+def row_layout_copy(what: str, nbytes: int) -> Launch:
+    """x [B, C, H, W] into [B, H, C, W] (ATen's permute copy): no work the op needs, so no floor bytes."""
+    return aten_call("criss_cross", f"ATen: {what} into the row layout", lambda d: plain_ew(d, 2 * nbytes))
+
+
+def rows_added(what: str, nbytes: int) -> Launch:
+    """x += the row-layout products (ATen's add of a permuted view: x and the products read, x written)."""
+    return aten_call("criss_cross", f"ATen: rows added to {what}", lambda d: plain_ew(d, 3 * nbytes))
+
+
 def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     v = B * Cv * H * W * elem
+    if rows_in_one_call(B - 3, 4 * v):
+        rows = [row_layout_copy("v", v), cc_gemm("rows of the outputs (one call)", B * H, Cv, W, W, elem, nbytes=2 * v),
+                rows_added("the outputs", v)]
+    else:
+        rows = [cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
     return [pixel_major_kernel(B, Cq, H, W, elem),
             cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
             softmax_kernel(B, H, W, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column outputs", B * W, Cv, H, H, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=False),
-            cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
+            *rows]
 
 
 def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     q, v = B * Cq * H * W, B * Cv * H * W
+    if rows_in_one_call(2 * B - 5, 6 * v * elem):
+        row_ds = [row_layout_copy("g", v * elem), row_layout_copy("v", v * elem),
+                  cc_gemm("row dS = gᵀ·v (one call)", B * H, W, W, Cv, elem, nbytes=2 * v * elem)]
+        row_dv = [cc_gemm("rows of ∂v (one call)", B * H, Cv, W, W, elem, nbytes=v * elem), rows_added("∂v", v * elem)]
+    else:
+        row_ds = [cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem)]
+        row_dv = [cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem)]
     return [pixel_major_kernel(B, Cq, H, W, elem),
             cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
-            cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem),
+            *row_ds,
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column dS", B * W, H, H, Cv, elem),
             softmax_backward_kernel(B, H, W, elem),
             cc_gemm("column ∂v", B * W, Cv, H, H, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=False),
-            cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem),
+            *row_dv,
             cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, elem, calls=2),
             cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, elem, calls=2),
             aten_call("criss_cross", "ATen: ∂q, ∂k = rows + columns ×2", lambda d: 2 * plain_ew(d, q * (8 + elem)),

@@ -171,6 +171,29 @@ def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dty
     assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == (5, 5 * tiles)
 
 
+@pytest.mark.parametrize("B, forward_calls, backward_calls", [(2, 2, 2), (3, 3, 0), (4, 0, 0)])
+def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(emu, B, forward_calls,
+                                                                               backward_calls):
+    """The row products (out; dS and ∂v) one GEMM a sample over the inputs where they lie, or one over every
+    sample's rows copied into the row layout where that saves launches (forward B − 3, backward 2B − 5) that
+    outlast the copies' passes (tiny here): the per-sample `baddbmm` of out and ∂v counted by the profiler (dS
+    takes the same branch as ∂v); the values checked."""
+    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 9), B=B, Cq=2, H=3, W=5, Cv=3),
+          torch.float32)
+    rng = Inputs(SEED + 10)
+    q, k = (rng.randn(B, 2, 3, 5, dtype=torch.float32) for _ in range(2))
+    v, g = (rng.randn(B, 3, 3, 5, dtype=torch.float32) for _ in range(2))
+
+    def per_sample_calls(op, *args):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = op(*args)
+        return result, sum(event.name == "aten::baddbmm_" for event in prof.events())
+
+    (out, lse), forward = per_sample_calls(E.criss_cross_attention, q, k, v)
+    _, backward = per_sample_calls(E.criss_cross_attention_backward, g, q, k, v, out, lse)
+    assert (forward, backward) == (forward_calls, backward_calls)
+
+
 def test_window_attention_backward_groups_run_several_windows(emu):
     """More than 64 windows: 64 blocks per head, some running two windows one after the other."""
     before = launch_counts(emu)

@@ -262,8 +262,30 @@ at::Tensor& accumulating_bmm_out(at::Tensor& out, const at::Tensor& a, const at:
 #endif
 }
 
-// Views of x [B, C, H, W]'s sample b as a batch over rows: [H, C, W] (the row matrices X_h = x[b, :, h, :]).
+// The row matrices X_h = x[b, :, h, :] of x [B, C, H, W] lie W apart within a sample but C·H·W apart across
+// samples, two strides where a cuBLAS batch takes one. Their products are either one batched GEMM a sample over
+// x where it lies (B launches), or one GEMM over all B·H rows of x copied into the row layout [B·H, C, W] (the
+// copy and the sum into the output: two more launches, and about four more passes over x a product). The copy
+// wins where the launches it saves outlast the passes it adds: a small kernel's launch and tail take about as
+// long as moving kLaunchBytes through HBM (~4 µs at ~4 TB/s on an H100 or H200).
+constexpr int64_t kLaunchBytes = int64_t{16} << 20;
+
+bool rows_in_one_call(int64_t launches_saved, int64_t bytes_added) {
+  return launches_saved * kLaunchBytes > bytes_added;
+}
+
+// Views of x [B, C, H, W]'s sample b as a batch over rows: [H, C, W].
 at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(0, 1); }
+
+// x [B, C, H, W] copied into the row layout [B·H, C, W].
+at::Tensor row_layout(const at::Tensor& x) {
+  return x.permute({0, 2, 1, 3}).contiguous().view({-1, x.size(1), x.size(3)});
+}
+
+// x [B, C, H, W] += rows [B·H, C, W] (the row layout).
+void add_rows(at::Tensor& x, const at::Tensor& rows) {
+  x.add_(rows.view({x.size(0), x.size(2), x.size(1), x.size(3)}).permute({0, 2, 1, 3}));
+}
 
 // The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above), in the accumulation type.
 std::pair<at::Tensor, at::Tensor> energies(const PixelMajor& x) {
@@ -432,11 +454,15 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
         a_col.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // Columns: [B·W, Cv, H] products, transposed into out; then the rows added, out[b, :, h, :] += V_h·A_row[b, h]ᵀ,
-  // a batch over h per sample (the matrices x[b, :, h, :] are W apart).
+  // Columns: [B·W, Cv, H] products, transposed into out; then the rows added, out[b, :, h, :] += V_h·A_row[b, h]ᵀ
+  // (one call saves B − 3 launches for two passes over v and two over out).
   columns_into(at::bmm(column_matrices(v), a_col.transpose(1, 2)), out);
-  auto a_rows = a_row.view({B, H, W, W});
-  for (int64_t b = 0; b < B; ++b) row_matrices(out, b).baddbmm_(row_matrices(v, b), a_rows[b].transpose(1, 2));
+  if (rows_in_one_call(B - 3, 4 * static_cast<int64_t>(v.nbytes()))) {
+    add_rows(out, at::bmm(row_layout(v), a_row.transpose(1, 2)));
+  } else {
+    auto a_rows = a_row.view({B, H, W, W});
+    for (int64_t b = 0; b < B; ++b) row_matrices(out, b).baddbmm_(row_matrices(v, b), a_rows[b].transpose(1, 2));
+  }
   return {out, lse};
 }
 
@@ -457,11 +483,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   if (B * H * W == 0) return {grad_q, grad_k, grad_v};
   const PixelMajor qk = pixel_major(q_in, k_in);
   auto [e_row, e_col] = energies(qk);
-  // dS[w, w'] = g(h, w)·v(h, w') by rows, per sample; dS[h, h'] = g(h, w)·v(h', w) by columns.
+  // dS[w, w'] = g(h, w)·v(h, w') by rows; dS[h, h'] = g(h, w)·v(h', w) by columns. The row products, here and
+  // in ∂v, in one call each on row-layout copies of g and v where that saves 2B − 5 launches for six passes.
+  const bool rows_copied = rows_in_one_call(2 * B - 5, 6 * static_cast<int64_t>(v.nbytes()));
+  at::Tensor g_rows, v_rows;
   auto ds_row = at::empty({B, H, W, W}, v.options().dtype(acc));
-  for (int64_t b = 0; b < B; ++b) {
-    auto ds_b = ds_row[b];
-    accumulating_bmm_out(ds_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
+  if (rows_copied) {
+    g_rows = row_layout(g), v_rows = row_layout(v);
+    auto ds_rows = ds_row.view({B * H, W, W});
+    accumulating_bmm_out(ds_rows, g_rows.transpose(1, 2), v_rows);
+  } else {
+    for (int64_t b = 0; b < B; ++b) {
+      auto ds_b = ds_row[b];
+      accumulating_bmm_out(ds_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
+    }
   }
   auto g_cols = column_matrices(g), v_cols = column_matrices(v);
   auto ds_col = at::empty({B * W, H, H}, v.options().dtype(acc));
@@ -482,7 +517,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   });
   // ∂v: the columns through the transposed layout, then the rows added, ∂v[b, :, h, :] += G_h·S_row[b, h].
   columns_into(at::bmm(g_cols, a_col), grad_v);
-  for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
+  if (rows_copied) add_rows(grad_v, at::bmm(g_rows, a_row.view({B * H, W, W})));
+  else for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
   // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq], each summed in the accumulation type.
   auto de_rows = de_row.view({B * H, W, W});
   auto product = [&](const at::Tensor& a, const at::Tensor& b) {
