@@ -476,6 +476,8 @@ EMPTY_CASES = [
     Case("empty-triuvec", triuvec_case, dict(B=0, n=3)),
     Case("empty-criss-cross-maps", criss_cross_maps_case, dict(B=0, C=2, H=3, W=4)),
     Case("empty-criss-cross-attention", criss_cross_attention_case, dict(B=0, Cq=2, H=3, W=4, Cv=3)),
+    # no value channels at a batch whose row products take one call (CUDA: the row-layout copies of v and g)
+    Case("empty-criss-cross-attention-values", criss_cross_attention_case, dict(B=4, Cq=2, H=3, W=4, Cv=0)),
     Case("empty-region-assign", region_assign_case, dict(B=0, R=2, C=3, H=4, W=5)),
     Case("empty-drconv", dynamic_conv_case, dict(B=0, Cin=2, Cout=3, H=5, W=5, R=2, kh=3, kw=3, stride=(1, 1),
                                            padding=(1, 1), dilation=(1, 1))),

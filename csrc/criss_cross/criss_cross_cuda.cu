@@ -279,7 +279,7 @@ at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(
 
 // x [B, C, H, W] copied into the row layout [B·H, C, W].
 at::Tensor row_layout(const at::Tensor& x) {
-  return x.permute({0, 2, 1, 3}).contiguous().view({-1, x.size(1), x.size(3)});
+  return x.permute({0, 2, 1, 3}).contiguous().view({x.size(0) * x.size(2), x.size(1), x.size(3)});
 }
 
 // x [B, C, H, W] += rows [B·H, C, W] (the row layout).
