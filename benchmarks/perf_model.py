@@ -724,15 +724,17 @@ def layout_vector_width(N: int, L: int, W: int, elem: int) -> int:
     return vec
 
 
-def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool) -> Launch:
+def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool, add_rows: bool = False) -> Launch:
     """criss_cross_cuda.cu: change_layout — [N, L, W] into [N, W, L] (to_columns) or back, by tiles of 32·V image
     rows × 32 columns through shared memory (swizzled: conflict-free), a CTA of 32×8 threads a tile: on the image
     side a warp access is 32 values of one image row, on the column side 32·V values of one column row (V a lane,
-    up to 16 bytes: layout_vector_width). The same counts either way."""
+    up to 16 bytes: layout_vector_width). The same counts either way. add_rows: back into the image, the row
+    products (row layout) read beside each image-side write and added (an image row's (c, h) stepped with it)."""
     V = layout_vector_width(N, L, W, elem)
     tiles_l, tiles_w = ceil_div(L, TILE * V), ceil_div(W, TILE)
     tiles = N * tiles_l * tiles_w
     image_accesses, column_steps = N * tiles_w * L, N * tiles_l * W  # warp-level accesses of each side
+    added = image_accesses if add_rows else 0  # warp-level reads of the row products
     li, si = mean_access([[l * W + w0 + t for t in range(min(W - w0, TILE))]
                           for l in spread(L, 4) for w0 in range(0, W, TILE)], elem)
     lc, sc = mean_access([[w * L + l0 + t for t in range(min(L - l0, TILE * V))]
@@ -741,13 +743,15 @@ def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool) -> Lau
     return Launch("criss_cross", "transpose_kernel", (capped_blocks(tiles), 1, 1), (TILE, TILE_ROWS, 1),
                   static_smem=TILE * V * TILE * elem,
                   alu=tiles * TILE_ROWS * (3 * DIV64 + 12) + (image_accesses + column_steps) * 10
-                  + column_steps * V * 2,
-                  mem=2 * image_accesses + column_steps * (1 + V),
-                  lsu=image_accesses * (li + wavefronts) + column_steps * (lc + V * wavefronts),
-                  l2=(image_accesses * si + column_steps * sc) * 32, dram=2 * N * L * W * elem,
-                  gld=image_accesses + column_steps, ilp=4, phased=True,
+                  + column_steps * V * 2 + added * 10 + (tiles * TILE_ROWS * 2 * DIV64 if add_rows else 0),
+                  mem=2 * image_accesses + column_steps * (1 + V) + added,
+                  lsu=image_accesses * (li + wavefronts) + column_steps * (lc + V * wavefronts) + added * li,
+                  l2=(image_accesses * si + column_steps * sc + added * si) * 32,
+                  dram=(2 + add_rows) * N * L * W * elem,
+                  gld=image_accesses + column_steps + added, ilp=4, phased=True,
                   template=(f"b{int(to_columns)}", f"i{V}"),
-                  note=f"{TILE * V}×{TILE} tiles: {li:.1f} / {lc:.1f} lines per image / column warp access")
+                  note=f"{TILE * V}×{TILE} tiles: {li:.1f} / {lc:.1f} lines per image / column warp access"
+                  + (", the row products added" if add_rows else ""))
 
 
 def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, lists: int, passes: int, writes: int,
@@ -756,8 +760,9 @@ def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, lists: int, p
     contiguous, 4-byte). `lists` values read a position (the energies, and their gradients): a lane's first
     CACHED_PER_LANE of each list loaded into registers at once (LaneLists: every load of the pixel in flight
     together), positions past them re-read by each of the `passes` passes; `writes` elem-byte values written
-    (the weights, and the energies' gradients). One exponential a held position (exp_minus: an FFMA and the
-    SFU's ex2, its result held in place of the energy), two a position past them (each pass recomputes it)."""
+    (the weights, and the energies' gradients). One exponential a held position (exp_difference: an FADD, an
+    FMUL and the SFU's ex2, its result held in place of the energy), two a position past them (each pass
+    recomputes it)."""
     pixels, L = B * H * W, W + H
     its = ceil_div(W, 32) + ceil_div(H, 32)  # warp-iterations over one pixel's lists
     held = min(ceil_div(W, 32), CACHED_PER_LANE) + min(ceil_div(H, 32), CACHED_PER_LANE)
@@ -768,7 +773,7 @@ def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, lists: int, p
     lines = sum(mean_access([[j for j in range(min(n, 32))]], 4)[0] for n in (W, H)) / 2 + 0.5  # unaligned starts
     return Launch("criss_cross", kernel, (ceil_div(pixels, SOFTMAX_WARPS), 1, 1), (32, SOFTMAX_WARPS, 1),
                   flops=pixels * L * flops_per_position, min_bytes=min_bytes, ffma=pixels * its * passes,
-                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (passes + writes) * 6 + exps), mufu=pixels * (exps + 1),
+                  alu=pixels * (3 * DIV64 + 10 * 5 + its * (passes + writes) * 6 + 2 * exps), mufu=pixels * (exps + 1),
                   mem=pixels * (loads + stores),
                   lsu=pixels * ((loads + stores) * lines + 10),
                   l2=pixels * (4 * lists * (L + tail_positions * (passes - 1)) + L * elem * writes),
@@ -817,10 +822,10 @@ def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int) -> Launch:
 ROW_LAUNCH_BYTES = 16 << 20  # criss_cross_cuda.cu: kLaunchBytes
 
 
-def rows_in_one_call(launches_saved: int, bytes_added: int) -> bool:
-    """criss_cross_cuda.cu: rows_in_one_call — the row products one GEMM over every sample's rows, copied into
-    the row layout, where the launches saved outlast the passes the copy adds; else one GEMM a sample."""
-    return launches_saved * ROW_LAUNCH_BYTES > bytes_added
+def rows_in_one_call(B: int, nbytes: int) -> bool:
+    """criss_cross_cuda.cu: rows_in_one_call — the row products one GEMM over every sample's rows copied into the
+    row layout (two launches for B, and two more passes over x of nbytes), or one GEMM a sample."""
+    return (B - 2) * ROW_LAUNCH_BYTES > 2 * nbytes
 
 
 def row_layout_copy(what: str, nbytes: int) -> Launch:
@@ -828,17 +833,12 @@ def row_layout_copy(what: str, nbytes: int) -> Launch:
     return aten_call("criss_cross", f"ATen: {what} into the row layout", lambda d: plain_ew(d, 2 * nbytes))
 
 
-def rows_added(what: str, nbytes: int) -> Launch:
-    """x += the row-layout products (ATen's add of a permuted view: x and the products read, x written)."""
-    return aten_call("criss_cross", f"ATen: rows added to {what}", lambda d: plain_ew(d, 3 * nbytes))
-
-
 def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     v = B * Cv * H * W * elem
-    if rows_in_one_call(B - 3, 4 * v):
-        rows = [row_layout_copy("v", v), cc_gemm("rows of the outputs (one call)", B * H, Cv, W, W, elem, nbytes=2 * v),
-                rows_added("the outputs", v)]
+    one_call = rows_in_one_call(B, v)
+    if one_call:
+        rows = [row_layout_copy("v", v), cc_gemm("rows of the outputs (one call)", B * H, Cv, W, W, elem, nbytes=2 * v)]
     else:
         rows = [cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
     return [pixel_major_kernel(B, Cq, H, W, elem),
@@ -846,17 +846,19 @@ def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
             softmax_kernel(B, H, W, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column outputs", B * W, Cv, H, H, elem),
-            transpose_kernel(B, Cv * H, W, elem, to_columns=False),
-            *rows]
+            *(rows if one_call else []),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=False, add_rows=one_call),
+            *([] if one_call else rows)]
 
 
 def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     q, v = B * Cq * H * W, B * Cv * H * W
-    if rows_in_one_call(2 * B - 5, 6 * v * elem):
+    one_call = rows_in_one_call(B, v * elem)
+    if one_call:
         row_ds = [row_layout_copy("g", v * elem), row_layout_copy("v", v * elem),
                   cc_gemm("row dS = gᵀ·v (one call)", B * H, W, W, Cv, elem, nbytes=2 * v * elem)]
-        row_dv = [cc_gemm("rows of ∂v (one call)", B * H, Cv, W, W, elem, nbytes=v * elem), rows_added("∂v", v * elem)]
+        row_dv = [cc_gemm("rows of ∂v (one call)", B * H, Cv, W, W, elem, nbytes=v * elem)]
     else:
         row_ds = [cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem)]
         row_dv = [cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem)]
@@ -868,8 +870,9 @@ def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
             cc_gemm("column dS", B * W, H, H, Cv, elem),
             softmax_backward_kernel(B, H, W, elem),
             cc_gemm("column ∂v", B * W, Cv, H, H, elem),
-            transpose_kernel(B, Cv * H, W, elem, to_columns=False),
-            *row_dv,
+            *(row_dv if one_call else []),
+            transpose_kernel(B, Cv * H, W, elem, to_columns=False, add_rows=one_call),
+            *([] if one_call else row_dv),
             cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, elem, calls=2),
             cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, elem, calls=2),
             aten_call("criss_cross", "ATen: ∂q, ∂k = rows + columns ×2", lambda d: 2 * plain_ew(d, q * (8 + elem)),

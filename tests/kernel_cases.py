@@ -400,10 +400,12 @@ CASES = [
     Case("criss-cross-attention-many-channels", criss_cross_attention_case, dict(B=1, Cq=130, H=3, W=2, Cv=131)),
     Case("criss-cross-attention-column", criss_cross_attention_case, dict(B=2, Cq=2, H=70, W=1, Cv=3)),
     Case("criss-cross-attention-tall", criss_cross_attention_case, dict(B=1, Cq=2, H=140, W=2, Cv=3)),
-    # CUDA: the row products one GEMM over every sample's rows (copied into the row layout), forward and
-    # backward at B = 4, the backward only at B = 3 (criss_cross_cuda.cu: rows_in_one_call)
+    # CUDA: the row products one GEMM over every sample's rows (copied into the row layout, added by the
+    # transpose, which steps the (channel, row) pair of its image rows: H < 8, H > 8 over several tiles, H = 1;
+    # criss_cross_cuda.cu: rows_in_one_call)
     Case("criss-cross-attention-batch", criss_cross_attention_case, dict(B=4, Cq=3, H=5, W=6, Cv=4)),
-    Case("criss-cross-attention-batch-3", criss_cross_attention_case, dict(B=3, Cq=2, H=3, W=5, Cv=3)),
+    Case("criss-cross-attention-batch-tall", criss_cross_attention_case, dict(B=3, Cq=2, H=11, W=5, Cv=40)),
+    Case("criss-cross-attention-batch-flat", criss_cross_attention_case, dict(B=3, Cq=2, H=1, W=9, Cv=5)),
     # region assignment: ties and a NaN in the guide, one region; several 32-pixel tiles (the last ragged)
     # and more channels than the 8 slices
     Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=5, W=6, ties=True)),

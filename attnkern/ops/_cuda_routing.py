@@ -91,12 +91,12 @@ ROUTES: Dict[str, Route] = {
     # a thread an element before: 0.60–1.07×, bf16 up to 1.52×): keep.
     "triuvec": Route(False, model="0.52–0.75× (bf16 0.54–0.79×); 0.60–1.07× before"),
     # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.56× / 0.54× at the CCNet head
-    # 2×512×97×97 (177 / 350 µs), 0.68× / 0.61× at YOLO P5 8×1024×20×20 (its row products one call over the 8
-    # samples), 0.47× / 0.47× at 1×256×64×64; bfloat16 0.48–0.66× (CCNet head 92.4 / 182 µs, YOLO P5 66.2 / 124).
+    # 2×512×97×97 (177 / 350 µs), 0.59× / 0.57× at YOLO P5 8×1024×20×20 (its row products one call over the 8
+    # samples), 0.47× / 0.47× at 1×256×64×64; bfloat16 0.48–0.61× (CCNet head 92.7 / 182 µs, YOLO P5 61 / 119).
     # (The one-block-per-pixel kernels before: 4.3–27.8×.)
-    "criss_cross_attention": Route(False, model="0.56× / 0.54× (CCNet 2×512×97×97), 0.68× / 0.61× (8×1024×20×20), "
+    "criss_cross_attention": Route(False, model="0.56× / 0.54× (CCNet 2×512×97×97), 0.59× / 0.57× (8×1024×20×20), "
                                                 "0.47× / 0.47× (1×256×64×64); bfloat16 0.53× / 0.51×, "
-                                                "0.66× / 0.60×, 0.49× / 0.48×"),
+                                                "0.61× / 0.58×, 0.49× / 0.48×"),
     # Loses at the CCNet head only: 3.1× / 6.4× there (2·64·97·97·193 = 232M multiply-adds: one
     # thread per energy, L2-bound), wins at YOLO P5 and 1×256×64×64 (0.46–0.86×, ~16M multiply-adds:
     # the plain path's launches dominate). Threshold 2^26 ≈ 67M multiply-adds, between the two, where

@@ -108,22 +108,39 @@ static_assert(kTile * kTileRows == kElementThreads && 32 * kSoftmaxWarps == kEle
 // up to 16 bytes (V: layout_vector_width, at most what L and the column-layout address allow). The
 // tile's value (l, w) sits at tile[l][w ^ l / V]: an image-side access (one l, 32 w) and a column-side step
 // (l = lane·V + k, k fixed: l / V = lane) each touch 32 different banks (2-byte values: 16 words, two lanes
-// a word), so neither phase has a bank conflict.
+// a word), so neither phase has a bank conflict. Back into the image, the row products `rows` (the row layout
+// [N, H, C, W], L = C·H; null: none) may be added to each value as it is written: image row l = c·H + h takes
+// rows' row h·C + c, the pair (c, h) stepped with l, with no division a step.
 template <bool kToColumns, int V, typename scalar_t>
-__global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t L, int64_t W,
-                                 int64_t tiles_l, int64_t tiles_w, int64_t tiles) {
+__global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst,
+                                 const scalar_t* __restrict__ rows, int64_t L, int64_t H, int64_t W, int64_t tiles_l,
+                                 int64_t tiles_w, int64_t tiles) {
+  using acc_t = at::opmath_type<scalar_t>;
   constexpr int kRows = kTile * V;
   __shared__ scalar_t tile[kRows][kTile];
+  const bool adding = !kToColumns && rows != nullptr;
+  const int64_t C = adding ? L / H : 0;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = (n·tiles_l + l tile)·tiles_w + w tile
     const int64_t n = t / (tiles_l * tiles_w), l0 = t / tiles_w % tiles_l * kRows, w0 = t % tiles_w * kTile;
     const int64_t plane = n * L * W;
     auto image_side = [&] {
+      int64_t c = adding ? (l0 + threadIdx.y) / H : 0, h = l0 + threadIdx.y - c * H;  // of l, for the rows added
       for (int i = threadIdx.y; i < kRows; i += kTileRows) {
         const int64_t l = l0 + i, w = w0 + threadIdx.x;
-        if (l >= L || w >= W) continue;
-        scalar_t& cell = tile[i][threadIdx.x ^ i / V];
-        if constexpr (kToColumns) cell = src[plane + l * W + w];
-        else dst[plane + l * W + w] = cell;
+        if (l < L && w < W) {
+          scalar_t& cell = tile[i][threadIdx.x ^ i / V];
+          if constexpr (kToColumns) {
+            cell = src[plane + l * W + w];
+          } else if (!adding) {
+            dst[plane + l * W + w] = cell;
+          } else {
+            const acc_t row_product = rows[plane + (h * C + c) * W + w];
+            dst[plane + l * W + w] = static_cast<scalar_t>(static_cast<acc_t>(cell) + row_product);
+          }
+        }
+        if (adding) {
+          for (h += kTileRows; h >= H; h -= H) ++c;
+        }
       }
     };
     auto column_side = [&] {
@@ -161,9 +178,10 @@ int layout_vector_width(int64_t N, int64_t L, int64_t W, int widest) {
   return 1;
 }
 
-// image [N, L, W] into columns [N, W, L] (kToColumns), or columns back into image.
+// image [N, L, W] into columns [N, W, L] (kToColumns), or columns back into image, plus rows [N, H, L / H, W]
+// where defined.
 template <bool kToColumns>
-void change_layout(const at::Tensor& image, const at::Tensor& columns) {
+void change_layout(const at::Tensor& image, const at::Tensor& columns, const at::Tensor& rows = {}, int64_t H = 1) {
   const int64_t N = image.size(0), L = image.size(1), W = image.size(2);
   if (N * L * W == 0) return;
   const at::Tensor& src = kToColumns ? image : columns;
@@ -176,7 +194,8 @@ void change_layout(const at::Tensor& image, const at::Tensor& columns) {
       const int64_t tiles_l = ceil_div(L, kTile * V), tiles_w = ceil_div(W, kTile), tiles = N * tiles_l * tiles_w;
       ATTNKERN_LAUNCH(capped_blocks(tiles), dim3(kTile, kTileRows), 0,  // a block a tile
                       c10::cuda::getCurrentCUDAStream(), transpose_kernel<kToColumns, V, scalar_t>)(
-          src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), L, W, tiles_l, tiles_w, tiles);
+          src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(),
+          rows.defined() ? rows.const_data_ptr<scalar_t>() : nullptr, L, H, W, tiles_l, tiles_w, tiles);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -190,10 +209,10 @@ at::Tensor column_matrices(const at::Tensor& x) {
   return columns;
 }
 
-// The column products [B·W, C, H] into out [B, C, H, W].
-void columns_into(const at::Tensor& columns, at::Tensor& out) {
+// The column products [B·W, C, H] into out [B, C, H, W], plus the row products [B·H, C, W] where defined.
+void columns_into(const at::Tensor& columns, at::Tensor& out, const at::Tensor& rows = {}) {
   const int64_t B = out.size(0), C = out.size(1), H = out.size(2), W = out.size(3);
-  change_layout<false>(out.view({B, C * H, W}), columns.view({B, W, C * H}));
+  change_layout<false>(out.view({B, C * H, W}), columns.view({B, W, C * H}), rows, H);
 }
 
 // q and k [B, C, H, W] pixel-major: the row matrices [B·H, W, C] and the column matrices [B·W, H, C] of each. A
@@ -263,15 +282,17 @@ at::Tensor& accumulating_bmm_out(at::Tensor& out, const at::Tensor& a, const at:
 }
 
 // The row matrices X_h = x[b, :, h, :] of x [B, C, H, W] lie W apart within a sample but C·H·W apart across
-// samples, two strides where a cuBLAS batch takes one. Their products are either one batched GEMM a sample over
-// x where it lies (B launches), or one GEMM over all B·H rows of x copied into the row layout [B·H, C, W] (the
-// copy and the sum into the output: two more launches, and about four more passes over x a product). The copy
-// wins where the launches it saves outlast the passes it adds: a small kernel's launch and tail take about as
-// long as moving kLaunchBytes through HBM (~4 µs at ~4 TB/s on an H100 or H200).
+// samples, two strides where a cuBLAS batch takes one. Their products (the outputs' rows, and the backward's
+// dS and ∂v rows) are either one batched GEMM a sample over x where it lies (B launches), or one GEMM over all
+// B·H rows of x copied into the row layout [B·H, C, W], added to the column products as the transpose writes
+// them: two launches (the copy and the GEMM) in place of B, for two more passes over x (its copy) — in the
+// backward, g and v copied for dS and reused by ∂v, twice both. The copy wins where the launches it saves
+// outlast its passes: a small kernel's launch and tail take about as long as moving kLaunchBytes through HBM
+// (~4 µs at ~4 TB/s on an H100 or H200).
 constexpr int64_t kLaunchBytes = int64_t{16} << 20;
 
-bool rows_in_one_call(int64_t launches_saved, int64_t bytes_added) {
-  return launches_saved * kLaunchBytes > bytes_added;
+bool rows_in_one_call(int64_t B, const at::Tensor& x) {
+  return (B - 2) * kLaunchBytes > 2 * static_cast<int64_t>(x.nbytes());
 }
 
 // Views of x [B, C, H, W]'s sample b as a batch over rows: [H, C, W].
@@ -280,11 +301,6 @@ at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(
 // x [B, C, H, W] copied into the row layout [B·H, C, W].
 at::Tensor row_layout(const at::Tensor& x) {
   return x.permute({0, 2, 1, 3}).contiguous().view({x.size(0) * x.size(2), x.size(1), x.size(3)});
-}
-
-// x [B, C, H, W] += rows [B·H, C, W] (the row layout).
-void add_rows(at::Tensor& x, const at::Tensor& rows) {
-  x.add_(rows.view({x.size(0), x.size(2), x.size(1), x.size(3)}).permute({0, 2, 1, 3}));
 }
 
 // The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above), in the accumulation type.
@@ -367,22 +383,21 @@ __global__ void softmax_kernel(const acc_t* __restrict__ e_row, const acc_t* __r
   row.for_each([&](int64_t, const acc_t* e, auto) { max = e[0] > max ? e[0] : max; });
   column.for_each([&](int64_t i, const acc_t* e, auto) { max = i != lists.self && e[0] > max ? e[0] : max; });
   max = warp_max(max);
-  const acc_t max_log2e = max * log2e<acc_t>();
   acc_t sum = 0;
   row.for_each([&](int64_t, acc_t* e, auto) {
-    e[0] = exp_minus(e[0], max_log2e);
+    e[0] = exp_difference(e[0], max);
     sum += e[0];
   });
   column.for_each([&](int64_t i, acc_t* e, auto) {
-    e[0] = i != lists.self ? exp_minus(e[0], max_log2e) : acc_t(0);
+    e[0] = i != lists.self ? exp_difference(e[0], max) : acc_t(0);
     sum += e[0];
   });
   sum = warp_sum(sum);
-  const acc_t log_sum = max + log(sum), lse_log2e = log_sum * log2e<acc_t>(), inverse_sum = 1 / sum;
+  const acc_t log_sum = max + log(sum), inverse_sum = 1 / sum;
   if (threadIdx.x == 0) lse[pixel] = log_sum;
   auto weight = [&](const acc_t* x, auto held) {  // x[0]: p where held, else the energy
     if constexpr (decltype(held)::value) return x[0] * inverse_sum;
-    else return exp_minus(x[0], lse_log2e);
+    else return exp_difference(x[0], log_sum);
   };
   row.for_each([&](int64_t j, const acc_t* x, auto held) {
     a_row[lists.row + j] = static_cast<scalar_t>(weight(x, held));
@@ -408,8 +423,8 @@ __global__ void softmax_backward_kernel(const acc_t* __restrict__ e_row, const a
   const acc_t* const row_lists[2] = {e_row + lists.row, ds_row + lists.row};  // energy, dS
   const acc_t* const column_lists[2] = {e_col + lists.column, ds_col + lists.column};
   LaneLists<acc_t, 2> row(row_lists, W), column(column_lists, H);
-  const acc_t lse_log2e = lse[pixel] * log2e<acc_t>();
-  auto row_weight = [&](acc_t energy) { return exp_minus(energy, lse_log2e); };
+  const acc_t log_sum = lse[pixel];
+  auto row_weight = [&](acc_t energy) { return exp_difference(energy, log_sum); };
   auto column_weight = [&](int64_t i, acc_t energy) { return i != lists.self ? row_weight(energy) : acc_t(0); };
   // x = (energy, dS); the first pass leaves S in place of a held energy
   auto hold = [](acc_t* x, acc_t weight, auto held) {
@@ -454,12 +469,13 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
         a_col.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // Columns: [B·W, Cv, H] products, transposed into out; then the rows added, out[b, :, h, :] += V_h·A_row[b, h]ᵀ
-  // (one call saves B − 3 launches for two passes over v and two over out).
-  columns_into(at::bmm(column_matrices(v), a_col.transpose(1, 2)), out);
-  if (rows_in_one_call(B - 3, 4 * static_cast<int64_t>(v.nbytes()))) {
-    add_rows(out, at::bmm(row_layout(v), a_row.transpose(1, 2)));
+  // Columns: [B·W, Cv, H] products, transposed into out; and the rows, out[b, :, h, :] += V_h·A_row[b, h]ᵀ, in one
+  // call added by the transpose, or a call a sample (rows_in_one_call).
+  auto column_products = at::bmm(column_matrices(v), a_col.transpose(1, 2));
+  if (rows_in_one_call(B, v)) {
+    columns_into(column_products, out, at::bmm(row_layout(v), a_row.transpose(1, 2)));
   } else {
+    columns_into(column_products, out);
     auto a_rows = a_row.view({B, H, W, W});
     for (int64_t b = 0; b < B; ++b) row_matrices(out, b).baddbmm_(row_matrices(v, b), a_rows[b].transpose(1, 2));
   }
@@ -484,8 +500,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   const PixelMajor qk = pixel_major(q_in, k_in);
   auto [e_row, e_col] = energies(qk);
   // dS[w, w'] = g(h, w)·v(h, w') by rows; dS[h, h'] = g(h, w)·v(h', w) by columns. The row products, here and
-  // in ∂v, in one call each on row-layout copies of g and v where that saves 2B − 5 launches for six passes.
-  const bool rows_copied = rows_in_one_call(2 * B - 5, 6 * static_cast<int64_t>(v.nbytes()));
+  // in ∂v, in one call each on row-layout copies of g and v, or a call a sample (rows_in_one_call).
+  const bool rows_copied = rows_in_one_call(B, v);
   at::Tensor g_rows, v_rows;
   auto ds_row = at::empty({B, H, W, W}, v.options().dtype(acc));
   if (rows_copied) {
@@ -515,10 +531,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
         B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // ∂v: the columns through the transposed layout, then the rows added, ∂v[b, :, h, :] += G_h·S_row[b, h].
-  columns_into(at::bmm(g_cols, a_col), grad_v);
-  if (rows_copied) add_rows(grad_v, at::bmm(g_rows, a_row.view({B * H, W, W})));
-  else for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
+  // ∂v: the columns through the transposed layout, and the rows, ∂v[b, :, h, :] += G_h·S_row[b, h].
+  if (rows_copied) {
+    columns_into(at::bmm(g_cols, a_col), grad_v, at::bmm(g_rows, a_row.view({B * H, W, W})));
+  } else {
+    columns_into(at::bmm(g_cols, a_col), grad_v);
+    for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
+  }
   // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq], each summed in the accumulation type.
   auto de_rows = de_row.view({B * H, W, W});
   auto product = [&](const at::Tensor& a, const at::Tensor& b) {
