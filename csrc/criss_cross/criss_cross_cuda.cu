@@ -303,14 +303,15 @@ at::Tensor row_layout(const at::Tensor& x) {
   return x.permute({0, 2, 1, 3}).contiguous().view({x.size(0) * x.size(2), x.size(1), x.size(3)});
 }
 
+// a·b (batched) as a new tensor in the accumulation type (accumulating_bmm_out).
+at::Tensor accumulating_bmm(const at::Tensor& a, const at::Tensor& b) {
+  auto out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(at::toOpMathType(a.scalar_type())));
+  return accumulating_bmm_out(out, a, b);
+}
+
 // The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above), in the accumulation type.
 std::pair<at::Tensor, at::Tensor> energies(const PixelMajor& x) {
-  const auto options = x.q_rows.options().dtype(at::toOpMathType(x.q_rows.scalar_type()));
-  auto e_row = at::empty({x.q_rows.size(0), x.q_rows.size(1), x.k_rows.size(1)}, options);
-  auto e_col = at::empty({x.q_cols.size(0), x.q_cols.size(1), x.k_cols.size(1)}, options);
-  accumulating_bmm_out(e_row, x.q_rows, x.k_rows.transpose(1, 2));
-  accumulating_bmm_out(e_col, x.q_cols, x.k_cols.transpose(1, 2));
-  return {e_row, e_col};
+  return {accumulating_bmm(x.q_rows, x.k_rows.transpose(1, 2)), accumulating_bmm(x.q_cols, x.k_cols.transpose(1, 2))};
 }
 
 // One pixel's energies: its row E_row[b, h][w, :] (W values from offset `row`) and column E_col[b, w][h, :]
@@ -515,8 +516,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     }
   }
   auto g_cols = column_matrices(g), v_cols = column_matrices(v);
-  auto ds_col = at::empty({B * W, H, H}, v.options().dtype(acc));
-  accumulating_bmm_out(ds_col, g_cols.transpose(1, 2), v_cols);
+  auto ds_col = accumulating_bmm(g_cols.transpose(1, 2), v_cols);
   const bool in_place = v.scalar_type() == acc;  // dE over dS
   auto de_row = in_place ? ds_row : at::empty(ds_row.sizes(), v.options());
   auto de_col = in_place ? ds_col : at::empty(ds_col.sizes(), v.options());
@@ -540,15 +540,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   }
   // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq], each summed in the accumulation type.
   auto de_rows = de_row.view({B * H, W, W});
-  auto product = [&](const at::Tensor& a, const at::Tensor& b) {
-    auto out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(acc));
-    return accumulating_bmm_out(out, a, b);
-  };
   auto pixels_of_rows = [&](const at::Tensor& x) { return x.view({B, H, W, Cq}).permute({0, 3, 1, 2}); };
   auto pixels_of_columns = [&](const at::Tensor& x) { return x.view({B, W, H, Cq}).permute({0, 3, 2, 1}); };
-  at::add_out(grad_q, pixels_of_rows(product(de_rows, qk.k_rows)), pixels_of_columns(product(de_col, qk.k_cols)));
-  at::add_out(grad_k, pixels_of_rows(product(de_rows.transpose(1, 2), qk.q_rows)),
-              pixels_of_columns(product(de_col.transpose(1, 2), qk.q_cols)));
+  at::add_out(grad_q, pixels_of_rows(accumulating_bmm(de_rows, qk.k_rows)),
+              pixels_of_columns(accumulating_bmm(de_col, qk.k_cols)));
+  at::add_out(grad_k, pixels_of_rows(accumulating_bmm(de_rows.transpose(1, 2), qk.q_rows)),
+              pixels_of_columns(accumulating_bmm(de_col.transpose(1, 2), qk.q_cols)));
   return {grad_q, grad_k, grad_v};
 }
 
