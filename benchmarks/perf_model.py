@@ -742,7 +742,7 @@ def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool, add_ro
     wavefronts = max(1, TILE * elem // 128)  # a shared access of 32 lanes' values: 4-byte words, 128 B each
     return Launch("criss_cross", "transpose_kernel", (capped_blocks(tiles), 1, 1), (TILE, TILE_ROWS, 1),
                   static_smem=TILE * V * TILE * elem,
-                  alu=tiles * TILE_ROWS * (3 * DIV64 + 12) + (image_accesses + column_steps) * 10
+                  alu=tiles * TILE_ROWS * (3 * DIV64 + 16) + (image_accesses + column_steps) * 10
                   + column_steps * V * 2 + added * 10 + (tiles * TILE_ROWS * 2 * DIV64 if add_rows else 0),
                   mem=2 * image_accesses + column_steps * (1 + V) + added,
                   lsu=image_accesses * (li + wavefronts) + column_steps * (lc + V * wavefronts) + added * li,
@@ -803,20 +803,28 @@ def cc_gemm(what: str, batch: int, m: int, n: int, k: int, elem: int, calls: int
                      nbytes=nbytes, tensor_cores=elem == 2)
 
 
-def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int) -> Launch:
+def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int, summing: bool = False) -> Launch:
     """criss_cross_cuda.cu: pixel_major — q and k [B, Cq, H, W] into [B, H, W, Cq] and [B, W, H, Cq]: 32 channels
-    × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read along w, written along c."""
+    × 32 pixels of an image row a CTA of 32×8 threads (grid.y: q, k), read along w, written along c; summing
+    (pixel_major_sums): back, ∂q and ∂k the sums of their rows and columns (accumulation type), read along c,
+    written along w."""
+    acc = max(elem, 4)
     tiles = B * H * ceil_div(Cq, TILE) * ceil_div(W, TILE)
-    lr, sr = mean_access([[(c * H) * W + t for t in range(min(W, TILE))] for c in range(2)], elem)
-    lw, sw = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)], elem)
+    image, image_sectors = mean_access([[(c * H) * W + t for t in range(min(W, TILE))] for c in range(2)], elem)
+    pixels, pixel_sectors = mean_access([[w * Cq + t for t in range(min(Cq, TILE))] for w in range(2)],
+                                        acc if summing else elem)
     rows = 2 * tiles * min(TILE, max(Cq, W))  # warp-level row accesses of each pass
     x = B * Cq * H * W
-    return Launch("criss_cross", "pixel_major_kernel", (min(tiles, element_blocks(tiles * 256)), 2, 1),
-                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * elem, min_bytes=2 * x * elem,
-                  alu=2 * tiles * TILE_ROWS * (4 * DIV64 + 14) + rows * 12, mem=rows * 5,
-                  lsu=rows * (lr + 2 * lw + 2), l2=rows * (sr + 2 * sw) * 32, dram=2 * x * 3 * elem,
-                  gld=rows * 3, ilp=4, phased=True,
-                  note=f"32×32 tiles: {lr:.1f} / {lw:.1f} lines per warp row read / written")
+    # a pass over the image (read, or written by the sum) and one over the pixel-major pair (written, or read)
+    traffic = dict(lsu=rows * (image + 2 * pixels + 2), l2=rows * (image_sectors + 2 * pixel_sectors) * 32,
+                   dram=2 * x * (elem + 2 * (acc if summing else elem)))
+    kernel = "pixel_major_sum_kernel" if summing else "pixel_major_kernel"
+    return Launch("criss_cross", kernel, (min(tiles, element_blocks(tiles * 256)), 2, 1),
+                  (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * (acc if summing else elem),
+                  min_bytes=2 * x * elem, alu=2 * tiles * TILE_ROWS * (4 * DIV64 + 14) + rows * (13 if summing else 12),
+                  mem=rows * 5, **traffic, gld=rows * 3, ilp=4, phased=True,
+                  note=f"32×32 tiles: {image:.1f} / {pixels:.1f} lines per warp access of the image / a pixel-major "
+                       + ("pair, summed" if summing else "copy"))
 
 
 ROW_LAUNCH_BYTES = 16 << 20  # criss_cross_cuda.cu: kLaunchBytes
@@ -833,6 +841,16 @@ def row_layout_copy(what: str, nbytes: int) -> Launch:
     return aten_call("criss_cross", f"ATen: {what} into the row layout", lambda d: plain_ew(d, 2 * nbytes))
 
 
+def cc_row_column_gemms(what: str, B: int, H: int, W: int, row_mnk: Tuple[int, int, int],
+                        column_mnk: Tuple[int, int, int], elem: int, calls: int = 1) -> List[Launch]:
+    """criss_cross_cuda.cu: accumulating_bmm_out of RowsAndColumns — `calls` row products (B·H of row_mnk) and
+    column products (B·W of column_mnk): one call over both where their shapes agree (square images)."""
+    if H == W and row_mnk == column_mnk:
+        return [cc_gemm(f"{what} by rows and columns (one call)", 2 * B * H, *row_mnk, elem, calls=calls)]
+    return [cc_gemm(f"{what} by rows", B * H, *row_mnk, elem, calls=calls),
+            cc_gemm(f"{what} by columns", B * W, *column_mnk, elem, calls=calls)]
+
+
 def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     v = B * Cv * H * W * elem
@@ -842,7 +860,7 @@ def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     else:
         rows = [cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
     return [pixel_major_kernel(B, Cq, H, W, elem),
-            cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
+            *cc_row_column_gemms("energies", B, H, W, (W, W, Cq), (H, H, Cq), elem),
             softmax_kernel(B, H, W, elem),
             transpose_kernel(B, Cv * H, W, elem, to_columns=True),
             cc_gemm("column outputs", B * W, Cv, H, H, elem),
@@ -853,7 +871,7 @@ def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
 
 def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
-    q, v = B * Cq * H * W, B * Cv * H * W
+    v = B * Cv * H * W
     one_call = rows_in_one_call(B, v * elem)
     if one_call:
         row_ds = [row_layout_copy("g", v * elem), row_layout_copy("v", v * elem),
@@ -863,20 +881,17 @@ def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
         row_ds = [cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem)]
         row_dv = [cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem)]
     return [pixel_major_kernel(B, Cq, H, W, elem),
-            cc_gemm("row energies", B * H, W, W, Cq, elem), cc_gemm("column energies", B * W, H, H, Cq, elem),
+            *cc_row_column_gemms("energies", B, H, W, (W, W, Cq), (H, H, Cq), elem),
             *row_ds,
-            transpose_kernel(B, Cv * H, W, elem, to_columns=True),
-            transpose_kernel(B, Cv * H, W, elem, to_columns=True),
+            transpose_kernel(2 * B, Cv * H, W, elem, to_columns=True),  # g and v: one launch
             cc_gemm("column dS", B * W, H, H, Cv, elem),
             softmax_backward_kernel(B, H, W, elem),
             cc_gemm("column ∂v", B * W, Cv, H, H, elem),
             *(row_dv if one_call else []),
             transpose_kernel(B, Cv * H, W, elem, to_columns=False, add_rows=one_call),
             *([] if one_call else row_dv),
-            cc_gemm("∂q, ∂k by rows", B * H, W, Cq, W, elem, calls=2),
-            cc_gemm("∂q, ∂k by columns", B * W, H, Cq, H, elem, calls=2),
-            aten_call("criss_cross", "ATen: ∂q, ∂k = rows + columns ×2", lambda d: 2 * plain_ew(d, q * (8 + elem)),
-                      nbytes=2 * q * elem)]
+            *cc_row_column_gemms("∂q, ∂k", B, H, W, (W, Cq, W), (H, Cq, H), elem, calls=2),
+            pixel_major_kernel(B, Cq, H, W, elem, summing=True)]
 
 
 def cc_dims(p: dict) -> Tuple[int, int, int, int, int, int]:

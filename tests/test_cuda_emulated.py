@@ -142,33 +142,42 @@ def test_results_do_not_depend_on_the_scheduler(emu):
 
 def test_criss_cross_attention_runs_products_around_a_softmax(emu):
     """The fused attention: q and k pixel-major (one launch), the energies and outputs as GEMMs, one softmax
-    kernel, v and the column outputs transposed (forward); the backward adds the softmax backward and the
-    transposes of g, v and the column ∂v; a grid of 32×8-thread tiles, one warp a pixel."""
+    kernel, v and the column outputs transposed (forward); the backward adds the softmax backward, the
+    transposes of g, v and the column ∂v, and one launch summing ∂q's and ∂k's rows and columns back into the
+    image layout; a grid of 32×8-thread tiles, one warp a pixel."""
     before = launch_counts(emu)
     check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 3), B=2, Cq=40, H=33, W=9, Cv=37),
           torch.float32)
     launched = launched_since(emu, before)
     tiles = 2 * 33 * 2 * 1  # B·H × channel tiles × w tiles
     assert launched["criss_cross_cuda.cu:pixel_major_kernel"] == (2, 2 * 2 * tiles)
+    assert launched["criss_cross_cuda.cu:pixel_major_sum_kernel"] == (1, 2 * tiles)
     assert launched["criss_cross_cuda.cu:softmax_kernel"] == (1, 2 * 33 * 9 // 8 + 1)
     assert launched["criss_cross_cuda.cu:softmax_backward_kernel"] == (1, 2 * 33 * 9 // 8 + 1)
-    assert launched["criss_cross_cuda.cu:transpose_kernel"][0] == 5  # v, column outputs; g, v, column ∂v
+    assert launched["criss_cross_cuda.cu:transpose_kernel"][0] == 4  # v, column outputs; g and v, column ∂v
 
 
 @pytest.mark.parametrize("dtype", DTYPES if VARIANT == "plain" else [torch.float16], ids=str)
-@pytest.mark.parametrize("multiprocessors, Cv, H, vec", [(1, 120, 3, 0), (2, 120, 3, 2), (0, 120, 3, 1), (1, 15, 3, 1)])
-def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dtype, multiprocessors, Cv, H, vec):
+@pytest.mark.parametrize("multiprocessors, Cv, H, vec, joint_vec",
+                         [(1, 120, 3, 0, 0), (2, 120, 3, 2, 0), (0, 120, 3, 1, 1), (1, 15, 3, 1, 1)])
+def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dtype, multiprocessors, Cv, H, vec,
+                                                                         joint_vec):
     """v into the column layout and the column outputs back: a block a tile of 32·V image rows × 32 columns, V
-    values a lane in one access — the widest (up to 16 bytes; vec 0 here) that divides C·H and leaves a wave of
-    tiles (8 an SM): C·H = 360 on 1 SM, each dtype's widest; on 2 SMs V = 2 (at V = 4, 12 tiles < 16); on the
-    target's 84, V = 1; C·H = 45, V = 1."""
+    values a lane in one access — the widest (up to 16 bytes; 0 here) that divides C·H and leaves a wave of
+    tiles (8 an SM): C·H = 360 on 1 SM, each dtype's widest; on 2 SMs V = 2 (at V = 4, 12 tiles < 16), but g and
+    v, one launch of twice the planes, each dtype's widest; on the target's 84, V = 1; C·H = 45, V = 1. Three
+    launches of B planes (v, the column outputs and the column ∂v), one of 2·B (g and v in the backward)."""
     B, W = 2, 33
-    rows = 32 * (vec or 16 // torch.empty((), dtype=dtype).element_size())
+    widest = 16 // torch.empty((), dtype=dtype).element_size()
     before = launch_counts(emu)
     with emu.settings(multiprocessors=multiprocessors):
         check(criss_cross_attention_case(EMULATED, dtype, Inputs(SEED + 6), B=B, Cq=2, H=H, W=W, Cv=Cv), dtype)
-    tiles = B * math.ceil(Cv * H / rows) * math.ceil(W / 32)
-    assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == (5, 5 * tiles)
+
+    def tiles(planes, V):
+        return planes * math.ceil(Cv * H / (32 * (V or widest))) * math.ceil(W / 32)
+
+    assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == (4, 3 * tiles(B, vec)
+                                                                                  + tiles(2 * B, joint_vec))
 
 
 @pytest.mark.parametrize("B, forward_calls, backward_calls", [(1, 1, 1), (2, 2, 2), (3, 0, 0), (5, 0, 0)])
@@ -191,6 +200,29 @@ def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(
 
     (out, lse), forward = per_sample_calls(E.criss_cross_attention, q, k, v)
     _, backward = per_sample_calls(E.criss_cross_attention_backward, g, q, k, v, out, lse)
+    assert (forward, backward) == (forward_calls, backward_calls)
+
+
+@pytest.mark.parametrize("H, W, forward_calls, backward_calls", [(4, 4, 2, 6), (4, 5, 3, 9), (5, 4, 3, 9)])
+def test_criss_cross_square_images_take_row_and_column_products_in_one_call(emu, H, W, forward_calls,
+                                                                           backward_calls):
+    """Where H = W the row matrices [B·H, W, ·] and the column matrices [B·W, H, ·] have one shape: the energies
+    (and, in the backward, ∂q and ∂k) are one GEMM over both, the two halves of one buffer. Counted by the profiler
+    at B = 1 (one sample: the row products of v and g over the inputs): forward, the energies and the column
+    outputs; backward, the energies, dS by rows and by columns, the column ∂v, ∂q and ∂k. The values checked."""
+    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 11), B=1, Cq=3, H=H, W=W, Cv=2),
+          torch.float32)
+    rng = Inputs(SEED + 12)
+    q, k = (rng.randn(1, 3, H, W, dtype=torch.float32) for _ in range(2))
+    v, g = (rng.randn(1, 2, H, W, dtype=torch.float32) for _ in range(2))
+
+    def products(op, *args):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = op(*args)
+        return result, sum(event.name == "aten::bmm" for event in prof.events())
+
+    (out, lse), forward = products(E.criss_cross_attention, q, k, v)
+    _, backward = products(E.criss_cross_attention_backward, g, q, k, v, out, lse)
     assert (forward, backward) == (forward_calls, backward_calls)
 
 

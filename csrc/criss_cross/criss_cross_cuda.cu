@@ -4,11 +4,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "common/cuda_utils.cuh"
 #include "common/cuda_vector.cuh"
@@ -111,10 +113,11 @@ static_assert(kTile * kTileRows == kElementThreads && 32 * kSoftmaxWarps == kEle
 // a word), so neither phase has a bank conflict. Back into the image, the row products `rows` (the row layout
 // [N, H, C, W], L = C·H; null: none) may be added to each value as it is written: image row l = c·H + h takes
 // rows' row h·C + c, the pair (c, h) stepped with l, with no division a step.
+// Into the column layout, the planes from n = head_planes on come from a second image, src_tail.
 template <bool kToColumns, int V, typename scalar_t>
-__global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst,
-                                 const scalar_t* __restrict__ rows, int64_t L, int64_t H, int64_t W, int64_t tiles_l,
-                                 int64_t tiles_w, int64_t tiles) {
+__global__ void transpose_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ src_tail,
+                                 int64_t head_planes, scalar_t* __restrict__ dst, const scalar_t* __restrict__ rows,
+                                 int64_t L, int64_t H, int64_t W, int64_t tiles_l, int64_t tiles_w, int64_t tiles) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kRows = kTile * V;
   __shared__ scalar_t tile[kRows][kTile];
@@ -123,6 +126,7 @@ __global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __r
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = (n·tiles_l + l tile)·tiles_w + w tile
     const int64_t n = t / (tiles_l * tiles_w), l0 = t / tiles_w % tiles_l * kRows, w0 = t % tiles_w * kTile;
     const int64_t plane = n * L * W;
+    const scalar_t* from = n < head_planes ? src + plane : src_tail + (plane - head_planes * L * W);
     auto image_side = [&] {
       int64_t c = adding ? (l0 + threadIdx.y) / H : 0, h = l0 + threadIdx.y - c * H;  // of l, for the rows added
       for (int i = threadIdx.y; i < kRows; i += kTileRows) {
@@ -130,7 +134,7 @@ __global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __r
         if (l < L && w < W) {
           scalar_t& cell = tile[i][threadIdx.x ^ i / V];
           if constexpr (kToColumns) {
-            cell = src[plane + l * W + w];
+            cell = from[l * W + w];
           } else if (!adding) {
             dst[plane + l * W + w] = cell;
           } else {
@@ -148,7 +152,7 @@ __global__ void transpose_kernel(const scalar_t* __restrict__ src, scalar_t* __r
         const int64_t w = w0 + i, l = l0 + threadIdx.x * V;
         if (w >= W || l >= L) continue;  // L is a multiple of V: a lane's values are all in or all out
         alignas(V * sizeof(scalar_t)) scalar_t values[V];
-        if constexpr (!kToColumns) copy_elements(values, src + plane + w * L + l, V);
+        if constexpr (!kToColumns) copy_elements(values, from + w * L + l, V);
         for (int k = 0; k < V; ++k) {
           scalar_t& cell = tile[threadIdx.x * V + k][i ^ threadIdx.x];
           if constexpr (kToColumns) values[k] = cell;
@@ -178,14 +182,16 @@ int layout_vector_width(int64_t N, int64_t L, int64_t W, int widest) {
   return 1;
 }
 
-// image [N, L, W] into columns [N, W, L] (kToColumns), or columns back into image, plus rows [N, H, L / H, W]
-// where defined.
+// images [N, L, W] (one, or two whose planes follow each other in columns) into columns [N·count, W, L]
+// (kToColumns), or columns back into one image, plus rows [N, H, L / H, W] where defined.
 template <bool kToColumns>
-void change_layout(const at::Tensor& image, const at::Tensor& columns, const at::Tensor& rows = {}, int64_t H = 1) {
-  const int64_t N = image.size(0), L = image.size(1), W = image.size(2);
+void change_layout(at::TensorList images, const at::Tensor& columns, const at::Tensor& rows = {}, int64_t H = 1) {
+  const at::Tensor& image = images[0];
+  const int64_t N = columns.size(0), L = image.size(1), W = image.size(2);
   if (N * L * W == 0) return;
   const at::Tensor& src = kToColumns ? image : columns;
   const at::Tensor& dst = kToColumns ? columns : image;
+  const at::Tensor& src_tail = images.size() > 1 ? images[1] : src;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "criss_cross_transpose_cuda", [&] {
     constexpr int kWidest = 16 / sizeof(scalar_t);
     const int vec = layout_vector_width(N, L, W, vector_width(L, sizeof(scalar_t), {columns.const_data_ptr()}));
@@ -194,30 +200,45 @@ void change_layout(const at::Tensor& image, const at::Tensor& columns, const at:
       const int64_t tiles_l = ceil_div(L, kTile * V), tiles_w = ceil_div(W, kTile), tiles = N * tiles_l * tiles_w;
       ATTNKERN_LAUNCH(capped_blocks(tiles), dim3(kTile, kTileRows), 0,  // a block a tile
                       c10::cuda::getCurrentCUDAStream(), transpose_kernel<kToColumns, V, scalar_t>)(
-          src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(),
-          rows.defined() ? rows.const_data_ptr<scalar_t>() : nullptr, L, H, W, tiles_l, tiles_w, tiles);
+          src.const_data_ptr<scalar_t>(), src_tail.const_data_ptr<scalar_t>(), image.size(0),
+          dst.mutable_data_ptr<scalar_t>(), rows.defined() ? rows.const_data_ptr<scalar_t>() : nullptr, L, H, W,
+          tiles_l, tiles_w, tiles);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
 
-// x [B, C, H, W] as the column matrices of the products: [B·W, C, H].
-at::Tensor column_matrices(const at::Tensor& x) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto columns = at::empty({B * W, C, H}, x.options());
-  change_layout<true>(x.view({B, C * H, W}), columns.view({B, W, C * H}));
+// xs [B, C, H, W] (one, or two of one shape: one launch) as the column matrices of the products, [B·W, C, H] each,
+// one after the other.
+at::Tensor column_matrices(at::TensorList xs) {
+  const at::Tensor& x = xs[0];
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), count = xs.size();
+  auto columns = at::empty({count * B * W, C, H}, x.options());
+  std::vector<at::Tensor> images;
+  for (const auto& image : xs) images.push_back(image.view({B, C * H, W}));
+  change_layout<true>(images, columns.view({count * B, W, C * H}));
   return columns;
 }
 
 // The column products [B·W, C, H] into out [B, C, H, W], plus the row products [B·H, C, W] where defined.
 void columns_into(const at::Tensor& columns, at::Tensor& out, const at::Tensor& rows = {}) {
   const int64_t B = out.size(0), C = out.size(1), H = out.size(2), W = out.size(3);
-  change_layout<false>(out.view({B, C * H, W}), columns.view({B, W, C * H}), rows, H);
+  change_layout<false>({out.view({B, C * H, W})}, columns.view({B, W, C * H}), rows, H);
 }
 
-// q and k [B, C, H, W] pixel-major: the row matrices [B·H, W, C] and the column matrices [B·W, H, C] of each. A
-// block takes 32 channels × 32 pixels of one image row (blockIdx.y: q or k), read along w into shared memory and
-// written along c into both layouts.
+// q and k [B, C, H, W] pixel-major: the row matrices [B·H, W, C] and the column matrices [B·W, H, C] of each, and
+// back: the gradients ∂q, ∂k as the sums of their row and column matrices. A block takes a tile of 32 channels ×
+// 32 pixels of one image row (blockIdx.y: q or k), read along w and written along c, or read along c and written
+// along w, through shared memory.
+struct PixelTile {
+  int64_t b, h, c0, w0, row;  // row = b·H + h
+};
+
+__device__ inline PixelTile pixel_tile(int64_t t, int64_t H, int64_t tiles_c, int64_t tiles_w) {
+  const int64_t row = t / (tiles_w * tiles_c);  // t = ((b·H + h)·tiles_c + c tile)·tiles_w + w tile
+  return {row / H, row % H, t / tiles_w % tiles_c * kTile, t % tiles_w * kTile, row};
+}
+
 template <typename scalar_t>
 __global__ void pixel_major_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                                    scalar_t* __restrict__ q_rows, scalar_t* __restrict__ q_cols,
@@ -227,46 +248,114 @@ __global__ void pixel_major_kernel(const scalar_t* __restrict__ q, const scalar_
   const scalar_t* x = blockIdx.y == 0 ? q : k;
   scalar_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
   scalar_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = ((b·H + h)·tiles_c + c tile)·tiles_w + w tile
-    const int64_t w0 = t % tiles_w * kTile, c0 = t / tiles_w % tiles_c * kTile, row = t / (tiles_w * tiles_c);
-    const int64_t b = row / H, h = row % H;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const PixelTile p = pixel_tile(t, H, tiles_c, tiles_w);
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-      const int64_t c = c0 + i, w = w0 + threadIdx.x;
-      if (c < C && w < W) tile[i][threadIdx.x] = x[((b * C + c) * H + h) * W + w];
+      const int64_t c = p.c0 + i, w = p.w0 + threadIdx.x;
+      if (c < C && w < W) tile[i][threadIdx.x] = x[((p.b * C + c) * H + p.h) * W + w];
     }
     __syncthreads();
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
-      if (w0 + i < W && c0 + threadIdx.x < C) {
-        const int64_t w = w0 + i, c = c0 + threadIdx.x;
-        rows[(row * W + w) * C + c] = tile[threadIdx.x][i];
-        columns[((b * W + w) * H + h) * C + c] = tile[threadIdx.x][i];
+      const int64_t w = p.w0 + i, c = p.c0 + threadIdx.x;
+      if (w < W && c < C) {
+        rows[(p.row * W + w) * C + c] = tile[threadIdx.x][i];
+        columns[((p.b * W + w) * H + p.h) * C + c] = tile[threadIdx.x][i];
       }
     }
     __syncthreads();
   }
 }
 
+// grad_x[b, c, h, w] = rows[b·H + h][w][c] + columns[b·W + w][h][c], summed in the accumulation type (the rows' and
+// columns' type) and rounded once; x: q (blockIdx.y = 0) or k.
+template <typename scalar_t, typename acc_t>
+__global__ void pixel_major_sum_kernel(const acc_t* __restrict__ q_rows, const acc_t* __restrict__ q_cols,
+                                       const acc_t* __restrict__ k_rows, const acc_t* __restrict__ k_cols,
+                                       scalar_t* __restrict__ grad_q, scalar_t* __restrict__ grad_k, int64_t C,
+                                       int64_t H, int64_t W, int64_t tiles_c, int64_t tiles_w, int64_t tiles) {
+  __shared__ acc_t tile[kTile][kTile + 1];
+  const acc_t* rows = blockIdx.y == 0 ? q_rows : k_rows;
+  const acc_t* columns = blockIdx.y == 0 ? q_cols : k_cols;
+  scalar_t* grad = blockIdx.y == 0 ? grad_q : grad_k;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const PixelTile p = pixel_tile(t, H, tiles_c, tiles_w);
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      const int64_t w = p.w0 + i, c = p.c0 + threadIdx.x;
+      if (w < W && c < C) {
+        tile[threadIdx.x][i] = rows[(p.row * W + w) * C + c] + columns[((p.b * W + w) * H + p.h) * C + c];
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.y; i < kTile; i += kTileRows) {
+      const int64_t c = p.c0 + i, w = p.w0 + threadIdx.x;
+      if (c < C && w < W) grad[((p.b * C + c) * H + p.h) * W + w] = static_cast<scalar_t>(tile[i][threadIdx.x]);
+    }
+    __syncthreads();
+  }
+}
+
+// The row and column matrices of one quantity, [B·H, W, n] and [B·W, H, m], as two views of one buffer, rows first.
+// Where the two have the same shape (square images and n = m), `both` views them as one batch [2·B·H, W, n]: the
+// row and column products of such pairs are then one GEMM.
+struct RowsAndColumns {
+  at::Tensor rows, columns, both;
+};
+
+RowsAndColumns rows_and_columns(at::IntArrayRef row_sizes, at::IntArrayRef column_sizes,
+                                const at::TensorOptions& options) {
+  const int64_t row_numel = c10::multiply_integers(row_sizes), column_numel = c10::multiply_integers(column_sizes);
+  auto buffer = at::empty({row_numel + column_numel}, options);
+  RowsAndColumns out{buffer.narrow(0, 0, row_numel).view(row_sizes),
+                     buffer.narrow(0, row_numel, column_numel).view(column_sizes), {}};
+  if (row_sizes.equals(column_sizes)) out.both = buffer.view({2 * row_sizes[0], row_sizes[1], row_sizes[2]});
+  return out;
+}
+
+RowsAndColumns transposed(const RowsAndColumns& x) {
+  return {x.rows.transpose(1, 2), x.columns.transpose(1, 2), x.both.defined() ? x.both.transpose(1, 2) : x.both};
+}
+
 // The row and column matrices of q and k (pixel_major_kernel).
 struct PixelMajor {
-  at::Tensor q_rows, q_cols, k_rows, k_cols;
+  RowsAndColumns q, k;
 };
+
+int64_t pixel_tiles(int64_t B, int64_t C, int64_t H, int64_t W) {
+  return B * H * ceil_div(C, kTile) * ceil_div(W, kTile);
+}
 
 PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in) {
   auto q = q_in.contiguous(), k = k_in.contiguous();
   const int64_t B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
-  PixelMajor out{at::empty({B * H, W, C}, q.options()), at::empty({B * W, H, C}, q.options()),
-                 at::empty({B * H, W, C}, q.options()), at::empty({B * W, H, C}, q.options())};
-  const int64_t tiles_c = ceil_div(C, kTile), tiles_w = ceil_div(W, kTile), tiles = B * H * tiles_c * tiles_w;
+  PixelMajor out{rows_and_columns({B * H, W, C}, {B * W, H, C}, q.options()),
+                 rows_and_columns({B * H, W, C}, {B * W, H, C}, q.options())};
+  const int64_t tiles = pixel_tiles(B, C, H, W);
   if (tiles == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_pixel_major_cuda", [&] {
-    ATTNKERN_LAUNCH(dim3(element_blocks(tiles * kElementThreads), 2), dim3(kTile, kTileRows), 0,  // a block a tile
+    ATTNKERN_LAUNCH(dim3(capped_blocks(tiles), 2), dim3(kTile, kTileRows), 0,  // a block a tile
                     c10::cuda::getCurrentCUDAStream(), pixel_major_kernel<scalar_t>)(
-        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q_rows.mutable_data_ptr<scalar_t>(),
-        out.q_cols.mutable_data_ptr<scalar_t>(), out.k_rows.mutable_data_ptr<scalar_t>(),
-        out.k_cols.mutable_data_ptr<scalar_t>(), C, H, W, tiles_c, tiles_w, tiles);
+        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), out.q.rows.mutable_data_ptr<scalar_t>(),
+        out.q.columns.mutable_data_ptr<scalar_t>(), out.k.rows.mutable_data_ptr<scalar_t>(),
+        out.k.columns.mutable_data_ptr<scalar_t>(), C, H, W, ceil_div(C, kTile), ceil_div(W, kTile), tiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
+}
+
+// grad_q and grad_k [B, C, H, W] (contiguous) from their pixel-major row and column parts (pixel_major_sum_kernel).
+void pixel_major_sums(const RowsAndColumns& dq, const RowsAndColumns& dk, at::Tensor& grad_q, at::Tensor& grad_k) {
+  const int64_t B = grad_q.size(0), C = grad_q.size(1), H = grad_q.size(2), W = grad_q.size(3);
+  const int64_t tiles = pixel_tiles(B, C, H, W);
+  if (tiles == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_q.scalar_type(), "criss_cross_pixel_sums_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    ATTNKERN_LAUNCH(dim3(capped_blocks(tiles), 2), dim3(kTile, kTileRows), 0,  // a block a tile
+                    c10::cuda::getCurrentCUDAStream(), pixel_major_sum_kernel<scalar_t, acc_t>)(
+        dq.rows.const_data_ptr<acc_t>(), dq.columns.const_data_ptr<acc_t>(), dk.rows.const_data_ptr<acc_t>(),
+        dk.columns.const_data_ptr<acc_t>(), grad_q.mutable_data_ptr<scalar_t>(), grad_k.mutable_data_ptr<scalar_t>(), C,
+        H, W, ceil_div(C, kTile), ceil_div(W, kTile), tiles);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // out = a·b (batched), summed in and written as out's dtype, the accumulation type: cuBLAS's mixed-precision
@@ -303,15 +392,28 @@ at::Tensor row_layout(const at::Tensor& x) {
   return x.permute({0, 2, 1, 3}).contiguous().view({x.size(0) * x.size(2), x.size(1), x.size(3)});
 }
 
-// a·b (batched) as a new tensor in the accumulation type (accumulating_bmm_out).
-at::Tensor accumulating_bmm(const at::Tensor& a, const at::Tensor& b) {
-  auto out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(at::toOpMathType(a.scalar_type())));
-  return accumulating_bmm_out(out, a, b);
+// The row and column products a·b into out (accumulating_bmm_out): one call where all three are one batch.
+void accumulating_bmm_out(RowsAndColumns& out, const RowsAndColumns& a, const RowsAndColumns& b) {
+  if (out.both.defined() && a.both.defined() && b.both.defined()) {
+    accumulating_bmm_out(out.both, a.both, b.both);
+  } else {
+    accumulating_bmm_out(out.rows, a.rows, b.rows);
+    accumulating_bmm_out(out.columns, a.columns, b.columns);
+  }
 }
 
-// The energies [B·H, W, W] and [B·W, H, H] of every pixel (see above), in the accumulation type.
-std::pair<at::Tensor, at::Tensor> energies(const PixelMajor& x) {
-  return {accumulating_bmm(x.q_rows, x.k_rows.transpose(1, 2)), accumulating_bmm(x.q_cols, x.k_cols.transpose(1, 2))};
+// A value for each pixel and position: rows [B·H, W, W], columns [B·W, H, H] (the energies and their kin).
+RowsAndColumns per_position(int64_t B, int64_t H, int64_t W, const at::TensorOptions& options) {
+  return rows_and_columns({B * H, W, W}, {B * W, H, H}, options);
+}
+
+// The energies of every pixel (see above), in the accumulation type.
+RowsAndColumns energies(const PixelMajor& x) {
+  const auto& q = x.q.rows;
+  const int64_t W = q.size(1), H = x.q.columns.size(1), B = q.size(0) / H;
+  auto e = per_position(B, H, W, q.options().dtype(at::toOpMathType(q.scalar_type())));
+  accumulating_bmm_out(e, x.q, transposed(x.k));
+  return e;
 }
 
 // One pixel's energies: its row E_row[b, h][w, :] (W values from offset `row`) and column E_col[b, w][h, :]
@@ -460,13 +562,13 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   auto out = at::empty_like(v);
   auto lse = at::empty({B, H, W}, v.options().dtype(acc));
   if (B * H * W == 0) return {out, lse};
-  auto [e_row, e_col] = energies(pixel_major(q_in, k_in));
-  auto a_row = at::empty(e_row.sizes(), v.options()), a_col = at::empty(e_col.sizes(), v.options());
+  const auto e = energies(pixel_major(q_in, k_in));
+  auto a_row = at::empty(e.rows.sizes(), v.options()), a_col = at::empty(e.columns.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
                     softmax_kernel<scalar_t, acc_t>)(
-        e_row.const_data_ptr<acc_t>(), e_col.const_data_ptr<acc_t>(), a_row.mutable_data_ptr<scalar_t>(),
+        e.rows.const_data_ptr<acc_t>(), e.columns.const_data_ptr<acc_t>(), a_row.mutable_data_ptr<scalar_t>(),
         a_col.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -484,8 +586,9 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
 }
 
 // Backward: the energies and the weights' gradients dS = g·v as GEMMs, the softmax backward (the weights S,
-// D and dE), then ∂q = dE·K and ∂k = dEᵀ·Q by rows and by columns (pixel-major, summed in the accumulation
-// type), ∂v = G·S by rows and by columns (transposed back). `out` is not needed: D = Σ S·dS.
+// D and dE), then ∂q = dE·K and ∂k = dEᵀ·Q by rows and by columns (pixel-major in the accumulation type, summed
+// into the image layout by one kernel), ∂v = G·S by rows and by columns (transposed back). `out` is not needed:
+// D = Σ S·dS.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in) {
@@ -499,35 +602,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   auto grad_k = at::empty_like(k_in, at::MemoryFormat::Contiguous), grad_v = at::empty_like(v);
   if (B * H * W == 0) return {grad_q, grad_k, grad_v};
   const PixelMajor qk = pixel_major(q_in, k_in);
-  auto [e_row, e_col] = energies(qk);
+  const auto e = energies(qk);
   // dS[w, w'] = g(h, w)·v(h, w') by rows; dS[h, h'] = g(h, w)·v(h', w) by columns. The row products, here and
   // in ∂v, in one call each on row-layout copies of g and v, or a call a sample (rows_in_one_call).
   const bool rows_copied = rows_in_one_call(B, v);
   at::Tensor g_rows, v_rows;
-  auto ds_row = at::empty({B, H, W, W}, v.options().dtype(acc));
+  auto ds = per_position(B, H, W, v.options().dtype(acc));
   if (rows_copied) {
     g_rows = row_layout(g), v_rows = row_layout(v);
-    auto ds_rows = ds_row.view({B * H, W, W});
-    accumulating_bmm_out(ds_rows, g_rows.transpose(1, 2), v_rows);
+    accumulating_bmm_out(ds.rows, g_rows.transpose(1, 2), v_rows);
   } else {
+    auto ds_rows = ds.rows.view({B, H, W, W});
     for (int64_t b = 0; b < B; ++b) {
-      auto ds_b = ds_row[b];
+      auto ds_b = ds_rows[b];
       accumulating_bmm_out(ds_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
     }
   }
-  auto g_cols = column_matrices(g), v_cols = column_matrices(v);
-  auto ds_col = accumulating_bmm(g_cols.transpose(1, 2), v_cols);
-  const bool in_place = v.scalar_type() == acc;  // dE over dS
-  auto de_row = in_place ? ds_row : at::empty(ds_row.sizes(), v.options());
-  auto de_col = in_place ? ds_col : at::empty(ds_col.sizes(), v.options());
+  auto g_and_v_cols = column_matrices({g, v});
+  auto g_cols = g_and_v_cols.narrow(0, 0, B * W), v_cols = g_and_v_cols.narrow(0, B * W, B * W);
+  accumulating_bmm_out(ds.columns, g_cols.transpose(1, 2), v_cols);
+  const auto de = v.scalar_type() == acc ? ds : per_position(B, H, W, v.options());  // float: dE over dS
   auto a_row = at::empty({B, H, W, W}, v.options()), a_col = at::empty({B * W, H, H}, v.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
                     softmax_backward_kernel<scalar_t, acc_t>)(
-        e_row.const_data_ptr<acc_t>(), e_col.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
-        ds_row.const_data_ptr<acc_t>(), ds_col.const_data_ptr<acc_t>(), de_row.mutable_data_ptr<scalar_t>(),
-        de_col.mutable_data_ptr<scalar_t>(), a_row.mutable_data_ptr<scalar_t>(), a_col.mutable_data_ptr<scalar_t>(),
+        e.rows.const_data_ptr<acc_t>(), e.columns.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
+        ds.rows.const_data_ptr<acc_t>(), ds.columns.const_data_ptr<acc_t>(), de.rows.mutable_data_ptr<scalar_t>(),
+        de.columns.mutable_data_ptr<scalar_t>(), a_row.mutable_data_ptr<scalar_t>(), a_col.mutable_data_ptr<scalar_t>(),
         B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -538,14 +640,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     columns_into(at::bmm(g_cols, a_col), grad_v);
     for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
   }
-  // ∂q and ∂k, pixel-major: rows [B, H, W, Cq], columns [B, W, H, Cq], each summed in the accumulation type.
-  auto de_rows = de_row.view({B * H, W, W});
-  auto pixels_of_rows = [&](const at::Tensor& x) { return x.view({B, H, W, Cq}).permute({0, 3, 1, 2}); };
-  auto pixels_of_columns = [&](const at::Tensor& x) { return x.view({B, W, H, Cq}).permute({0, 3, 2, 1}); };
-  at::add_out(grad_q, pixels_of_rows(accumulating_bmm(de_rows, qk.k_rows)),
-              pixels_of_columns(accumulating_bmm(de_col, qk.k_cols)));
-  at::add_out(grad_k, pixels_of_rows(accumulating_bmm(de_rows.transpose(1, 2), qk.q_rows)),
-              pixels_of_columns(accumulating_bmm(de_col.transpose(1, 2), qk.q_cols)));
+  // ∂q and ∂k, pixel-major in the accumulation type (rows [B·H, W, Cq], columns [B·W, H, Cq]), then summed.
+  auto dq = rows_and_columns({B * H, W, Cq}, {B * W, H, Cq}, v.options().dtype(acc));
+  auto dk = rows_and_columns({B * H, W, Cq}, {B * W, H, Cq}, v.options().dtype(acc));
+  accumulating_bmm_out(dq, de, qk.k);
+  accumulating_bmm_out(dk, transposed(de), qk.q);
+  pixel_major_sums(dq, dk, grad_q, grad_k);
   return {grad_q, grad_k, grad_v};
 }
 
