@@ -724,17 +724,18 @@ def layout_vector_width(N: int, L: int, W: int, elem: int) -> int:
     return vec
 
 
-def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool, add_rows: bool = False) -> Launch:
+def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool, rows: bool = False) -> Launch:
     """criss_cross_cuda.cu: change_layout — [N, L, W] into [N, W, L] (to_columns) or back, by tiles of 32·V image
     rows × 32 columns through shared memory (swizzled: conflict-free), a CTA of 32×8 threads a tile: on the image
     side a warp access is 32 values of one image row, on the column side 32·V values of one column row (V a lane,
-    up to 16 bytes: layout_vector_width). The same counts either way. add_rows: back into the image, the row
-    products (row layout) read beside each image-side write and added (an image row's (c, h) stepped with it)."""
+    up to 16 bytes: layout_vector_width). The same counts either way. rows: the row layout written beside each
+    image-side read (to_columns), or, back into the image, the row products (row layout) read beside each
+    image-side write and added; an image row's (c, h) stepped with it."""
     V = layout_vector_width(N, L, W, elem)
     tiles_l, tiles_w = ceil_div(L, TILE * V), ceil_div(W, TILE)
     tiles = N * tiles_l * tiles_w
     image_accesses, column_steps = N * tiles_w * L, N * tiles_l * W  # warp-level accesses of each side
-    added = image_accesses if add_rows else 0  # warp-level reads of the row products
+    added = image_accesses if rows else 0  # warp-level accesses of the row layout
     li, si = mean_access([[l * W + w0 + t for t in range(min(W - w0, TILE))]
                           for l in spread(L, 4) for w0 in range(0, W, TILE)], elem)
     lc, sc = mean_access([[w * L + l0 + t for t in range(min(L - l0, TILE * V))]
@@ -743,15 +744,15 @@ def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool, add_ro
     return Launch("criss_cross", "transpose_kernel", (capped_blocks(tiles), 1, 1), (TILE, TILE_ROWS, 1),
                   static_smem=TILE * V * TILE * elem,
                   alu=tiles * TILE_ROWS * (3 * DIV64 + 16) + (image_accesses + column_steps) * 10
-                  + column_steps * V * 2 + added * 10 + (tiles * TILE_ROWS * 2 * DIV64 if add_rows else 0),
+                  + column_steps * V * 2 + added * 10 + (tiles * TILE_ROWS * 2 * DIV64 if rows else 0),
                   mem=2 * image_accesses + column_steps * (1 + V) + added,
                   lsu=image_accesses * (li + wavefronts) + column_steps * (lc + V * wavefronts) + added * li,
                   l2=(image_accesses * si + column_steps * sc + added * si) * 32,
-                  dram=(2 + add_rows) * N * L * W * elem,
+                  dram=(2 + rows) * N * L * W * elem,
                   gld=image_accesses + column_steps + added, ilp=4, phased=True,
-                  template=(f"b{int(to_columns)}", f"i{V}"),
+                  template=(f"b{int(to_columns)}", f"b{int(rows)}", f"i{V}"),
                   note=f"{TILE * V}×{TILE} tiles: {li:.1f} / {lc:.1f} lines per image / column warp access"
-                  + (", the row products added" if add_rows else ""))
+                  + (", the row layout " + ("written" if to_columns else "added") if rows else ""))
 
 
 def softmax_launch(kernel: str, B: int, H: int, W: int, elem: int, lists: int, passes: int, writes: int,
@@ -830,68 +831,64 @@ def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int, summing: bool
 ROW_LAUNCH_BYTES = 16 << 20  # criss_cross_cuda.cu: kLaunchBytes
 
 
-def rows_in_one_call(B: int, nbytes: int) -> bool:
-    """criss_cross_cuda.cu: rows_in_one_call — the row products one GEMM over every sample's rows copied into the
-    row layout (two launches for B, and two more passes over x of nbytes), or one GEMM a sample."""
-    return (B - 2) * ROW_LAUNCH_BYTES > 2 * nbytes
-
-
-def row_layout_copy(what: str, nbytes: int) -> Launch:
-    """x [B, C, H, W] into [B, H, C, W] (ATen's permute copy): no work the op needs, so no floor bytes."""
-    return aten_call("criss_cross", f"ATen: {what} into the row layout", lambda d: plain_ew(d, 2 * nbytes))
+def rows_in_one_call(B: int, H: int, W: int, nbytes: int) -> bool:
+    """criss_cross_cuda.cu: rows_in_one_call — the row products one GEMM over every sample's rows of x (nbytes)
+    copied into the row layout by the transpose into the column layout (one GEMM with the columns in square
+    images): a pass more a product, through the transposes (two passes' time), for B launches fewer (B − 1 where
+    H ≠ W); or one GEMM a sample."""
+    return (B if H == W else B - 1) * ROW_LAUNCH_BYTES > 2 * nbytes
 
 
 def cc_row_column_gemms(what: str, B: int, H: int, W: int, row_mnk: Tuple[int, int, int],
-                        column_mnk: Tuple[int, int, int], elem: int, calls: int = 1) -> List[Launch]:
+                        column_mnk: Tuple[int, int, int], elem: int, calls: int = 1,
+                        nbytes: float = 0.0) -> List[Launch]:
     """criss_cross_cuda.cu: accumulating_bmm_out of RowsAndColumns — `calls` row products (B·H of row_mnk) and
-    column products (B·W of column_mnk): one call over both where their shapes agree (square images)."""
+    column products (B·W of column_mnk): one call over both where their shapes agree (square images); the op's
+    floor bytes (nbytes) on the first."""
     if H == W and row_mnk == column_mnk:
-        return [cc_gemm(f"{what} by rows and columns (one call)", 2 * B * H, *row_mnk, elem, calls=calls)]
-    return [cc_gemm(f"{what} by rows", B * H, *row_mnk, elem, calls=calls),
+        return [cc_gemm(f"{what} by rows and columns (one call)", 2 * B * H, *row_mnk, elem, calls=calls,
+                        nbytes=nbytes)]
+    return [cc_gemm(f"{what} by rows", B * H, *row_mnk, elem, calls=calls, nbytes=nbytes),
             cc_gemm(f"{what} by columns", B * W, *column_mnk, elem, calls=calls)]
 
 
 def cc_attention_forward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
     v = B * Cv * H * W * elem
-    one_call = rows_in_one_call(B, v)
-    if one_call:
-        rows = [row_layout_copy("v", v), cc_gemm("rows of the outputs (one call)", B * H, Cv, W, W, elem, nbytes=2 * v)]
-    else:
-        rows = [cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
-    return [pixel_major_kernel(B, Cq, H, W, elem),
+    head = [pixel_major_kernel(B, Cq, H, W, elem),
             *cc_row_column_gemms("energies", B, H, W, (W, W, Cq), (H, H, Cq), elem),
-            softmax_kernel(B, H, W, elem),
-            transpose_kernel(B, Cv * H, W, elem, to_columns=True),
-            cc_gemm("column outputs", B * W, Cv, H, H, elem),
-            *(rows if one_call else []),
-            transpose_kernel(B, Cv * H, W, elem, to_columns=False, add_rows=one_call),
-            *([] if one_call else rows)]
+            softmax_kernel(B, H, W, elem)]
+    if rows_in_one_call(B, H, W, v):
+        return head + [transpose_kernel(B, Cv * H, W, elem, to_columns=True, rows=True),
+                       *cc_row_column_gemms("outputs", B, H, W, (Cv, W, W), (Cv, H, H), elem, nbytes=2 * v),
+                       transpose_kernel(B, Cv * H, W, elem, to_columns=False, rows=True)]
+    return head + [transpose_kernel(B, Cv * H, W, elem, to_columns=True),
+                   cc_gemm("column outputs", B * W, Cv, H, H, elem),
+                   transpose_kernel(B, Cv * H, W, elem, to_columns=False),
+                   cc_gemm("rows added to the outputs (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=2 * v)]
 
 
 def cc_attention_backward(p: dict, elem: int) -> List[Launch]:
     B, Cq, Cv, H, W, _ = cc_dims(p)
-    v = B * Cv * H * W
-    one_call = rows_in_one_call(B, v * elem)
-    if one_call:
-        row_ds = [row_layout_copy("g", v * elem), row_layout_copy("v", v * elem),
-                  cc_gemm("row dS = gᵀ·v (one call)", B * H, W, W, Cv, elem, nbytes=2 * v * elem)]
-        row_dv = [cc_gemm("rows of ∂v (one call)", B * H, Cv, W, W, elem, nbytes=v * elem)]
-    else:
-        row_ds = [cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v * elem)]
-        row_dv = [cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v * elem)]
-    return [pixel_major_kernel(B, Cq, H, W, elem),
-            *cc_row_column_gemms("energies", B, H, W, (W, W, Cq), (H, H, Cq), elem),
-            *row_ds,
-            transpose_kernel(2 * B, Cv * H, W, elem, to_columns=True),  # g and v: one launch
-            cc_gemm("column dS", B * W, H, H, Cv, elem),
-            softmax_backward_kernel(B, H, W, elem),
-            cc_gemm("column ∂v", B * W, Cv, H, H, elem),
-            *(row_dv if one_call else []),
-            transpose_kernel(B, Cv * H, W, elem, to_columns=False, add_rows=one_call),
-            *([] if one_call else row_dv),
-            *cc_row_column_gemms("∂q, ∂k", B, H, W, (W, Cq, W), (H, Cq, H), elem, calls=2),
+    v = B * Cv * H * W * elem
+    head = [pixel_major_kernel(B, Cq, H, W, elem),
+            *cc_row_column_gemms("energies", B, H, W, (W, W, Cq), (H, H, Cq), elem)]
+    tail = [*cc_row_column_gemms("∂q, ∂k", B, H, W, (W, Cq, W), (H, Cq, H), elem, calls=2),
             pixel_major_kernel(B, Cq, H, W, elem, summing=True)]
+    if rows_in_one_call(B, H, W, v):
+        return head + [transpose_kernel(B, Cv * H, W, elem, to_columns=True, rows=True),  # g
+                       transpose_kernel(B, Cv * H, W, elem, to_columns=True, rows=True),  # v
+                       *cc_row_column_gemms("dS = gᵀ·v", B, H, W, (W, W, Cv), (H, H, Cv), elem, nbytes=2 * v),
+                       softmax_backward_kernel(B, H, W, elem),
+                       *cc_row_column_gemms("∂v", B, H, W, (Cv, W, W), (Cv, H, H), elem, nbytes=v),
+                       transpose_kernel(B, Cv * H, W, elem, to_columns=False, rows=True)] + tail
+    return head + [cc_gemm("row dS = gᵀ·v (a call a sample)", H, W, W, Cv, elem, calls=B, nbytes=2 * v),
+                   transpose_kernel(2 * B, Cv * H, W, elem, to_columns=True),  # g and v: one launch
+                   cc_gemm("column dS", B * W, H, H, Cv, elem),
+                   softmax_backward_kernel(B, H, W, elem),
+                   cc_gemm("column ∂v", B * W, Cv, H, H, elem),
+                   transpose_kernel(B, Cv * H, W, elem, to_columns=False),
+                   cc_gemm("rows added to ∂v (a call a sample)", H, Cv, W, W, elem, calls=B, nbytes=v)] + tail
 
 
 def cc_dims(p: dict) -> Tuple[int, int, int, int, int, int]:

@@ -142,9 +142,9 @@ def test_results_do_not_depend_on_the_scheduler(emu):
 
 def test_criss_cross_attention_runs_products_around_a_softmax(emu):
     """The fused attention: q and k pixel-major (one launch), the energies and outputs as GEMMs, one softmax
-    kernel, v and the column outputs transposed (forward); the backward adds the softmax backward, the
-    transposes of g, v and the column ∂v, and one launch summing ∂q's and ∂k's rows and columns back into the
-    image layout; a grid of 32×8-thread tiles, one warp a pixel."""
+    kernel, v (into both layouts: small, so the rows take one call) and the column outputs transposed (forward);
+    the backward adds the softmax backward, the transposes of g, v and the column ∂v, and one launch summing ∂q's
+    and ∂k's rows and columns back into the image layout; a grid of 32×8-thread tiles, one warp a pixel."""
     before = launch_counts(emu)
     check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 3), B=2, Cq=40, H=33, W=9, Cv=37),
           torch.float32)
@@ -154,20 +154,22 @@ def test_criss_cross_attention_runs_products_around_a_softmax(emu):
     assert launched["criss_cross_cuda.cu:pixel_major_sum_kernel"] == (1, 2 * tiles)
     assert launched["criss_cross_cuda.cu:softmax_kernel"] == (1, 2 * 33 * 9 // 8 + 1)
     assert launched["criss_cross_cuda.cu:softmax_backward_kernel"] == (1, 2 * 33 * 9 // 8 + 1)
-    assert launched["criss_cross_cuda.cu:transpose_kernel"][0] == 4  # v, column outputs; g and v, column ∂v
+    assert launched["criss_cross_cuda.cu:transpose_kernel"][0] == 5  # v, column outputs; g, v, column ∂v
 
 
 @pytest.mark.parametrize("dtype", DTYPES if VARIANT == "plain" else [torch.float16], ids=str)
-@pytest.mark.parametrize("multiprocessors, Cv, H, vec, joint_vec",
-                         [(1, 120, 3, 0, 0), (2, 120, 3, 2, 0), (0, 120, 3, 1, 1), (1, 15, 3, 1, 1)])
-def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dtype, multiprocessors, Cv, H, vec,
+@pytest.mark.parametrize("multiprocessors, B, Cv, H, vec, joint_vec",
+                         [(1, 2, 120, 3, 0, None), (2, 2, 120, 3, 2, None), (0, 2, 120, 3, 1, None),
+                          (1, 2, 15, 3, 1, None), (1, 1, 120, 3, 2, 0)])
+def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dtype, multiprocessors, B, Cv, H, vec,
                                                                          joint_vec):
     """v into the column layout and the column outputs back: a block a tile of 32·V image rows × 32 columns, V
     values a lane in one access — the widest (up to 16 bytes; 0 here) that divides C·H and leaves a wave of
-    tiles (8 an SM): C·H = 360 on 1 SM, each dtype's widest; on 2 SMs V = 2 (at V = 4, 12 tiles < 16), but g and
-    v, one launch of twice the planes, each dtype's widest; on the target's 84, V = 1; C·H = 45, V = 1. Three
-    launches of B planes (v, the column outputs and the column ∂v), one of 2·B (g and v in the backward)."""
-    B, W = 2, 33
+    tiles (8 an SM). At B = 2 the rows take one call: v, g and v one launch each (the row layout written too), and
+    the column outputs and column ∂v back: C·H = 360 on 1 SM, each dtype's widest; on 2 SMs V = 2 (at V = 4, 12
+    tiles < 16); on the target's 84, V = 1; C·H = 45, V = 1. At B = 1 (W ≠ H: the rows a call a sample) g and v go
+    into the column layout in one launch of twice the planes: on 1 SM each dtype's widest, the others V = 2."""
+    W = 33
     widest = 16 // torch.empty((), dtype=dtype).element_size()
     before = launch_counts(emu)
     with emu.settings(multiprocessors=multiprocessors):
@@ -176,22 +178,24 @@ def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dty
     def tiles(planes, V):
         return planes * math.ceil(Cv * H / (32 * (V or widest))) * math.ceil(W / 32)
 
-    assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == (4, 3 * tiles(B, vec)
-                                                                                  + tiles(2 * B, joint_vec))
+    expected = (5, 5 * tiles(B, vec)) if joint_vec is None else (4, 3 * tiles(B, vec) + tiles(2 * B, joint_vec))
+    assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == expected
 
 
-@pytest.mark.parametrize("B, forward_calls, backward_calls", [(1, 1, 1), (2, 2, 2), (3, 0, 0), (5, 0, 0)])
-def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(emu, B, forward_calls,
+@pytest.mark.parametrize("B, H, W, forward_calls, backward_calls",
+                         [(1, 3, 5, 1, 1), (2, 3, 5, 0, 0), (5, 3, 5, 0, 0), (1, 4, 4, 0, 0)])
+def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(emu, B, H, W, forward_calls,
                                                                                backward_calls):
     """The row products (out; dS and ∂v) one GEMM a sample over the inputs where they lie, or one over every
-    sample's rows copied into the row layout (and added by the transpose) where that saves launches (B − 2 a
-    product) that outlast the copy's passes (tiny here): the per-sample `baddbmm` of out and ∂v counted by the
-    profiler (dS takes the same branch as ∂v); the values checked."""
-    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 9), B=B, Cq=2, H=3, W=5, Cv=3),
+    sample's rows copied into the row layout (written by the transpose into the column layout, and added by the
+    one back) where the launches that saves (B a product in square images, whose rows and columns are one call;
+    B − 1 beside other shapes) outlast the copy's pass (tiny here): the per-sample `baddbmm` of out and ∂v
+    counted by the profiler (dS takes the same branch as ∂v); the values checked."""
+    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 9), B=B, Cq=2, H=H, W=W, Cv=3),
           torch.float32)
     rng = Inputs(SEED + 10)
-    q, k = (rng.randn(B, 2, 3, 5, dtype=torch.float32) for _ in range(2))
-    v, g = (rng.randn(B, 3, 3, 5, dtype=torch.float32) for _ in range(2))
+    q, k = (rng.randn(B, 2, H, W, dtype=torch.float32) for _ in range(2))
+    v, g = (rng.randn(B, 3, H, W, dtype=torch.float32) for _ in range(2))
 
     def per_sample_calls(op, *args):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -203,13 +207,16 @@ def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(
     assert (forward, backward) == (forward_calls, backward_calls)
 
 
-@pytest.mark.parametrize("H, W, forward_calls, backward_calls", [(4, 4, 2, 6), (4, 5, 3, 9), (5, 4, 3, 9)])
+@pytest.mark.parametrize("H, W, forward_calls, backward_calls", [(4, 4, 2, 5), (4, 5, 3, 9), (5, 4, 3, 9)])
 def test_criss_cross_square_images_take_row_and_column_products_in_one_call(emu, H, W, forward_calls,
                                                                            backward_calls):
     """Where H = W the row matrices [B·H, W, ·] and the column matrices [B·W, H, ·] have one shape: the energies
-    (and, in the backward, ∂q and ∂k) are one GEMM over both, the two halves of one buffer. Counted by the profiler
-    at B = 1 (one sample: the row products of v and g over the inputs): forward, the energies and the column
-    outputs; backward, the energies, dS by rows and by columns, the column ∂v, ∂q and ∂k. The values checked."""
+    (and, in the backward, ∂q and ∂k) are one GEMM over both, the two halves of one buffer, and so are the products
+    of v and g (the outputs; dS and ∂v), the rows of one sample taking one call there. Counted by the profiler at
+    B = 1: square, forward the energies and the outputs, backward the energies, dS, ∂v, ∂q and ∂k; otherwise (the
+    row products of v and g a `baddbmm` over the inputs) forward the energies by rows and by columns and the
+    column outputs, backward the energies twice, dS by rows and by columns, the column ∂v, ∂q twice and ∂k twice.
+    The values checked."""
     check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 11), B=1, Cq=3, H=H, W=W, Cv=2),
           torch.float32)
     rng = Inputs(SEED + 12)

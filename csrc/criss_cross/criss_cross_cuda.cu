@@ -110,39 +110,40 @@ static_assert(kTile * kTileRows == kElementThreads && 32 * kSoftmaxWarps == kEle
 // up to 16 bytes (V: layout_vector_width, at most what L and the column-layout address allow). The
 // tile's value (l, w) sits at tile[l][w ^ l / V]: an image-side access (one l, 32 w) and a column-side step
 // (l = lane·V + k, k fixed: l / V = lane) each touch 32 different banks (2-byte values: 16 words, two lanes
-// a word), so neither phase has a bank conflict. Back into the image, the row products `rows` (the row layout
-// [N, H, C, W], L = C·H; null: none) may be added to each value as it is written: image row l = c·H + h takes
-// rows' row h·C + c, the pair (c, h) stepped with l, with no division a step.
-// Into the column layout, the planes from n = head_planes on come from a second image, src_tail.
-template <bool kToColumns, int V, typename scalar_t>
+// a word), so neither phase has a bank conflict. With kRowLayout, `rows` (the row layout [N, H, C, W], L = C·H) is
+// written beside the column layout, each value as it is read, or, back into the image, its row products are
+// added to each value as it is written: image row l = c·H + h is rows' row h·C + c, the pair (c, h) stepped with
+// l, with no division a step. Into the column layout, the planes from n = head_planes on may come from a second
+// image, src_tail.
+template <bool kToColumns, bool kRowLayout, int V, typename scalar_t>
 __global__ void transpose_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ src_tail,
-                                 int64_t head_planes, scalar_t* __restrict__ dst, const scalar_t* __restrict__ rows,
+                                 int64_t head_planes, scalar_t* __restrict__ dst, scalar_t* __restrict__ rows,
                                  int64_t L, int64_t H, int64_t W, int64_t tiles_l, int64_t tiles_w, int64_t tiles) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kRows = kTile * V;
   __shared__ scalar_t tile[kRows][kTile];
-  const bool adding = !kToColumns && rows != nullptr;
-  const int64_t C = adding ? L / H : 0;
+  const int64_t C = kRowLayout ? L / H : 0;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // t = (n·tiles_l + l tile)·tiles_w + w tile
     const int64_t n = t / (tiles_l * tiles_w), l0 = t / tiles_w % tiles_l * kRows, w0 = t % tiles_w * kTile;
     const int64_t plane = n * L * W;
     const scalar_t* from = n < head_planes ? src + plane : src_tail + (plane - head_planes * L * W);
     auto image_side = [&] {
-      int64_t c = adding ? (l0 + threadIdx.y) / H : 0, h = l0 + threadIdx.y - c * H;  // of l, for the rows added
+      int64_t c = kRowLayout ? (l0 + threadIdx.y) / H : 0, h = l0 + threadIdx.y - c * H;  // of l, for the rows
       for (int i = threadIdx.y; i < kRows; i += kTileRows) {
         const int64_t l = l0 + i, w = w0 + threadIdx.x;
         if (l < L && w < W) {
           scalar_t& cell = tile[i][threadIdx.x ^ i / V];
           if constexpr (kToColumns) {
             cell = from[l * W + w];
-          } else if (!adding) {
+            if constexpr (kRowLayout) rows[plane + (h * C + c) * W + w] = cell;
+          } else if constexpr (!kRowLayout) {
             dst[plane + l * W + w] = cell;
           } else {
             const acc_t row_product = rows[plane + (h * C + c) * W + w];
             dst[plane + l * W + w] = static_cast<scalar_t>(static_cast<acc_t>(cell) + row_product);
           }
         }
-        if (adding) {
+        if constexpr (kRowLayout) {
           for (h += kTileRows; h >= H; h -= H) ++c;
         }
       }
@@ -182,8 +183,9 @@ int layout_vector_width(int64_t N, int64_t L, int64_t W, int widest) {
   return 1;
 }
 
-// images [N, L, W] (one, or two whose planes follow each other in columns) into columns [N·count, W, L]
-// (kToColumns), or columns back into one image, plus rows [N, H, L / H, W] where defined.
+// images [N, L, W] (one, or two whose planes follow each other in columns) into columns [N·count, W, L], and one
+// image into rows [N, H, L / H, W] too where defined (kToColumns); or columns back into one image, plus rows where
+// defined.
 template <bool kToColumns>
 void change_layout(at::TensorList images, const at::Tensor& columns, const at::Tensor& rows = {}, int64_t H = 1) {
   const at::Tensor& image = images[0];
@@ -198,12 +200,17 @@ void change_layout(at::TensorList images, const at::Tensor& columns, const at::T
     with_vector_width<kWidest>(vec, [&](auto vector) {
       constexpr int V = decltype(vector)::value;
       const int64_t tiles_l = ceil_div(L, kTile * V), tiles_w = ceil_div(W, kTile), tiles = N * tiles_l * tiles_w;
-      ATTNKERN_LAUNCH(capped_blocks(tiles), dim3(kTile, kTileRows), 0,  // a block a tile
-                      c10::cuda::getCurrentCUDAStream(), transpose_kernel<kToColumns, V, scalar_t>)(
-          src.const_data_ptr<scalar_t>(), src_tail.const_data_ptr<scalar_t>(), image.size(0),
-          dst.mutable_data_ptr<scalar_t>(), rows.defined() ? rows.const_data_ptr<scalar_t>() : nullptr, L, H, W,
-          tiles_l, tiles_w, tiles);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto launch = [&](auto with_rows) {
+        ATTNKERN_LAUNCH(capped_blocks(tiles), dim3(kTile, kTileRows), 0,  // a block a tile
+                        c10::cuda::getCurrentCUDAStream(),
+                        transpose_kernel<kToColumns, decltype(with_rows)::value, V, scalar_t>)(
+            src.const_data_ptr<scalar_t>(), src_tail.const_data_ptr<scalar_t>(), image.size(0),
+            dst.mutable_data_ptr<scalar_t>(), rows.defined() ? rows.data_ptr<scalar_t>() : nullptr, L, H, W,
+            tiles_l, tiles_w, tiles);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (rows.defined()) launch(std::true_type{});
+      else launch(std::false_type{});
     });
   });
 }
@@ -372,24 +379,31 @@ at::Tensor& accumulating_bmm_out(at::Tensor& out, const at::Tensor& a, const at:
 
 // The row matrices X_h = x[b, :, h, :] of x [B, C, H, W] lie W apart within a sample but C·H·W apart across
 // samples, two strides where a cuBLAS batch takes one. Their products (the outputs' rows, and the backward's
-// dS and ∂v rows) are either one batched GEMM a sample over x where it lies (B launches), or one GEMM over all
-// B·H rows of x copied into the row layout [B·H, C, W], added to the column products as the transpose writes
-// them: two launches (the copy and the GEMM) in place of B, for two more passes over x (its copy) — in the
-// backward, g and v copied for dS and reused by ∂v, twice both. The copy wins where the launches it saves
-// outlast its passes: a small kernel's launch and tail take about as long as moving kLaunchBytes through HBM
-// (~4 µs at ~4 TB/s on an H100 or H200).
+// dS and ∂v rows) are either one batched GEMM a sample over x where it lies (B launches a product), or one GEMM
+// over all B·H rows of x copied into the row layout [B·H, C, W] by the transpose that writes its column layout
+// — one GEMM with the column products where the two have one shape (square images) — added to the column
+// products as the transpose writes them back. Against the calls a sample that is one more pass over x a
+// product (the copy's write, and the products' read back, against baddbmm's read of the outputs), carried by
+// the transposes, which move it at about half a GEMM's rate (the performance model): two passes' time, for B
+// launches fewer (B − 1 beside column products of another shape). The copy wins where the launches it saves
+// outlast that: a small kernel's launch and tail take about as long as moving kLaunchBytes through HBM (~4 µs
+// at ~4 TB/s on an H100 or H200).
 constexpr int64_t kLaunchBytes = int64_t{16} << 20;
 
-bool rows_in_one_call(int64_t B, const at::Tensor& x) {
-  return (B - 2) * kLaunchBytes > 2 * static_cast<int64_t>(x.nbytes());
+bool rows_in_one_call(const at::Tensor& x) {
+  const int64_t B = x.size(0), saved = x.size(2) == x.size(3) ? B : B - 1;
+  return saved * kLaunchBytes > 2 * static_cast<int64_t>(x.nbytes());
 }
 
 // Views of x [B, C, H, W]'s sample b as a batch over rows: [H, C, W].
 at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(0, 1); }
 
-// x [B, C, H, W] copied into the row layout [B·H, C, W].
-at::Tensor row_layout(const at::Tensor& x) {
-  return x.permute({0, 2, 1, 3}).contiguous().view({x.size(0) * x.size(2), x.size(1), x.size(3)});
+// x [B, C, H, W] in the row layout [B·H, C, W] and the column layout [B·W, C, H]: one transpose writes both.
+RowsAndColumns row_and_column_matrices(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto out = rows_and_columns({B * H, C, W}, {B * W, C, H}, x.options());
+  change_layout<true>({x.view({B, C * H, W})}, out.columns.view({B, W, C * H}), out.rows, H);
+  return out;
 }
 
 // The row and column products a·b into out (accumulating_bmm_out): one call where all three are one batch.
@@ -557,29 +571,30 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention");
   c10::cuda::CUDAGuard guard(q_in.device());
   auto v = v_in.contiguous();
-  const int64_t B = v.size(0), H = v.size(2), W = v.size(3);
+  const int64_t B = v.size(0), Cv = v.size(1), H = v.size(2), W = v.size(3);
   const auto acc = at::toOpMathType(v.scalar_type());
   auto out = at::empty_like(v);
   auto lse = at::empty({B, H, W}, v.options().dtype(acc));
   if (B * H * W == 0) return {out, lse};
   const auto e = energies(pixel_major(q_in, k_in));
-  auto a_row = at::empty(e.rows.sizes(), v.options()), a_col = at::empty(e.columns.sizes(), v.options());
+  const auto a = per_position(B, H, W, v.options());  // the weights
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
                     softmax_kernel<scalar_t, acc_t>)(
-        e.rows.const_data_ptr<acc_t>(), e.columns.const_data_ptr<acc_t>(), a_row.mutable_data_ptr<scalar_t>(),
-        a_col.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B * H * W, H, W);
+        e.rows.const_data_ptr<acc_t>(), e.columns.const_data_ptr<acc_t>(), a.rows.mutable_data_ptr<scalar_t>(),
+        a.columns.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // Columns: [B·W, Cv, H] products, transposed into out; and the rows, out[b, :, h, :] += V_h·A_row[b, h]ᵀ, in one
-  // call added by the transpose, or a call a sample (rows_in_one_call).
-  auto column_products = at::bmm(column_matrices(v), a_col.transpose(1, 2));
-  if (rows_in_one_call(B, v)) {
-    columns_into(column_products, out, at::bmm(row_layout(v), a_row.transpose(1, 2)));
+  // Columns: [B·W, Cv, H] products, transposed into out; rows, out[b, :, h, :] += V_h·A_row[b, h]ᵀ: [B·H, Cv, W]
+  // products of v's row layout added by that transpose, or a call a sample over v (rows_in_one_call).
+  if (rows_in_one_call(v)) {
+    auto products = rows_and_columns({B * H, Cv, W}, {B * W, Cv, H}, v.options());
+    accumulating_bmm_out(products, row_and_column_matrices(v), transposed(a));
+    columns_into(products.columns, out, products.rows);
   } else {
-    columns_into(column_products, out);
-    auto a_rows = a_row.view({B, H, W, W});
+    columns_into(at::bmm(column_matrices(v), a.columns.transpose(1, 2)), out);
+    auto a_rows = a.rows.view({B, H, W, W});
     for (int64_t b = 0; b < B; ++b) row_matrices(out, b).baddbmm_(row_matrices(v, b), a_rows[b].transpose(1, 2));
   }
   return {out, lse};
@@ -604,41 +619,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   const PixelMajor qk = pixel_major(q_in, k_in);
   const auto e = energies(qk);
   // dS[w, w'] = g(h, w)·v(h, w') by rows; dS[h, h'] = g(h, w)·v(h', w) by columns. The row products, here and
-  // in ∂v, in one call each on row-layout copies of g and v, or a call a sample (rows_in_one_call).
-  const bool rows_copied = rows_in_one_call(B, v);
-  at::Tensor g_rows, v_rows;
+  // in ∂v, on the row layouts of g and v written beside their column layouts, or a call a sample where g and v
+  // lie, their column layouts then written by one launch (rows_in_one_call).
+  const bool rows_copied = rows_in_one_call(v);
+  const int64_t Cv = v.size(1);
   auto ds = per_position(B, H, W, v.options().dtype(acc));
+  RowsAndColumns g_matrices;  // rows and columns; the column matrices alone where the rows are a call a sample
   if (rows_copied) {
-    g_rows = row_layout(g), v_rows = row_layout(v);
-    accumulating_bmm_out(ds.rows, g_rows.transpose(1, 2), v_rows);
+    g_matrices = row_and_column_matrices(g);
+    accumulating_bmm_out(ds, transposed(g_matrices), row_and_column_matrices(v));
   } else {
     auto ds_rows = ds.rows.view({B, H, W, W});
     for (int64_t b = 0; b < B; ++b) {
       auto ds_b = ds_rows[b];
       accumulating_bmm_out(ds_b, row_matrices(g, b).transpose(1, 2), row_matrices(v, b));
     }
+    auto g_and_v = column_matrices({g, v});
+    g_matrices.columns = g_and_v.narrow(0, 0, B * W);
+    accumulating_bmm_out(ds.columns, g_matrices.columns.transpose(1, 2), g_and_v.narrow(0, B * W, B * W));
   }
-  auto g_and_v_cols = column_matrices({g, v});
-  auto g_cols = g_and_v_cols.narrow(0, 0, B * W), v_cols = g_and_v_cols.narrow(0, B * W, B * W);
-  accumulating_bmm_out(ds.columns, g_cols.transpose(1, 2), v_cols);
   const auto de = v.scalar_type() == acc ? ds : per_position(B, H, W, v.options());  // float: dE over dS
-  auto a_row = at::empty({B, H, W, W}, v.options()), a_col = at::empty({B * W, H, H}, v.options());
+  const auto a = per_position(B, H, W, v.options());  // the weights
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criss_cross_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ATTNKERN_LAUNCH(softmax_blocks(B * H * W), dim3(32, kSoftmaxWarps), 0, c10::cuda::getCurrentCUDAStream(),
                     softmax_backward_kernel<scalar_t, acc_t>)(
         e.rows.const_data_ptr<acc_t>(), e.columns.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
         ds.rows.const_data_ptr<acc_t>(), ds.columns.const_data_ptr<acc_t>(), de.rows.mutable_data_ptr<scalar_t>(),
-        de.columns.mutable_data_ptr<scalar_t>(), a_row.mutable_data_ptr<scalar_t>(), a_col.mutable_data_ptr<scalar_t>(),
-        B * H * W, H, W);
+        de.columns.mutable_data_ptr<scalar_t>(), a.rows.mutable_data_ptr<scalar_t>(),
+        a.columns.mutable_data_ptr<scalar_t>(), B * H * W, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // ∂v: the columns through the transposed layout, and the rows, ∂v[b, :, h, :] += G_h·S_row[b, h].
+  // ∂v: the columns [B·W, Cv, H] transposed back, and the rows, ∂v[b, :, h, :] += G_h·S_row[b, h], added by it.
   if (rows_copied) {
-    columns_into(at::bmm(g_cols, a_col), grad_v, at::bmm(g_rows, a_row.view({B * H, W, W})));
+    auto products = rows_and_columns({B * H, Cv, W}, {B * W, Cv, H}, v.options());
+    accumulating_bmm_out(products, g_matrices, a);
+    columns_into(products.columns, grad_v, products.rows);
   } else {
-    columns_into(at::bmm(g_cols, a_col), grad_v);
-    for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_row[b]);
+    columns_into(at::bmm(g_matrices.columns, a.columns), grad_v);
+    auto a_rows = a.rows.view({B, H, W, W});
+    for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_rows[b]);
   }
   // ∂q and ∂k, pixel-major in the accumulation type (rows [B·H, W, Cq], columns [B·W, H, Cq]), then summed.
   auto dq = rows_and_columns({B * H, W, Cq}, {B * W, H, Cq}, v.options().dtype(acc));
