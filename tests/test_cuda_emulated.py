@@ -182,6 +182,25 @@ def test_criss_cross_layout_changes_copy_as_wide_as_rows_and_grid_allow(emu, dty
     assert launched_since(emu, before)["criss_cross_cuda.cu:transpose_kernel"] == expected
 
 
+def criss_cross_calls(event: str, seed: int, B: int, Cq: int, H: int, W: int, Cv: int):
+    """The fused attention checked at these sizes (float32), then the profiler's count of `event` (an ATen call)
+    in a forward and in a backward on fresh inputs of the same sizes."""
+    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(seed), B=B, Cq=Cq, H=H, W=W, Cv=Cv),
+          torch.float32)
+    rng = Inputs(seed + 1)
+    q, k = (rng.randn(B, Cq, H, W, dtype=torch.float32) for _ in range(2))
+    v, g = (rng.randn(B, Cv, H, W, dtype=torch.float32) for _ in range(2))
+
+    def calls(op, *args):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = op(*args)
+        return result, sum(e.name == event for e in prof.events())
+
+    (out, lse), forward = calls(E.criss_cross_attention, q, k, v)
+    _, backward = calls(E.criss_cross_attention_backward, g, q, k, v, out, lse)
+    return forward, backward
+
+
 @pytest.mark.parametrize("B, H, W, forward_calls, backward_calls",
                          [(1, 3, 5, 1, 1), (2, 3, 5, 0, 0), (5, 3, 5, 0, 0), (1, 4, 4, 0, 0)])
 def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(emu, B, H, W, forward_calls,
@@ -191,20 +210,8 @@ def test_criss_cross_row_products_in_one_call_where_launches_outlast_the_copies(
     one back) where the launches that saves (B a product in square images, whose rows and columns are one call;
     B − 1 beside other shapes) outlast the copy's pass (tiny here): the per-sample `baddbmm` of out and ∂v
     counted by the profiler (dS takes the same branch as ∂v); the values checked."""
-    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 9), B=B, Cq=2, H=H, W=W, Cv=3),
-          torch.float32)
-    rng = Inputs(SEED + 10)
-    q, k = (rng.randn(B, 2, H, W, dtype=torch.float32) for _ in range(2))
-    v, g = (rng.randn(B, 3, H, W, dtype=torch.float32) for _ in range(2))
-
-    def per_sample_calls(op, *args):
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            result = op(*args)
-        return result, sum(event.name == "aten::baddbmm_" for event in prof.events())
-
-    (out, lse), forward = per_sample_calls(E.criss_cross_attention, q, k, v)
-    _, backward = per_sample_calls(E.criss_cross_attention_backward, g, q, k, v, out, lse)
-    assert (forward, backward) == (forward_calls, backward_calls)
+    assert criss_cross_calls("aten::baddbmm_", SEED + 9, B=B, Cq=2, H=H, W=W, Cv=3) == (forward_calls,
+                                                                                       backward_calls)
 
 
 @pytest.mark.parametrize("H, W, forward_calls, backward_calls", [(4, 4, 2, 5), (4, 5, 3, 9), (5, 4, 3, 9)])
@@ -217,20 +224,7 @@ def test_criss_cross_square_images_take_row_and_column_products_in_one_call(emu,
     row products of v and g a `baddbmm` over the inputs) forward the energies by rows and by columns and the
     column outputs, backward the energies twice, dS by rows and by columns, the column ∂v, ∂q twice and ∂k twice.
     The values checked."""
-    check(criss_cross_attention_case(EMULATED, torch.float32, Inputs(SEED + 11), B=1, Cq=3, H=H, W=W, Cv=2),
-          torch.float32)
-    rng = Inputs(SEED + 12)
-    q, k = (rng.randn(1, 3, H, W, dtype=torch.float32) for _ in range(2))
-    v, g = (rng.randn(1, 2, H, W, dtype=torch.float32) for _ in range(2))
-
-    def products(op, *args):
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            result = op(*args)
-        return result, sum(event.name == "aten::bmm" for event in prof.events())
-
-    (out, lse), forward = products(E.criss_cross_attention, q, k, v)
-    _, backward = products(E.criss_cross_attention_backward, g, q, k, v, out, lse)
-    assert (forward, backward) == (forward_calls, backward_calls)
+    assert criss_cross_calls("aten::bmm", SEED + 11, B=1, Cq=3, H=H, W=W, Cv=2) == (forward_calls, backward_calls)
 
 
 def test_window_attention_backward_groups_run_several_windows(emu):
