@@ -401,12 +401,14 @@ CASES = [
     Case("criss-cross-attention-many-channels", criss_cross_attention_case, dict(B=1, Cq=130, H=3, W=2, Cv=131)),
     Case("criss-cross-attention-column", criss_cross_attention_case, dict(B=2, Cq=2, H=70, W=1, Cv=3)),
     Case("criss-cross-attention-tall", criss_cross_attention_case, dict(B=1, Cq=2, H=140, W=2, Cv=3)),
-    # CUDA: the row products one GEMM over every sample's rows (copied into the row layout, added by the
-    # transpose, which steps the (channel, row) pair of its image rows: H < 8, H > 8 over several tiles, H = 1;
-    # criss_cross_cuda.cu: rows_in_one_call)
+    # CUDA: the row products one GEMM over every sample's rows (written into the row layout and added back by
+    # the transposes, which step the (channel, row) pair of their image rows: H < 8, H > 8 over several tiles,
+    # H = 1; criss_cross_cuda.cu: rows_in_one_call); in square images one GEMM with the columns, q and k past one
+    # 32-channel tile
     Case("criss-cross-attention-batch", criss_cross_attention_case, dict(B=4, Cq=3, H=5, W=6, Cv=4)),
     Case("criss-cross-attention-batch-tall", criss_cross_attention_case, dict(B=3, Cq=2, H=11, W=5, Cv=40)),
     Case("criss-cross-attention-batch-flat", criss_cross_attention_case, dict(B=3, Cq=2, H=1, W=9, Cv=5)),
+    Case("criss-cross-attention-square", criss_cross_attention_case, dict(B=2, Cq=40, H=6, W=6, Cv=40)),
     # region assignment: ties and a NaN in the guide, one region; several 32-pixel tiles (the last ragged)
     # and more channels than the 8 slices
     Case("region-assign", region_assign_case, dict(B=2, R=3, C=4, H=5, W=6, ties=True)),
@@ -479,8 +481,10 @@ EMPTY_CASES = [
     Case("empty-triuvec", triuvec_case, dict(B=0, n=3)),
     Case("empty-criss-cross-maps", criss_cross_maps_case, dict(B=0, C=2, H=3, W=4)),
     Case("empty-criss-cross-attention", criss_cross_attention_case, dict(B=0, Cq=2, H=3, W=4, Cv=3)),
-    # no value channels at a batch whose row products take one call (CUDA: the row-layout copies of v and g)
+    # no value channels at a batch whose row products take one call (CUDA: the row-layout copies of v and g),
+    # apart from the columns' and (square) with them
     Case("empty-criss-cross-attention-values", criss_cross_attention_case, dict(B=4, Cq=2, H=3, W=4, Cv=0)),
+    Case("empty-criss-cross-attention-values-square", criss_cross_attention_case, dict(B=2, Cq=2, H=4, W=4, Cv=0)),
     Case("empty-region-assign", region_assign_case, dict(B=0, R=2, C=3, H=4, W=5)),
     Case("empty-drconv", dynamic_conv_case, dict(B=0, Cin=2, Cout=3, H=5, W=5, R=2, kh=3, kw=3, stride=(1, 1),
                                            padding=(1, 1), dilation=(1, 1))),
