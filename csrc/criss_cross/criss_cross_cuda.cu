@@ -90,10 +90,11 @@ at::Tensor aggregate_cuda(const at::Tensor& attn_in, const at::Tensor& x_in) {
 //   E_col[b, w] = Q_w·K_wᵀ   [H, H], Q_w = q[b, :, :, w]ᵀ [H, Cq]   (its diagonal, the pixel itself, is no position)
 //   out[b, :, h, :]  = V_h·A_row[b, h]ᵀ,  out[b, :, :, w] += V_w·A_col[b, w]ᵀ,
 // as the CPU kernel computes them tile by tile; here each is one batched GEMM (or one a sample) over the
-// whole batch, and the softmax over a pixel's W + H − 1 energies is one kernel, a warp per pixel. q and k
-// (C/8 channels) are copied into both layouts in the inputs' type, every product (16-bit operands: on tensor
-// cores) summed in the accumulation type. v, whose column matrices V_w have no unit stride in [B, C, H, W], is
-// transposed once through shared memory, and so are the column products on their way back. While the op
+// whole batch — the row and the column products one GEMM where their shapes agree (square images) — and the
+// softmax over a pixel's W + H − 1 energies is one kernel, a warp per pixel. q and k (C/8 channels) are copied
+// into both layouts in the inputs' type, every product (16-bit operands: on tensor cores) summed in the
+// accumulation type. v, whose column matrices V_w have no unit stride in [B, C, H, W], is transposed once
+// through shared memory, and so are the column products on their way back. While the op
 // runs, the energies (accumulation type) and the weights take B·H·W·(H + W) values each, the size of the
 // [B, P, H, W] maps; the backward adds dS (accumulation type) and, for 16-bit inputs, dE (the inputs' type),
 // and keeps only the per-pixel log-sum-exp between the two.
@@ -194,6 +195,7 @@ void change_layout(at::TensorList images, const at::Tensor& columns, const at::T
   const at::Tensor& src = kToColumns ? image : columns;
   const at::Tensor& dst = kToColumns ? columns : image;
   const at::Tensor& src_tail = images.size() > 1 ? images[1] : src;
+  TORCH_INTERNAL_ASSERT(images.size() == 1 || !rows.defined(), "a row layout is written for one image");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, image.scalar_type(), "criss_cross_transpose_cuda", [&] {
     constexpr int kWidest = 16 / sizeof(scalar_t);
     const int vec = layout_vector_width(N, L, W, vector_width(L, sizeof(scalar_t), {columns.const_data_ptr()}));
