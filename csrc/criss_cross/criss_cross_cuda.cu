@@ -324,6 +324,23 @@ RowsAndColumns transposed(const RowsAndColumns& x) {
   return {x.rows.transpose(1, 2), x.columns.transpose(1, 2), x.both.defined() ? x.both.transpose(1, 2) : x.both};
 }
 
+// C values for each pixel, pixel-major: rows [B·H, W, C], columns [B·W, H, C] (q and k, and their gradients).
+RowsAndColumns per_pixel(int64_t B, int64_t H, int64_t W, int64_t C, const at::TensorOptions& options) {
+  return rows_and_columns({B * H, W, C}, {B * W, H, C}, options);
+}
+
+// A value for each pixel and position: rows [B·H, W, W], columns [B·W, H, H] (the energies and their kin).
+RowsAndColumns per_position(int64_t B, int64_t H, int64_t W, const at::TensorOptions& options) {
+  return rows_and_columns({B * H, W, W}, {B * W, H, H}, options);
+}
+
+// The row layout [B·H, C, W] and the column layout [B·W, C, H] of a tensor shaped as x [B, C, H, W] (v, g and
+// the products of their matrices).
+RowsAndColumns matrices_like(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  return rows_and_columns({B * H, C, W}, {B * W, C, H}, x.options());
+}
+
 // The row and column matrices of q and k (pixel_major_kernel).
 struct PixelMajor {
   RowsAndColumns q, k;
@@ -336,8 +353,7 @@ int64_t pixel_tiles(int64_t B, int64_t C, int64_t H, int64_t W) {
 PixelMajor pixel_major(const at::Tensor& q_in, const at::Tensor& k_in) {
   auto q = q_in.contiguous(), k = k_in.contiguous();
   const int64_t B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
-  PixelMajor out{rows_and_columns({B * H, W, C}, {B * W, H, C}, q.options()),
-                 rows_and_columns({B * H, W, C}, {B * W, H, C}, q.options())};
+  PixelMajor out{per_pixel(B, H, W, C, q.options()), per_pixel(B, H, W, C, q.options())};
   const int64_t tiles = pixel_tiles(B, C, H, W);
   if (tiles == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "criss_cross_pixel_major_cuda", [&] {
@@ -403,7 +419,7 @@ at::Tensor row_matrices(const at::Tensor& x, int64_t b) { return x[b].transpose(
 // x [B, C, H, W] in the row layout [B·H, C, W] and the column layout [B·W, C, H]: one transpose writes both.
 RowsAndColumns row_and_column_matrices(const at::Tensor& x) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto out = rows_and_columns({B * H, C, W}, {B * W, C, H}, x.options());
+  auto out = matrices_like(x);
   change_layout<true>({x.view({B, C * H, W})}, out.columns.view({B, W, C * H}), out.rows, H);
   return out;
 }
@@ -416,11 +432,6 @@ void accumulating_bmm_out(RowsAndColumns& out, const RowsAndColumns& a, const Ro
     accumulating_bmm_out(out.rows, a.rows, b.rows);
     accumulating_bmm_out(out.columns, a.columns, b.columns);
   }
-}
-
-// A value for each pixel and position: rows [B·H, W, W], columns [B·W, H, H] (the energies and their kin).
-RowsAndColumns per_position(int64_t B, int64_t H, int64_t W, const at::TensorOptions& options) {
-  return rows_and_columns({B * H, W, W}, {B * W, H, H}, options);
 }
 
 // The energies of every pixel (see above), in the accumulation type.
@@ -573,7 +584,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention");
   c10::cuda::CUDAGuard guard(q_in.device());
   auto v = v_in.contiguous();
-  const int64_t B = v.size(0), Cv = v.size(1), H = v.size(2), W = v.size(3);
+  const int64_t B = v.size(0), H = v.size(2), W = v.size(3);
   const auto acc = at::toOpMathType(v.scalar_type());
   auto out = at::empty_like(v);
   auto lse = at::empty({B, H, W}, v.options().dtype(acc));
@@ -591,7 +602,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   // Columns: [B·W, Cv, H] products, transposed into out; rows, out[b, :, h, :] += V_h·A_row[b, h]ᵀ: [B·H, Cv, W]
   // products of v's row layout added by that transpose, or a call a sample over v (rows_in_one_call).
   if (rows_in_one_call(v)) {
-    auto products = rows_and_columns({B * H, Cv, W}, {B * W, Cv, H}, v.options());
+    auto products = matrices_like(v);
     accumulating_bmm_out(products, row_and_column_matrices(v), transposed(a));
     columns_into(products.columns, out, products.rows);
   } else {
@@ -624,7 +635,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   // in ∂v, on the row layouts of g and v written beside their column layouts, or a call a sample where g and v
   // lie, their column layouts then written by one launch (rows_in_one_call).
   const bool rows_copied = rows_in_one_call(v);
-  const int64_t Cv = v.size(1);
   auto ds = per_position(B, H, W, v.options().dtype(acc));
   RowsAndColumns g_matrices;  // rows and columns; the column matrices alone where the rows are a call a sample
   if (rows_copied) {
@@ -654,7 +664,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   });
   // ∂v: the columns [B·W, Cv, H] transposed back, and the rows, ∂v[b, :, h, :] += G_h·S_row[b, h], added by it.
   if (rows_copied) {
-    auto products = rows_and_columns({B * H, Cv, W}, {B * W, Cv, H}, v.options());
+    auto products = matrices_like(v);
     accumulating_bmm_out(products, g_matrices, a);
     columns_into(products.columns, grad_v, products.rows);
   } else {
@@ -663,8 +673,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     for (int64_t b = 0; b < B; ++b) row_matrices(grad_v, b).baddbmm_(row_matrices(g, b), a_rows[b]);
   }
   // ∂q and ∂k, pixel-major in the accumulation type (rows [B·H, W, Cq], columns [B·W, H, Cq]), then summed.
-  auto dq = rows_and_columns({B * H, W, Cq}, {B * W, H, Cq}, v.options().dtype(acc));
-  auto dk = rows_and_columns({B * H, W, Cq}, {B * W, H, Cq}, v.options().dtype(acc));
+  auto dq = per_pixel(B, H, W, Cq, v.options().dtype(acc)), dk = per_pixel(B, H, W, Cq, v.options().dtype(acc));
   accumulating_bmm_out(dq, de, qk.k);
   accumulating_bmm_out(dk, transposed(de), qk.q);
   pixel_major_sums(dq, dk, grad_q, grad_k);
