@@ -24,9 +24,10 @@ The model (one small function per kernel, named after it, counts what one launch
     Work is spread over min(CTAs, SMs) SMs with whole CTAs per SM (ctas / ceil(ctas / SMs)).
   * Latency hiding (Little's law): a pipe needs 16 (FMA/issue) or 32 (LSU) independent warp-operations in
     flight per SM; resident warps × the kernel's `ilp` provide them. Memory time is at least global
-    requests × their average latency / (resident warps × ilp) per SM (L1 hit 20 ns, L2 150 ns, DRAM 550 ns;
-    the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM); requests a warp
-    issues in batches (several loads into registers before their stores) count 1/batch each.
+    load requests × their average latency / (resident warps × ilp) per SM (L1 hit 20 ns, L2 150 ns, DRAM
+    550 ns; the fractions that miss L1 and L2 estimated from the bytes that reach L2 and DRAM); requests a warp
+    issues in batches (several loads into registers before their stores) count 1/batch each. Stores do not
+    count: a warp does not wait for them (their bytes are in the L2 and DRAM terms).
   * time = max(core terms, memory terms) + 4 µs launch; for tiled kernels whose load and compute phases
     are separated by __syncthreads and which have one CTA per SM, the core and memory terms add.
   * L1 keeps the sectors a lane walks through consecutively (a row read element by element), and a warp's
@@ -271,7 +272,7 @@ class Launch:
     lsu: float = 0.0  # L1/shared wavefronts
     l2: float = 0.0  # bytes between L1 and L2
     dram: float = 0.0  # bytes from/to DRAM (raised to min_bytes)
-    gld: float = 0.0  # global warp requests (for bytes in flight)
+    gld: float = 0.0  # global warp load requests (Little's law: a warp waits for its loads, not its stores)
     ilp: float = 1.0  # independent operations in flight per warp
     gld_batched: float = 0.0  # of gld: requests a warp issues `batch` at a time (loads before their stores)
     batch: float = 1.0
@@ -501,7 +502,7 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
                   dyn_smem=sqrtm_smem(n, SQRTM_BACKWARD_MATRICES), flops=2.0 * len(products) * n ** 3 * B,
                   min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * fetched),
                   mem=c["mem"] + wi * (10 + 2 * fetched), lsu=c["lsu"] + wi * (10 + 2 * fetched),
-                  l2=3 * B * nn * elem + iterates, gld=wi * (3 + fetched), ilp=4,
+                  l2=3 * B * nn * elem + iterates, gld=wi * (2 + fetched), ilp=4,  # loads: all but gA
                   note=f"{len(products)} products, 4×4 outputs a thread; transposed operands: {worst:.0f} wavefronts "
                        "per k-step, as the others")
 
@@ -510,24 +511,24 @@ def row_threads(length: int) -> int:  # csrc/common/cuda_utils.cuh: row_threads
     return min(ceil_div(max(length, 1), 32) * 32, 256)
 
 
-def triu_row_launch(kernel: str, B: int, n: int, elem: int, steps: int, accesses: int, min_bytes: float, note: str,
-                    warps_busy: Optional[int] = None) -> Launch:
+def triu_row_launch(kernel: str, B: int, n: int, elem: int, steps: int, accesses: int, loads: int, min_bytes: float,
+                    note: str, warps_busy: Optional[int] = None) -> Launch:
     """covpool_cuda.cu's triuvec kernels: a block per row (b, i) of the B·n rows (block-stride), one int64
     division a row, `steps` warp steps of a matrix's rows (8 instructions each) and `accesses` warp accesses
-    of ≤ 32 consecutive elements; a warp's run starts
+    of ≤ 32 consecutive elements (`loads` of them loads); a warp's run starts
     anywhere (triuvec rows start at i(i+1)/2), so it touches one line and one sector more than aligned."""
     threads = row_threads(n)
     lines, sectors = ceil_div(32 * elem, 128) + 1, ceil_div(32 * elem, 32) + 1
     return Launch("covpool", kernel, (capped_blocks(B * n), 1, 1), (threads, 1, 1), min_bytes=min_bytes,
                   alu=B * (steps * 8 + n * warps_of(threads) * (DIV64 + 10)), mem=B * accesses,
-                  lsu=B * accesses * lines, l2=B * accesses * sectors * 32, gld=B * accesses, ilp=2,
+                  lsu=B * accesses * lines, l2=B * accesses * sectors * 32, gld=B * loads, ilp=2,
                   warps_busy=warps_busy, note=note)
 
 
 def triuvec_kernel(B: int, n: int, elem: int) -> Launch:
     """covpool_cuda.cu: triuvec_cuda — row i's i + 1 entries copied: contiguous in a and in the output."""
     steps = sum(ceil_div(i + 1, 32) for i in range(n))  # a load and a store each
-    return triu_row_launch("triuvec_kernel", B, n, elem, steps, 2 * steps, 2 * B * n * (n + 1) // 2 * elem,
+    return triu_row_launch("triuvec_kernel", B, n, elem, steps, 2 * steps, steps, 2 * B * n * (n + 1) // 2 * elem,
                            "a block a row, contiguous copies; one int64 division a row",
                            warps_busy=max(1, min(warps_of(row_threads(n)), ceil_div(n, 2 * 32))))
 
@@ -537,7 +538,7 @@ def triuvec_backward_kernel(B: int, n: int, elem: int) -> Launch:
     triuvec gradient, zeros past them."""
     stores = n * ceil_div(n, 32)  # warp steps over every row's n entries
     loads = sum(ceil_div(i + 1, 32) for i in range(n))  # the steps that read the gradient
-    return triu_row_launch("triuvec_backward_kernel", B, n, elem, stores, stores + loads,
+    return triu_row_launch("triuvec_backward_kernel", B, n, elem, stores, stores + loads, loads,
                            B * n * (n + 1) // 2 * elem + B * n * n * elem, "a block a row, contiguous copies and zeros")
 
 
@@ -674,7 +675,7 @@ def affinity_kernel(B: int, C: int, H: int, W: int, elem: int) -> Launch:
     return Launch("criss_cross", "affinity_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
                   flops=2.0 * total * C, min_bytes=2 * B * C * HW * elem + total * elem, ffma=w * C,
                   alu=w * (4 * DIV64 + 3 * C + 10), mem=w * (2 * C + 1), lsu=w * (C * (lq + lk) + 1),
-                  l2=w * (C * (sq + sk) + elem) * 32, gld=w * (2 * C + 1), ilp=8, reuse_set=2 * C * HW * elem,
+                  l2=w * (C * (sq + sk) + elem) * 32, gld=w * 2 * C, ilp=8, reuse_set=2 * C * HW * elem,
                   note=f"one thread per energy, {C}-channel loop; {lq + lk:.1f} lines per channel step")
 
 
@@ -705,7 +706,7 @@ def aggregate_kernel(transposed: bool, B: int, C: int, H: int, W: int, elem: int
     return Launch("criss_cross", "aggregate_kernel", (element_blocks(total), 1, 1), (256, 1, 1),
                   flops=2.0 * total * P, min_bytes=B * P * HW * elem + 2 * total * elem, ffma=w * steps,
                   alu=w * (4 * DIV64 + 8 * steps), mem=w * (2 * steps + 1), lsu=w * (steps * (la + lx) + 1),
-                  l2=w * (steps * (sa + sx) + elem) * 32, gld=w * (2 * steps + 1), ilp=4,
+                  l2=w * (steps * (sa + sx) + elem) * 32, gld=w * 2 * steps, ilp=4,
                   reuse_set=P * HW * elem + HW * elem, template=("b1",) if transposed else ("b0",),
                   note=f"{kind}; {la + lx:.1f} lines per step")
 
@@ -749,7 +750,7 @@ def transpose_kernel(N: int, L: int, W: int, elem: int, to_columns: bool, rows: 
                   lsu=image_accesses * (li + wavefronts) + column_steps * (lc + V * wavefronts) + added * li,
                   l2=(image_accesses * si + column_steps * sc + added * si) * 32,
                   dram=(2 + rows) * N * L * W * elem,
-                  gld=image_accesses + column_steps + added, ilp=4, phased=True,
+                  gld=image_accesses if to_columns else column_steps + added, ilp=4, phased=True,
                   template=(f"b{int(to_columns)}", f"b{int(rows)}", f"i{V}"),
                   note=f"{TILE * V}×{TILE} tiles: {li:.1f} / {lc:.1f} lines per image / column warp access"
                   + (", the row layout " + ("written" if to_columns else "added") if rows else ""))
@@ -823,7 +824,7 @@ def pixel_major_kernel(B: int, Cq: int, H: int, W: int, elem: int, summing: bool
     return Launch("criss_cross", kernel, (min(tiles, element_blocks(tiles * 256)), 2, 1),
                   (TILE, TILE_ROWS, 1), static_smem=TILE * (TILE + 1) * (acc if summing else elem),
                   min_bytes=2 * x * elem, alu=2 * tiles * TILE_ROWS * (4 * DIV64 + 14) + rows * (13 if summing else 12),
-                  mem=rows * 5, **traffic, gld=rows * 3, ilp=4, phased=True,
+                  mem=rows * 5, **traffic, gld=rows * (2 if summing else 1), ilp=4, phased=True,
                   note=f"32×32 tiles: {image:.1f} / {pixels:.1f} lines per warp access of the image / a pixel-major "
                        + ("pair, summed" if summing else "copy"))
 
@@ -1009,7 +1010,7 @@ def forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Laun
                   min_bytes=pixels * 4 * heads * d * elem + pixels * heads * 4 + bias,
                   ffma=ctas * ffma, alu=ctas * (alu + ld["alu"]), mufu=ctas * pt["row_warps"] * N * 2,
                   mem=ctas * (mem + ld["mem"]), lsu=ctas * (lsu + ld["lsu"]), l2=ctas * l2_cta,
-                  gld=ctas * (ld["gld"] + pt["row_warps"] * (2 * N + 1) + pt["element_warps"]), ilp=2,
+                  gld=ctas * (ld["gld"] + pt["row_warps"] * 2 * N), ilp=2,  # q, k, v; the bias twice
                   warps_busy=pt["row_warps"],
                   note=f"logits twice, 3 shared accesses per P·v FMA, bias read by rows "
                        f"({pt['bias_rows'][0][0]:.0f} lines per request), {wa_block_threads(N)} threads for N = {N}")
@@ -1127,7 +1128,7 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                   alu=ctas * (load["alu"] + logits["alu"] + pack + store["alu"] + hmma),
                   mufu=ctas * logits["mufu"], mem=ctas * (load["mem"] + ldsm + logits["mem"] + store["mem"]),
                   lsu=ctas * (load["lsu"] + ldsm_lsu + logits["lsu"] + store["lsu"]), l2=ctas * l2_cta,
-                  gld=ctas * (load["gld"] + out_warps), gld_batched=ctas * tiles_batched, batch=tiles_batch, ilp=2,
+                  gld=ctas * load["gld"], gld_batched=ctas * tiles_batched, batch=tiles_batch, ilp=2,
                   phased=True,
                   note=f"{warps} warps a (window, head), {hmma} mma.sync a CTA; N padded {N}→{Np}, d {d}→{dp}; "
                        f"{vec * elem}-byte copies")
@@ -1192,7 +1193,7 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     out_lines = 32 * vec * elem / 128
     out = dict(alu=staged * 4 + out_warps * (INDEX_STEP + 12) + warps * 2 * DIV32, mem=staged + 2 * out_warps,
                lsu=staged * 2 + out_warps * (vec * elem // 4 + out_lines),
-               l2=3 * N * d * elem, gld=out_warps)
+               l2=3 * N * d * elem)
     window = {k: load.get(k, 0) + elementwise.get(k, 0) + out.get(k, 0) for k in ("alu", "mem", "lsu", "l2", "gld")}
     window["alu"] += pack + hmma
     window["mem"] += ldsm
@@ -1254,7 +1255,7 @@ def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Lau
                   ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
                   mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
                   lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,
-                  gld=ctas * per_cta * (ld["gld"] + pt["row_warps"] * (4 * N + d + 1) + 3 * pt["element_warps"]),
+                  gld=ctas * per_cta * (ld["gld"] + pt["row_warps"] * (3 * N + d + 1)),  # the bias in both passes, its gradient's read; o, lse
                   ilp=2, warps_busy=pt["row_warps"],
                   note=f"{ctas} CTAs of {wa_block_threads(N)} threads ({per_cta} windows each); dS recomputed "
                        f"twice, bias-gradient RMW in global memory by rows")
@@ -1374,7 +1375,7 @@ def bucket_pixels_kernel(B: int, R: int, L: int, elem: int) -> Launch:
                   alu=w * (run * 6 * R + R * (run * 8 + scan["alu"])), mem=w * (run * (R + 1) + R * (2 * run + scan["mem"])),
                   lsu=w * (run * R * guide_lines + run * int_lines + R * (2 * run * int_lines + scan["mem"])),
                   l2=w * (run * R * guide_sectors + 2 * run * int_sectors) * 32 + B * L * 4,
-                  gld=w * (run * (R + 1) + R * 2 * run), ilp=run,
+                  gld=w * (run * R + R * 2 * run), ilp=run,
                   note=f"one block per sample ({B} blocks), {R} scans of 256")
 
 
@@ -1451,7 +1452,7 @@ def guide_gradient_kernel(B: int, Cin: int, Cout: int, k: int, R: int, H: int, W
                   min_bytes=B * R * slices * L * 4 + B * R * L * (4 + 2 * elem),
                   alu=w * (R * (slices + 2) * 4 + 3 * R * (6 + EXP_ALU)), mufu=w * 2 * R,
                   mem=w * R * (slices + 6), lsu=w * R * (slices + 6), l2=w * R * (slices * 4 + 4 + 3 * elem) * 32,
-                  gld=w * R * (slices + 4), ilp=R, note="one thread per pixel")
+                  gld=w * R * (slices + 2), ilp=R, note="one thread per pixel")
 
 
 def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
@@ -1469,7 +1470,7 @@ def region_assign_kernel(B: int, R: int, C: int, L: int, elem: int) -> Launch:
                   min_bytes=B * R * L * elem + 2 * B * C * L * elem, dram=B * R * L * elem + B * C * L * elem + touched,
                   alu=w * (per_slice * 6 + 24) + argmax * R * 6, mem=w * (per_slice * 2 + 2) + argmax * R,
                   lsu=w * (per_slice * (regions + store_lines) + 2) + argmax * R,
-                  l2=touched + B * C * L * elem + B * R * L * elem, gld=w * per_slice * 2 + argmax * R, ilp=2,
+                  l2=touched + B * C * L * elem + B * R * L * elem, gld=w * per_slice + argmax * R, ilp=2,
                   reuse_set=R * C * L * elem,
                   note=f"32 pixels × 32 channels a CTA, the argmax once a CTA; {regions:.1f} regions' "
                        f"planes a warp load")
@@ -1556,7 +1557,7 @@ def plane_launch(kernel: str, B: int, C: int, HW: int, elem: int, loads: int, st
     return Launch("gating", kernel, (planes, 1, 1), (PLANE_THREADS, 1, 1), static_smem=smem, min_bytes=min_bytes,
                   alu=wi * alu + red * 6, mem=wi * (loads + stores) + red * 3,
                   lsu=wi * (loads + stores) * lines + red * 3, l2=wi * (loads + stores) * sectors * 32,
-                  gld=wi * (loads + stores), ilp=4, note=note)
+                  gld=wi * loads, ilp=4, note=note)
 
 
 PIXEL_LANES = 32  # gating_cuda.cu: kPixelLanes
@@ -1651,7 +1652,7 @@ def apply_gates_kernel(B: int, C: int, HW: int, elem: int, pixel_gate: bool) -> 
     return Launch("gating", "apply_gates_kernel", (element_blocks(total // vec), 1, 1), (256, 1, 1),
                   min_bytes=2 * total * elem + B * C * elem + (B * HW * elem if pixel_gate else 0),
                   alu=w * (2 * DIV64 + 6 + 2 * vec), mem=w * (chunked + 1), lsu=w * (chunked * lines + 1),
-                  l2=w * (chunked * sectors + 1) * 32, gld=w * (chunked + 1), ilp=chunked,
+                  l2=w * (chunked * sectors + 1) * 32, gld=w * chunked, ilp=chunked,  # x, the gates
                   note=f"elementwise, {vec}-element chunks, int64 index math a chunk")
 
 

@@ -137,6 +137,20 @@ def test_fragment_order_bank_conflicts():
     assert all(pm.fragment_ways(pm.mma_bias_grad_ld(N), 4, width=2) == 2 for N in (16, 49, 64))  # pairs: 64 words
 
 
+def test_latency_counts_the_loads_a_warp_waits_for():
+    """Little's law bounds a launch by the loads in flight; a warp does not wait for its stores. A transpose
+    counts the side it reads: into the column layout the image, whether or not it also writes the row layout;
+    back, the columns, and the row layout where it adds it."""
+    N, L, W, elem = 8, 256, 64, 2
+    into = pm.transpose_kernel(N, L, W, elem, to_columns=True)
+    into_and_rows = pm.transpose_kernel(N, L, W, elem, to_columns=True, rows=True)
+    back = pm.transpose_kernel(N, L, W, elem, to_columns=False)
+    back_adding_rows = pm.transpose_kernel(N, L, W, elem, to_columns=False, rows=True)
+    assert into.gld == into_and_rows.gld == N * L * pm.ceil_div(W, pm.TILE)  # a warp access an image row tile
+    assert back_adding_rows.gld == back.gld + into.gld
+    assert into.l2 < into_and_rows.l2  # the row layout's bytes still travel: in the L2 and DRAM terms
+
+
 def test_report(rows):
     dev = pm.Device("h200")
     md = pm.markdown(rows, dev, "float32", "fixture")
