@@ -1290,17 +1290,36 @@ def wa_forward(p: dict, elem: int) -> List[Launch]:
     return [forward_kernel(B, g, heads, d, elem)]
 
 
+SUM_SLICES = 16  # window_attention_cuda.cu: kSumSlices
+
+
+def sum_bias_partials_kernel(groups: int, heads: int, N: int, elem: int) -> Launch:
+    """window_attention_cuda.cu: sum_bias_partials — the [groups, heads·N·N] float partials summed over the
+    groups into the bias dtype: blocks of 32 elements × 16 slices of the groups, a warp reading 32 consecutive
+    partials of one group (a line) for each of its slice's groups (independent loads), then slice 0 adding
+    the 16 slices' sums from shared memory and writing the 32 elements."""
+    elements = heads * N * N
+    blocks, per_slice = ceil_div(elements, 32), ceil_div(groups, SUM_SLICES)
+    w = blocks * SUM_SLICES
+    store_lines = ceil_div(32 * elem, 128)
+    return Launch("window_attention", "sum_bias_partials_kernel", (blocks, 1, 1), (32, SUM_SLICES, 1),
+                  static_smem=SUM_SLICES * 32 * 4, dram=groups * elements * 4 + elements * elem,  # intermediates
+                  alu=w * (per_slice * 4 + 12) + blocks * (SUM_SLICES * 2 + 6),
+                  mem=w * (per_slice + 1) + blocks * (SUM_SLICES + 1),
+                  lsu=w * (per_slice + 1) + blocks * (SUM_SLICES + store_lines),
+                  l2=groups * elements * 4 + elements * elem, gld=w * per_slice, ilp=min(per_slice, 4),
+                  note=f"{blocks} blocks of 32 elements × {SUM_SLICES} slices of the {groups} groups")
+
+
 def wa_backward(p: dict, elem: int) -> List[Launch]:
     B, g, heads, d = wa_dims(p)
     if mma_fits(g.N, d, elem):  # its own groups; every block writes its whole partial: no zeros
         groups = mma_backward_groups(B * g.nW, heads)
-        partial = groups * heads * g.N * g.N * 4
-        return [mma_backward_kernel(B, g, heads, d, elem),
-                aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial))]
-    partial = min(B * g.nW, 64) * heads * g.N * g.N * 4
+        return [mma_backward_kernel(B, g, heads, d, elem), sum_bias_partials_kernel(groups, heads, g.N, elem)]
+    groups = min(B * g.nW, 64)
+    partial = groups * heads * g.N * g.N * 4
     return [aten_call("window_attention", "ATen: zeros (partial bias gradients)", lambda dev: plain_ew(dev, partial)),
-            backward_kernel(B, g, heads, d, elem),
-            aten_call("window_attention", "ATen: sum over groups", lambda dev: plain_ew(dev, partial))]
+            backward_kernel(B, g, heads, d, elem), sum_bias_partials_kernel(groups, heads, g.N, elem)]
 
 
 OPS += [

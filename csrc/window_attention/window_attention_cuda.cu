@@ -10,7 +10,8 @@
 // Backward: one block per (window group, head), the group's windows one after another. Per window,
 // thread i computes row i of dS (recomputed from the saved lse) for dq_i and its row of the bias
 // gradient, then thread j column j of dS for dk_j and dv_j. Each block adds into its own slice of a
-// [groups, heads, N, N] partial bias gradient, summed afterwards: deterministic, no atomics.
+// [groups, heads, N, N] partial bias gradient; one more launch (sum_bias_partials_kernel, after either
+// backward) sums the slices in group order into the bias dtype: deterministic, no atomics.
 // Rows in shared memory are d + 1 apart, so threads reading their own rows hit different banks.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -232,6 +233,43 @@ bool forward_on_tensor_cores(const at::Tensor& qkv, const at::Tensor& bias, cons
   }
 }
 
+// The bias gradient: the backward's [groups, heads·N·N] partials summed over the groups in group order
+// (deterministic) and rounded once to the bias dtype, in one launch. A block is 32 elements × kSumSlices slices
+// of the groups (a warp reads 32 consecutive partials of one group): slice y sums groups y, y + kSumSlices, …,
+// then slice 0 adds the slices' sums in order.
+constexpr int kSumSlices = 16;
+
+template <typename scalar_t, typename acc_t>
+__global__ void sum_bias_partials_kernel(const acc_t* __restrict__ partials, scalar_t* __restrict__ grad_bias,
+                                         int groups, int elements) {
+  __shared__ acc_t sums[kSumSlices][32];
+  const int e = blockIdx.x * 32 + threadIdx.x;
+  acc_t sum = 0;
+  if (e < elements) {
+    for (int g = threadIdx.y; g < groups; g += kSumSlices) sum += partials[static_cast<int64_t>(g) * elements + e];
+  }
+  sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && e < elements) {
+    acc_t total = sums[0][threadIdx.x];
+    for (int s = 1; s < kSumSlices; ++s) total += sums[s][threadIdx.x];
+    grad_bias[e] = static_cast<scalar_t>(total);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+at::Tensor sum_bias_partials(const at::Tensor& partials, const at::Tensor& bias) {
+  auto grad_bias = at::empty_like(bias);
+  const int64_t groups = partials.size(0), elements = bias.numel();
+  TORCH_INTERNAL_ASSERT(partials.numel() == groups * elements && elements <= std::numeric_limits<int>::max());
+  ATTNKERN_LAUNCH(ceil_div(elements, 32), dim3(32, kSumSlices), 0, c10::cuda::getCurrentCUDAStream(),
+                  sum_bias_partials_kernel<scalar_t, acc_t>)(
+      partials.const_data_ptr<acc_t>(), grad_bias.mutable_data_ptr<scalar_t>(), static_cast<int>(groups),
+      static_cast<int>(elements));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_bias;
+}
+
 // Launches the tensor-core backward (window_attention_mma_backward.cuh) where it applies; whether it did.
 // It runs more window groups than the SIMT backward (mma_backward_groups), with partials of its own.
 template <typename scalar_t>
@@ -302,30 +340,30 @@ std::tuple<at::Tensor, at::Tensor> window_attention_backward_cuda(
   const int64_t B = in.B, heads = in.heads, d = in.d, N = grid.tokens();
   const int64_t groups = backward_groups(B * grid.windows());
   auto grad_qkv = at::empty_like(qkv);
-  at::Tensor grad_bias_partial;  // [groups, heads, N, N], the groups of whichever kernel runs
+  at::Tensor grad_bias = !bias.defined() ? at::empty({0}, qkv.options())
+                         : groups == 0  ? at::zeros_like(bias)  // no window: no gradient
+                                        : at::Tensor();         // the partials' sum, below
   if (groups > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      if (backward_on_tensor_cores<scalar_t>(grad, qkv, bias, mask, out, lse, grad_qkv, grad_bias_partial, grid,
-                                             scale)) {
-        return;
+      at::Tensor grad_bias_partial;  // [groups, heads, N, N], the groups of whichever kernel runs
+      if (!backward_on_tensor_cores<scalar_t>(grad, qkv, bias, mask, out, lse, grad_qkv, grad_bias_partial, grid,
+                                              scale)) {
+        if (bias.defined()) grad_bias_partial = at::zeros({groups, heads, N, N}, in.acc_options());
+        const int64_t bytes = launch_smem<acc_t>(backward_kernel<scalar_t, acc_t>, N, d, 6, 2, in.op);
+        ATTNKERN_LAUNCH(groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
+                        backward_kernel<scalar_t, acc_t>)(
+            grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
+            bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+            mask.defined() ? mask.const_data_ptr<acc_t>() : nullptr, out.const_data_ptr<scalar_t>(),
+            lse.const_data_ptr<acc_t>(), grad_qkv.mutable_data_ptr<scalar_t>(),
+            bias.defined() ? grad_bias_partial.mutable_data_ptr<acc_t>() : nullptr, grid, B, heads, d,
+            static_cast<acc_t>(scale), groups);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      if (bias.defined()) grad_bias_partial = at::zeros({groups, heads, N, N}, in.acc_options());
-      const int64_t bytes = launch_smem<acc_t>(backward_kernel<scalar_t, acc_t>, N, d, 6, 2, in.op);
-      ATTNKERN_LAUNCH(groups * heads, block_threads(N), bytes, c10::cuda::getCurrentCUDAStream(),
-                      backward_kernel<scalar_t, acc_t>)(
-          grad.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
-          bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-          mask.defined() ? mask.const_data_ptr<acc_t>() : nullptr, out.const_data_ptr<scalar_t>(),
-          lse.const_data_ptr<acc_t>(), grad_qkv.mutable_data_ptr<scalar_t>(),
-          bias.defined() ? grad_bias_partial.mutable_data_ptr<acc_t>() : nullptr, grid, B, heads, d,
-          static_cast<acc_t>(scale), groups);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (bias.defined()) grad_bias = sum_bias_partials<scalar_t, acc_t>(grad_bias_partial, bias);
     });
   }
-  auto grad_bias = !bias.defined()              ? at::empty({0}, qkv.options())
-                   : grad_bias_partial.defined() ? grad_bias_partial.sum(0).to(bias.scalar_type())
-                                                 : at::zeros_like(bias);  // no window: no gradient
   return {grad_qkv, grad_bias};
 }
 
