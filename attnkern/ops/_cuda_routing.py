@@ -87,16 +87,16 @@ ROUTES: Dict[str, Route] = {
                                  "fwd 0.30×, bwd 0.35× (n = 64); 0.87–0.97× (float32, n = 256, 1024); "
                                  "fp16/bf16 n = 256, 1024: fwd 2.2–8.2×, bwd 2.5–9.2×",
                                  dtypes=(torch.float16, torch.bfloat16), size="n (matrix order)", size_at_least=65),
-    # A block a row: contiguous copies, no division or square root per element: 0.52–0.75× (bf16 0.54–0.79×;
+    # A block a row: contiguous copies, no division or square root per element: 0.51–0.63× (bf16 0.47–0.70×;
     # a thread an element before: 0.60–1.07×, bf16 up to 1.52×): keep.
-    "triuvec": Route(False, model="0.52–0.75× (bf16 0.54–0.79×); 0.60–1.07× before"),
-    # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.56× / 0.54× at the CCNet head
-    # 2×512×97×97 (177 / 350 µs), 0.59× / 0.57× at YOLO P5 8×1024×20×20 (its row products one call over the 8
-    # samples), 0.47× / 0.47× at 1×256×64×64; bfloat16 0.48–0.61× (CCNet head 92.7 / 182 µs, YOLO P5 61 / 119).
-    # (The one-block-per-pixel kernels before: 4.3–27.8×.)
-    "criss_cross_attention": Route(False, model="0.56× / 0.54× (CCNet 2×512×97×97), 0.59× / 0.57× (8×1024×20×20), "
-                                                "0.47× / 0.47× (1×256×64×64); bfloat16 0.53× / 0.51×, "
-                                                "0.61× / 0.58×, 0.49× / 0.48×"),
+    "triuvec": Route(False, model="0.51–0.63× (bf16 0.47–0.70×); 0.60–1.07× before"),
+    # Batched cuBLAS products around a softmax kernel (criss_cross_cuda.cu): 0.55× / 0.51× at the CCNet head
+    # 2×512×97×97 (173 / 330 µs), 0.47× / 0.42× at YOLO P5 8×1024×20×20 (its row products one call over the 8
+    # samples), 0.40× / 0.36× at 1×256×64×64; bfloat16 0.35–0.50× (CCNet head 87.6 / 160 µs, YOLO P5 45.8 /
+    # 82.2). (The one-block-per-pixel kernels before: 4.3–27.8×.)
+    "criss_cross_attention": Route(False, model="0.55× / 0.51× (CCNet 2×512×97×97), 0.47× / 0.42× (8×1024×20×20), "
+                                                "0.40× / 0.36× (1×256×64×64); bfloat16 0.50× / 0.45×, "
+                                                "0.45× / 0.40×, 0.40× / 0.35×"),
     # Loses at the CCNet head only: 3.1× / 6.4× there (2·64·97·97·193 = 232M multiply-adds: one
     # thread per energy, L2-bound), wins at YOLO P5 and 1×256×64×64 (0.46–0.86×, ~16M multiply-adds:
     # the plain path's launches dominate). Threshold 2^26 ≈ 67M multiply-adds, between the two, where
@@ -111,38 +111,38 @@ ROUTES: Dict[str, Route] = {
     # In float32 the SIMT kernels lose: backward 6.9–21.9× (Swin-T stage 1: 21.9×), forward 1.9–2.8×. In
     # fp16/bf16 the tensor-core kernels (window_attention_mma*.cuh: windows of ≤ 64 tokens, head dims ≤ 64;
     # model in bfloat16: benchmarks/results/2026-12-03-cuda-model-bf16.md) win or tie at every benchmark
-    # shape: forward 0.19–0.24× (Swin-T stage 1: 34.0 µs against SDPA's 144), backward 0.36–0.72× (Swin-T
-    # 92.1 µs against 199; SwinIR classical 30.2 against 41.9): they keep the kernel. Size: max(N, d).
+    # shape: forward 0.19–0.24× (Swin-T stage 1: 34.0 µs against SDPA's 144), backward 0.36–0.50× (Swin-T
+    # 92.2 µs against 199; SwinIR classical 20.8 against 41.9): they keep the kernel. Size: max(N, d).
     "window_attention": Route(True, "roll, window partition, F.scaled_dot_product_attention with bias + masks as "
                                     "attn_mask, window reverse, roll back",
                               "fwd 1.9–2.8×, bwd 6.9–21.9× (Swin-T 32×56×56 C96 w7: 2.8× / 21.9×); "
-                              "bf16 on tensor cores: fwd 0.19–0.24×, bwd 0.36–0.72×",
+                              "bf16 on tensor cores: fwd 0.19–0.24×, bwd 0.36–0.50×",
                               size="max(window tokens, head dim)",
                               kernel_dtypes=(torch.float16, torch.bfloat16), kernel_size_max=64),
     # Pixels bucketed by region, then tiled products over each region's pixels: the forward wins in float32
-    # (0.78–0.98×; 8.0× / 91× before). The backward's guide gradient needs every region's response at every
+    # (0.78–0.97×; 8.0× / 91× before). The backward's guide gradient needs every region's response at every
     # pixel, r× the forward's products on CUDA cores against the plain path's TF32 convolutions: bwd
-    # 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×; 16×128→128 k3 r8 40×40: 0.84× / 2.54×), a training
-    # step (forward + backward) 1.30–2.03×. In bfloat16, where the plain path's convolutions run on tensor
-    # cores, both lose: fwd 1.09–1.34×, bwd 1.86–4.53×. So: float32/float64 inference keeps the kernel;
+    # 1.39–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.77×; 16×128→128 k3 r8 40×40: 0.84× / 2.54×), a training
+    # step (forward + backward) 1.28–2.02×. In bfloat16, where the plain path's convolutions run on tensor
+    # cores, both lose: fwd 1.08–1.34×, bwd 1.84–4.53×. So: float32/float64 inference keeps the kernel;
     # training, and fp16/bf16 always, take every region's grouped conv2d and the gather.
     "dynamic_region_conv": Route(True, "every region's grouped conv2d, then the gather by the guide "
                                        "(reference.dynamic_region_conv)",
-                                 "fwd 0.78–0.98×, bwd 1.41–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.78×); "
-                                 "bf16: fwd 1.09–1.34×, bwd 1.86–4.53×",
+                                 "fwd 0.78–0.97×, bwd 1.39–2.54× (8×64→64 k3 r8 32×32: 0.78× / 1.77×); "
+                                 "bf16: fwd 1.08–1.34×, bwd 1.84–4.53×",
                                  with_grad=True, plain_dtypes=(torch.float16, torch.bfloat16)),
     # Blocks of 32 pixels × 8 channel slices, each pixel's argmax once a block: the backward in one coalesced
-    # pass over outputs, 0.32–0.69× (3.2–6.2× before); the forward 0.59–0.70× (bf16 0.61–0.79×; an argmax
+    # pass over outputs, 0.32–0.69× (3.2–6.2× before); the forward 0.59–0.70× (bf16 0.57–0.79×; an argmax
     # per element before: 0.67–0.92×, bf16 up to 1.23×): keep.
-    "region_assign": Route(False, model="fwd 0.59–0.70×, bwd 0.32–0.69× (bf16: 0.61–0.79×, 0.45–0.86×)"),
+    "region_assign": Route(False, model="fwd 0.59–0.70×, bwd 0.32–0.69× (bf16: 0.57–0.79×, 0.45–0.86×)"),
     # Small planes (≤ 512 vector chunks) a warp each, shuffle reductions; larger ones a block: fwd 0.47–0.48×
     # (bf16 0.48–0.50×; a block a plane everywhere before: up to 0.92×, bf16 1.08× at 8×512×20×20), bwd
-    # 0.20–0.22× (bf16 0.23–0.28×): keep.
-    "channel_pool": Route(False, model="fwd 0.47–0.48×, bwd 0.20–0.22× (bf16: 0.48–0.50×, 0.23–0.28×)"),
+    # 0.20–0.22× (bf16 0.20–0.28×): keep.
+    "channel_pool": Route(False, model="fwd 0.47–0.48×, bwd 0.20–0.22× (bf16: 0.48–0.50×, 0.20–0.28×)"),
     # Blocks of 32 pixels × 8–32 channel slices, ≤ 16 channels a thread (gating_cuda.cu,
-    # reduce_channels_per_pixel): fwd 0.30–0.41×, bwd 0.21–0.29× (bf16 0.43–0.47×, 0.28–0.35×); with 8 slices
+    # reduce_channels_per_pixel): fwd 0.30–0.41×, bwd 0.21–0.29× (bf16 0.43–0.47×, 0.26–0.35×); with 8 slices
     # always, 8×512×20×20's 100 blocks walked 64 channels a thread: fwd 1.0× (bf16 1.12×).
-    "spatial_pool": Route(False, model="fwd 0.30–0.41×, bwd 0.21–0.29× (bf16: 0.43–0.47×, 0.28–0.35×)"),
+    "spatial_pool": Route(False, model="fwd 0.30–0.41×, bwd 0.21–0.29× (bf16: 0.43–0.47×, 0.26–0.35×)"),
     # The pixel gate's gradient over the same channel slices: bwd 0.29–0.33× (3.55× before). The forward in
     # 16-byte chunks (a thread an element before: SE's channel gate alone 1.23–1.30×, bf16 1.37–1.56×): CBAM
     # 0.46–0.47×, SE 0.91–0.95× (bf16 0.93–0.97×), the DRAM floor and a launch.
