@@ -241,6 +241,16 @@ void columns_into(const at::Tensor& columns, at::Tensor& out, const at::Tensor& 
 // along w, through shared memory.
 struct PixelTile {
   int64_t b, h, c0, w0, row;  // row = b·H + h
+
+  // Offsets of (channel c, column w) of the tile's image row: in the image [B, C, H, W], in the row-major
+  // matrices [B·H, W, C] and in the column-major ones [B·W, H, C].
+  __device__ int64_t image(int64_t c, int64_t w, int64_t C, int64_t H, int64_t W) const {
+    return ((b * C + c) * H + h) * W + w;
+  }
+  __device__ int64_t in_rows(int64_t c, int64_t w, int64_t C, int64_t W) const { return (row * W + w) * C + c; }
+  __device__ int64_t in_columns(int64_t c, int64_t w, int64_t C, int64_t H, int64_t W) const {
+    return ((b * W + w) * H + h) * C + c;
+  }
 };
 
 __device__ inline PixelTile pixel_tile(int64_t t, int64_t H, int64_t tiles_c, int64_t tiles_w) {
@@ -261,14 +271,14 @@ __global__ void pixel_major_kernel(const scalar_t* __restrict__ q, const scalar_
     const PixelTile p = pixel_tile(t, H, tiles_c, tiles_w);
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       const int64_t c = p.c0 + i, w = p.w0 + threadIdx.x;
-      if (c < C && w < W) tile[i][threadIdx.x] = x[((p.b * C + c) * H + p.h) * W + w];
+      if (c < C && w < W) tile[i][threadIdx.x] = x[p.image(c, w, C, H, W)];
     }
     __syncthreads();
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       const int64_t w = p.w0 + i, c = p.c0 + threadIdx.x;
       if (w < W && c < C) {
-        rows[(p.row * W + w) * C + c] = tile[threadIdx.x][i];
-        columns[((p.b * W + w) * H + p.h) * C + c] = tile[threadIdx.x][i];
+        rows[p.in_rows(c, w, C, W)] = tile[threadIdx.x][i];
+        columns[p.in_columns(c, w, C, H, W)] = tile[threadIdx.x][i];
       }
     }
     __syncthreads();
@@ -291,13 +301,13 @@ __global__ void pixel_major_sum_kernel(const acc_t* __restrict__ q_rows, const a
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       const int64_t w = p.w0 + i, c = p.c0 + threadIdx.x;
       if (w < W && c < C) {
-        tile[threadIdx.x][i] = rows[(p.row * W + w) * C + c] + columns[((p.b * W + w) * H + p.h) * C + c];
+        tile[threadIdx.x][i] = rows[p.in_rows(c, w, C, W)] + columns[p.in_columns(c, w, C, H, W)];
       }
     }
     __syncthreads();
     for (int i = threadIdx.y; i < kTile; i += kTileRows) {
       const int64_t c = p.c0 + i, w = p.w0 + threadIdx.x;
-      if (c < C && w < W) grad[((p.b * C + c) * H + p.h) * W + w] = static_cast<scalar_t>(tile[i][threadIdx.x]);
+      if (c < C && w < W) grad[p.image(c, w, C, H, W)] = static_cast<scalar_t>(tile[i][threadIdx.x]);
     }
     __syncthreads();
   }
