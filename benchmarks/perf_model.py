@@ -1255,7 +1255,8 @@ def backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Lau
                   ffma=ctas * per_cta * ffma, alu=ctas * per_cta * (alu + ld["alu"]),
                   mufu=ctas * per_cta * pt["row_warps"] * N * 2, mem=ctas * per_cta * (mem + ld["mem"]),
                   lsu=ctas * per_cta * (lsu + ld["lsu"]), l2=ctas * per_cta * l2_window,
-                  gld=ctas * per_cta * (ld["gld"] + pt["row_warps"] * (3 * N + d + 1)),  # the bias in both passes, its gradient's read; o, lse
+                  # loads: the bias in both passes and its gradient's read-modify-write; o and lse
+                  gld=ctas * per_cta * (ld["gld"] + pt["row_warps"] * (3 * N + d + 1)),
                   ilp=2, warps_busy=pt["row_warps"],
                   note=f"{ctas} CTAs of {wa_block_threads(N)} threads ({per_cta} windows each); dS recomputed "
                        f"twice, bias-gradient RMW in global memory by rows")
@@ -1290,25 +1291,28 @@ def wa_forward(p: dict, elem: int) -> List[Launch]:
     return [forward_kernel(B, g, heads, d, elem)]
 
 
-SUM_SLICES = 16  # window_attention_cuda.cu: kSumSlices
+SUM_SLICES, SUM_COLUMNS = 16, 2  # window_attention_cuda.cu: kSumSlices, kSumColumns
 
 
 def sum_bias_partials_kernel(groups: int, heads: int, N: int, elem: int) -> Launch:
     """window_attention_cuda.cu: sum_bias_partials — the [groups, heads·N·N] float partials summed over the
-    groups into the bias dtype: blocks of 32 elements × 16 slices of the groups, a warp reading 32 consecutive
-    partials of one group (a line) for each of its slice's groups (independent loads), then slice 0 adding
-    the 16 slices' sums from shared memory and writing the 32 elements."""
+    groups into the bias dtype: blocks of 32·SUM_COLUMNS elements × SUM_SLICES slices of the groups, a thread
+    walking its slice's groups with SUM_COLUMNS elements 32 apart (independent loads; a warp reads a line of
+    one group for each), then the slices' sums added from shared memory and the elements written."""
     elements = heads * N * N
-    blocks, per_slice = ceil_div(elements, 32), ceil_div(groups, SUM_SLICES)
+    span = 32 * SUM_COLUMNS
+    blocks, per_slice = ceil_div(elements, span), ceil_div(groups, SUM_SLICES)
     w = blocks * SUM_SLICES
+    final_warps = blocks * SUM_COLUMNS  # a warp adds the slices' sums of 32 elements
     store_lines = ceil_div(32 * elem, 128)
     return Launch("window_attention", "sum_bias_partials_kernel", (blocks, 1, 1), (32, SUM_SLICES, 1),
-                  static_smem=SUM_SLICES * 32 * 4, dram=groups * elements * 4 + elements * elem,  # intermediates
-                  alu=w * (per_slice * 4 + 12) + blocks * (SUM_SLICES * 2 + 6),
-                  mem=w * (per_slice + 1) + blocks * (SUM_SLICES + 1),
-                  lsu=w * (per_slice + 1) + blocks * (SUM_SLICES + store_lines),
-                  l2=groups * elements * 4 + elements * elem, gld=w * per_slice, ilp=min(per_slice, 4),
-                  note=f"{blocks} blocks of 32 elements × {SUM_SLICES} slices of the {groups} groups")
+                  static_smem=SUM_SLICES * span * 4, dram=groups * elements * 4 + elements * elem,  # intermediates
+                  alu=w * (per_slice * SUM_COLUMNS * 3 + 16) + final_warps * (SUM_SLICES * 2 + 6),
+                  mem=w * (per_slice + 1) * SUM_COLUMNS + final_warps * (SUM_SLICES + 1),
+                  lsu=w * (per_slice + 1) * SUM_COLUMNS + final_warps * (SUM_SLICES + store_lines),
+                  l2=groups * elements * 4 + elements * elem, gld=w * per_slice * SUM_COLUMNS,
+                  ilp=4 * SUM_COLUMNS,  # SASS (sm_90): the group loop unrolled by 4, its 4 × 2 loads before the adds
+                  note=f"{blocks} blocks of {span} elements × {SUM_SLICES} slices of the {groups} groups")
 
 
 def wa_backward(p: dict, elem: int) -> List[Launch]:

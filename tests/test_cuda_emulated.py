@@ -229,13 +229,13 @@ def test_criss_cross_square_images_take_row_and_column_products_in_one_call(emu,
 
 def test_window_attention_backward_groups_run_several_windows(emu):
     """More than 64 windows: 64 blocks per head, some running two windows one after the other; their 64 partial
-    bias gradients summed by one launch, a block for 32 of the N² = 64² elements."""
+    bias gradients summed by one launch, a block for 64 of the N² = 64² elements."""
     before = launch_counts(emu)
     check(window_attention_case(EMULATED, torch.float32, Inputs(SEED + 4), B=3, H=40, W=40, heads=1, d=3, window=8,
                                 shift=4), torch.float32)
     launched = launched_since(emu, before)
     assert launched["window_attention_cuda.cu:backward_kernel"] == (1, 64)
-    assert launched["window_attention_cuda.cu:sum_bias_partials_kernel"] == (1, 64 * 64 // 32)
+    assert launched["window_attention_cuda.cu:sum_bias_partials_kernel"] == (1, 64 * 64 // 64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -244,14 +244,14 @@ def test_window_attention_tensor_core_backward_groups_run_several_windows(emu, d
     """The tensor-core backward runs min(windows, max(64, 3·SMs/heads)) window groups a head, as even as that
     allows, a block a (group, head). 100 windows: on 1 SM (one head) 64 wanted, so 50 groups of two windows,
     each block running both one after the other and adding both into its own bias-gradient partial; on 80 SMs
-    with two heads 120 wanted, so 100 groups of one. The partials summed by one launch of heads·N²/32 blocks."""
+    with two heads 120 wanted, so 100 groups of one. The partials summed by one launch of heads·N²/64 blocks."""
     before = launch_counts(emu)
     with emu.settings(multiprocessors=multiprocessors):
         check(window_attention_case(EMULATED, dtype, Inputs(SEED + 5), B=1, H=40, W=40, heads=heads, d=4, window=4,
                                     shift=2), dtype)
     launched = launched_since(emu, before)
     assert launched["window_attention_cuda.cu:mma_backward_kernel"] == (1, blocks)
-    assert launched["window_attention_cuda.cu:sum_bias_partials_kernel"] == (1, heads * 16 * 16 // 32)
+    assert launched["window_attention_cuda.cu:sum_bias_partials_kernel"] == (1, heads * 16 * 16 // 64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
