@@ -1084,6 +1084,13 @@ def logit_alu(g: WindowGrid, settled: bool) -> int:
     return 7 if settled and not g.shift else 14
 
 
+def mma_region_loads(g: WindowGrid, Np: int, warps: int) -> int:
+    """window_attention_mma.cuh: mma_logits in shifted windows — the region ids of a lane's two rows read once
+    (8 rows a warp: one wavefront each) and of its key pair once a key tile (one 8-byte load, 4 pairs a warp:
+    one wavefront); warp instructions = wavefronts, per CTA."""
+    return warps * (2 + Np // 8) if g.shift else 0
+
+
 def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> Launch:
     """window_attention_mma.cuh: one CTA of Np/16 warps per (window, head); per warp, 16 query rows:
     S = Q·Kᵀ and O = P·V on mma.sync.m16n8k16 from ldmatrix fragments, the logits' offsets and softmax on the
@@ -1106,10 +1113,10 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
     ldsm = warps * (dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8)
     ldsm_lsu = warps * (dp // 16 * (4 + 2 * Np // 8) + Np // 16 * dp // 8 * 2)
     elements = warps * Np // 2  # accumulator elements a lane holds, per warp, summed over the CTA's warps
-    region = 2 if g.shift else 0
+    region = mma_region_loads(g, Np, warps)
     logits = dict(alu=elements * logit_alu(g, settled=True) + warps * 40,
-                  mem=elements * (1 + region), mufu=elements + 2 * warps,
-                  lsu=elements * (fragment_ways(mma_bias_ld(N), 2) + region))  # the bias in fragment order
+                  mem=elements + region, mufu=elements + 2 * warps,
+                  lsu=elements * fragment_ways(mma_bias_ld(N), 2) + region)  # the bias in fragment order
     pack = Np // 16 * 4 * 2 * warps  # F2F conversions of P
     # output: staging stores (a column pair a 4-byte store), then 16·d/vec chunks a warp
     out_warps = warps * ceil_div(16 * d // vec, 32)
@@ -1180,13 +1187,13 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     ldsm = warps * (2 * dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8 + 2 * Np // 16 * (1 + dp // 8))
     ldsm_lsu = warps * (2 * dp // 16 * (4 + 2 * Np // 8) + 2 * Np // 16 * dp // 8 + 2 * Np // 16 * (4 + 2 * dp // 8))
     elements = warps * Np // 2
-    region = 2 if g.shift else 0
+    region = mma_region_loads(g, Np, warps)
     # per element: the bias; per pair of elements (a column pair), the bias gradient's 8-byte read-modify-write
     # and a 4-byte store to each of P and dS; each in fragment order (bank conflicts from the rows' strides)
     element_ways = (fragment_ways(mma_bias_ld(N), 2) + fragment_ways(mma_bias_grad_ld(N), 4, width=2)
                     + fragment_ways(Np + MMA_ROW_PAD, 2, width=2))
-    elementwise = dict(alu=elements * (16 + logit_alu(g, settled=False)), mem=elements * (3 + region), mufu=elements,
-                       lsu=elements * (element_ways + region))
+    elementwise = dict(alu=elements * (16 + logit_alu(g, settled=False)), mem=elements * 3 + region, mufu=elements,
+                       lsu=elements * element_ways + region)
     pack = 2 * (Np // 16) * 4 * 2 * warps
     staged = warps * 3 * (dp // 8) * 2  # 4-byte shared stores (column pairs) of dq, dk, dv
     out_warps = 3 * ceil_div(N * d // vec, 32)  # then vec-element copies out

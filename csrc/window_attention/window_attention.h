@@ -69,16 +69,25 @@ ATTNKERN_HD inline acc_t region_penalty(int region_i, int region_j) {
   return region_i != region_j ? static_cast<acc_t>(kRegionMaskValue) : acc_t(0);
 }
 
-// The additive part of s_ij: bias (of this head, [N, N]), the region mask and the explicit mask (of this
-// window, [N, N]). bias and mask may be null; region is null when the window is not shifted.
+// The additive part of s_ij: bias (of this head, [N, N]), the explicit mask (of this window, [N, N]) and,
+// in a shifted window, the region mask of i's and j's region ids (read by the caller: once a row and a key
+// tile in the tensor-core kernels). bias and mask may be null.
 template <typename acc_t, typename bias_t, typename mask_t>
-ATTNKERN_HD inline acc_t logit_offset(const bias_t* bias, const mask_t* mask, const int* region, int64_t i, int64_t j,
-                                      int64_t N) {
+ATTNKERN_HD inline acc_t logit_offset(const bias_t* bias, const mask_t* mask, bool shifted, int region_i,
+                                      int region_j, int64_t i, int64_t j, int64_t N) {
   acc_t offset = 0;
   if (bias != nullptr) offset += static_cast<acc_t>(bias[i * N + j]);
   if (mask != nullptr) offset += static_cast<acc_t>(mask[i * N + j]);
-  if (region != nullptr) offset += region_penalty<acc_t>(region[i], region[j]);
+  if (shifted) offset += region_penalty<acc_t>(region_i, region_j);
   return offset;
+}
+
+// The same with the window's region ids ([N]; null when the window is not shifted).
+template <typename acc_t, typename bias_t, typename mask_t>
+ATTNKERN_HD inline acc_t logit_offset(const bias_t* bias, const mask_t* mask, const int* region, int64_t i, int64_t j,
+                                      int64_t N) {
+  const bool shifted = region != nullptr;
+  return logit_offset<acc_t>(bias, mask, shifted, shifted ? region[i] : 0, shifted ? region[j] : 0, i, j, N);
 }
 
 // dS_ij = P_ij·(dP_ij − D_i): the softmax backward of one logit, into ds. T is acc_t, or a vector type

@@ -187,8 +187,11 @@ __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, c
 
 // The logits of the warp's rows from S (in place): s_ij = scale·S_ij + logit_offset (window_attention.h),
 // −inf past key N; bias_h is the tile of mma_load_bias. Element e of tile nt is row row0 + g + 8·(e / 2), key
-// 8nt + 2t + e % 2. No element branches: padding rows (i ≥ N, whose outputs are never stored) take row N − 1's
-// offsets. kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
+// 8nt + 2t + e % 2. Padding rows (i ≥ N, whose outputs are never stored) take row N − 1's offsets, so only the
+// key is bounds-tested (read at the key clamped below N and selected instead, the backward spilled). In shifted
+// windows the region ids of the lane's two rows are read once and those of its key pair once a tile (one 8-byte
+// load: regions holds Np ids), not two loads an element.
+// kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
 // shared-memory load, a conversion and an FFMA an element), none, or the general sum; else every element takes
 // the general sum (the backward: its three unrolled copies cost registers past its launch bound, and spills).
 template <bool kSettled, typename scalar_t>
@@ -196,26 +199,33 @@ __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, 
                                            const scalar_t* bias_h, const float* mask_w, const int* regions) {
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, ld = static_cast<int>(mma_bias_ld(N));
   const int rows[2] = {min(row0 + g, N - 1), min(row0 + g + 8, N - 1)};
+  const bool shifted = regions != nullptr;
+  const int row_region[2] = {shifted ? regions[rows[0]] : 0, shifted ? regions[rows[1]] : 0};
   auto bias = [&](int i, int j) { return bias_h != nullptr ? static_cast<float>(bias_h[i * ld + j]) : 0.f; };
-  auto logits = [&](auto logit) {  // logit(scaled S, i, j)
+  auto logits = [&](auto logit) {  // logit(scaled S, i, j, region of i, region of j)
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
+      alignas(8) int key_region[2] = {0, 0};
+      if (shifted && nt < key_tiles) copy_chunk<8>(key_region, regions + nt * 8 + 2 * t4);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int j = nt * 8 + 2 * t4 + e % 2;
-        s[nt][e] = nt < key_tiles && j < N ? logit(scale * s[nt][e], rows[e / 2], j) : -INFINITY;
+        s[nt][e] = nt < key_tiles && j < N
+                       ? logit(scale * s[nt][e], rows[e / 2], j, row_region[e / 2], key_region[e % 2])
+                       : -INFINITY;
       }
     }
   };
-  auto general = [&](float x, int i, int j) {
-    return x + (bias(i, j) + logit_offset<float>(static_cast<const scalar_t*>(nullptr), mask_w, regions, i, j, N));
+  auto general = [&](float x, int i, int j, int region_i, int region_j) {
+    return x + (bias(i, j) + logit_offset<float>(static_cast<const scalar_t*>(nullptr), mask_w, shifted, region_i,
+                                                 region_j, i, j, N));
   };
-  if (!kSettled || mask_w != nullptr || regions != nullptr) {
+  if (!kSettled || mask_w != nullptr || shifted) {
     logits(general);
   } else if (bias_h != nullptr) {
-    logits([&](float x, int i, int j) { return x + bias(i, j); });
+    logits([&](float x, int i, int j, int, int) { return x + bias(i, j); });
   } else {
-    logits([](float x, int, int) { return x; });
+    logits([](float x, int, int, int, int) { return x; });
   }
 }
 
