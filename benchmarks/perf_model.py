@@ -1048,6 +1048,29 @@ def mma_bias_bytes(N: int) -> int:  # window_attention_mma.cuh: the bias region,
     return ceil_div(N * mma_bias_ld(N) * 2, 16) * 16 + 16
 
 
+def mma_backward_bias_ld(N: int) -> int:  # window_attention_mma_backward.cuh: mma_backward_bias_ld (elements)
+    if N % 8 == 0:
+        return mma_bias_ld(N)
+    ld = ceil_div(N, 8) * 8
+    return ld if ld // 8 % 2 == 1 else ld + 8
+
+
+def mma_backward_bias_bytes(N: int) -> int:  # window_attention_mma_backward.cuh: the backward's bias region
+    return mma_bias_bytes(N) if N % 8 == 0 else ceil_div(N * mma_backward_bias_ld(N) * 2, 16) * 16
+
+
+def mma_backward_bias_load(N: int, warps: int) -> dict:
+    """window_attention_mma_backward.cuh: mma_backward_load_bias — mma_load_bias's copy; where N is not a multiple
+    of 8 into the P and dS tiles, then a value a thread a step into the padded tile (a warp: 64 contiguous bytes
+    read, one wavefront; stored into at most two rows, two wavefronts), the (row, column) pair stepped."""
+    load = mma_bias_load(N, warps)
+    if N % 8 == 0:
+        return load
+    steps = ceil_div(N * N, 32)
+    return dict(load, alu=load["alu"] + steps * (INDEX_STEP + 6), mem=load["mem"] + steps * 2,
+                lsu=load["lsu"] + steps * 3)
+
+
 def fragment_ways(ld: int, elem: int, width: int = 1) -> float:
     """Wavefronts of a warp's shared-memory access in accumulator-fragment order (lane 4g + t: row g, columns
     2t, 2t + 1 of an 8-column tile) to an array of elem-byte values with rows ld apart, `width` consecutive
@@ -1190,7 +1213,7 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     region = mma_region_loads(g, Np, warps)
     # per element: the bias; per pair of elements (a column pair), the bias gradient's 8-byte read-modify-write
     # and a 4-byte store to each of P and dS; each in fragment order (bank conflicts from the rows' strides)
-    element_ways = (fragment_ways(mma_bias_ld(N), 2) + fragment_ways(mma_bias_grad_ld(N), 4, width=2)
+    element_ways = (fragment_ways(mma_backward_bias_ld(N), 2) + fragment_ways(mma_bias_grad_ld(N), 4, width=2)
                     + fragment_ways(Np + MMA_ROW_PAD, 2, width=2))
     elementwise = dict(alu=elements * (16 + logit_alu(g, settled=False)), mem=elements * 3 + region, mufu=elements,
                        lsu=elements * element_ways + region)
@@ -1207,10 +1230,10 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     window["lsu"] += ldsm_lsu
     # once a CTA: the head's bias (mma_load_bias), the bias gradient zeroed, and its partial stored (4-byte
     # values, one a thread a step: a warp writes a line)
-    bias, nn_warps = mma_bias_load(N, warps), ceil_div(N * mma_bias_grad_ld(N), 32)
+    bias, nn_warps = mma_backward_bias_load(N, warps), ceil_div(N * mma_bias_grad_ld(N), 32)
     cta = dict(alu=bias["alu"] + nn_warps * (4 + 6), mem=bias["mem"] + nn_warps * 3,
                lsu=bias["lsu"] + nn_warps * 3, l2=N * N * (2 + 4), gld=bias["gld"])
-    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + mma_bias_bytes(N) \
+    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + mma_backward_bias_bytes(N) \
         + N * mma_bias_grad_ld(N) * 4 + Np * 8 + Np * 12
     pixels = B * g.H * g.W
     io = pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4  # q, k, v, o, dO read; dq, dk, dv; lse

@@ -186,22 +186,23 @@ __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, c
 }
 
 // The logits of the warp's rows from S (in place): s_ij = scale·S_ij + logit_offset (window_attention.h),
-// −inf past key N; bias_h is the tile of mma_load_bias. Element e of tile nt is row row0 + g + 8·(e / 2), key
-// 8nt + 2t + e % 2. Padding rows (i ≥ N, whose outputs are never stored) take row N − 1's offsets, so only the
-// key is bounds-tested (read at the key clamped below N and selected instead, the backward spilled). In shifted
-// windows the region ids of the lane's two rows are read once and those of its key pair once a tile (one 8-byte
-// load: regions holds Np ids), not two loads an element.
+// −inf past key N; bias_h is a tile of rows bias_ld apart (mma_load_bias, mma_backward_load_bias). Element e of
+// tile nt is row row0 + g + 8·(e / 2), key 8nt + 2t + e % 2. Padding rows (i ≥ N, whose outputs are never
+// stored) take row N − 1's offsets, so only the key is bounds-tested (read at the key clamped below N and
+// selected instead, the backward spilled). In shifted windows the region ids of the lane's two rows are read
+// once and those of its key pair once a tile (one 8-byte load: regions holds Np ids), not two loads an element.
 // kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
 // shared-memory load, a conversion and an FFMA an element), none, or the general sum; else every element takes
 // the general sum (the backward: its three unrolled copies cost registers past its launch bound, and spills).
 template <bool kSettled, typename scalar_t>
 __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, int key_tiles, float scale,
-                                           const scalar_t* bias_h, const float* mask_w, const int* regions) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, ld = static_cast<int>(mma_bias_ld(N));
+                                           const scalar_t* bias_h, int bias_ld, const float* mask_w,
+                                           const int* regions) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int rows[2] = {min(row0 + g, N - 1), min(row0 + g + 8, N - 1)};
   const bool shifted = regions != nullptr;
   const int row_region[2] = {shifted ? regions[rows[0]] : 0, shifted ? regions[rows[1]] : 0};
-  auto bias = [&](int i, int j) { return bias_h != nullptr ? static_cast<float>(bias_h[i * ld + j]) : 0.f; };
+  auto bias = [&](int i, int j) { return bias_h != nullptr ? static_cast<float>(bias_h[i * bias_ld + j]) : 0.f; };
   auto logits = [&](auto logit) {  // logit(scaled S, i, j, region of i, region of j)
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
@@ -276,8 +277,8 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   MmaAccumulators s;
   mma_zero(s);
   mma_rows_times_rows(s, q, k, ld, dp, key_tiles, row0);
-  mma_logits</*kSettled=*/true>(s, row0, N, key_tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
-             grid.shift > 0 ? region : nullptr);
+  mma_logits</*kSettled=*/true>(s, row0, N, key_tiles, scale, bias_tile, static_cast<int>(mma_bias_ld(N)),
+                                mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
 
   // The softmax of rows row0 + g (elements 0, 1) and row0 + g + 8 (2, 3), over the 4 lanes of a group.
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};

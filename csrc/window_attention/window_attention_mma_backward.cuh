@@ -37,8 +37,20 @@ inline int64_t mma_backward_groups(int64_t total_windows, int64_t heads, int64_t
   return (total_windows + per_group - 1) / per_group;
 }
 
+// The backward's bias tile: mma_load_bias's where N is a multiple of 8; else rows of N values would lie 2-way in
+// the banks as fragments read them, and one a block walks over all its windows is worth a copy of its own, its
+// rows the next odd multiple of 8 values apart (conflict-free: rows g = 0 … 7 of a fragment 4·odd words apart).
+ATTNKERN_HD inline int64_t mma_backward_bias_ld(int64_t N) {
+  if (N % 8 == 0) return mma_bias_ld(N);
+  const int64_t ld = (N + 7) / 8 * 8;
+  return ld / 8 % 2 == 1 ? ld : ld + 8;
+}
+ATTNKERN_HD inline int64_t mma_backward_bias_bytes(int64_t N) {
+  return N % 8 == 0 ? mma_bias_bytes(N) : (N * mma_backward_bias_ld(N) * 2 + 15) / 16 * 16;
+}
+
 // Shared memory of the backward: q, k, v, dO tiles [Np, dp + kMmaRowPad]; P and dS tiles [Np, Np + kMmaRowPad]
-// (16-bit); the bias region (mma_bias_bytes); the bias gradient [N, mma_bias_grad_ld(N)] and lse, D [Np]
+// (16-bit); the bias region (mma_backward_bias_bytes); the bias gradient [N, mma_bias_grad_ld(N)] and lse, D [Np]
 // (float); pixels (int64) and regions (int) [Np].
 struct MmaBackwardLayout {
   int64_t tiles, probabilities, bias, bias_grad, lse, delta, pixel, region, total;
@@ -48,7 +60,7 @@ struct MmaBackwardLayout {
     tiles = 0;
     probabilities = tiles + 4 * Np * ld * 2;
     bias = probabilities + 2 * Np * ldp * 2;
-    bias_grad = bias + mma_bias_bytes(N);
+    bias_grad = bias + mma_backward_bias_bytes(N);
     lse = bias_grad + N * mma_bias_grad_ld(N) * 4;
     delta = lse + Np * 4;
     pixel = (delta + Np * 4 + 7) / 8 * 8;
@@ -113,6 +125,21 @@ __device__ void mma_row_deltas(const scalar_t* grad_o, int ld, const scalar_t* o
   }
 }
 
+// The head's bias bias_h [N, N] as the backward's tile (mma_backward_bias_ld): mma_load_bias's where N is a
+// multiple of 8; else mma_load_bias's flat copy into `staging` (16 bytes a copy), then value by value into the
+// tile. Returns the tile; the caller synchronises before reading it or writing `staging`.
+template <typename scalar_t>
+__device__ const scalar_t* mma_backward_load_bias(unsigned char* region, unsigned char* staging,
+                                                  const scalar_t* bias_h, int N) {
+  if (N % 8 == 0) return mma_load_bias(region, bias_h, N);
+  const scalar_t* flat = mma_load_bias(staging, bias_h, N);
+  __syncthreads();
+  scalar_t* tile = reinterpret_cast<scalar_t*>(region);
+  const int ld = static_cast<int>(mma_backward_bias_ld(N));
+  for_each_row_chunk(threadIdx.x, blockDim.x, N, N, [&](int i, int j) { tile[i * ld + j] = flat[i * N + j]; });
+  return tile;
+}
+
 // At most kMmaMaxTokens / 16 warps a block and kBackwardBlocksPerSm blocks an SM: at most 168 registers a
 // thread (unbounded, nvcc 13.0 gave the bf16 kernel 179: 2 blocks an SM).
 template <typename scalar_t>
@@ -140,7 +167,11 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
   int64_t* pixel = reinterpret_cast<int64_t*>(smem_raw + layout.pixel);
   int* region = reinterpret_cast<int*>(smem_raw + layout.region);
 
-  const scalar_t* bias_tile = bias != nullptr ? mma_load_bias(smem_raw + layout.bias, bias + h * N * N, N) : nullptr;
+  // the P and dS tiles, not yet used, stage the bias (mma_backward_load_bias)
+  const scalar_t* bias_tile =
+      bias != nullptr
+          ? mma_backward_load_bias(smem_raw + layout.bias, smem_raw + layout.probabilities, bias + h * N * N, N)
+          : nullptr;
   const int grad_ld = static_cast<int>(mma_bias_grad_ld(N));
   for (int e = threadIdx.x; e < N * grad_ld; e += blockDim.x) bias_grad[e] = 0.f;
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
@@ -162,8 +193,8 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
     MmaAccumulators s, dprob;
     mma_zero(s);
     mma_rows_times_rows(s, q, k, ld, dp, tiles, row0);
-    mma_logits</*kSettled=*/false>(s, row0, N, tiles, scale, bias_tile, mask != nullptr ? mask + w * N * N : nullptr,
-               grid.shift > 0 ? region : nullptr);
+    mma_logits</*kSettled=*/false>(s, row0, N, tiles, scale, bias_tile, static_cast<int>(mma_backward_bias_ld(N)),
+                                   mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
     mma_zero(dprob);
     mma_rows_times_rows(dprob, grad_o, v, ld, dp, tiles, row0);
     // The lane's rows row0 + g and row0 + g + 8 (elements 0, 1 and 2, 3 of a tile): their lse and D held in
