@@ -255,17 +255,17 @@ def test_window_attention_tensor_core_backward_groups_run_several_windows(emu, d
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("window", [5, 7])
+@pytest.mark.parametrize("window", [5, pytest.param(7, marks=slow_under_sanitizers)])  # 7: a minute under TSan
 def test_window_attention_tensor_core_backward_pads_the_bias_rows_once_a_block(emu, dtype, window):
     """Where N is not a multiple of 8 (25, 49 tokens) the tensor-core backward stages the head's bias through its P
-    and dS tiles into a tile of rows mma_backward_bias_ld(N) apart, once a block: on 1 SM 100 windows run as 50
-    groups of two, each block's second window reading the tile after its first overwrote the staging tiles; the
-    output and both gradients match the reference."""
+    and dS tiles into a tile of rows mma_backward_bias_ld(N) apart, once a block: on 1 SM 66 windows run as 33
+    groups of two (64 wanted), each block's second window reading the tile after its first overwrote the staging
+    tiles; the output and both gradients match the reference."""
     before = launch_counts(emu)
     with emu.settings(multiprocessors=1):
-        check(window_attention_case(EMULATED, dtype, Inputs(SEED + 7), B=1, H=10 * window, W=10 * window, heads=1,
+        check(window_attention_case(EMULATED, dtype, Inputs(SEED + 7), B=1, H=6 * window, W=11 * window, heads=1,
                                     d=4, window=window, shift=window // 2), dtype)
-    assert launched_since(emu, before)["window_attention_cuda.cu:mma_backward_kernel"] == (1, 50)
+    assert launched_since(emu, before)["window_attention_cuda.cu:mma_backward_kernel"] == (1, 33)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
