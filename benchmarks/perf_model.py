@@ -1228,8 +1228,8 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     window["alu"] += pack + hmma
     window["mem"] += ldsm
     window["lsu"] += ldsm_lsu
-    # once a CTA: the head's bias (mma_load_bias), the bias gradient zeroed, and its partial stored (4-byte
-    # values, one a thread a step: a warp writes a line)
+    # once a CTA: the head's bias (mma_backward_load_bias), the bias gradient zeroed, and its partial stored
+    # (4-byte values, one a thread a step: a warp writes a line)
     bias, nn_warps = mma_backward_bias_load(N, warps), ceil_div(N * mma_bias_grad_ld(N), 32)
     cta = dict(alu=bias["alu"] + nn_warps * (4 + 6), mem=bias["mem"] + nn_warps * 3,
                lsu=bias["lsu"] + nn_warps * 3, l2=N * N * (2 + 4), gld=bias["gld"])
