@@ -259,13 +259,27 @@ def test_window_attention_tensor_core_backward_groups_run_several_windows(emu, d
 @pytest.mark.parametrize("window", [5, pytest.param(7, marks=slow_under_sanitizers)])
 def test_window_attention_tensor_core_backward_pads_the_bias_rows_once_a_block(emu, dtype, window):
     """Where N is not a multiple of 8 (25, 49 tokens) the tensor-core backward stages the head's bias through its P
-    and dS tiles into a tile of rows mma_backward_bias_ld(N) apart, once a block: on 1 SM 66 windows run as 33
-    groups of two (64 wanted), each block's second window reading the tile after its first overwrote the staging
-    tiles; the output and both gradients match the reference."""
+    and dS tiles into a tile of rows mma_backward_bias_ld(N) = Np + 8 apart, −inf past key N, once a block: on 1 SM
+    66 windows run as 33 groups of two (64 wanted), each block's second window reading the tile after its first
+    overwrote the staging tiles; the output and both gradients (the bias's summed in registers over the block's
+    windows) match the reference."""
     before = launch_counts(emu)
     with emu.settings(multiprocessors=1):
         check(window_attention_case(EMULATED, dtype, Inputs(SEED + 7), B=1, H=6 * window, W=11 * window, heads=1,
                                     d=4, window=window, shift=window // 2), dtype)
+    assert launched_since(emu, before)["window_attention_cuda.cu:mma_backward_kernel"] == (1, 33)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_window_attention_tensor_core_backward_stages_each_windows_mask(emu, dtype):
+    """With an explicit mask the tensor-core backward copies each window's [N, N] of it into a shared tile of Np
+    keys (0 past N) before the window's logits, and without a bias it walks a tile of zeros, −inf past key N: on
+    1 SM 66 windows of 25 tokens, each with a mask of its own, run as 33 groups of two, each block's second
+    window reading its mask where its first window's lay; the output and ∂qkv match the reference."""
+    before = launch_counts(emu)
+    with emu.settings(multiprocessors=1):
+        check(window_attention_case(EMULATED, dtype, Inputs(SEED + 8), B=1, H=30, W=55, heads=1, d=4, window=5,
+                                    shift=0, bias=False, mask="random"), dtype)
     assert launched_since(emu, before)["window_attention_cuda.cu:mma_backward_kernel"] == (1, 33)
 
 
@@ -335,8 +349,9 @@ def test_window_attention_tensor_core_backward_copies_as_wide_as_alignment_allow
 def test_window_attention_tensor_cores_copy_the_bias_16_bytes_at_a_time(emu, dtype, window, heads, offset):
     """Both tensor-core kernels copy a head's [N, N] bias into shared memory 16 bytes at a time, the tile as far
     past a 16-byte boundary as the head's bias (N = 49: each head's differs) and the values before the first
-    boundary and after the last one at a time: a bias `offset` elements into its storage (a view) gives the
-    reference's values and gradients."""
+    boundary and after the last one at a time (the backward, which reads key pairs, re-lays a tile that starts on
+    an odd element: offset 3 at N = 16): a bias `offset` elements into its storage (a view) gives the reference's
+    values and gradients."""
     N, shift, d = window * window, window // 2, 8
     side = 2 * window
     qkv, grad = torch.randn(1, side, side, 3, heads, d).to(dtype), torch.randn(1, side, side, heads, d).to(dtype)

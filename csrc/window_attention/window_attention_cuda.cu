@@ -292,7 +292,7 @@ bool backward_on_tensor_cores(const at::Tensor& grad, const at::Tensor& qkv, con
   } else {
     const int64_t B = qkv.size(0), heads = qkv.size(4), d = qkv.size(5), N = grid.tokens();
     if (!mma_fits(N, d) || !has_tensor_core_mma()) return false;
-    const int64_t bytes = MmaBackwardLayout(N, d).total;
+    const int64_t bytes = MmaBackwardLayout(N, d, mask.defined()).total;
     if (bytes > max_shared_memory_optin()) return false;
     const int64_t groups = mma_backward_groups(B * grid.windows(), heads,
                                                current_device_attribute(cudaDevAttrMultiProcessorCount));

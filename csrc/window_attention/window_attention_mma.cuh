@@ -33,9 +33,9 @@ ATTNKERN_HD inline int64_t mma_round_up16(int64_t n) { return (n + 15) / 16 * 16
 
 inline bool mma_fits(int64_t N, int64_t d) { return N <= kMmaMaxTokens && d <= kMmaMaxHeadDim; }
 
-// Row strides (elements) of the head's bias tile [N, N] (16-bit) and of the backward's bias gradient [N, N]
-// (float) in shared memory, chosen for the accumulator-fragment order in which warps read them (8 rows g, the
-// columns 2t, 2t + 1 of each 8-column tile): rows that are whole 16-byte chunks (N % 8 == 0) go 4 banks apart,
+// Row strides (elements) of the head's bias tile [N, N] (16-bit) and of the backward's bias gradient and mask
+// [N, N] (float) in shared memory, chosen for the accumulator-fragment order in which warps read them (8 rows g,
+// the columns 2t, 2t + 1 of each 8-column tile): rows that are whole 16-byte chunks (N % 8 == 0) go 4 banks apart,
 // so a fragment's 8 rows fill the 32 banks once (N = 64 unpadded: all 8 rows in the same 4 banks, 8-way
 // conflicts); other N keep rows of N (copied as one run: 2-way). The gradient's rows go 8 banks apart: its
 // float pairs span 64 words, 2-way at best, where 49 or 64 floats a row gave 4- or 8-way.
@@ -136,11 +136,11 @@ __device__ __forceinline__ void mma_zero(MmaAccumulators& acc) {
   for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 }
 
-// acc[nt] += A·Bᵀ for the warp's rows row0 … row0 + 15 of `a` and rows 8nt … 8nt + 7 of `b` (nt < tiles),
-// over dp columns: S = Q·Kᵀ, dP = dO·Vᵀ. ldmatrix: lane l gives row l % 8 of matrix l / 8.
+// acc[nt] += A·Bᵀ for the warp's rows row0 … row0 + 15 of `a` and rows 8nt … 8nt + 7 of `b` (first_tile ≤ nt <
+// end_tile), over dp columns: S = Q·Kᵀ, dP = dO·Vᵀ. ldmatrix: lane l gives row l % 8 of matrix l / 8.
 template <typename scalar_t>
 __device__ __forceinline__ void mma_rows_times_rows(MmaAccumulators& acc, const scalar_t* a, const scalar_t* b, int ld,
-                                                    int dp, int tiles, int row0) {
+                                                    int dp, int first_tile, int end_tile, int row0) {
   const int lane = threadIdx.x % 32;
   const int a_row = row0 + lane % 8 + 8 * ((lane / 8) % 2), a_col = 8 * (lane / 16);  // A 16×16: 4 matrices
   const int b_row = lane % 8, b_col = 8 * ((lane / 8) % 2);                          // B 16×8: 2 matrices
@@ -149,7 +149,7 @@ __device__ __forceinline__ void mma_rows_times_rows(MmaAccumulators& acc, const 
     tensor_core::ldmatrix<4>(fa, a + a_row * ld + kk + a_col);
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
-      if (nt < tiles) {  // uniform over the block
+      if (nt >= first_tile && nt < end_tile) {  // uniform over the block
         uint32_t fb[2];
         tensor_core::ldmatrix<2>(fb, b + (nt * 8 + b_row) * ld + kk + b_col);
         tensor_core::mma_m16n8k16<scalar_t>(acc[nt], fa, fb);
@@ -189,44 +189,57 @@ __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, c
 // −inf past key N; bias_h is a tile of rows bias_ld apart (mma_load_bias, mma_backward_load_bias). Element e of
 // tile nt is row row0 + g + 8·(e / 2), key 8nt + 2t + e % 2. Padding rows (i ≥ N, whose outputs are never
 // stored) take row N − 1's offsets, so only the key is bounds-tested (read at the key clamped below N and
-// selected instead, the backward spilled). In shifted windows the region ids of the lane's two rows are read
-// once and those of its key pair once a tile (one 8-byte load: regions holds Np ids), not two loads an element.
+// selected instead, the backward spilled); kKeysPadded: not even the key — the bias tile is never null, holds
+// −inf from key N to Np and has rows an even number of values apart (mma_backward_load_bias: a row's key pair is
+// one 4-byte load), and the mask (rows mask_ld apart) holds Np keys. In shifted
+// windows the region ids of the lane's two rows are read once and those of its key pair once a tile (one 8-byte
+// load: regions holds Np ids), not two loads an element.
 // kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
 // shared-memory load, a conversion and an FFMA an element), none, or the general sum; else every element takes
 // the general sum (the backward: its three unrolled copies cost registers past its launch bound, and spills).
-template <bool kSettled, typename scalar_t>
-__device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, int key_tiles, float scale,
-                                           const scalar_t* bias_h, int bias_ld, const float* mask_w,
-                                           const int* regions) {
+template <bool kSettled, bool kKeysPadded, typename scalar_t>
+__device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, int first_tile, int end_tile,
+                                           float scale, const scalar_t* bias_h, int bias_ld, const float* mask_w,
+                                           int mask_ld, const int* regions) {
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int rows[2] = {min(row0 + g, N - 1), min(row0 + g + 8, N - 1)};
   const bool shifted = regions != nullptr;
   const int row_region[2] = {shifted ? regions[rows[0]] : 0, shifted ? regions[rows[1]] : 0};
   auto bias = [&](int i, int j) { return bias_h != nullptr ? static_cast<float>(bias_h[i * bias_ld + j]) : 0.f; };
-  auto logits = [&](auto logit) {  // logit(scaled S, i, j, region of i, region of j)
+  // logit(scaled S, i, j, region of i, region of j, bias of (i, j) where kKeysPadded)
+  auto logits = [&](auto logit) {
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
+      if (nt < first_tile) continue;
       alignas(8) int key_region[2] = {0, 0};
-      if (shifted && nt < key_tiles) copy_chunk<8>(key_region, regions + nt * 8 + 2 * t4);
+      if (shifted && nt < end_tile) copy_chunk<8>(key_region, regions + nt * 8 + 2 * t4);
+      // kKeysPadded: the tile's rows are an even number of values apart, a row's key pair one 4-byte load
+      alignas(4) scalar_t key_bias[2][2] = {};
+      if (kKeysPadded && nt < end_tile) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) copy_chunk<4>(key_bias[r], bias_h + rows[r] * bias_ld + nt * 8 + 2 * t4);
+      }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int j = nt * 8 + 2 * t4 + e % 2;
-        s[nt][e] = nt < key_tiles && j < N
-                       ? logit(scale * s[nt][e], rows[e / 2], j, row_region[e / 2], key_region[e % 2])
+        s[nt][e] = nt < end_tile && (kKeysPadded || j < N)
+                       ? logit(scale * s[nt][e], rows[e / 2], j, row_region[e / 2], key_region[e % 2],
+                               static_cast<float>(key_bias[e / 2][e % 2]))
                        : -INFINITY;
       }
     }
   };
-  auto general = [&](float x, int i, int j, int region_i, int region_j) {
-    return x + (bias(i, j) + logit_offset<float>(static_cast<const scalar_t*>(nullptr), mask_w, shifted, region_i,
-                                                 region_j, i, j, N));
+  auto general = [&](float x, int i, int j, int region_i, int region_j, float key_bias) {
+    return x + ((kKeysPadded ? key_bias : bias(i, j)) +
+                logit_offset<float>(static_cast<const scalar_t*>(nullptr), mask_w, shifted, region_i, region_j, i, j,
+                                    mask_ld));
   };
   if (!kSettled || mask_w != nullptr || shifted) {
     logits(general);
   } else if (bias_h != nullptr) {
-    logits([&](float x, int i, int j, int, int) { return x + bias(i, j); });
+    logits([&](float x, int i, int j, int, int, float) { return x + bias(i, j); });
   } else {
-    logits([](float x, int, int, int, int) { return x; });
+    logits([](float x, int, int, int, int, float) { return x; });
   }
 }
 
@@ -276,9 +289,11 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   const int key_tiles = Np / 8, dim_tiles = dp / 8;
   MmaAccumulators s;
   mma_zero(s);
-  mma_rows_times_rows(s, q, k, ld, dp, key_tiles, row0);
-  mma_logits</*kSettled=*/true>(s, row0, N, key_tiles, scale, bias_tile, static_cast<int>(mma_bias_ld(N)),
-                                mask != nullptr ? mask + w * N * N : nullptr, grid.shift > 0 ? region : nullptr);
+  mma_rows_times_rows(s, q, k, ld, dp, 0, key_tiles, row0);
+  mma_logits</*kSettled=*/true, /*kKeysPadded=*/false>(s, row0, N, 0, key_tiles, scale, bias_tile,
+                                                       static_cast<int>(mma_bias_ld(N)),
+                                                       mask != nullptr ? mask + w * N * N : nullptr, N,
+                                                       grid.shift > 0 ? region : nullptr);
 
   // The softmax of rows row0 + g (elements 0, 1) and row0 + g + 8 (2, 3), over the 4 lanes of a group.
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
