@@ -1049,24 +1049,29 @@ def mma_bias_bytes(N: int) -> int:  # window_attention_mma.cuh: the bias region,
 
 
 def mma_backward_bias_ld(N: int) -> int:  # window_attention_mma_backward.cuh: mma_backward_bias_ld (elements)
-    if N % 8 == 0:
-        return mma_bias_ld(N)
-    ld = ceil_div(N, 8) * 8
-    return ld if ld // 8 % 2 == 1 else ld + 8
+    return mma_bias_ld(N) if N % 8 == 0 else ceil_div(N, 16) * 16 + 8
 
 
 def mma_backward_bias_bytes(N: int) -> int:  # window_attention_mma_backward.cuh: the backward's bias region
     return mma_bias_bytes(N) if N % 8 == 0 else ceil_div(N * mma_backward_bias_ld(N) * 2, 16) * 16
 
 
+def mma_backward_probabilities_bytes(N: int) -> int:  # window_attention_mma_backward.cuh: MmaBackwardLayout
+    """The P and dS tiles, which stage the bias (mma_load_bias's copy) and hold the bias gradient [N,
+    mma_bias_grad_ld(N)] (float) at the end."""
+    Np = ceil_div(N, 16) * 16
+    return max(2 * Np * (Np + MMA_ROW_PAD) * 2, mma_bias_bytes(N), N * mma_bias_grad_ld(N) * 4)
+
+
 def mma_backward_bias_load(N: int, warps: int) -> dict:
     """window_attention_mma_backward.cuh: mma_backward_load_bias — mma_load_bias's copy; where N is not a multiple
-    of 8 into the P and dS tiles, then a value a thread a step into the padded tile (a warp: 64 contiguous bytes
-    read, one wavefront; stored into at most two rows, two wavefronts), the (row, column) pair stepped."""
+    of 8 into the P and dS tiles, then a value a thread a step into the padded tile, −inf past key N (a warp: at
+    most 64 contiguous bytes read, one wavefront; stored into at most two rows, two wavefronts), the (row,
+    column) pair stepped."""
     load = mma_bias_load(N, warps)
     if N % 8 == 0:
         return load
-    steps = ceil_div(N * N, 32)
+    steps = ceil_div(N * mma_backward_bias_ld(N), 32)
     return dict(load, alu=load["alu"] + steps * (INDEX_STEP + 6), mem=load["mem"] + steps * 2,
                 lsu=load["lsu"] + steps * 3)
 
@@ -1098,13 +1103,14 @@ def batched_requests(*groups: Tuple[float, float]) -> Tuple[float, float]:
     return requests, requests / sum(n / batch for n, batch in groups) if requests else 1.0
 
 
-def logit_alu(g: WindowGrid, settled: bool) -> int:
+def logit_alu(g: WindowGrid, settled: bool, keys_tested: bool = True) -> int:
     """window_attention_mma.cuh: mma_logits and the softmax, issue slots an accumulator element beyond its
     shared-memory loads and ex2: with the bias alone settled once (kSettled, the forward), the key's bound (a
     compare shared by two elements, a select), the bias's conversion, the FFMA of scale·S + bias, the row's max,
     the FFMA of the exponent, the row's sum; the general offset (null tests, region addresses, compare, select,
-    adds: shifted windows, and the backward) about twice that."""
-    return 7 if settled and not g.shift else 14
+    adds: shifted windows, and the backward) about twice that; 2 fewer without the key's bound (kKeysPadded,
+    the backward: its compare, select and branch region)."""
+    return (7 if settled and not g.shift else 14) - (0 if keys_tested else 2)
 
 
 def mma_region_loads(g: WindowGrid, Np: int, warps: int) -> int:
@@ -1176,7 +1182,7 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     """window_attention_mma_backward.cuh: min(B·nW, max(64, 3·SMs/heads))·heads CTAs of Np/16 warps, each
     walking its windows: per window q, k, v, dO loaded (vec-element copies, a chunk of each a thread in flight
     at once), lse and D per token (adjacent threads a token, vec-element copies, shuffles), then per warp S and
-    dP (mma), P, dS, the bias gradient in shared memory, P and dS tiles (a column pair a 4-byte store), dq
+    dP (mma), P, dS, the bias gradient in registers, P and dS tiles (a column pair a 4-byte store), dq
     (mma), and over keys dv, dk (mma, transposed A fragments); dq, dk, dv staged in shared memory and copied
     out in vec-element copies."""
     N, windows = g.N, B * g.nW
@@ -1207,15 +1213,19 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
                 l2=load_warps * 4 * q_sectors * 32 + Np * d * elem + lse_warps * lse_sectors * 32,
                 gld=load_warps * 4 + row_warps * steps + lse_warps)
     hmma = warps * 5 * Np * dp // 128
-    ldsm = warps * (2 * dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8 + 2 * Np // 16 * (1 + dp // 8))
-    ldsm_lsu = warps * (2 * dp // 16 * (4 + 2 * Np // 8) + 2 * Np // 16 * dp // 8 + 2 * Np // 16 * (4 + 2 * dp // 8))
+    # S and dP half the key tiles at a time (their A fragments loaded once a half), then dq, dv and dk with A
+    # fragments from the dS, P and dS tiles
+    halves = ceil_div(Np, 32)
+    ldsm = warps * (2 * dp // 16 * (halves + Np // 8) + 3 * Np // 16 * (1 + dp // 8))
+    ldsm_lsu = warps * (2 * dp // 16 * (4 * halves + 2 * Np // 8) + 3 * Np // 16 * (4 + 2 * dp // 8))
     elements = warps * Np // 2
     region = mma_region_loads(g, Np, warps)
-    # per element: the bias; per pair of elements (a column pair), the bias gradient's 8-byte read-modify-write
-    # and a 4-byte store to each of P and dS; each in fragment order (bank conflicts from the rows' strides)
-    element_ways = (fragment_ways(mma_backward_bias_ld(N), 2) + fragment_ways(mma_bias_grad_ld(N), 4, width=2)
-                    + fragment_ways(Np + MMA_ROW_PAD, 2, width=2))
-    elementwise = dict(alu=elements * (16 + logit_alu(g, settled=False)), mem=elements * 3 + region, mufu=elements,
+    # per pair of elements (a column pair): the bias (one 4-byte load) and a 4-byte store to each of P and dS;
+    # each in fragment order (bank conflicts from the rows' strides); the bias gradient an FADD into registers
+    element_ways = (fragment_ways(mma_backward_bias_ld(N), 2, width=2) + fragment_ways(Np + MMA_ROW_PAD, 2, width=2)
+                    * 2) / 2
+    elementwise = dict(alu=elements * (17 + logit_alu(g, settled=False, keys_tested=False)),
+                       mem=elements * 3 // 2 + region, mufu=elements,
                        lsu=elements * element_ways + region)
     pack = 2 * (Np // 16) * 4 * 2 * warps
     staged = warps * 3 * (dp // 8) * 2  # 4-byte shared stores (column pairs) of dq, dk, dv
@@ -1228,13 +1238,17 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
     window["alu"] += pack + hmma
     window["mem"] += ldsm
     window["lsu"] += ldsm_lsu
-    # once a CTA: the head's bias (mma_backward_load_bias), the bias gradient zeroed, and its partial stored
-    # (4-byte values, one a thread a step: a warp writes a line)
-    bias, nn_warps = mma_backward_bias_load(N, warps), ceil_div(N * mma_bias_grad_ld(N), 32)
-    cta = dict(alu=bias["alu"] + nn_warps * (4 + 6), mem=bias["mem"] + nn_warps * 3,
-               lsu=bias["lsu"] + nn_warps * 3, l2=N * N * (2 + 4), gld=bias["gld"])
-    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + 2 * Np * (Np + MMA_ROW_PAD) * 2 + mma_backward_bias_bytes(N) \
-        + N * mma_bias_grad_ld(N) * 4 + Np * 8 + Np * 12
+    # once a CTA: the head's bias (mma_backward_load_bias); at the end the bias gradient's registers into a
+    # shared tile (8-byte pairs in fragment order, 16 a lane), then its partial stored (4-byte values, one a
+    # thread a step: a warp reads and writes a line)
+    bias, nn_warps = mma_backward_bias_load(N, warps), ceil_div(N * N, 32)
+    grad_stores = warps * 16
+    cta = dict(alu=bias["alu"] + grad_stores * 4 + nn_warps * (INDEX_STEP + 4),
+               mem=bias["mem"] + grad_stores + nn_warps * 2,
+               lsu=bias["lsu"] + grad_stores * fragment_ways(mma_bias_grad_ld(N), 4, width=2) + nn_warps * 2,
+               l2=N * N * (2 + 4), gld=bias["gld"])
+    layout = 4 * Np * (dp + MMA_ROW_PAD) * 2 + mma_backward_probabilities_bytes(N) + mma_backward_bias_bytes(N) \
+        + Np * 8 + Np * 12
     pixels = B * g.H * g.W
     io = pixels * heads * d * elem * (3 + 2 + 3) + pixels * heads * 4  # q, k, v, o, dO read; dq, dk, dv; lse
     return Launch("window_attention", "mma_backward_kernel", (ctas, 1, 1), (warps * 32, 1, 1), dyn_smem=layout,

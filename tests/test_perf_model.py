@@ -135,6 +135,8 @@ def test_fragment_order_bank_conflicts():
     assert pm.fragment_ways(pm.mma_bias_ld(49), 2) == 2  # rows of 49 stay unpadded
     assert (pm.fragment_ways(64, 4), pm.fragment_ways(49, 4)) == (8, 4)
     assert all(pm.fragment_ways(pm.mma_bias_grad_ld(N), 4, width=2) == 2 for N in (16, 49, 64))  # pairs: 64 words
+    # the backward's tile, read a key pair at a time: rows Np + 8 apart where N is not a multiple of 8
+    assert all(pm.fragment_ways(pm.mma_backward_bias_ld(N), 2, width=2) == 1 for N in (1, 9, 16, 25, 36, 49, 64))
 
 
 def test_latency_counts_the_loads_a_warp_waits_for():
