@@ -449,13 +449,16 @@ CASES = [
     Case("apply-gates-channel", apply_gates_case, dict(B=1, C=4, H=17, W=16, gates="channel")),
     Case("apply-gates-pixel", apply_gates_case, dict(B=2, C=3, H=3, W=5, gates="pixel")),
     # window attention: windows of 7 (49 tokens, 64 threads: 15 idle) and 8, shifted or not, masks, no bias;
-    # in fp16/bf16 these run the tensor-core forward (N ≤ 64, d ≤ 64), the last three the SIMT one
+    # 6 (36 tokens: 3 row tiles, the tensor-core backward's second half of key tiles half full); in fp16/bf16
+    # these run the tensor-core forward (N ≤ 64, d ≤ 64), the last three the SIMT one
     Case("window-8", window_attention_case, dict(B=2, H=16, W=8, heads=2, d=5, window=8, shift=0)),
     Case("window-8-shift", window_attention_case, dict(B=1, H=16, W=16, heads=2, d=4, window=8, shift=4,
                                                        mask="random")),
     Case("window-7-shift", window_attention_case, dict(B=1, H=14, W=7, heads=3, d=3, window=7, shift=3)),
     Case("window-7-mask-no-bias", window_attention_case, dict(B=2, H=7, W=14, heads=1, d=6, window=7, shift=0,
                                                               bias=False, mask="random")),
+    Case("window-6-shift-mask", window_attention_case, dict(B=1, H=12, W=6, heads=2, d=5, window=6, shift=3,
+                                                            mask="random")),
     Case("window-4-inf-mask", window_attention_case, dict(B=1, H=4, W=8, heads=2, d=4, window=4, shift=0,
                                                           mask="-inf at key 0")),
     Case("window-4-d64", window_attention_case, dict(B=1, H=8, W=8, heads=1, d=64, window=4, shift=2)),
