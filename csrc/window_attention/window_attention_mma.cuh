@@ -160,7 +160,7 @@ __device__ __forceinline__ void mma_rows_times_rows(MmaAccumulators& acc, const 
 
 // acc[dt] += X·T for X the warp's 16 × 16·k_steps values in registers (the accumulators `x`, two tiles a
 // k-step, rounded to scalar_t: the A fragments) and T = tile rows 0 … 16·k_steps − 1, columns 8dt … 8dt + 7
-// (dt < dim_tiles): O = P·V, dQ = dS·K.
+// (dt < dim_tiles): O = P·V.
 template <typename scalar_t>
 __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, const MmaAccumulators& x,
                                                          const scalar_t* tile, int ld, int k_steps, int dim_tiles) {
@@ -185,15 +185,16 @@ __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, c
   }
 }
 
-// The logits of the warp's rows from S (in place): s_ij = scale·S_ij + logit_offset (window_attention.h),
-// −inf past key N; bias_h is a tile of rows bias_ld apart (mma_load_bias, mma_backward_load_bias). Element e of
-// tile nt is row row0 + g + 8·(e / 2), key 8nt + 2t + e % 2. Padding rows (i ≥ N, whose outputs are never
-// stored) take row N − 1's offsets, so only the key is bounds-tested (read at the key clamped below N and
-// selected instead, the backward spilled); kKeysPadded: not even the key — the bias tile is never null, holds
-// −inf from key N to Np and has rows an even number of values apart (mma_backward_load_bias: a row's key pair is
-// one 4-byte load), and the mask (rows mask_ld apart) holds Np keys. In shifted
-// windows the region ids of the lane's two rows are read once and those of its key pair once a tile (one 8-byte
-// load: regions holds Np ids), not two loads an element.
+// The logits of the warp's rows from S (in place) in key tiles first_tile ≤ nt < end_tile, −inf in the tiles
+// after (those before are left as they are): s_ij = scale·S_ij + logit_offset (window_attention.h), −inf past
+// key N; bias_h is a tile of rows bias_ld apart (mma_load_bias, mma_backward_load_bias), mask_w one of rows
+// mask_ld apart. Element e of tile nt is row row0 + g + 8·(e / 2), key 8nt + 2t + e % 2. Padding rows (i ≥ N,
+// whose outputs are never stored) take row N − 1's offsets, so only the key is bounds-tested (read at the key
+// clamped below N and selected instead, the backward spilled); kKeysPadded: not even the key — the bias tile is
+// never null, holds −inf from key N to Np and has rows an even number of values apart (mma_backward_load_bias:
+// a row's key pair is one 4-byte load), and the mask holds Np keys. In shifted windows the region ids of the
+// lane's two rows are read once and those of its key pair once a tile (one 8-byte load: regions holds Np ids),
+// not two loads an element.
 // kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
 // shared-memory load, a conversion and an FFMA an element), none, or the general sum; else every element takes
 // the general sum (the backward: its three unrolled copies cost registers past its launch bound, and spills).
