@@ -1107,10 +1107,12 @@ def logit_alu(g: WindowGrid, settled: bool, keys_tested: bool = True) -> int:
     """window_attention_mma.cuh: mma_logits and the softmax, issue slots an accumulator element beyond its
     shared-memory loads and ex2: with the bias alone settled once (kSettled, the forward), the key's bound (a
     compare shared by two elements, a select), the bias's conversion, the FFMA of scale·S + bias, the row's max,
-    the FFMA of the exponent, the row's sum; the general offset (null tests, region addresses, compare, select,
-    adds: shifted windows, and the backward) about twice that; 2 fewer without the key's bound (kKeysPadded,
-    the backward: its compare, select and branch region)."""
-    return (7 if settled and not g.shift else 14) - (0 if keys_tested else 2)
+    the FFMA of the exponent, the row's sum; in shifted windows (settled: the bias and the region penalty) the
+    region ids' compare, a select and an add more; the general offset (null tests, mask addresses, compare,
+    select, adds: an explicit mask, and the backward) about twice the bias alone (its unrolled copy is 20
+    instructions an element in the sm_90 SASS, the shifted one 6); 2 fewer without the key's bound
+    (kKeysPadded, the backward: its compare, select and branch region)."""
+    return ((7 if not g.shift else 10) if settled else 14) - (0 if keys_tested else 2)
 
 
 def mma_region_loads(g: WindowGrid, Np: int, warps: int) -> int:
@@ -1137,10 +1139,12 @@ def mma_forward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) -> 
                 mem=load_warps * 6 + bias["mem"] + 2 * warps,
                 lsu=load_warps * 3 * (q_lines + vec * elem // 4) + bias["lsu"] + 2 * warps,
                 l2=load_warps * 3 * q_sectors * 32 + N * N * elem, gld=load_warps * 3 + bias["gld"])
-    # per warp: ldmatrix (A ×4: 4 wavefronts; B ×2: 2), mma, logits (offsets from shared memory), softmax
-    hmma = warps * (dp // 16 * Np // 8 + Np // 16 * dp // 8)
-    ldsm = warps * (dp // 16 * (1 + Np // 8) + Np // 16 * dp // 8)
-    ldsm_lsu = warps * (dp // 16 * (4 + 2 * Np // 8) + Np // 16 * dp // 8 * 2)
+    # per warp: ldmatrix (A ×4: 4 wavefronts; B ×2: 2), mma (S over the key tiles that hold a key), logits
+    # (offsets from shared memory), softmax
+    key_tiles = ceil_div(N, 8)
+    hmma = warps * (dp // 16 * key_tiles + Np // 16 * dp // 8)
+    ldsm = warps * (dp // 16 * (1 + key_tiles) + Np // 16 * dp // 8)
+    ldsm_lsu = warps * (dp // 16 * (4 + 2 * key_tiles) + Np // 16 * dp // 8 * 2)
     elements = warps * Np // 2  # accumulator elements a lane holds, per warp, summed over the CTA's warps
     region = mma_region_loads(g, Np, warps)
     logits = dict(alu=elements * logit_alu(g, settled=True) + warps * 40,

@@ -111,12 +111,12 @@ ROUTES: Dict[str, Route] = {
     # In float32 the SIMT kernels lose: backward 6.9–21.9× (Swin-T stage 1: 21.9×), forward 1.9–2.8×. In
     # fp16/bf16 the tensor-core kernels (window_attention_mma*.cuh: windows of ≤ 64 tokens, head dims ≤ 64;
     # model in bfloat16: benchmarks/results/2026-12-03-cuda-model-bf16.md) win or tie at every benchmark
-    # shape: forward 0.18–0.21× (Swin-T stage 1: 28.9 µs against SDPA's 144), backward 0.31–0.47× (Swin-T
+    # shape: forward 0.17–0.21× (Swin-T stage 1: 28.5 µs against SDPA's 144), backward 0.31–0.47× (Swin-T
     # 75.5 µs against 199; SwinIR classical 19.9 against 41.9): they keep the kernel. Size: max(N, d).
     "window_attention": Route(True, "roll, window partition, F.scaled_dot_product_attention with bias + masks as "
                                     "attn_mask, window reverse, roll back",
                               "fwd 1.9–2.8×, bwd 6.9–21.9× (Swin-T 32×56×56 C96 w7: 2.8× / 21.9×); "
-                              "bf16 on tensor cores: fwd 0.18–0.21×, bwd 0.31–0.47×",
+                              "bf16 on tensor cores: fwd 0.17–0.21×, bwd 0.31–0.47×",
                               size="max(window tokens, head dim)",
                               kernel_dtypes=(torch.float16, torch.bfloat16), kernel_size_max=64),
     # Pixels bucketed by region, then tiled products over each region's pixels: the forward wins in float32

@@ -196,8 +196,9 @@ __device__ __forceinline__ void mma_registers_times_tile(MmaAccumulators& acc, c
 // lane's two rows are read once and those of its key pair once a tile (one 8-byte load: regions holds Np ids),
 // not two loads an element.
 // kSettled: which offsets there are is settled once — the bias alone (unshifted windows, no mask: one
-// shared-memory load, a conversion and an FFMA an element), none, or the general sum; else every element takes
-// the general sum (the backward: its three unrolled copies cost registers past its launch bound, and spills).
+// shared-memory load, a conversion and an FFMA an element), the bias and the region penalty (shifted windows, no
+// mask: a compare and a select more), none, or the general sum; else every element takes the general sum (the
+// backward: its unrolled copies cost registers past its launch bound, and spills).
 template <bool kSettled, bool kKeysPadded, typename scalar_t>
 __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, int first_tile, int end_tile,
                                            float scale, const scalar_t* bias_h, int bias_ld, const float* mask_w,
@@ -235,10 +236,14 @@ __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, 
                 logit_offset<float>(static_cast<const scalar_t*>(nullptr), mask_w, shifted, region_i, region_j, i, j,
                                     mask_ld));
   };
-  if (!kSettled || mask_w != nullptr || shifted) {
+  if (!kSettled || mask_w != nullptr || (shifted && bias_h == nullptr)) {
     logits(general);
+  } else if (shifted) {
+    logits([&](float x, int i, int j, int region_i, int region_j, float) {
+      return x + (static_cast<float>(bias_h[i * bias_ld + j]) + region_penalty<float>(region_i, region_j));
+    });
   } else if (bias_h != nullptr) {
-    logits([&](float x, int i, int j, int, int, float) { return x + bias(i, j); });
+    logits([&](float x, int i, int j, int, int, float) { return x + static_cast<float>(bias_h[i * bias_ld + j]); });
   } else {
     logits([](float x, int, int, int, int, float) { return x; });
   }
@@ -287,10 +292,10 @@ __global__ void mma_forward_kernel(const scalar_t* __restrict__ qkv, const scala
   __syncthreads();
 
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
-  const int key_tiles = Np / 8, dim_tiles = dp / 8;
+  const int key_tiles = (N + 7) / 8, dim_tiles = dp / 8;  // 7 of Np / 8 = 8 at N = 49
   MmaAccumulators s;
   mma_zero(s);
-  mma_rows_times_rows(s, q, k, ld, dp, 0, key_tiles, row0);
+  mma_rows_times_rows(s, q, k, ld, dp, 0, key_tiles, row0);  // past the tiles that hold a key, −inf logits
   mma_logits</*kSettled=*/true, /*kKeysPadded=*/false>(s, row0, N, 0, key_tiles, scale, bias_tile,
                                                        static_cast<int>(mma_bias_ld(N)),
                                                        mask != nullptr ? mask + w * N * N : nullptr, N,
