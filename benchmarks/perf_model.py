@@ -1216,21 +1216,24 @@ def mma_backward_kernel(B: int, g: WindowGrid, heads: int, d: int, elem: int) ->
                 + 3 * warps,
                 l2=load_warps * 4 * q_sectors * 32 + Np * d * elem + lse_warps * lse_sectors * 32,
                 gld=load_warps * 4 + row_warps * steps + lse_warps)
-    hmma = warps * 5 * Np * dp // 128
-    # S and dP half the key tiles at a time (their A fragments loaded once a half), then dq, dv and dk with A
-    # fragments from the dS, P and dS tiles
-    halves = ceil_div(Np, 32)
-    ldsm = warps * (2 * dp // 16 * (halves + Np // 8) + 3 * Np // 16 * (1 + dp // 8))
-    ldsm_lsu = warps * (2 * dp // 16 * (4 * halves + 2 * Np // 8) + 3 * Np // 16 * (4 + 2 * dp // 8))
-    elements = warps * Np // 2
+    # S and dP over the key tiles that hold a key (7 of 8 at N = 49), half the key tiles at a time (their A
+    # fragments loaded once a half), then dq, dv and dk with A fragments from the dS, P and dS tiles
+    key_tiles = ceil_div(N, 8)
+    hmma = warps * (2 * dp // 16 * key_tiles + 3 * Np // 16 * dp // 8)
+    halves = ceil_div(key_tiles, 4)
+    ldsm = warps * (2 * dp // 16 * (halves + key_tiles) + 3 * Np // 16 * (1 + dp // 8))
+    ldsm_lsu = warps * (2 * dp // 16 * (4 * halves + 2 * key_tiles) + 3 * Np // 16 * (4 + 2 * dp // 8))
+    elements = warps * key_tiles * 4
     region = mma_region_loads(g, Np, warps)
     # per pair of elements (a column pair): the bias (one 4-byte load) and a 4-byte store to each of P and dS;
-    # each in fragment order (bank conflicts from the rows' strides); the bias gradient an FADD into registers
+    # each in fragment order (bank conflicts from the rows' strides); the bias gradient an FADD into registers.
+    # The key tiles past them: zeros into P and dS, a column pair a store.
     element_ways = (fragment_ways(mma_backward_bias_ld(N), 2, width=2) + fragment_ways(Np + MMA_ROW_PAD, 2, width=2)
                     * 2) / 2
-    elementwise = dict(alu=elements * (17 + logit_alu(g, settled=False, keys_tested=False)),
-                       mem=elements * 3 // 2 + region, mufu=elements,
-                       lsu=elements * element_ways + region)
+    zeros = warps * (Np // 8 - key_tiles) * 2 * 2
+    elementwise = dict(alu=elements * (17 + logit_alu(g, settled=False, keys_tested=False)) + zeros,
+                       mem=elements * 3 // 2 + region + zeros, mufu=elements,
+                       lsu=elements * element_ways + region + zeros * fragment_ways(Np + MMA_ROW_PAD, 2, width=2))
     pack = 2 * (Np // 16) * 4 * 2 * warps
     staged = warps * 3 * (dp // 8) * 2  # 4-byte shared stores (column pairs) of dq, dk, dv
     out_warps = 3 * ceil_div(N * d // vec, 32)  # then vec-element copies out

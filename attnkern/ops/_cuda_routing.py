@@ -112,7 +112,7 @@ ROUTES: Dict[str, Route] = {
     # fp16/bf16 the tensor-core kernels (window_attention_mma*.cuh: windows of ≤ 64 tokens, head dims ≤ 64;
     # model in bfloat16: benchmarks/results/2026-12-03-cuda-model-bf16.md) win or tie at every benchmark
     # shape: forward 0.17–0.21× (Swin-T stage 1: 28.5 µs against SDPA's 144), backward 0.31–0.47× (Swin-T
-    # 75.5 µs against 199; SwinIR classical 19.9 against 41.9): they keep the kernel. Size: max(N, d).
+    # 74.2 µs against 199; SwinIR classical 19.9 against 41.9): they keep the kernel. Size: max(N, d).
     "window_attention": Route(True, "roll, window partition, F.scaled_dot_product_attention with bias + masks as "
                                     "attn_mask, window reverse, roll back",
                               "fwd 1.9–2.8×, bwd 6.9–21.9× (Swin-T 32×56×56 C96 w7: 2.8× / 21.9×); "

@@ -24,7 +24,7 @@ namespace attnkern {
 namespace window_attention {
 
 // Window groups of the backward: enough blocks for one wave of kBackwardBlocksPerSm an SM (what fits an SM
-// at the kernel's 148–154 registers a thread and its shared memory on sm_90; every group walks as many
+// at the kernel's 161–166 registers a thread and its shared memory on sm_90; every group walks as many
 // windows ± 1, so one wave has no tail), at least the SIMT backward's 64 groups, then as few as give every
 // group the same number of windows (± 1). Each group writes one [N, N] bias-gradient partial a head, so
 // fewer groups move fewer partials: 384 blocks at Swin-T stage 1 and SwinIR (was 1,026 and 768 at 8 an SM).
@@ -190,7 +190,8 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
   MmaAccumulators bias_grad;  // the lane's elements of the warp's rows of the bias gradient, over the windows
   mma_zero(bias_grad);
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, row0 = 16 * (threadIdx.x / 32);
-  const int tiles = Np / 8, dim_tiles = dp / 8, mask_ld = static_cast<int>(mma_bias_grad_ld(N));
+  // S and dP over the key tiles that hold a key (7 of Np / 8 = 8 at N = 49)
+  const int tiles = (N + 7) / 8, dim_tiles = dp / 8, mask_ld = static_cast<int>(mma_bias_grad_ld(N));
   const int64_t token = 3 * heads * d;
   for (int64_t window = group; window < int64_t(batch) * nW; window += groups) {
     const int64_t b = window / nW, w = window % nW;
@@ -233,7 +234,16 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
       mma_rows_times_rows(dprob, grad_o, v, ld, dp, first, end, row0);
 #pragma unroll
       for (int nt = first; nt < first + 4; ++nt) {
-        if (nt >= tiles) continue;  // uniform over the block
+        if (nt >= Np / 8) continue;  // uniform over the block
+        if (nt >= tiles) {  // no key (N = 49: keys 56–63): zeros, as dq reads the dS tile's whole rows
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int i = row0 + g + 8 * r, j = nt * 8 + 2 * t4;
+            store_pair(p_tile + i * ldp + j, 0.f, 0.f);
+            store_pair(ds_tile + i * ldp + j, 0.f, 0.f);
+          }
+          continue;
+        }
         float p[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
