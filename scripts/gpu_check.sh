@@ -9,11 +9,14 @@
 #      and backward, every dtype, against the references);
 #   3. runs the sweep (float32 and bfloat16) under compute-sanitizer memcheck, racecheck, initcheck and
 #      synccheck, with PyTorch's caching allocator off so that an overrun leaves its allocation;
-#   4. runs every benchmark (python -m attnkern.bench on CUDA: float32 and bfloat16 rows, and for the
-#      routed families both "attnkern" (the routing table) and "attnkern kernels" (the kernels); --with-compile
-#      adds the torch.compile rows, several minutes more);
-# and writes each step's log and summary.md — one table of the steps (result, time, log), then the
-# benchmark table — to $OUT (default build/gpu-check-<date>). Steps run in that order under one deadline;
+#   4. times window attention and criss-cross attention, kernels and plain formulation, forward and backward,
+#      at the performance model's shapes next to its figures (benchmarks/measure_ops.py, bfloat16 and
+#      float32: the measured figures that replace the model's), then runs every benchmark (python -m
+#      attnkern.bench on CUDA: float32 and bfloat16 rows, and for the routed families both "attnkern" (the
+#      routing table) and "attnkern kernels" (the kernels); --with-compile adds the torch.compile rows,
+#      several minutes more);
+# and writes each step's log and summary.md — one table of the steps (result, time, log), the measured
+# ops, then the benchmark table — to $OUT (default build/gpu-check-<date>). Steps run in that order under one deadline;
 # a step that runs out of time is marked "timed out" and the next one starts.
 #
 #   scripts/gpu_check.sh [--dry-run] [--skip-build] [--with-compile] [--out DIR]
@@ -21,7 +24,8 @@
 # --dry-run runs the same steps on this machine's CPU, the emulated device standing in for the GPU: the
 # build is the CPU extension and the emulated kernels (tools/cuda_emulation.py), the tests are the
 # emulated ones, each sanitizer step runs the sweep on the emulated device (its compute-sanitizer command
-# is written to the log), the benchmarks run --smoke on the CPU. It checks the script, not the kernels.
+# is written to the log), measure_ops.py and the benchmarks run --smoke on the CPU. It checks the script,
+# not the kernels.
 # Environment: PYTHON (default python3), DEADLINE_S (default 570; 1800 with --dry-run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +38,7 @@ while [ $# -gt 0 ]; do
     --skip-build) SKIP_BUILD=1 ;;
     --with-compile) WITH_COMPILE=1 ;;
     --out) OUT_DIR="$2"; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -131,7 +135,16 @@ for tool in memcheck racecheck initcheck synccheck; do
   fi
 done
 
-# ---- 4. benchmarks ----
+# ---- 4. the ops against the performance model, then every benchmark ----
+for dtype in bfloat16 float32; do
+  if [ $DRY_RUN = 0 ]; then
+    run_step "ops against the model ($dtype: benchmarks/measure_ops.py)" 120 "ops-$dtype.log" \
+      $PYTHON benchmarks/measure_ops.py --device cuda --dtype "$dtype" --json "$OUT/ops-$dtype.json"
+  else
+    run_step "ops (measure_ops.py --smoke on the CPU, $dtype, dry run)" 120 "ops-$dtype.log" \
+      $PYTHON benchmarks/measure_ops.py --device cpu --smoke --dtype "$dtype" --json "$OUT/ops-$dtype.json"
+  fi
+done
 BENCH=($PYTHON -m attnkern.bench --json "$OUT/bench.json")
 [ $WITH_COMPILE = 1 ] || BENCH+=(--no-compile)
 if [ $DRY_RUN = 0 ]; then
@@ -153,6 +166,9 @@ fi
   echo
   echo "Total: $(( $(date +%s) - START )) s."
   echo
+  for dtype in bfloat16 float32; do
+    sed -n '/^## Measured ops/,$p' "$OUT/ops-$dtype.log" 2>/dev/null
+  done
   if grep -q "^| family" "$OUT/bench.log" 2>/dev/null; then
     echo "## Benchmarks"
     echo
