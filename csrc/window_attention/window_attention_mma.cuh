@@ -207,7 +207,8 @@ __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, 
   const int rows[2] = {min(row0 + g, N - 1), min(row0 + g + 8, N - 1)};
   const bool shifted = regions != nullptr;
   const int row_region[2] = {shifted ? regions[rows[0]] : 0, shifted ? regions[rows[1]] : 0};
-  auto bias = [&](int i, int j) { return bias_h != nullptr ? static_cast<float>(bias_h[i * bias_ld + j]) : 0.f; };
+  auto bias_at = [&](int i, int j) { return static_cast<float>(bias_h[i * bias_ld + j]); };  // bias_h not null
+  auto bias = [&](int i, int j) { return bias_h != nullptr ? bias_at(i, j) : 0.f; };
   // logit(scaled S, i, j, region of i, region of j, bias of (i, j) where kKeysPadded)
   auto logits = [&](auto logit) {
 #pragma unroll
@@ -240,10 +241,10 @@ __device__ __forceinline__ void mma_logits(MmaAccumulators& s, int row0, int N, 
     logits(general);
   } else if (shifted) {
     logits([&](float x, int i, int j, int region_i, int region_j, float) {
-      return x + (static_cast<float>(bias_h[i * bias_ld + j]) + region_penalty<float>(region_i, region_j));
+      return x + (bias_at(i, j) + region_penalty<float>(region_i, region_j));
     });
   } else if (bias_h != nullptr) {
-    logits([&](float x, int i, int j, int, int, float) { return x + static_cast<float>(bias_h[i * bias_ld + j]); });
+    logits([&](float x, int i, int j, int, int, float) { return x + bias_at(i, j); });
   } else {
     logits([](float x, int, int, int, int, float) { return x; });
   }

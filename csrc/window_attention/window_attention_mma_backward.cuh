@@ -235,19 +235,12 @@ __global__ void __launch_bounds__(kMmaMaxTokens / 16 * 32, kBackwardBlocksPerSm)
 #pragma unroll
       for (int nt = first; nt < first + 4; ++nt) {
         if (nt >= Np / 8) continue;  // uniform over the block
-        if (nt >= tiles) {  // no key (N = 49: keys 56–63): zeros, as dq reads the dS tile's whole rows
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int i = row0 + g + 8 * r, j = nt * 8 + 2 * t4;
-            store_pair(p_tile + i * ldp + j, 0.f, 0.f);
-            store_pair(ds_tile + i * ldp + j, 0.f, 0.f);
-          }
-          continue;
-        }
         float p[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const bool inside = row0 + g + 8 * (e / 2) < N;  // past key N the logit is −inf: P = 0, dS = 0
+          // past key N the logit is −inf: P = 0, dS = 0; a tile with no key (N = 49: keys 56–63) is not formed,
+          // its zeros stored all the same, as dq reads the dS tile's whole rows
+          const bool inside = nt < tiles && row0 + g + 8 * (e / 2) < N;
           p[e] = inside ? exp_minus(s[nt][e], lse_log2e[e / 2]) : 0.f;
           s[nt][e] = inside ? logit_grad(p[e], dprob[nt][e], row_delta[e / 2]) : 0.f;
           bias_grad[nt][e] += s[nt][e];
