@@ -17,6 +17,7 @@ kernels.
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -38,8 +39,9 @@ SMOKE_SHAPES = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def load_model():
-    """benchmarks/perf_model.py as a module (it is a script, not part of the package)."""
+    """benchmarks/perf_model.py as a module (it is a script, not part of the package), loaded once."""
     path = os.path.join(ROOT, "benchmarks", "perf_model.py")
     spec = importlib.util.spec_from_file_location("attnkern_perf_model", path)
     module = importlib.util.module_from_spec(spec)

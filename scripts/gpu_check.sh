@@ -16,8 +16,8 @@
 #      routing table) and "attnkern kernels" (the kernels); --with-compile adds the torch.compile rows,
 #      several minutes more);
 # and writes each step's log and summary.md — one table of the steps (result, time, log), the measured
-# ops, then the benchmark table — to $OUT (default build/gpu-check-<date>). Steps run in that order under one deadline;
-# a step that runs out of time is marked "timed out" and the next one starts.
+# ops, then the benchmark table — to $OUT (default build/gpu-check-<date>). Steps run in that order under
+# one deadline; a step that runs out of time is marked "timed out" and the next one starts.
 #
 #   scripts/gpu_check.sh [--dry-run] [--skip-build] [--with-compile] [--out DIR]
 #
@@ -136,7 +136,8 @@ for tool in memcheck racecheck initcheck synccheck; do
 done
 
 # ---- 4. the ops against the performance model, then every benchmark ----
-for dtype in bfloat16 float32; do
+OPS_DTYPES="bfloat16 float32"
+for dtype in $OPS_DTYPES; do
   if [ $DRY_RUN = 0 ]; then
     run_step "ops against the model ($dtype: benchmarks/measure_ops.py)" 120 "ops-$dtype.log" \
       $PYTHON benchmarks/measure_ops.py --device cuda --dtype "$dtype" --json "$OUT/ops-$dtype.json"
@@ -166,7 +167,7 @@ fi
   echo
   echo "Total: $(( $(date +%s) - START )) s."
   echo
-  for dtype in bfloat16 float32; do
+  for dtype in $OPS_DTYPES; do
     sed -n '/^## Measured ops/,$p' "$OUT/ops-$dtype.log" 2>/dev/null
   done
   if grep -q "^| family" "$OUT/bench.log" 2>/dev/null; then
