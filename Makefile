@@ -5,11 +5,13 @@
 # make test-emulated-sanitizers   the emulated CUDA kernels' tests under ThreadSanitizer, then under
 #             AddressSanitizer + UndefinedBehaviorSanitizer
 # Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp and build/emulated).
+# The test runs spread over TEST_WORKERS processes (pytest-xdist; `auto`: one a core, `0`: in this process).
 
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 TORCHVISION_SPEC ?= torchvision==0.29.1
+TEST_WORKERS ?= auto
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
@@ -21,16 +23,16 @@ EMULATED_TESTS := tests/test_cuda_emulated.py tests/test_emulator.py tests/test_
 .PHONY: test bench build build-emulated test-sanitizers test-emulated-sanitizers clean
 
 test: build build-emulated
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 bench: build
 	$(PY) -m attnkern.bench
 
 build: build/.built
 
-$(VENV)/.deps: pyproject.toml
+$(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest hypothesis numpy expecttest pillow "ultralytics==8.4.190" \
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" setuptools wheel ninja pytest pytest-xdist hypothesis numpy expecttest pillow "ultralytics==8.4.190" \
 		onnx onnxscript onnxruntime cloudpickle
 	touch $@
 
@@ -55,13 +57,16 @@ build-emulated: $(VENV)/.deps
 test-emulated-sanitizers: build
 	$(EMULATION) build --variant tsan
 	$(EMULATION) build --variant asan
-	$(EMULATION) run --variant tsan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys --durations=10 $(EMULATED_TESTS)
-	$(EMULATION) run --variant asan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys --durations=10 $(EMULATED_TESTS)
+	$(EMULATION) run --variant tsan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys -n $(TEST_WORKERS) --durations=10 \
+		$(EMULATED_TESTS)
+	$(EMULATION) run --variant asan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys -n $(TEST_WORKERS) --durations=10 \
+		$(EMULATED_TESTS)
 
 # The CPU kernels built with $(SANITIZERS) (setup.py's ATTNKERN_SANITIZE: -O1 -g -fno-wrapv, so that signed
 # overflow is undefined and reported; objects in build/temp-sanitize) next to a copy of the Python package
 # in $(SANITIZE_DIR), and $(SANITIZE_TESTS) run on it with the sanitizer runtimes preloaded into Python
-# (torch is not instrumented; Python's own allocations are not leak-checked). pytest captures only
+# (torch is not instrumented; Python's own allocations are not leak-checked) and that copy first on the path
+# of every test process (PYTHONPATH: pytest-xdist's workers too). pytest captures only
 # Python-level output (--capture=sys), so that reports reach the log; any report, or a failing test,
 # fails the target. The log: $(SANITIZE_DIR)/test.log. The emulated CUDA kernels' tests are left to
 # test-emulated-sanitizers, which builds those kernels with the sanitizers.
@@ -71,7 +76,7 @@ SANITIZE_DIR   := build/sanitize
 SANITIZE_RUNTIME = $(strip $(foreach lib,$(if $(findstring address,$(SANITIZERS)),libasan.so) \
                    $(if $(findstring undefined,$(SANITIZERS)),libubsan.so),$(shell $(CXX) -print-file-name=$(lib))))
 SANITIZE_ENV = LD_PRELOAD="$(SANITIZE_RUNTIME)" ASAN_OPTIONS=detect_leaks=0 \
-               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(abspath $(SANITIZE_DIR))
 
 test-sanitizers: $(VENV)/.deps
 	rm -rf $(SANITIZE_DIR)/attnkern
@@ -80,7 +85,7 @@ test-sanitizers: $(VENV)/.deps
 	ATTNKERN_SANITIZE=$(SANITIZERS) $(PY) setup.py build_ext > $(SANITIZE_DIR)/build.log 2>&1 \
 		|| { tail -n 80 $(SANITIZE_DIR)/build.log; exit 1; }
 	{ cd $(SANITIZE_DIR) && $(SANITIZE_ENV) $(abspath $(PY)) -c "import attnkern; print('attnkern from', attnkern.__file__)" \
-		&& $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys \
+		&& $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys -n $(TEST_WORKERS) \
 		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS)) $(addprefix --ignore=$(CURDIR)/,$(EMULATED_TESTS)); echo $$? > $(CURDIR)/$(SANITIZE_DIR)/status; } 2>&1 \
 		| tee $(SANITIZE_DIR)/test.log
 	! grep -E "runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer" $(SANITIZE_DIR)/test.log > /dev/null \

@@ -51,8 +51,10 @@ def cuda_kernels_always():
         yield
 
 
-# Fresh random inputs on every run; ATTNKERN_TEST_SEED=N reproduces a run (its seed is in the header).
-SEED = int(os.environ.get("ATTNKERN_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+# Fresh random inputs on every run; ATTNKERN_TEST_SEED=N reproduces a run (its seed is in the header). The
+# seed drawn goes into the environment, which pytest-xdist's workers (started after this) inherit: every
+# worker of a run draws from the one seed.
+SEED = int(os.environ.setdefault("ATTNKERN_TEST_SEED", str(int.from_bytes(os.urandom(4), "little"))))
 
 
 def pytest_report_header(config):
