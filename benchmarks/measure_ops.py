@@ -17,10 +17,7 @@ kernels.
 """
 
 import argparse
-import functools
-import importlib.util
 import json
-import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -30,24 +27,14 @@ import attnkern
 from attnkern.bench.runner import median_ms
 from attnkern.ops import _plain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import perf_model  # benchmarks/perf_model.py, beside this script (the first entry of sys.path when it runs)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Small stand-ins for --smoke, one a family (the parameters of perf_model.SHAPES).
 SMOKE_SHAPES = [
     ("window_attention", "smoke 2×8×8 C8 h2 w4 s2", dict(B=2, H=8, W=8, C=8, heads=2, window=4, shift=2)),
     ("criss_cross", "smoke 2×16×6×5", dict(B=2, C=16, H=6, W=5)),
 ]
-
-
-@functools.lru_cache(maxsize=None)
-def load_model():
-    """benchmarks/perf_model.py as a module (it is a script, not part of the package), loaded once."""
-    path = os.path.join(ROOT, "benchmarks", "perf_model.py")
-    spec = importlib.util.spec_from_file_location("attnkern_perf_model", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
 
 
 Inputs = Tuple[torch.Tensor, ...]
@@ -101,7 +88,7 @@ def time_op(fn: Callable[[Inputs, dict], torch.Tensor], inputs: Inputs, p: dict,
 def measure(families: Sequence[str], device: str, dtype: torch.dtype, smoke: bool,
             budget_s: float) -> List[dict]:
     """One row per (shape, direction): measured kernel and plain milliseconds."""
-    shapes = SMOKE_SHAPES if smoke else [(f, c, p) for f, c, p, _ in load_model().SHAPES]
+    shapes = SMOKE_SHAPES if smoke else [(f, c, p) for f, c, p, _ in perf_model.SHAPES]
     rows = []
     for family, case, p in shapes:
         if family not in families:
@@ -126,9 +113,9 @@ def measure(families: Sequence[str], device: str, dtype: torch.dtype, smoke: boo
 
 def with_model(rows: List[dict], gpu: str, dtype: str) -> List[dict]:
     """The rows with the model's kernel and plain milliseconds for the same op, shape, direction and dtype."""
-    pm = load_model()
-    table, _ = pm.load_ptxas(None)
-    modelled = {(r["op"], r["case"], r["direction"]): r for r in pm.evaluate(pm.Device(gpu), table, dtype)}
+    table, _ = perf_model.load_ptxas(None)
+    modelled = {(r["op"], r["case"], r["direction"]): r
+                for r in perf_model.evaluate(perf_model.Device(gpu), table, dtype)}
     out = []
     for row in rows:
         m = modelled[(row["op"], row["case"], row["direction"])]
