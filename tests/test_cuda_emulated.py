@@ -124,17 +124,17 @@ def test_results_do_not_depend_on_block_or_thread_order(emu, order):
             assert torch.equal(a.got.nan_to_num(), b.got.nan_to_num()), f"{case.id}: {a.name}"
 
 
-def test_results_do_not_depend_on_the_scheduler(emu):
-    """The fibers of the plain build and the OS threads of the sanitized builds give the same bits."""
-    if VARIANT != "plain":
-        pytest.skip("fibers are not available in a sanitized build")
-    for case in CASES:
-        with emu.settings(scheduler="fibers"):
-            fibers = case.run(EMULATED, torch.float64, seed=SEED + 2)
-        with emu.settings(scheduler="threads"):
-            threads = case.run(EMULATED, torch.float64, seed=SEED + 2)
-        for a, b in zip(fibers, threads):
-            assert torch.equal(a.got.nan_to_num(), b.got.nan_to_num()), f"{case.id}: {a.name}"
+@pytest.mark.skipif(VARIANT != "plain", reason="fibers are not available in a sanitized build")
+@pytest.mark.parametrize("case", [c.param() for c in CASES])
+def test_results_do_not_depend_on_the_scheduler(emu, case):
+    """The fibers of the plain build and the OS threads of the sanitized builds give the same bits (a case a
+    test: on threads the whole matrix takes a minute and a half, which pytest-xdist can then share out)."""
+    with emu.settings(scheduler="fibers"):
+        fibers = case.run(EMULATED, torch.float64, seed=SEED + 2)
+    with emu.settings(scheduler="threads"):
+        threads = case.run(EMULATED, torch.float64, seed=SEED + 2)
+    for a, b in zip(fibers, threads):
+        assert torch.equal(a.got.nan_to_num(), b.got.nan_to_num()), f"{case.id}: {a.name}"
 
 
 # ---- limits ---------------------------------------------------------------------------------------------
