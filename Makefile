@@ -5,13 +5,14 @@
 # make test-emulated-sanitizers   the emulated CUDA kernels' tests under ThreadSanitizer, then under
 #             AddressSanitizer + UndefinedBehaviorSanitizer
 # Re-running reuses .venv and rebuilds only what changed (ninja, objects in build/temp and build/emulated).
-# The test runs spread over TEST_WORKERS processes (pytest-xdist; `auto`: one a core, `0`: in this process).
+# The test runs spread over TEST_WORKERS processes (pytest-xdist): one a core, at most 8 (each imports torch and
+# the test dependencies); 0 runs them in the pytest process itself.
 
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 TORCHVISION_SPEC ?= torchvision==0.29.1
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 8 ? n : 8 )))
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 FORCE_CUDA ?= $(if $(shell command -v nvcc),1,0)
