@@ -55,13 +55,13 @@ build-emulated: $(VENV)/.deps
 # Each sanitized library loads only under its runtime (LD_PRELOAD, set by `cuda_emulation.py run`);
 # --capture=sys leaves stderr to the sanitizer, whose report would otherwise die with pytest's capture;
 # --durations lists the slowest tests (what to trim when CI's time grows).
+EMULATED_PYTEST = $(PY) -m pytest -q -p no:cacheprovider --capture=sys -n $(TEST_WORKERS) --durations=10 $(EMULATED_TESTS)
+
 test-emulated-sanitizers: build
 	$(EMULATION) build --variant tsan
 	$(EMULATION) build --variant asan
-	$(EMULATION) run --variant tsan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys -n $(TEST_WORKERS) --durations=10 \
-		$(EMULATED_TESTS)
-	$(EMULATION) run --variant asan -- $(PY) -m pytest -q -p no:cacheprovider --capture=sys -n $(TEST_WORKERS) --durations=10 \
-		$(EMULATED_TESTS)
+	$(EMULATION) run --variant tsan -- $(EMULATED_PYTEST)
+	$(EMULATION) run --variant asan -- $(EMULATED_PYTEST)
 
 # The CPU kernels built with $(SANITIZERS) (setup.py's ATTNKERN_SANITIZE: -O1 -g -fno-wrapv, so that signed
 # overflow is undefined and reported; objects in build/temp-sanitize) next to a copy of the Python package
