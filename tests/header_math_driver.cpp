@@ -392,7 +392,7 @@ void criss_cross() {
 }
 
 // The fused attention's softmax over one pixel's P positions, from its log-sum-exp. In: P, energies [P],
-// gradients of the weights [P] (g·v_p). Out: attention_weight [P], energy_grad [P].
+// gradients of the weights [P] (g·v_p). Out: the weights exp(e − lse) [P], energy_grad [P].
 void criss_cross_softmax() {
   const int64_t P = next_int();
   const Vector energy = next_numbers(P), grad_weight = next_numbers(P);
@@ -401,7 +401,7 @@ void criss_cross_softmax() {
   for (double e : energy) total += std::exp(e - max);
   const double lse = max + std::log(total);
   Vector weight(P);
-  for (int64_t p = 0; p < P; ++p) d += (weight[p] = cc::attention_weight(energy[p], lse)) * grad_weight[p];
+  for (int64_t p = 0; p < P; ++p) d += (weight[p] = std::exp(energy[p] - lse)) * grad_weight[p];
   print(weight);
   for (int64_t p = 0; p < P; ++p) print(cc::energy_grad(weight[p], grad_weight[p], d));
 }

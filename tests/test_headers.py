@@ -48,7 +48,7 @@ USES = {
         (void)cc::affinity_entry<T>(buf, buf, 1, 3, 4, 2, 1, 1);
         (void)cc::aggregate_entry<T>(buf, buf, 3, 4, 1, 1);
         (void)cc::aggregate_transposed_entry<T>(buf, buf, 3, 4, 1, 1);
-        (void)cc::energy_grad(cc::attention_weight(T(0), T(1)), T(1), T(0));
+        (void)cc::energy_grad(T(0.5), T(1), T(0));
     """,
     "gating": """
         namespace g = attnkern::gating;

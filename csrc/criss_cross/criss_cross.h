@@ -13,7 +13,7 @@
 // aggregate_transposed(a, g)); aggregate_transposed → (affinity(x, g), aggregate(a, g)).
 //
 // Affinity and aggregation compute every element through the functions below, in the CPU loops and
-// in one CUDA thread alike; the fused attention's weight and gradient formulas are here too.
+// in one CUDA thread alike; the fused attention's formulas are here too.
 #pragma once
 
 #include <cmath>
@@ -82,11 +82,8 @@ ATTNKERN_HD inline acc_t aggregate_transposed_entry(const scalar_t* a, const sca
 }
 
 // ---- fused attention: softmax over the P positions, from a per-pixel log-sum-exp ------------------
-//   out = Σ_p s_p·v_p with s_p = exp(e_p − lse);  backward, with D = Σ_c g·out at the pixel:
+//   out = Σ_p s_p·v_p with s_p = exp(e_p − lse);  backward, with D = Σ_p s_p·(g·v_p) (= Σ_c g·out) at the pixel:
 //   dS_p = s_p·(g·v_p − D);  ∂q = Σ_p dS_p·k_p;  ∂k_p += dS_p·q;  ∂v_p += s_p·g.
-
-template <typename acc_t>
-ATTNKERN_HD inline acc_t attention_weight(acc_t energy, acc_t lse) { return exp(energy - lse); }
 
 template <typename acc_t>
 ATTNKERN_HD inline acc_t energy_grad(acc_t weight, acc_t grad_weight, acc_t d) { return weight * (grad_weight - d); }

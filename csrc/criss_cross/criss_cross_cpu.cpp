@@ -77,8 +77,9 @@ at::Tensor aggregate_cpu(const at::Tensor& attn_in, const at::Tensor& x_in) {
 // Each pixel's softmax runs over two blocks of positions, its column and its row. The CPU kernels
 // take them apart — one image column, then one image row, per task — with BLAS products on an H×H
 // (W×W) energy tile, and merge the blocks through their maxima and sums: the [B, H+W−1, H, W]
-// energies never exist, nor does any other full-size temporary. Columns are taken kColumnBlock at a
-// time into contiguous [columns, C, H] copies (whole cache lines read, and they stay in cache).
+// energies never exist; the largest temporary is the backward's g·v of every row, [B·H, W, W] (about
+// half their size). Columns are taken kColumnBlock at a time into contiguous [columns, C, H] copies
+// (whole cache lines read, and they stay in cache).
 
 constexpr int64_t kColumnBlock = 16;  // a 64-byte line of float
 
@@ -191,6 +192,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
   return {out.to(v_in.scalar_type()), lse};
 }
 
+// The backward takes three passes because D = Σ_p S_p·(g·v_p) runs over a pixel's row and its column (summed
+// from the products, as the CUDA kernels sum it: Σ_c g·out from an output rounded to 16 bits would cost fp16 and
+// bf16 gradients of q and k a factor ~3 in accuracy): the rows (S, g·v — kept, [B·H, W, W] — D's row part and
+// ∂v), the columns (D whole; dS = S·(g·v − D); ∂q, ∂k and ∂v), the rows again (dS from the kept g·v; ∂q, ∂k).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in) {
@@ -198,62 +203,82 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   check_attention_outputs(grad_in, out_in, lse_in, v_in, "criss_cross_attention_backward");
   auto q = to_compute_dtype(q_in).contiguous(), k = to_compute_dtype(k_in).contiguous();
   auto v = to_compute_dtype(v_in).contiguous(), g = to_compute_dtype(grad_in).contiguous();
-  auto out = to_compute_dtype(out_in).contiguous();
   auto lse = lse_in.contiguous();
-  const int64_t B = q.size(0), H = q.size(2), W = q.size(3), C = v.size(1), HW = H * W;
+  const int64_t B = q.size(0), H = q.size(2), W = q.size(3), HW = H * W;
   auto grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
-  auto d = at::empty({B, H, W}, v.options());  // D = Σ_c g·out per pixel, filled by the row pass
+  auto d = at::empty({B, H, W}, v.options());          // D per pixel: the rows' part, then whole
+  auto row_gv = at::empty({B * H, W, W}, v.options());  // g_i·v_j of every image row
+  // An n×n block's weights S = exp(e − lse) in place of its energies (ATen's vectorised exp; 0 on the diagonal
+  // with skip_diagonal); `lse_of` holds its pixels' lse, [n].
+  auto weights = [](at::Tensor& s, const at::Tensor& lse_of, bool skip_diagonal) {
+    s.sub_(lse_of.unsqueeze(1)).exp_();
+    if (skip_diagonal) s.fill_diagonal_(0);
+  };
+  auto lse_rows = lse.view({B * H, W}), d_rows = d.view({B * H, W});
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_backward_cpu", [&] {
-    // S = softmax weights and dS = S·(g·v − D) of one block, in place over (energies, g·v).
-    auto weights_and_grads = [&](at::Tensor& s, at::Tensor& ds, int64_t n, bool skip_diagonal, int64_t first,
-                                 int64_t stride) {
-      scalar_t* s_ptr = s.mutable_data_ptr<scalar_t>();
-      scalar_t* ds_ptr = ds.mutable_data_ptr<scalar_t>();
-      const scalar_t* lse_ptr = lse.const_data_ptr<scalar_t>() + first;
-      const scalar_t* d_ptr = d.const_data_ptr<scalar_t>() + first;
+    // Over an n×n block whose pixel i has its D at d_of[i·stride]: D (+)= Σ_j S·(g·v), or dS = S·(g·v − D) in
+    // place of g·v.
+    auto add_to_d = [](const at::Tensor& s, const at::Tensor& gv, int64_t n, bool first_part, scalar_t* d_of,
+                       int64_t stride) {
+      const scalar_t* s_ptr = s.const_data_ptr<scalar_t>();
+      const scalar_t* gv_ptr = gv.const_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        scalar_t sum = first_part ? scalar_t(0) : d_of[i * stride];
+        for (int64_t j = 0; j < n; ++j) sum += s_ptr[i * n + j] * gv_ptr[i * n + j];
+        d_of[i * stride] = sum;
+      }
+    };
+    auto energy_grads = [](const at::Tensor& s, at::Tensor& gv, int64_t n, const scalar_t* d_of, int64_t stride) {
+      const scalar_t* s_ptr = s.const_data_ptr<scalar_t>();
+      scalar_t* ds_ptr = gv.mutable_data_ptr<scalar_t>();
       for (int64_t i = 0; i < n; ++i) {
         for (int64_t j = 0; j < n; ++j) {
-          const int64_t e = i * n + j;
-          s_ptr[e] = (skip_diagonal && i == j) ? scalar_t(0) : attention_weight(s_ptr[e], lse_ptr[i * stride]);
-          ds_ptr[e] = energy_grad(s_ptr[e], ds_ptr[e], d_ptr[i * stride]);
+          ds_ptr[i * n + j] = energy_grad(s_ptr[i * n + j], ds_ptr[i * n + j], d_of[i * stride]);
         }
       }
     };
-    // Rows first (they also compute D); they write the gradients, the columns add to them.
-    for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& s, at::Tensor& ds) {
+    scalar_t* d_ptr = d.mutable_data_ptr<scalar_t>();
+    // Rows: S, the kept g·v, D's row part, ∂v_j = Σ_i S[i, j]·g_i (written; the columns add theirs).
+    for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& s, at::Tensor&) {
       const int64_t b = t / H, h = t % H;
-      auto ql = row_of(q, b, h), kl = row_of(k, b, h), vl = row_of(v, b, h), gl = row_of(g, b, h);
-      const scalar_t* g_ptr = g.const_data_ptr<scalar_t>() + b * C * HW + h * W;
-      const scalar_t* o_ptr = out.const_data_ptr<scalar_t>() + b * C * HW + h * W;
-      scalar_t* d_line = d.mutable_data_ptr<scalar_t>() + b * HW + h * W;
-      std::fill(d_line, d_line + W, scalar_t(0));
-      for (int64_t c = 0; c < C; ++c) {
-        for (int64_t w = 0; w < W; ++w) d_line[w] += g_ptr[c * HW + w] * o_ptr[c * HW + w];
-      }
-      at::mm_out(s, ql.t(), kl);   // energies e[i, j]
-      at::mm_out(ds, gl.t(), vl);  // g_i·v_j
-      weights_and_grads(s, ds, W, /*skip_diagonal=*/false, b * HW + h * W, 1);
-      auto gq = row_of(grad_q, b, h), gk = row_of(grad_k, b, h), gv = row_of(grad_v, b, h);
-      at::mm_out(gq, kl, ds.t());  // ∂q_i = Σ_j dS[i, j]·k_j
-      at::mm_out(gk, ql, ds);      // ∂k_j = Σ_i dS[i, j]·q_i
-      at::mm_out(gv, gl, s);       // ∂v_j = Σ_i S[i, j]·g_i
+      auto ql = row_of(q, b, h), gl = row_of(g, b, h), gv = row_gv[t];
+      at::mm_out(s, ql.t(), row_of(k, b, h));  // energies e[i, j]
+      at::mm_out(gv, gl.t(), row_of(v, b, h));  // g_i·v_j
+      weights(s, lse_rows[t], /*skip_diagonal=*/false);
+      add_to_d(s, gv, W, /*first_part=*/true, d_ptr + t * W, 1);
+      auto gvl = row_of(grad_v, b, h);
+      at::mm_out(gvl, gl, s);
     });
+    // Columns: D whole, dS, and ∂q, ∂k (written; the rows add theirs) and ∂v (added).
     for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& s, at::Tensor& ds) {
       auto qc = columns_of(q, b, w0, n).contiguous(), kc = columns_of(k, b, w0, n).contiguous();
       auto vc = columns_of(v, b, w0, n).contiguous(), gc = columns_of(g, b, w0, n).contiguous();
       auto gqc = at::empty_like(qc), gkc = at::empty_like(kc), gvc = at::empty_like(vc);
       for (int64_t j = 0; j < n; ++j) {
+        scalar_t* d_of = d_ptr + b * HW + w0 + j;
         at::mm_out(s, qc[j].t(), kc[j]);
         at::mm_out(ds, gc[j].t(), vc[j]);
-        weights_and_grads(s, ds, H, /*skip_diagonal=*/true, b * HW + w0 + j, W);
+        weights(s, lse[b].select(1, w0 + j), /*skip_diagonal=*/true);
+        add_to_d(s, ds, H, /*first_part=*/false, d_of, W);
+        energy_grads(s, ds, H, d_of, W);
         auto gq = gqc[j], gk = gkc[j], gv = gvc[j];
-        at::mm_out(gq, kc[j], ds.t());
-        at::mm_out(gk, qc[j], ds);
-        at::mm_out(gv, gc[j], s);
+        at::mm_out(gq, kc[j], ds.t());  // ∂q_i = Σ_j dS[i, j]·k_j
+        at::mm_out(gk, qc[j], ds);      // ∂k_j = Σ_i dS[i, j]·q_i
+        at::mm_out(gv, gc[j], s);       // ∂v_j = Σ_i S[i, j]·g_i
       }
-      columns_of(grad_q, b, w0, n).add_(gqc);
-      columns_of(grad_k, b, w0, n).add_(gkc);
+      columns_of(grad_q, b, w0, n).copy_(gqc);
+      columns_of(grad_k, b, w0, n).copy_(gkc);
       columns_of(grad_v, b, w0, n).add_(gvc);
+    });
+    // Rows again: dS from the kept g·v and the whole D; ∂q and ∂k added.
+    for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& s, at::Tensor&) {
+      const int64_t b = t / H, h = t % H;
+      auto ql = row_of(q, b, h), kl = row_of(k, b, h), ds = row_gv[t];
+      at::mm_out(s, ql.t(), kl);
+      weights(s, lse_rows[t], /*skip_diagonal=*/false);
+      energy_grads(s, ds, W, d_ptr + t * W, 1);
+      row_of(grad_q, b, h).addmm_(kl, ds.t());
+      row_of(grad_k, b, h).addmm_(ql, ds);
     });
   });
   return {grad_q.to(q_in.scalar_type()), grad_k.to(k_in.scalar_type()), grad_v.to(v_in.scalar_type())};
