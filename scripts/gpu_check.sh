@@ -112,12 +112,16 @@ if [ $SKIP_BUILD = 0 ]; then
 fi
 
 # ---- 2. the CUDA tests ----
+# on up to 4 processes where pytest-xdist is installed (the GPU machine's environment may not have it)
+WORKERS=$(( $(nproc) < 4 ? $(nproc) : 4 ))
+PARALLEL=()
+$PYTHON -c "import xdist" 2>/dev/null && PARALLEL=(-n "$WORKERS")
 if [ $DRY_RUN = 0 ]; then
-  run_step "CUDA tests (pytest -k cuda)" 150 tests.log \
-    $PYTHON -m pytest -q -p no:cacheprovider tests -k "cuda and not emulat"
+  run_step "CUDA tests (pytest -k cuda${PARALLEL:+, ${PARALLEL[*]}})" 150 tests.log \
+    $PYTHON -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests -k "cuda and not emulat"
 else
-  run_step "CUDA tests on the emulated device (dry run)" 600 tests.log \
-    $PYTHON -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py tests/test_emulator.py
+  run_step "CUDA tests on the emulated device (dry run${PARALLEL:+, ${PARALLEL[*]}})" 600 tests.log \
+    $PYTHON -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_cuda_emulated.py tests/test_emulator.py
 fi
 run_step "kernel sweep: every kernel, every dtype" 90 sweep.log "${SWEEP[@]}"
 
