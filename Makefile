@@ -38,12 +38,15 @@ $(VENV)/.deps: pyproject.toml Makefile
 	touch $@
 
 # The build log keeps nvcc's -Xptxas -v resource usage; build/ptxas.txt is its summary (registers, shared
-# memory, stack and spills per kernel), which benchmarks/perf_model.py reads.
+# memory, stack and spills per kernel), which benchmarks/perf_model.py reads (the committed table filling
+# what it lacks). An incremental build reports the .cu files it compiled; one that compiled none keeps the
+# last summary.
 build/.built: $(VENV)/.deps $(SOURCES)
 	mkdir -p build
 	FORCE_CUDA=$(FORCE_CUDA) $(PIP) install --no-build-isolation --no-deps -v -e . > build/build.log 2>&1 \
 		|| { tail -n 80 build/build.log; exit 1; }
-	grep -E "ptxas info *: (Compiling|Function properties|Used)|bytes stack frame" build/build.log > build/ptxas.txt || true
+	grep -E "ptxas info *: (Compiling|Function properties|Used)|bytes stack frame" build/build.log > build/ptxas.new || true
+	if [ -s build/ptxas.new ]; then mv build/ptxas.new build/ptxas.txt; else rm -f build/ptxas.new; fi
 	$(PY) -c "import attnkern; print('attnkern built:', attnkern.build_info())"
 	@echo "build log: build/build.log; CUDA resource usage: build/ptxas.txt"
 	touch $@
