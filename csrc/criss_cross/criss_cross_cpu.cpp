@@ -79,16 +79,59 @@ at::Tensor aggregate_cpu(const at::Tensor& attn_in, const at::Tensor& x_in) {
 // (W×W) energy tile, and merge the blocks through their maxima and sums: the [B, H+W−1, H, W]
 // energies never exist; the largest temporary is the backward's g·v of every row, [B·H, W, W] (about
 // half their size). Columns are taken kColumnBlock at a time into contiguous [columns, C, H] copies
-// (whole cache lines read, and they stay in cache).
+// (gather_columns: whole cache lines read, and they stay in cache).
 
 constexpr int64_t kColumnBlock = 16;  // a 64-byte line of float
 
 // Row h of sample b of x [B, C, H, W]: a [C, W] view.
 at::Tensor row_of(const at::Tensor& x, int64_t b, int64_t h) { return x[b].select(1, h); }
 
-// Columns w0 .. w0 + n − 1 of sample b of x [B, C, H, W]: an [n, C, H] view (copy it to compute).
-at::Tensor columns_of(const at::Tensor& x, int64_t b, int64_t w0, int64_t n) {
-  return x[b].narrow(2, w0, n).permute({2, 0, 1});
+// Columns w0 .. w0 + n − 1 of sample b of x [B, C, H, W] (contiguous) as a new [n, C, H] block: the sample's
+// [C·H, W] matrix 16 rows at a time, each row's n adjacent values (one or two cache lines) into a 16×16 staging
+// tile, its columns out as 16 consecutive values of each of the n [C, H] matrices — contiguous
+// reads and writes on both sides. (ATen's copy of the permuted view walks all C·H rows once a column.)
+template <typename scalar_t>
+at::Tensor gather_columns(const at::Tensor& x, int64_t b, int64_t w0, int64_t n) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), rows = C * H;
+  auto block = at::empty({n, C, H}, x.options());
+  const scalar_t* from = x.const_data_ptr<scalar_t>() + b * rows * W + w0;
+  scalar_t* to = block.mutable_data_ptr<scalar_t>();
+  scalar_t staging[kColumnBlock][kColumnBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kColumnBlock) {
+    const int64_t m = std::min(kColumnBlock, rows - r0);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < n; ++j) staging[j][r] = from[(r0 + r) * W + j];
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t r = 0; r < m; ++r) to[j * rows + r0 + r] = staging[j][r];
+    }
+  }
+  return block;
+}
+
+// An [n, C, H] block (contiguous) written (add = false) or added into columns w0 .. w0 + n − 1 of sample b of x
+// (contiguous), through a 16×16 staging tile as gather_columns.
+template <bool add, typename scalar_t>
+void scatter_columns(const at::Tensor& block, at::Tensor& x, int64_t b, int64_t w0) {
+  const int64_t n = block.size(0), C = x.size(1), H = x.size(2), W = x.size(3), rows = C * H;
+  const scalar_t* from = block.const_data_ptr<scalar_t>();
+  scalar_t* to = x.mutable_data_ptr<scalar_t>() + b * rows * W + w0;
+  scalar_t staging[kColumnBlock][kColumnBlock];
+  for (int64_t r0 = 0; r0 < rows; r0 += kColumnBlock) {
+    const int64_t m = std::min(kColumnBlock, rows - r0);
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t r = 0; r < m; ++r) staging[r][j] = from[j * rows + r0 + r];
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        if constexpr (add) {
+          to[(r0 + r) * W + j] += staging[r][j];
+        } else {
+          to[(r0 + r) * W + j] = staging[r][j];
+        }
+      }
+    }
+  }
 }
 
 // Runs body(task, tile, scratch) for tasks 0 .. count − 1, in parallel, with two n×n tiles.
@@ -148,8 +191,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_cpu", [&] {
     // Columns: out[:, :, w] ← unnormalised column-block output, with the block's max and sum.
     for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& e, at::Tensor&) {
-      auto qc = columns_of(q, b, w0, n).contiguous(), kc = columns_of(k, b, w0, n).contiguous();
-      auto vc = columns_of(v, b, w0, n).contiguous();
+      auto qc = gather_columns<scalar_t>(q, b, w0, n), kc = gather_columns<scalar_t>(k, b, w0, n);
+      auto vc = gather_columns<scalar_t>(v, b, w0, n);
       auto oc = at::empty_like(vc);
       for (int64_t j = 0; j < n; ++j) {
         at::mm_out(e, qc[j].t(), kc[j]);  // e[i, i'] = q_i·k_i'
@@ -159,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
         auto oc_j = oc[j];
         at::mm_out(oc_j, vc[j], e.t());  // out[c, i] = Σ_i' v[c, i']·e[i, i']
       }
-      columns_of(out, b, w0, n).copy_(oc);
+      scatter_columns<false, scalar_t>(oc, out, b, w0);
     });
     // Rows: the row block, merged with the column block into the output and the log-sum-exp.
     for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& e, at::Tensor&) {
@@ -251,8 +294,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     });
     // Columns: D whole, dS, and ∂q, ∂k (written; the rows add theirs) and ∂v (added).
     for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& s, at::Tensor& ds) {
-      auto qc = columns_of(q, b, w0, n).contiguous(), kc = columns_of(k, b, w0, n).contiguous();
-      auto vc = columns_of(v, b, w0, n).contiguous(), gc = columns_of(g, b, w0, n).contiguous();
+      auto qc = gather_columns<scalar_t>(q, b, w0, n), kc = gather_columns<scalar_t>(k, b, w0, n);
+      auto vc = gather_columns<scalar_t>(v, b, w0, n), gc = gather_columns<scalar_t>(g, b, w0, n);
       auto gqc = at::empty_like(qc), gkc = at::empty_like(kc), gvc = at::empty_like(vc);
       for (int64_t j = 0; j < n; ++j) {
         scalar_t* d_of = d_ptr + b * HW + w0 + j;
@@ -266,9 +309,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
         at::mm_out(gk, qc[j], ds);      // ∂k_j = Σ_i dS[i, j]·q_i
         at::mm_out(gv, gc[j], s);       // ∂v_j = Σ_i S[i, j]·g_i
       }
-      columns_of(grad_q, b, w0, n).copy_(gqc);
-      columns_of(grad_k, b, w0, n).copy_(gkc);
-      columns_of(grad_v, b, w0, n).add_(gvc);
+      scatter_columns<false, scalar_t>(gqc, grad_q, b, w0);
+      scatter_columns<false, scalar_t>(gkc, grad_k, b, w0);
+      scatter_columns<true, scalar_t>(gvc, grad_v, b, w0);
     });
     // Rows again: dS from the kept g·v and the whole D; ∂q and ∂k added.
     for_each_task(B * H, W, v.options(), [&](int64_t t, at::Tensor& s, at::Tensor&) {
