@@ -181,7 +181,8 @@ def test_kernel_bad_inputs(op, args, exc, match):
 
 # ---- the fused op --------------------------------------------------------------------------
 
-# (2, 3, 45, 37): the CPU kernel's column blocks of 16 columns (16, 16, 5), the last one partial.
+# (2, 3, 45, 37): the CPU kernel's column blocks of 16 columns (16, 16, 5), the last one partial, and C·H rows
+# (q: 135, v: 180 or 225) that end in a partial 16-row staging tile.
 FUSED_SHAPES = [(2, 3, 4, 7), (1, 2, 9, 9), (2, 4, 1, 6), (1, 3, 5, 1), (1, 1, 1, 1), (3, 2, 13, 6), (2, 3, 45, 37)]
 
 
