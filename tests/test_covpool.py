@@ -393,6 +393,30 @@ def test_sqrtm_backward_recomputes_when_iterates_not_saved(device, dtype, iters)
     assert rel_error(recomputed, saved) <= TOLERANCE[dtype] and (saved[2] == 0).all()
 
 
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("n,iters", [(5, 1), (17, 4), (70, 3)])
+def test_sqrtm_backward_leaves_its_inputs_alone(device, dtype, n, iters):
+    """The backward works in matrices of its own: a, the incoming gradient (here strided) and the saved
+    iterates come out unchanged, so a graph kept with retain_graph=True gives the same gradient again."""
+    a = spd(2, n, device=device).to(dtype)
+    grad = non_contiguous(torch.randn_like(a))
+    _, iterates = torch.ops.attnkern.sqrtm_newton_schulz(a, iters, True)
+    inputs = (a, grad, iterates)
+    before = [t.clone() for t in inputs]
+    first = torch.ops.attnkern.sqrtm_newton_schulz_backward(grad, a, iterates, iters)
+    assert all(torch.equal(t, b) for t, b in zip(inputs, before))
+
+    a_ref = a.to(torch.float64, copy=True).requires_grad_()
+    reference.sqrtm_newton_schulz(a_ref, iters).backward(grad.double())
+    assert rel_error(first, a_ref.grad) <= TOLERANCE[dtype] * (10 if dtype in (torch.float16, torch.bfloat16) else 1)
+    a_k = a.clone().requires_grad_()
+    out = ops.sqrtm_newton_schulz(a_k, iters)
+    out.backward(grad, retain_graph=True)
+    once = a_k.grad.clone()
+    out.backward(grad)
+    assert rel_error(a_k.grad, 2 * once) <= TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpu_half_types_compute_in_float32(dtype):
     x = torch.randn(2, 6, 5, 4, dtype=torch.float64)

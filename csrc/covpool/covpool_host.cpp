@@ -7,8 +7,6 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include <vector>
-
 #include "common/checks.h"
 #include "common/dtype.h"
 
@@ -108,11 +106,6 @@ struct BatchedProducts {
   }
 };
 
-// n×n matrices of a's batch, `count` of them in one allocation.
-std::vector<at::Tensor> batch_matrices(const at::Tensor& a, int64_t count) {
-  return at::empty({count, a.size(0), a.size(1), a.size(2)}, a.options()).unbind(0);
-}
-
 // Each matrix's trace t, with 1 in place of 0 (whose result is then set to 0), and where it was 0.
 struct Trace {
   at::Tensor value;  // [B]
@@ -125,21 +118,28 @@ Trace safe_trace(const at::Tensor& a) {
   return {at::where(zero, at::ones_like(trace), trace), zero};
 }
 
+// ⟨x, y⟩ of each pair of matrices of the batches, with `work` (a matrix of the batch) for the products.
+at::Tensor batched_dot(const at::Tensor& x, const at::Tensor& y, at::Tensor work) {
+  return at::mul_out(work, x, y).sum({1, 2});
+}
+
 // The trace-normalised iteration up to Y_f, Z_f: in the slots of `iterates` when it is non-empty,
-// else in four matrices that take turns.
+// else in four matrices that take turns, one of which (`free`) is work space afterwards.
 struct Iteration {
   Trace trace;
   BatchedProducts products;
   at::Tensor Yf, Zf;
+  at::Tensor free;  // undefined when every matrix is a saved iterate
 };
 
 Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& iterates) {
   const int64_t batch = a.size(0), n = a.size(1);
-  Iteration it{safe_trace(a), {at::eye(n, a.options()).expand({batch, n, n})}, {}, {}};
+  Iteration it{safe_trace(a), {at::eye(n, a.options()).expand({batch, n, n})}, {}, {}, {}};
   const BatchedProducts& m = it.products;
-  auto A = a / it.trace.value.view({-1, 1, 1});
+  const auto trace = it.trace.value.view({-1, 1, 1});
   if (iterates.numel() > 0) {
-    slot(iterates, 0, 0).copy_(A);
+    auto A = slot(iterates, 0, 0);
+    at::div_out(A, a, trace);
     slot(iterates, 0, 1).copy_(m.eye);
     for (int64_t k = 0; k + 1 < iters; ++k) {
       newton_schulz_step(m, slot(iterates, k, 0), slot(iterates, k, 1), slot(iterates, k, 2),
@@ -147,31 +147,33 @@ Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& it
     }
     it.Yf = slot(iterates, iters - 1, 0);
     it.Zf = slot(iterates, iters - 1, 1);
-  } else if (iters == 1) {
-    it.Yf = A;
-    it.Zf = m.eye;
   } else {
-    auto work = batch_matrices(a, 3);
-    at::Tensor Y = A, Z = work[0].copy_(m.eye), T = work[1], W = work[2];
+    at::Tensor Y = a / trace, Z = at::empty_like(a).copy_(m.eye), T = at::empty_like(a), W = at::empty_like(a);
     for (int64_t k = 0; k + 1 < iters; ++k) newton_schulz_step_in_place(m, Y, Z, T, W);
     it.Yf = Y;
     it.Zf = Z;
+    it.free = T;
   }
   return it;
 }
 
 }  // namespace
 
+// Memory: beside a, the forward holds the four matrices of the iteration and the result (training:
+// the saved iterates, Z·Y and the result); the backward the saved iterates and four matrices, the
+// one that ends up holding the gradient returned. Each work matrix is its own allocation: the
+// returned one frees the others, and glibc serves blocks up to 32 MiB from its reused heap but maps
+// (and faults in) larger ones afresh at every call.
 std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a_in, int64_t iters, bool save_iterates) {
   check_sqrtm_input(a_in, iters);
   auto a = to_compute_dtype(a_in);
   auto iterates = save_iterates ? iterates_alloc(a_in, iters) : iterates_empty(a_in);
   if (a.numel() == 0) return {at::empty_like(a_in), iterates};
   auto it = run_iteration(a, iters, iterates);
-  auto work = batch_matrices(a, 2);
-  const at::Tensor &ZY = work[0], &P = work[1];
-  newton_schulz_final(it.products, it.Yf, it.Zf, ZY, P);
-  auto out = P * it.trace.value.sqrt().view({-1, 1, 1});
+  auto ZY = it.free.defined() ? it.free : at::empty_like(a);
+  auto out = at::empty_like(a);
+  newton_schulz_final(it.products, it.Yf, it.Zf, ZY, out);
+  out.mul_(it.trace.value.sqrt().view({-1, 1, 1}));
   out.masked_fill_(it.trace.zero.view({-1, 1, 1}), 0);
   return {out.to(a_in.scalar_type()), iterates};
 }
@@ -190,13 +192,14 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   const int64_t f = iters - 1;
   const BatchedProducts m{};
 
-  // The final step P = 1.5·Y − ½·Y·(Z·Y) and its gradient, from Gp = ∂L/∂P = G·√t.
-  auto work = batch_matrices(a, 4);
-  at::Tensor ZY = work[0], P = work[1], gY = work[2], gZ = work[3];
+  // Four matrices, each its own allocation: the gradient is returned in one of them.
+  at::Tensor ZY = at::empty_like(a), P = at::empty_like(a), gY = at::empty_like(a), gZ = at::empty_like(a);
+
+  // The final step P = 1.5·Y − ½·Y·(Z·Y) and its gradient, from Gp = ∂L/∂P = G·√t (in P's matrix).
   auto Yf = slot(iterates, f, 0);
   newton_schulz_final(m, Yf, slot(iterates, f, 1), ZY, P);
-  auto G_dot_P = (G * P).sum({1, 2});
-  auto Gp = G * trace.sqrt().view({-1, 1, 1});
+  auto G_dot_P = batched_dot(G, P, /*work=*/gY);
+  auto Gp = at::mul_out(P, G, trace.sqrt().view({-1, 1, 1}));
   newton_schulz_final_backward(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
 
   // Reverse the steps (Z₀ = I needs no gradient).
@@ -206,11 +209,10 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
                                          gT, spare, /*z_grad=*/k > 0);
   }
 
-  // gY is now ∂L/∂A.
-  auto A = slot(iterates, 0, 0);
-  auto gA_dot_A = (gY * A).sum({1, 2});
+  // gY is now ∂L/∂A; ∂L/∂a is formed over it.
+  auto gA_dot_A = batched_dot(gY, slot(iterates, 0, 0), /*work=*/spare);
   auto coef = trace_grad_coefficient(gA_dot_A, G_dot_P, trace);
-  auto grad = gY / trace.view({-1, 1, 1});
+  auto grad = gY.div_(trace.view({-1, 1, 1}));
   grad.diagonal(0, 1, 2).add_(coef.view({-1, 1}));
   grad.masked_fill_(zero_trace.view({-1, 1, 1}), 0);
   return grad.to(a_in.scalar_type());
