@@ -17,8 +17,9 @@ class SplitAttn(nn.Module):
     U = Σ_r U_r; s = mean_hw U; a = fc2(act(bn1(fc1(s)))), softmax over the R splits within each
     cardinal group (sigmoid when R = 1); out = Σ_r a_r[:, :, None, None] · U_r.
 
-    Same computation as the published module; the split weighting is one fused multiply-add chain
-    rather than a broadcast product over a [B, R, C, H, W] stack and a sum.
+    The published module's computation in its op sequence (a chain of per-split multiply-adds in place
+    of its broadcast product and sum over the [B, R, C, H, W] stack measured slower on the CPU), with
+    argument and input checks added.
 
     Args:
         in_channels, out_channels (default in_channels), kernel_size, stride, padding (default
