@@ -1,10 +1,32 @@
 """Shared test set-up: devices, dtypes, tolerances, and NaN-poisoned allocations."""
 
+import hashlib
+import importlib.util
 import os
+import pathlib
 import sys
+import tempfile
 import zlib
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (see poison_empty)
+
+
+def _inductor_cache_dir() -> str:
+    """torch.compile's cache for this run: one per build of attnkern and forced CPU capability. Inductor's
+    cache key covers neither an op's fake kernel (a graph traced against an earlier build replays its
+    output shapes and fails its size asserts) nor ATEN_CPU_CAPABILITY (kernels compiled for another
+    instruction set give wrong numbers)."""
+    package = pathlib.Path(importlib.util.find_spec("attnkern").origin).parent
+    key = hashlib.sha256()
+    for path in sorted(package.glob("ops/*.py")) + sorted(package.glob("_C*.so")):
+        stat = path.stat()
+        key.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    for name in ("ATEN_CPU_CAPABILITY", "ATTNKERN_CPU_CAPABILITY"):
+        key.update(f"{name}={os.environ.get(name, '')};".encode())
+    return os.path.join(tempfile.gettempdir(), f"attnkern-tests-inductor-{key.hexdigest()[:16]}")
+
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache_dir())
 
 import pytest
 import torch
