@@ -474,7 +474,7 @@ def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> L
     nn = n * n
     products = 3 * (iters - 1) + 2
     c = block_products(n, B, [(False, False)] * products)
-    saved = (3 * iters - 1) * nn * 4 * B if save else 0
+    saved = 3 * (iters - 1) * nn * 4 * B if save else 0  # each step's T, Y', Z'
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)  # warp-iterations of an element loop
     return Launch("covpool", "sqrtm_forward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=sqrtm_smem(n, SQRTM_FORWARD_MATRICES), flops=2.0 * products * n ** 3 * B,
@@ -486,8 +486,8 @@ def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> L
 
 def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     """covpool_cuda.cu: sqrtm_newton_schulz_backward_cuda — one CTA per matrix; Y_f, Z_f and each step's
-    Yₖ, Zₖ, Tₖ copied from the saved iterates into shared memory (coalesced), the products read transposed
-    operands from rows of odd stride: conflict-free as the others."""
+    Yₖ, Zₖ, Tₖ copied from the saved iterates into shared memory (coalesced; Y₀ = a/t and Z₀ = I formed from
+    a, read again), the products read transposed operands from rows of odd stride: conflict-free as the others."""
     nn = n * n
     prologue = [(False, False), (False, False), (False, True), (True, False), (True, False), (False, True)]
     step = [(True, False), (False, True), (False, True), (True, False), (True, False), (False, True)]
@@ -495,14 +495,14 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     products = prologue + steps[:-2]  # the last step reversed (k = 0) computes no gZ: Z₀ = I
     c = block_products(n, B, products)
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
-    fetched = 2 + 3 * (iters - 1)  # matrices copied from the iterates
-    iterates = fetched * nn * 4 * B
+    copies = 2 + 3 * (iters - 1)  # matrices copied into shared memory: Y_f, Z_f and each step's Yₖ, Zₖ, Tₖ
+    iterates = 3 * (iters - 1) * nn * 4 * B  # read from the saved iterates: all copies but Y₀ and Z₀
     worst = max(product_wavefronts(n, a, b) for a, b in products)
     return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=sqrtm_smem(n, SQRTM_BACKWARD_MATRICES), flops=2.0 * len(products) * n ** 3 * B,
-                  min_bytes=3 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * fetched),
-                  mem=c["mem"] + wi * (10 + 2 * fetched), lsu=c["lsu"] + wi * (10 + 2 * fetched),
-                  l2=3 * B * nn * elem + iterates, gld=wi * (2 + fetched), ilp=4,  # loads: all but gA
+                  min_bytes=4 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * copies),
+                  mem=c["mem"] + wi * (10 + 2 * copies), lsu=c["lsu"] + wi * (10 + 2 * copies),
+                  l2=4 * B * nn * elem + iterates, gld=wi * (1 + copies), ilp=4,  # a twice, G, gA; loads: all but gA, Z₀
                   note=f"{len(products)} products, 4×4 outputs a thread; transposed operands: {worst:.0f} wavefronts "
                        "per k-step, as the others")
 
@@ -551,7 +551,7 @@ def sqrtm_batched(p: dict, elem: int, backward: bool) -> List[Launch]:
     B, n, _ = covpool_dims(p)
     it = SQRTM_ITERS
     gemms = 6 + 6 * (it - 1) - 2 if backward else 3 * (it - 1) + 2
-    ews = 12 if backward else 9
+    ews = 13 if backward else 7
     flops = 2.0 * gemms * B * n ** 3
     return [aten_call("covpool", f"at::bmm/baddbmm ×{gemms} (cuBLAS)", lambda d: gemms * plain_gemm(d, B, n, n, n, 4),
                       flops=flops, nbytes=gemms * 3 * B * n * n * 4),

@@ -29,6 +29,13 @@ namespace covpool {
 constexpr double kThreeHalves = 1.5;
 constexpr double kHalf = 0.5;
 
+// The iterates a training forward saves for the backward, in the accumulation type: step k (k < iters − 1)
+// saves Tₖ and the Yₖ₊₁, Zₖ₊₁ it makes, in slots 3k + kSavedT, 3k + kSavedY, 3k + kSavedZ. The step-0
+// inputs Y₀ = A = a/t and Z₀ = I are not saved: the backward forms them again from a.
+enum SavedIterate { kSavedT = 0, kSavedY = 1, kSavedZ = 2 };
+ATTNKERN_HD inline int64_t saved_iterate_count(int64_t iters) { return 3 * (iters - 1); }
+ATTNKERN_HD inline int64_t saved_slot(int64_t step, SavedIterate which) { return 3 * step + which; }
+
 // Position of a[i, j] (j ≤ i) in the triuvec output.
 ATTNKERN_HD inline int64_t triu_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
 

@@ -14,7 +14,7 @@ namespace covpool {
 
 // The largest iteration count sqrtm_newton_schulz accepts. Until it converges quadratically, a step
 // multiplies the smallest eigenvalue of A = a/tr(a) by about 2.25, so 1000 steps bring any eigenvalue
-// a float64 can hold (≥ 1e-308) to convergence; more only costs time (and 3·iters − 1 saved matrices).
+// a float64 can hold (≥ 1e-308) to convergence; more only costs time (and 3·(iters − 1) saved matrices).
 constexpr int64_t kMaxIters = 1000;
 
 // n(n+1)/2, the length of triuvec's output for n×n matrices; a ValueError naming `name` on overflow.
@@ -28,9 +28,9 @@ void check_triuvec_grad(const at::Tensor& grad, int64_t n);
 void check_grad(const at::Tensor& grad, const char* grad_name, at::IntArrayRef expected,
                 const at::Tensor& input, const char* input_name);
 
-// The iterates a training forward saves for the backward: [3·iters − 1, B, C, C] in the accumulation
-// type; slot 3k holds Yₖ, 3k+1 Zₖ, 3k+2 Tₖ (k < f), slots 3f and 3f+1 hold Y_f and Z_f. An empty
-// tensor stands for "not saved": the backward then recomputes them.
+// The iterates a training forward saves for the backward: [saved_iterate_count(iters), B, C, C] in the
+// accumulation type, laid out as covpool.h says. An empty tensor stands for "not saved": the backward then
+// recomputes them (with one iteration there are none to save or recompute).
 at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters);
 at::Tensor iterates_empty(const at::Tensor& a);
 // Checks a saved iterates tensor against a [B, C, C] and iters.

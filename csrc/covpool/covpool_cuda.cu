@@ -123,43 +123,48 @@ __device__ void fetch_matrix(acc_t* dst, const acc_t* src, int n, int ld) {
   }
 }
 
-// Y = Y/t, Z = I (shared, rows ld apart).
-template <typename acc_t>
-__device__ void start_iteration(acc_t* Y, acc_t* Z, acc_t t, int n, int ld) {
+// The step-0 iterates into the shared Y and Z (rows ld apart): Y₀ = A = a/t, Z₀ = I. Returns the trace t
+// (0: the matrix is skipped, Y and Z are not set).
+template <typename scalar_t, typename acc_t>
+__device__ acc_t load_start(const scalar_t* a, acc_t* Y, acc_t* Z, int n, int ld, acc_t* scratch) {
+  const acc_t t = load_matrix(a, Y, n, ld, scratch);
+  if (t == acc_t(0)) return t;  // the same t in every thread: the block leaves together
   for (int e = threadIdx.x; e < n * n; e += blockDim.x) {
     const int i = e / n, j = e - i * n;
     Y[i * ld + j] /= t;
     Z[i * ld + j] = i == j ? acc_t(1) : acc_t(0);
   }
   __syncthreads();
+  return t;
 }
 
-// Runs the iteration from Y = A = a/t, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work
-// space). With `iterates` non-null (this matrix's first slot; slots are `slot_stride` apart, the
-// layout of covpool.h), stores Yₖ, Zₖ, Tₖ (k < f) and Y_f, Z_f.
+// Runs the iteration from Y = A, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work space). With
+// `iterates` non-null (this matrix's first slot; slots are `slot_stride` apart, the layout of covpool.h),
+// stores each step's Tₖ, Yₖ₊₁, Zₖ₊₁.
 template <typename acc_t>
 __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W, int n, int ld, int iters,
                                       acc_t* iterates, int64_t slot_stride) {
   const BlockProducts<acc_t> m{n, ld};
   for (int k = 0; k + 1 < iters; ++k) {
-    // Yₖ and Zₖ are stored before the step (whose first product reads them and writes T only), Tₖ after
-    // it, with a barrier before the next step writes T again.
-    acc_t* slot = iterates != nullptr ? iterates + 3 * k * slot_stride : nullptr;
-    if (slot != nullptr) {
-      store_matrix(slot, Y, n, ld);
-      store_matrix(slot + slot_stride, Z, n, ld);
-    }
     newton_schulz_step_in_place(m, Y, Z, T, W);
-    if (slot != nullptr) {
-      store_matrix(slot + 2 * slot_stride, T, n, ld);
+    if (iterates != nullptr) {  // a barrier after the stores: the next step (or the final one) writes T and W
+      store_matrix(iterates + saved_slot(k, kSavedT) * slot_stride, T, n, ld);
+      store_matrix(iterates + saved_slot(k, kSavedY) * slot_stride, Y, n, ld);
+      store_matrix(iterates + saved_slot(k, kSavedZ) * slot_stride, Z, n, ld);
       __syncthreads();
     }
   }
-  if (iterates != nullptr) {
-    acc_t* slot = iterates + 3 * (iters - 1) * slot_stride;
-    store_matrix(slot, Y, n, ld);
-    store_matrix(slot + slot_stride, Z, n, ld);
-    __syncthreads();
+}
+
+// Step k's Yₖ and Zₖ into the shared Y and Z: saved by step k − 1, or (k = 0) formed from a again.
+template <typename scalar_t, typename acc_t>
+__device__ void fetch_step_start(acc_t* Y, acc_t* Z, const acc_t* iterates, int64_t slot_stride, int k,
+                                 const scalar_t* a, int n, int ld, acc_t* scratch) {
+  if (k == 0) {
+    load_start(a, Y, Z, n, ld, scratch);
+  } else {
+    fetch_matrix(Y, iterates + saved_slot(k - 1, kSavedY) * slot_stride, n, ld);
+    fetch_matrix(Z, iterates + saved_slot(k - 1, kSavedZ) * slot_stride, n, ld);
   }
 }
 
@@ -172,17 +177,16 @@ __global__ void sqrtm_forward_kernel(const scalar_t* __restrict__ a, scalar_t* _
   const int nn = n * n, mm = n * ld;
   acc_t *Y = smem, *Z = smem + mm, *T = smem + 2 * mm, *W = smem + 3 * mm, *scratch = smem + 4 * mm;
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * nn;
-  const acc_t t = load_matrix(a + offset, Y, n, ld, scratch);
+  const acc_t t = load_start(a + offset, Y, Z, n, ld, scratch);
   if (t == acc_t(0)) {  // zero trace: the square root is defined as 0 (the backward skips it too)
     for (int e = threadIdx.x; e < nn; e += blockDim.x) out[offset + e] = scalar_t(0);
     if (iterates != nullptr) {
-      for (int64_t s = 0; s < 3 * iters - 1; ++s) {
+      for (int64_t s = 0; s < saved_iterate_count(iters); ++s) {
         for (int e = threadIdx.x; e < nn; e += blockDim.x) iterates[s * gridDim.x * nn + offset + e] = acc_t(0);
       }
     }
     return;
   }
-  start_iteration(Y, Z, t, n, ld);
   newton_schulz_iterate(Y, Z, T, W, n, ld, iters, iterates == nullptr ? iterates : iterates + offset,
                         static_cast<int64_t>(gridDim.x) * nn);
   newton_schulz_final(BlockProducts<acc_t>{n, ld}, Y, Z, /*zy=*/T, /*p=*/W);
@@ -206,14 +210,14 @@ __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const s
   acc_t *Ys = smem + 4 * mm, *Zs = smem + 5 * mm, *Ts = smem + 6 * mm, *scratch = smem + 7 * mm;
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * nn;
   const int64_t slot_stride = static_cast<int64_t>(gridDim.x) * nn;
-  acc_t* iterates = iterates_all + offset;  // this matrix's slot 0
-  const acc_t t = load_matrix(a + offset, b0, n, ld, scratch);
+  // This matrix's slot 0 (none with one iteration: nothing is saved).
+  acc_t* iterates = iterates_all != nullptr ? iterates_all + offset : nullptr;
+  const acc_t t = load_start(a + offset, b0, b1, n, ld, scratch);
   if (t == acc_t(0)) {
     for (int e = threadIdx.x; e < nn; e += blockDim.x) grad_a[offset + e] = scalar_t(0);
     return;
   }
   if (recompute) {
-    start_iteration(b0, b1, t, n, ld);
     acc_t *Y = b0, *Z = b1, *T = b2, *W = b3;
     newton_schulz_iterate(Y, Z, T, W, n, ld, iters, iterates, slot_stride);
   }
@@ -223,9 +227,7 @@ __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const s
   // The final step P = 1.5·Y_f − ½·Y_f·(Z_f·Y_f) (P in gY's matrix until gY is written), ⟨G, P⟩,
   // Gp = ∂L/∂P = G·√t, and the final step's gradient.
   acc_t *ZY = b0, *Gp = b1, *gY = b2, *gZ = b3;
-  const acc_t* Yf = iterates + 3 * (iters - 1) * slot_stride;
-  fetch_matrix(Ys, Yf, n, ld);
-  fetch_matrix(Zs, Yf + slot_stride, n, ld);
+  fetch_step_start(Ys, Zs, iterates, slot_stride, iters - 1, a + offset, n, ld, scratch);
   __syncthreads();
   newton_schulz_final(m, Ys, Zs, ZY, /*p=*/gY);
   acc_t g_dot_p = 0;
@@ -238,14 +240,12 @@ __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const s
   g_dot_p = block_sum(g_dot_p, scratch);  // its barriers end the reads of P
   newton_schulz_final_backward(m, Gp, Ys, ZY, gY, gZ, /*work=*/ZY);
 
-  // Reverse the steps (Z₀ = I needs no gradient), each with its Yₖ, Zₖ, Tₖ copied into shared memory
-  // (the previous product's barrier has ended the reads of the last ones).
+  // Reverse the steps (Z₀ = I needs no gradient), each with its Yₖ, Zₖ, Tₖ copied into shared memory, Y₀
+  // and Z₀ formed from a (the previous product's barrier has ended the reads of the last ones).
   acc_t *gT = b0, *spare = b1;
   for (int k = iters - 2; k >= 0; --k) {
-    const acc_t* Yk = iterates + 3 * k * slot_stride;
-    fetch_matrix(Ys, Yk, n, ld);
-    fetch_matrix(Zs, Yk + slot_stride, n, ld);
-    fetch_matrix(Ts, Yk + 2 * slot_stride, n, ld);
+    fetch_step_start(Ys, Zs, iterates, slot_stride, k, a + offset, n, ld, scratch);
+    fetch_matrix(Ts, iterates + saved_slot(k, kSavedT) * slot_stride, n, ld);
     __syncthreads();
     newton_schulz_step_backward_in_place(m, Ys, Zs, Ts, gY, gZ, gT, spare, /*z_grad=*/k > 0);
   }

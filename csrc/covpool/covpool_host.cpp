@@ -66,12 +66,13 @@ at::Tensor iterates_empty(const at::Tensor& a) {
 }
 
 at::Tensor iterates_alloc(const at::Tensor& a, int64_t iters) {
-  return at::empty({3 * iters - 1, a.size(0), a.size(1), a.size(2)}, a.options().dtype(at::toOpMathType(a.scalar_type())));
+  return at::empty({saved_iterate_count(iters), a.size(0), a.size(1), a.size(2)},
+                   a.options().dtype(at::toOpMathType(a.scalar_type())));
 }
 
 void check_saved_iterates(const at::Tensor& saved, const at::Tensor& a, int64_t iters) {
   const char* name = "sqrtm_newton_schulz_backward: iterates";
-  check_shape(saved, name, {3 * iters - 1, a.size(0), a.size(1), a.size(2)});
+  check_shape(saved, name, {saved_iterate_count(iters), a.size(0), a.size(1), a.size(2)});
   check_same_device(saved, name, a, "a");
   TORCH_CHECK_TYPE(saved.scalar_type() == at::toOpMathType(a.scalar_type()), name, ": expected ",
                    at::toOpMathType(a.scalar_type()), " (a's accumulation type), got ", saved.scalar_type());
@@ -79,7 +80,9 @@ void check_saved_iterates(const at::Tensor& saved, const at::Tensor& a, int64_t 
 
 namespace {
 
-at::Tensor slot(const at::Tensor& iterates, int64_t k, int64_t which) { return iterates.select(0, 3 * k + which); }
+at::Tensor saved_iterate(const at::Tensor& iterates, int64_t step, SavedIterate which) {
+  return iterates.select(0, saved_slot(step, which));
+}
 
 // covpool.h's matrix-product policy over batches [B, n, n]: each product is one at::bmm_out or
 // at::baddbmm_out into a matrix allocated beforehand (nothing is allocated per product).
@@ -123,8 +126,9 @@ at::Tensor batched_dot(const at::Tensor& x, const at::Tensor& y, at::Tensor work
   return at::mul_out(work, x, y).sum({1, 2});
 }
 
-// The trace-normalised iteration up to Y_f, Z_f: in the slots of `iterates` when it is non-empty,
-// else in four matrices that take turns, one of which (`free`) is work space afterwards.
+// The trace-normalised iteration up to Y_f, Z_f: into the slots of `iterates` when it is defined (from
+// Y₀ = A, Z₀ = I, which are not saved), else in four matrices that take turns, one of which (`free`) is
+// work space afterwards.
 struct Iteration {
   Trace trace;
   BatchedProducts products;
@@ -137,16 +141,16 @@ Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& it
   Iteration it{safe_trace(a), {at::eye(n, a.options()).expand({batch, n, n})}, {}, {}, {}};
   const BatchedProducts& m = it.products;
   const auto trace = it.trace.value.view({-1, 1, 1});
-  if (iterates.numel() > 0) {
-    auto A = slot(iterates, 0, 0);
-    at::div_out(A, a, trace);
-    slot(iterates, 0, 1).copy_(m.eye);
+  if (iterates.defined()) {
+    at::Tensor Y = a / trace, Z = m.eye;
     for (int64_t k = 0; k + 1 < iters; ++k) {
-      newton_schulz_step(m, slot(iterates, k, 0), slot(iterates, k, 1), slot(iterates, k, 2),
-                         slot(iterates, k + 1, 0), slot(iterates, k + 1, 1));
+      newton_schulz_step(m, Y, Z, saved_iterate(iterates, k, kSavedT), saved_iterate(iterates, k, kSavedY),
+                         saved_iterate(iterates, k, kSavedZ));
+      Y = saved_iterate(iterates, k, kSavedY);
+      Z = saved_iterate(iterates, k, kSavedZ);
     }
-    it.Yf = slot(iterates, iters - 1, 0);
-    it.Zf = slot(iterates, iters - 1, 1);
+    it.Yf = Y;
+    it.Zf = Z;
   } else {
     at::Tensor Y = a / trace, Z = at::empty_like(a).copy_(m.eye), T = at::empty_like(a), W = at::empty_like(a);
     for (int64_t k = 0; k + 1 < iters; ++k) newton_schulz_step_in_place(m, Y, Z, T, W);
@@ -160,7 +164,7 @@ Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& it
 }  // namespace
 
 // Memory: beside a, the forward holds the four matrices of the iteration and the result (training:
-// the saved iterates, Z·Y and the result); the backward the saved iterates and four matrices, the
+// the saved iterates, Z·Y and the result); the backward the saved iterates, A and four matrices, the
 // one that ends up holding the gradient returned. Each work matrix is its own allocation: the
 // returned one frees the others, and glibc serves blocks up to 32 MiB from its reused heap but maps
 // (and faults in) larger ones afresh at every call.
@@ -169,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> sqrtm_batched_forward(const at::Tensor& a_in,
   auto a = to_compute_dtype(a_in);
   auto iterates = save_iterates ? iterates_alloc(a_in, iters) : iterates_empty(a_in);
   if (a.numel() == 0) return {at::empty_like(a_in), iterates};
-  auto it = run_iteration(a, iters, iterates);
+  auto it = run_iteration(a, iters, save_iterates ? iterates : at::Tensor());
   auto ZY = it.free.defined() ? it.free : at::empty_like(a);
   auto out = at::empty_like(a);
   newton_schulz_final(it.products, it.Yf, it.Zf, ZY, out);
@@ -189,15 +193,21 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   if (!recompute) check_saved_iterates(saved, a_in, iters);
   auto iterates = recompute ? iterates_alloc(a_in, iters) : saved;
   const auto [trace, zero_trace] = recompute ? run_iteration(a, iters, iterates).trace : safe_trace(a);
-  const int64_t f = iters - 1;
+  const int64_t f = iters - 1, batch = a.size(0), n = a.size(1);
   const BatchedProducts m{};
+
+  // Step k's Yₖ and Zₖ: saved by step k − 1, or Y₀ = A and Z₀ = I.
+  const auto A = a / trace.view({-1, 1, 1});
+  const auto I = at::eye(n, a.options()).expand({batch, n, n});
+  auto Y = [&](int64_t k) { return k == 0 ? A : saved_iterate(iterates, k - 1, kSavedY); };
+  auto Z = [&](int64_t k) { return k == 0 ? I : saved_iterate(iterates, k - 1, kSavedZ); };
 
   // Four matrices, each its own allocation: the gradient is returned in one of them.
   at::Tensor ZY = at::empty_like(a), P = at::empty_like(a), gY = at::empty_like(a), gZ = at::empty_like(a);
 
   // The final step P = 1.5·Y − ½·Y·(Z·Y) and its gradient, from Gp = ∂L/∂P = G·√t (in P's matrix).
-  auto Yf = slot(iterates, f, 0);
-  newton_schulz_final(m, Yf, slot(iterates, f, 1), ZY, P);
+  const auto Yf = Y(f);
+  newton_schulz_final(m, Yf, Z(f), ZY, P);
   auto G_dot_P = batched_dot(G, P, /*work=*/gY);
   auto Gp = at::mul_out(P, G, trace.sqrt().view({-1, 1, 1}));
   newton_schulz_final_backward(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
@@ -205,12 +215,12 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   // Reverse the steps (Z₀ = I needs no gradient).
   at::Tensor gT = ZY, spare = P;
   for (int64_t k = f - 1; k >= 0; --k) {
-    newton_schulz_step_backward_in_place(m, slot(iterates, k, 0), slot(iterates, k, 1), slot(iterates, k, 2), gY, gZ,
-                                         gT, spare, /*z_grad=*/k > 0);
+    newton_schulz_step_backward_in_place(m, Y(k), Z(k), saved_iterate(iterates, k, kSavedT), gY, gZ, gT, spare,
+                                         /*z_grad=*/k > 0);
   }
 
   // gY is now ∂L/∂A; ∂L/∂a is formed over it.
-  auto gA_dot_A = batched_dot(gY, slot(iterates, 0, 0), /*work=*/spare);
+  auto gA_dot_A = batched_dot(gY, A, /*work=*/spare);
   auto coef = trace_grad_coefficient(gA_dot_A, G_dot_P, trace);
   auto grad = gY.div_(trace.view({-1, 1, 1}));
   grad.diagonal(0, 1, 2).add_(coef.view({-1, 1}));
