@@ -550,8 +550,12 @@ def sqrtm_batched(p: dict, elem: int, backward: bool) -> List[Launch]:
     """covpool_host.cpp: sqrtm_batched_forward / _backward — matrices too large for one CTA: at::bmm."""
     B, n, _ = covpool_dims(p)
     it = SQRTM_ITERS
-    gemms = 6 + 6 * (it - 1) - 2 if backward else 3 * (it - 1) + 2
-    ews = 13 if backward else 7
+    # Products: forward step 0 one (Z₀ = I), the other steps three, the final two; backward Z_f·Y_f, the
+    # final step's four, the general steps six, step 0 two. Elementwise passes: forward a/t, T₀, Z₁ = T₀, Y
+    # copied into P, ·√t, the zero-trace fill; backward A = a/t, Gp, Gp copied into gY, ⟨gY, Y_f⟩, gZ₁
+    # copied into gT, gA's −½·gT, ⟨gA, A⟩, /t, the zero-trace fill.
+    gemms = 6 * it - 5 if backward else 3 * (it - 1)
+    ews = 9 if backward else 6
     flops = 2.0 * gemms * B * n ** 3
     return [aten_call("covpool", f"at::bmm/baddbmm ×{gemms} (cuBLAS)", lambda d: gemms * plain_gemm(d, B, n, n, n, 4),
                       flops=flops, nbytes=gemms * 3 * B * n * n * 4),

@@ -9,7 +9,8 @@
 //   sqrtm backward (G = ∂L/∂out, Gp = G·√t): gY_f = 1.5·Gp − ½(Gp·(Z_f·Y_f)ᵀ + (Z_f·Y_f)ᵀ·Gp),
 //             gZ_f = −½·Y_fᵀ·Gp·Y_fᵀ; then each step reversed, k = f − 1 … 0:
 //             gT = Yₖᵀ·gYₖ₊₁ + gZₖ₊₁·Zₖᵀ,  gYₖ = gYₖ₊₁·Tₖᵀ − ½·Zₖᵀ·gT,  gZₖ = Tₖᵀ·gZₖ₊₁ − ½·gT·Yₖᵀ;
-//             gY₀ = ∂L/∂A, and trace_grad_coefficient (below) gives ∂L/∂X.
+//             gY₀ = ∂L/∂A, and trace_grad_coefficient (below) gives ∂L/∂X. Step 0, where Z₀ = I, needs one
+//             product forward and two reversed (newton_schulz_first_step*), not three and four.
 //   The steps, forward and reversed, are the function templates below, written once over a policy
 //   that multiplies matrices: at::bmm/baddbmm on batches (covpool_host.cpp's sqrtm_batched_*: the CPU,
 //   and CUDA matrices larger than 64×64) and one CUDA block on one matrix in shared memory
@@ -60,6 +61,10 @@ ATTNKERN_HD inline T trace_grad_coefficient(const T& gA_dot_A, const T& G_dot_P,
 //   m.product(out, a, b, α)       out = α·a·b
 //   m.product(out, a, b, α, c, β) out = α·a·b + β·c, where c may be out itself (out += α·a·b for β = 1)
 // out never aliases a or b, and a product is complete (for every thread that takes part) when it returns.
+// The first step's templates (Z₀ = I) also need two elementwise operations, which only the batched
+// policy provides (the one-block kernels take the general step there):
+//   m.identity_plus(out, a, α, β) out = α·a + β·I
+//   m.accumulate(out, a, α)       out += α·a
 // Its functions may be host-only or device-only: ATTNKERN_HD_TEMPLATE (common/macros.h).
 
 // One step: T = 1.5·I − ½·Z·Y, Y' = Y·T, Z' = T·Z. z_next may be y's matrix (y is read no more once
@@ -73,6 +78,18 @@ ATTNKERN_HD inline void newton_schulz_step(const M& m, typename M::Operand y, ty
   m.product(t, z, y, S(-kHalf), m.identity(), S(kThreeHalves));
   m.product(y_next, y, t, S(1));
   m.product(z_next, t, z, S(1));
+}
+
+// Step 0, where Z₀ = I: T₀ = 1.5·I − ½·A, Y₁ = A·T₀, Z₁ = T₀ — one product where newton_schulz_step
+// takes three (Z₀·Y₀ = A, T₀·Z₀ = T₀). Nothing may alias.
+ATTNKERN_HD_TEMPLATE
+template <typename M>
+ATTNKERN_HD inline void newton_schulz_first_step(const M& m, typename M::Operand a, typename M::Matrix t,
+                                                 typename M::Matrix y_next, typename M::Matrix z_next) {
+  using S = typename M::Scalar;
+  m.identity_plus(t, a, S(-kHalf), S(kThreeHalves));
+  m.product(y_next, a, t, S(1));
+  m.identity_plus(z_next, t, S(1), S(0));
 }
 
 // The three matrices that take turns in newton_schulz_step_in_place (and the backward's): y ← w,
@@ -95,29 +112,67 @@ ATTNKERN_HD inline void newton_schulz_step_in_place(const M& m, typename M::Matr
   rotate_matrices(y, z, w);
 }
 
-// The final step: zy = Z·Y, P = 1.5·Y − ½·Y·(Z·Y).
+// Step 0 in four matrices: y holds A and z no matrix yet; afterwards y holds Y₁, z Z₁, t T₀ and w is
+// spare (A's matrix).
+ATTNKERN_HD_TEMPLATE
+template <typename M>
+ATTNKERN_HD inline void newton_schulz_first_step_in_place(const M& m, typename M::Matrix& y, typename M::Matrix z,
+                                                          typename M::Matrix t, typename M::Matrix& w) {
+  newton_schulz_first_step(m, y, t, w, z);
+  typename M::Matrix a = y;
+  y = w;
+  w = a;
+}
+
+// The final step: zy = Z·Y (newton_schulz_final_zy), P = 1.5·Y − ½·Y·(Z·Y).
+ATTNKERN_HD_TEMPLATE
+template <typename M>
+ATTNKERN_HD inline void newton_schulz_final_zy(const M& m, typename M::Operand y, typename M::Operand z,
+                                               typename M::Matrix zy) {
+  using S = typename M::Scalar;
+  m.product(zy, z, y, S(1));
+}
+
 ATTNKERN_HD_TEMPLATE
 template <typename M>
 ATTNKERN_HD inline void newton_schulz_final(const M& m, typename M::Operand y, typename M::Operand z,
                                             typename M::Matrix zy, typename M::Matrix p) {
   using S = typename M::Scalar;
-  m.product(zy, z, y, S(1));
+  newton_schulz_final_zy(m, y, z, zy);
   m.product(p, y, zy, S(-kHalf), y, S(kThreeHalves));
 }
 
 // The final step's gradient, from gp = ∂L/∂P and zy = Z·Y (= Y·Z: both are polynomials in A):
-//   gY = 1.5·gp − ½·(gp·zyᵀ + zyᵀ·gp),  gZ = −½·Yᵀ·gp·Yᵀ.
-// work (Yᵀ·gp) may be zy's matrix (zy is read no more once gy is written).
+//   gY = 1.5·gp − ½·(gp·zyᵀ + zyᵀ·gp),  gZ = −½·Yᵀ·gp·Yᵀ,
+// in two parts. The first, gy = 1.5·gp − ½·gp·zyᵀ, has ⟨gy, Y⟩ = ⟨gp, P⟩ (⟨gp·zyᵀ, Y⟩ = tr(zy·gpᵀ·Y) =
+// ⟨gp, Y·zy⟩), so the backward needs no P. In the rest, work (Yᵀ·gp) may be zy's matrix (zy is read no
+// more once gy is written).
+ATTNKERN_HD_TEMPLATE
+template <typename M>
+ATTNKERN_HD inline void newton_schulz_final_backward_first(const M& m, typename M::Operand gp,
+                                                           typename M::Operand zy, typename M::Matrix gy) {
+  using S = typename M::Scalar;
+  m.product(gy, gp, m.transposed(zy), S(-kHalf), gp, S(kThreeHalves));
+}
+
+ATTNKERN_HD_TEMPLATE
+template <typename M>
+ATTNKERN_HD inline void newton_schulz_final_backward_rest(const M& m, typename M::Operand gp, typename M::Operand y,
+                                                          typename M::Operand zy, typename M::Matrix gy,
+                                                          typename M::Matrix gz, typename M::Matrix work) {
+  using S = typename M::Scalar;
+  m.product(gy, m.transposed(zy), gp, S(-kHalf), gy, S(1));
+  m.product(work, m.transposed(y), gp, S(1));
+  m.product(gz, work, m.transposed(y), S(-kHalf));
+}
+
 ATTNKERN_HD_TEMPLATE
 template <typename M>
 ATTNKERN_HD inline void newton_schulz_final_backward(const M& m, typename M::Operand gp, typename M::Operand y,
                                                      typename M::Operand zy, typename M::Matrix gy,
                                                      typename M::Matrix gz, typename M::Matrix work) {
-  using S = typename M::Scalar;
-  m.product(gy, gp, m.transposed(zy), S(-kHalf), gp, S(kThreeHalves));
-  m.product(gy, m.transposed(zy), gp, S(-kHalf), gy, S(1));
-  m.product(work, m.transposed(y), gp, S(1));
-  m.product(gz, work, m.transposed(y), S(-kHalf));
+  newton_schulz_final_backward_first(m, gp, zy, gy);
+  newton_schulz_final_backward_rest(m, gp, y, zy, gy, gz, work);
 }
 
 // One step reversed, from the step's Y, Z, T and gy_next = ∂L/∂Y', gz_next = ∂L/∂Z':
@@ -149,6 +204,22 @@ ATTNKERN_HD inline void newton_schulz_step_backward_in_place(const M& m, typenam
                                                              typename M::Matrix& gz, typename M::Matrix gt,
                                                              typename M::Matrix& spare, bool z_grad) {
   newton_schulz_step_backward(m, y, z, t, gy, gz, gt, spare, gy, z_grad);
+  rotate_matrices(gy, gz, spare);
+}
+
+// Step 0 reversed (Z₀ = I: gT = Aᵀ·gY₁ + gZ₁, ∂L/∂A = gY₁·T₀ᵀ − ½·gT), two products where
+// newton_schulz_step_backward takes four. In four matrices as newton_schulz_step_backward_in_place: gy holds
+// ∂L/∂A afterwards; gt is work space.
+ATTNKERN_HD_TEMPLATE
+template <typename M>
+ATTNKERN_HD inline void newton_schulz_first_step_backward_in_place(const M& m, typename M::Operand a,
+                                                                   typename M::Operand t, typename M::Matrix& gy,
+                                                                   typename M::Matrix& gz, typename M::Matrix gt,
+                                                                   typename M::Matrix& spare) {
+  using S = typename M::Scalar;
+  m.product(gt, m.transposed(a), gy, S(1), gz, S(1));
+  m.product(spare, gy, m.transposed(t), S(1));
+  m.accumulate(spare, gt, S(-kHalf));
   rotate_matrices(gy, gz, spare);
 }
 

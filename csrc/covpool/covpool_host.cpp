@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ScalarOps.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -91,22 +92,32 @@ struct BatchedProducts {
   using Matrix = at::Tensor;
   using Operand = at::Tensor;
 
-  at::Tensor eye;  // [B, n, n], an expanded view (only the forward step reads it)
+  at::Tensor eye;  // [B, n, n], an expanded view (only the forward's steps and iters = 1 read it)
 
   at::Tensor transposed(const at::Tensor& x) const { return x.transpose(1, 2); }
   const at::Tensor& identity() const { return eye; }
 
+  // β = 0 in a GEMM does not read out (no NaN from uninitialised memory): α is applied in the product, and
+  // β·I added on the diagonal, rather than the identity copied into out first.
   void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, double alpha,
                const at::Tensor& c = at::Tensor(), double beta = 0) const {
-    if (!c.defined()) {
-      at::bmm_out(out, a, b);
-      if (alpha != 1) out.mul_(alpha);
+    if (!c.defined() || c.is_same(eye)) {
+      out.baddbmm_(a, b, /*beta=*/0, alpha);
+      if (c.defined()) out.diagonal(0, 1, 2).add_(beta);
     } else if (c.is_same(out)) {
       out.baddbmm_(a, b, beta, alpha);
     } else {
       at::baddbmm_out(out, c, a, b, beta, alpha);
     }
   }
+
+  // α as a wrapped 0-dim tensor: mul's Scalar out= variant computes into a new tensor and copies it over.
+  void identity_plus(at::Tensor out, const at::Tensor& a, double alpha, double beta) const {
+    at::mul_out(out, a, at::native::wrapped_scalar_tensor(alpha));
+    if (beta != 0) out.diagonal(0, 1, 2).add_(beta);
+  }
+
+  void accumulate(at::Tensor out, const at::Tensor& a, double alpha) const { out.add_(a, alpha); }
 };
 
 // Each matrix's trace t, with 1 in place of 0 (whose result is then set to 0), and where it was 0.
@@ -128,7 +139,7 @@ at::Tensor batched_dot(const at::Tensor& x, const at::Tensor& y, at::Tensor work
 
 // The trace-normalised iteration up to Y_f, Z_f: into the slots of `iterates` when it is defined (from
 // Y₀ = A, Z₀ = I, which are not saved), else in four matrices that take turns, one of which (`free`) is
-// work space afterwards.
+// work space afterwards (with iters = 1 there are no steps: Y_f = A, Z_f = I).
 struct Iteration {
   Trace trace;
   BatchedProducts products;
@@ -140,20 +151,23 @@ Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& it
   const int64_t batch = a.size(0), n = a.size(1);
   Iteration it{safe_trace(a), {at::eye(n, a.options()).expand({batch, n, n})}, {}, {}, {}};
   const BatchedProducts& m = it.products;
-  const auto trace = it.trace.value.view({-1, 1, 1});
-  if (iterates.defined()) {
-    at::Tensor Y = a / trace, Z = m.eye;
-    for (int64_t k = 0; k + 1 < iters; ++k) {
-      newton_schulz_step(m, Y, Z, saved_iterate(iterates, k, kSavedT), saved_iterate(iterates, k, kSavedY),
-                         saved_iterate(iterates, k, kSavedZ));
-      Y = saved_iterate(iterates, k, kSavedY);
-      Z = saved_iterate(iterates, k, kSavedZ);
+  at::Tensor A = a / it.trace.value.view({-1, 1, 1});
+  if (iters == 1) {
+    it.Yf = A;
+    it.Zf = m.eye;
+  } else if (iterates.defined()) {
+    auto slot = [&](int64_t k, SavedIterate which) { return saved_iterate(iterates, k, which); };
+    newton_schulz_first_step(m, A, slot(0, kSavedT), slot(0, kSavedY), slot(0, kSavedZ));
+    for (int64_t k = 1; k + 1 < iters; ++k) {
+      newton_schulz_step(m, slot(k - 1, kSavedY), slot(k - 1, kSavedZ), slot(k, kSavedT), slot(k, kSavedY),
+                         slot(k, kSavedZ));
     }
-    it.Yf = Y;
-    it.Zf = Z;
+    it.Yf = slot(iters - 2, kSavedY);
+    it.Zf = slot(iters - 2, kSavedZ);
   } else {
-    at::Tensor Y = a / trace, Z = at::empty_like(a).copy_(m.eye), T = at::empty_like(a), W = at::empty_like(a);
-    for (int64_t k = 0; k + 1 < iters; ++k) newton_schulz_step_in_place(m, Y, Z, T, W);
+    at::Tensor Y = A, Z = at::empty_like(a), T = at::empty_like(a), W = at::empty_like(a);
+    newton_schulz_first_step_in_place(m, Y, Z, T, W);
+    for (int64_t k = 1; k + 1 < iters; ++k) newton_schulz_step_in_place(m, Y, Z, T, W);
     it.Yf = Y;
     it.Zf = Z;
     it.free = T;
@@ -203,21 +217,25 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   auto Z = [&](int64_t k) { return k == 0 ? I : saved_iterate(iterates, k - 1, kSavedZ); };
 
   // Four matrices, each its own allocation: the gradient is returned in one of them.
-  at::Tensor ZY = at::empty_like(a), P = at::empty_like(a), gY = at::empty_like(a), gZ = at::empty_like(a);
+  at::Tensor ZY = at::empty_like(a), Gp = at::empty_like(a), gY = at::empty_like(a), gZ = at::empty_like(a);
 
-  // The final step P = 1.5·Y − ½·Y·(Z·Y) and its gradient, from Gp = ∂L/∂P = G·√t (in P's matrix).
+  // The final step P = 1.5·Y − ½·Y·(Z·Y)'s gradient, from Gp = ∂L/∂P = G·√t; ⟨G, P⟩ = ⟨Gp, P⟩/√t, where
+  // ⟨Gp, P⟩ is ⟨gY, Y⟩ between the gradient's two parts (covpool.h).
   const auto Yf = Y(f);
-  newton_schulz_final(m, Yf, Z(f), ZY, P);
-  auto G_dot_P = batched_dot(G, P, /*work=*/gY);
-  auto Gp = at::mul_out(P, G, trace.sqrt().view({-1, 1, 1}));
-  newton_schulz_final_backward(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
+  const auto sqrt_trace = trace.sqrt();
+  newton_schulz_final_zy(m, Yf, Z(f), ZY);
+  at::mul_out(Gp, G, sqrt_trace.view({-1, 1, 1}));
+  newton_schulz_final_backward_first(m, Gp, ZY, gY);
+  auto G_dot_P = batched_dot(gY, Yf, /*work=*/gZ) / sqrt_trace;
+  newton_schulz_final_backward_rest(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
 
-  // Reverse the steps (Z₀ = I needs no gradient).
-  at::Tensor gT = ZY, spare = P;
-  for (int64_t k = f - 1; k >= 0; --k) {
+  // Reverse the steps: the general ones, then step 0 (Z₀ = I, which needs no gradient).
+  at::Tensor gT = ZY, spare = Gp;
+  for (int64_t k = f - 1; k > 0; --k) {
     newton_schulz_step_backward_in_place(m, Y(k), Z(k), saved_iterate(iterates, k, kSavedT), gY, gZ, gT, spare,
-                                         /*z_grad=*/k > 0);
+                                         /*z_grad=*/true);
   }
+  if (f > 0) newton_schulz_first_step_backward_in_place(m, A, saved_iterate(iterates, 0, kSavedT), gY, gZ, gT, spare);
 
   // gY is now ∂L/∂A; ∂L/∂a is formed over it.
   auto gA_dot_A = batched_dot(gY, A, /*work=*/spare);
