@@ -474,7 +474,7 @@ def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> L
     nn = n * n
     products = 3 * (iters - 1) + 2
     c = block_products(n, B, [(False, False)] * products)
-    saved = 3 * (iters - 1) * nn * 4 * B if save else 0  # each step's T, Y', Z'
+    saved = (3 * iters - 4) * nn * 4 * B if save else 0  # each step's T, Y', Z' (Z₁ = T₀: one matrix)
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)  # warp-iterations of an element loop
     return Launch("covpool", "sqrtm_forward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=sqrtm_smem(n, SQRTM_FORWARD_MATRICES), flops=2.0 * products * n ** 3 * B,
@@ -497,10 +497,11 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
     copies = 2 + 3 * (iters - 1)  # matrices copied into shared memory: Y_f, Z_f and each step's Yₖ, Zₖ, Tₖ
     iterates = 3 * (iters - 1) * nn * 4 * B  # read from the saved iterates: all copies but Y₀ and Z₀
+    saved = (3 * iters - 4) * nn * 4 * B  # the distinct ones (T₀ is read twice, as T₀ and as Z₁)
     worst = max(product_wavefronts(n, a, b) for a, b in products)
     return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=sqrtm_smem(n, SQRTM_BACKWARD_MATRICES), flops=2.0 * len(products) * n ** 3 * B,
-                  min_bytes=4 * B * nn * elem + iterates, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * copies),
+                  min_bytes=4 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * copies),
                   mem=c["mem"] + wi * (10 + 2 * copies), lsu=c["lsu"] + wi * (10 + 2 * copies),
                   l2=4 * B * nn * elem + iterates, gld=wi * (1 + copies), ilp=4,  # a twice, G, gA; loads: all but gA, Z₀
                   note=f"{len(products)} products, 4×4 outputs a thread; transposed operands: {worst:.0f} wavefronts "
@@ -551,11 +552,11 @@ def sqrtm_batched(p: dict, elem: int, backward: bool) -> List[Launch]:
     B, n, _ = covpool_dims(p)
     it = SQRTM_ITERS
     # Products: forward step 0 one (Z₀ = I), the other steps three, the final two; backward Z_f·Y_f, the
-    # final step's four, the general steps six, step 0 two. Elementwise passes: forward a/t, T₀, Z₁ = T₀, Y
+    # final step's four, the general steps six, step 0 two. Elementwise passes: forward a/t, T₀ (also Z₁), Y
     # copied into P, ·√t, the zero-trace fill; backward A = a/t, Gp, Gp copied into gY, ⟨gY, Y_f⟩, gZ₁
     # copied into gT, gA's −½·gT, ⟨gA, A⟩, /t, the zero-trace fill.
     gemms = 6 * it - 5 if backward else 3 * (it - 1)
-    ews = 9 if backward else 6
+    ews = 9 if backward else 5
     flops = 2.0 * gemms * B * n ** 3
     return [aten_call("covpool", f"at::bmm/baddbmm ×{gemms} (cuBLAS)", lambda d: gemms * plain_gemm(d, B, n, n, n, 4),
                       flops=flops, nbytes=gemms * 3 * B * n * n * 4),

@@ -191,7 +191,7 @@ def sqrtm_case(be, dtype, rng, B, n, iters, zero_trace=True):
     g = rng.randn(B, n, n, dtype=dtype)
     out, saved = be.op.sqrtm_newton_schulz(a, iters, True)
     inference, nothing = be.op.sqrtm_newton_schulz(a, iters, False)
-    assert nothing.numel() == 0 and saved.shape == (3 * (iters - 1), B, n, n) and saved.dtype == acc(dtype)
+    assert nothing.numel() == 0 and saved.shape == (max(3 * iters - 4, 0), B, n, n) and saved.dtype == acc(dtype)
     from_saved = be.op.sqrtm_newton_schulz_backward(g, a, saved, iters)
     recomputed = be.op.sqrtm_newton_schulz_backward(g, a, torch.empty(0, dtype=acc(dtype)), iters)
     expected = reference.sqrtm_newton_schulz(a.double(), iters)

@@ -78,7 +78,7 @@ def sqrtm_newton_schulz(a: Tensor, iters: int = 5) -> Tensor:
     iters = check_int(iters, "iters", op)
     if use_kernel(a):
         if not plain_on_cuda(op, a, size=a.shape[-1] if a.dim() == 3 else None):
-            # Training keeps the iterates for the backward (3·(iters − 1) matrices per input); inference does not.
+            # Training keeps the iterates for the backward (3·iters − 4 matrices per input); inference does not.
             save_iterates = torch.is_grad_enabled() and a.requires_grad
             return _ops.sqrtm_newton_schulz(a, iters, save_iterates)[0]
         run_check(_ops.sqrtm_newton_schulz_check, a, iters)
@@ -179,7 +179,8 @@ def _covpool_backward_fake(grad, x):
 
 @torch.library.register_fake("attnkern::sqrtm_newton_schulz")
 def _sqrtm_fake(a, iters, save_iterates=False):
-    shape = (3 * (iters - 1), *a.shape) if save_iterates else (0,)
+    count = 3 * iters - 4 if iters > 1 else 0  # covpool.h: saved_iterate_count
+    shape = (count, *a.shape) if save_iterates else (0,)
     return a.new_empty(a.shape), a.new_empty(shape, dtype=accumulation_dtype(a.dtype))
 
 

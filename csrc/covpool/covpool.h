@@ -31,11 +31,14 @@ constexpr double kThreeHalves = 1.5;
 constexpr double kHalf = 0.5;
 
 // The iterates a training forward saves for the backward, in the accumulation type: step k (k < iters − 1)
-// saves Tₖ and the Yₖ₊₁, Zₖ₊₁ it makes, in slots 3k + kSavedT, 3k + kSavedY, 3k + kSavedZ. The step-0
-// inputs Y₀ = A = a/t and Z₀ = I are not saved: the backward forms them again from a.
+// saves Tₖ and the Yₖ₊₁, Zₖ₊₁ it makes. Z₁ = T₀·I is T₀, so step 0 saves T₀ (slot 0, also Z₁'s) and Y₁
+// (slot 1), and step k ≥ 1 its three in slots 3k − 1 + kSavedT, kSavedY, kSavedZ: 3·iters − 4 in all. The
+// step-0 inputs Y₀ = A = a/t and Z₀ = I are not saved: the backward forms them again from a.
 enum SavedIterate { kSavedT = 0, kSavedY = 1, kSavedZ = 2 };
-ATTNKERN_HD inline int64_t saved_iterate_count(int64_t iters) { return 3 * (iters - 1); }
-ATTNKERN_HD inline int64_t saved_slot(int64_t step, SavedIterate which) { return 3 * step + which; }
+ATTNKERN_HD inline int64_t saved_iterate_count(int64_t iters) { return iters > 1 ? 3 * iters - 4 : 0; }
+ATTNKERN_HD inline int64_t saved_slot(int64_t step, SavedIterate which) {
+  return step == 0 ? (which == kSavedZ ? int64_t(kSavedT) : int64_t(which)) : 3 * step - 1 + which;
+}
 
 // Position of a[i, j] (j ≤ i) in the triuvec output.
 ATTNKERN_HD inline int64_t triu_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }
@@ -62,7 +65,7 @@ ATTNKERN_HD inline T trace_grad_coefficient(const T& gA_dot_A, const T& G_dot_P,
 //   m.product(out, a, b, α, c, β) out = α·a·b + β·c, where c may be out itself (out += α·a·b for β = 1)
 // out never aliases a or b, and a product is complete (for every thread that takes part) when it returns.
 // The first step's templates (Z₀ = I) also need two elementwise operations, which only the batched
-// policy provides (the one-block kernels take the general step there):
+// policy provides (the one-block kernels take the general step there, whose Z₁ = T₀·I is T₀ exactly):
 //   m.identity_plus(out, a, α, β) out = α·a + β·I
 //   m.accumulate(out, a, α)       out += α·a
 // Its functions may be host-only or device-only: ATTNKERN_HD_TEMPLATE (common/macros.h).
@@ -80,16 +83,15 @@ ATTNKERN_HD inline void newton_schulz_step(const M& m, typename M::Operand y, ty
   m.product(z_next, t, z, S(1));
 }
 
-// Step 0, where Z₀ = I: T₀ = 1.5·I − ½·A, Y₁ = A·T₀, Z₁ = T₀ — one product where newton_schulz_step
-// takes three (Z₀·Y₀ = A, T₀·Z₀ = T₀). Nothing may alias.
+// Step 0, where Z₀ = I: T₀ = 1.5·I − ½·A and Y₁ = A·T₀ — one product where newton_schulz_step takes
+// three (Z₀·Y₀ = A, T₀·Z₀ = T₀). Z₁ is T₀: t's matrix serves as both. Nothing may alias.
 ATTNKERN_HD_TEMPLATE
 template <typename M>
 ATTNKERN_HD inline void newton_schulz_first_step(const M& m, typename M::Operand a, typename M::Matrix t,
-                                                 typename M::Matrix y_next, typename M::Matrix z_next) {
+                                                 typename M::Matrix y_next) {
   using S = typename M::Scalar;
   m.identity_plus(t, a, S(-kHalf), S(kThreeHalves));
   m.product(y_next, a, t, S(1));
-  m.identity_plus(z_next, t, S(1), S(0));
 }
 
 // The three matrices that take turns in newton_schulz_step_in_place (and the backward's): y ← w,
@@ -112,15 +114,17 @@ ATTNKERN_HD inline void newton_schulz_step_in_place(const M& m, typename M::Matr
   rotate_matrices(y, z, w);
 }
 
-// Step 0 in four matrices: y holds A and z no matrix yet; afterwards y holds Y₁, z Z₁, t T₀ and w is
-// spare (A's matrix).
+// Step 0 in four matrices: y holds A, z and t nothing yet; afterwards y holds Y₁ and z Z₁ = T₀, while t
+// and w are spare (w A's matrix).
 ATTNKERN_HD_TEMPLATE
 template <typename M>
-ATTNKERN_HD inline void newton_schulz_first_step_in_place(const M& m, typename M::Matrix& y, typename M::Matrix z,
-                                                          typename M::Matrix t, typename M::Matrix& w) {
-  newton_schulz_first_step(m, y, t, w, z);
-  typename M::Matrix a = y;
+ATTNKERN_HD inline void newton_schulz_first_step_in_place(const M& m, typename M::Matrix& y, typename M::Matrix& z,
+                                                          typename M::Matrix& t, typename M::Matrix& w) {
+  newton_schulz_first_step(m, y, t, w);
+  typename M::Matrix a = y, spare = z;
   y = w;
+  z = t;
+  t = spare;
   w = a;
 }
 

@@ -14,7 +14,7 @@ namespace covpool {
 
 // The largest iteration count sqrtm_newton_schulz accepts. Until it converges quadratically, a step
 // multiplies the smallest eigenvalue of A = a/tr(a) by about 2.25, so 1000 steps bring any eigenvalue
-// a float64 can hold (≥ 1e-308) to convergence; more only costs time (and 3·(iters − 1) saved matrices).
+// a float64 can hold (≥ 1e-308) to convergence; more only costs time (and 3·iters − 4 saved matrices).
 constexpr int64_t kMaxIters = 1000;
 
 // n(n+1)/2, the length of triuvec's output for n×n matrices; a ValueError naming `name` on overflow.

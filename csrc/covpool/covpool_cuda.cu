@@ -140,7 +140,7 @@ __device__ acc_t load_start(const scalar_t* a, acc_t* Y, acc_t* Z, int n, int ld
 
 // Runs the iteration from Y = A, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work space). With
 // `iterates` non-null (this matrix's first slot; slots are `slot_stride` apart, the layout of covpool.h),
-// stores each step's Tₖ, Yₖ₊₁, Zₖ₊₁.
+// stores each step's Tₖ, Yₖ₊₁, Zₖ₊₁ (Z₁ = T₀·I is T₀, whose slot it shares: not stored again).
 template <typename acc_t>
 __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W, int n, int ld, int iters,
                                       acc_t* iterates, int64_t slot_stride) {
@@ -150,7 +150,7 @@ __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W
     if (iterates != nullptr) {  // a barrier after the stores: the next step (or the final one) writes T and W
       store_matrix(iterates + saved_slot(k, kSavedT) * slot_stride, T, n, ld);
       store_matrix(iterates + saved_slot(k, kSavedY) * slot_stride, Y, n, ld);
-      store_matrix(iterates + saved_slot(k, kSavedZ) * slot_stride, Z, n, ld);
+      if (k > 0) store_matrix(iterates + saved_slot(k, kSavedZ) * slot_stride, Z, n, ld);
       __syncthreads();
     }
   }

@@ -114,7 +114,7 @@ struct BatchedProducts {
   // α as a wrapped 0-dim tensor: mul's Scalar out= variant computes into a new tensor and copies it over.
   void identity_plus(at::Tensor out, const at::Tensor& a, double alpha, double beta) const {
     at::mul_out(out, a, at::native::wrapped_scalar_tensor(alpha));
-    if (beta != 0) out.diagonal(0, 1, 2).add_(beta);
+    out.diagonal(0, 1, 2).add_(beta);
   }
 
   void accumulate(at::Tensor out, const at::Tensor& a, double alpha) const { out.add_(a, alpha); }
@@ -157,7 +157,7 @@ Iteration run_iteration(const at::Tensor& a, int64_t iters, const at::Tensor& it
     it.Zf = m.eye;
   } else if (iterates.defined()) {
     auto slot = [&](int64_t k, SavedIterate which) { return saved_iterate(iterates, k, which); };
-    newton_schulz_first_step(m, A, slot(0, kSavedT), slot(0, kSavedY), slot(0, kSavedZ));
+    newton_schulz_first_step(m, A, slot(0, kSavedT), slot(0, kSavedY));  // Z₁ = T₀: one slot
     for (int64_t k = 1; k + 1 < iters; ++k) {
       newton_schulz_step(m, slot(k - 1, kSavedY), slot(k - 1, kSavedZ), slot(k, kSavedT), slot(k, kSavedY),
                          slot(k, kSavedZ));
