@@ -472,14 +472,14 @@ def block_products(n: int, matrices: int, products: Sequence[Tuple[bool, bool]])
 def sqrtm_forward_kernel(B: int, n: int, iters: int, save: bool, elem: int) -> Launch:
     """covpool_cuda.cu: sqrtm_newton_schulz_cuda — one CTA of 256 threads per matrix, all in shared memory."""
     nn = n * n
-    products = 3 * (iters - 1) + 2
+    products = 3 * (iters - 1) if iters > 1 else 2  # step 0 one (Z₀ = I), the others three, the final two
     c = block_products(n, B, [(False, False)] * products)
     saved = (3 * iters - 4) * nn * 4 * B if save else 0  # each step's T, Y', Z' (Z₁ = T₀: one matrix)
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)  # warp-iterations of an element loop
     return Launch("covpool", "sqrtm_forward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=sqrtm_smem(n, SQRTM_FORWARD_MATRICES), flops=2.0 * products * n ** 3 * B,
-                  min_bytes=2 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * 30, mem=c["mem"] + wi * 8,
-                  lsu=c["lsu"] + wi * 8, l2=2 * B * nn * elem + saved, gld=wi,  # loads: a; the rest are stores
+                  min_bytes=2 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * 42, mem=c["mem"] + wi * 10,
+                  lsu=c["lsu"] + wi * 10, l2=2 * B * nn * elem + saved, gld=wi,  # loads: a; the rest are stores
                   ilp=4, note=f"{products} n×n products in one CTA per matrix: 4×4 outputs a thread, 8 conflict-free "
                               "shared loads per 16 FMAs")
 
@@ -489,10 +489,10 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     Yₖ, Zₖ, Tₖ copied from the saved iterates into shared memory (coalesced; Y₀ = a/t and Z₀ = I formed from
     a, read again), the products read transposed operands from rows of odd stride: conflict-free as the others."""
     nn = n * n
-    prologue = [(False, False), (False, False), (False, True), (True, False), (True, False), (False, True)]
+    prologue = [(False, False), (False, True), (True, False), (True, False), (False, True)]  # Z·Y, the final's four
     step = [(True, False), (False, True), (False, True), (True, False), (True, False), (False, True)]
-    steps = step * (iters - 1)
-    products = prologue + steps[:-2]  # the last step reversed (k = 0) computes no gZ: Z₀ = I
+    first = [(True, False), (False, True)] if iters > 1 else []  # step 0 reversed: Aᵀ·gY₁, gY₁·T₀ᵀ
+    products = prologue + step * max(iters - 2, 0) + first
     c = block_products(n, B, products)
     wi = B * 8 * ceil_div(nn, SQRTM_THREADS)
     copies = 2 + 3 * (iters - 1)  # matrices copied into shared memory: Y_f, Z_f and each step's Yₖ, Zₖ, Tₖ
@@ -501,8 +501,8 @@ def sqrtm_backward_kernel(B: int, n: int, iters: int, elem: int) -> Launch:
     worst = max(product_wavefronts(n, a, b) for a, b in products)
     return Launch("covpool", "sqrtm_backward_kernel", (B, 1, 1), (SQRTM_THREADS, 1, 1),
                   dyn_smem=sqrtm_smem(n, SQRTM_BACKWARD_MATRICES), flops=2.0 * len(products) * n ** 3 * B,
-                  min_bytes=4 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * (40 + 6 * copies),
-                  mem=c["mem"] + wi * (10 + 2 * copies), lsu=c["lsu"] + wi * (10 + 2 * copies),
+                  min_bytes=4 * B * nn * elem + saved, ffma=c["ffma"], alu=c["alu"] + wi * (64 + 6 * copies),
+                  mem=c["mem"] + wi * (14 + 2 * copies), lsu=c["lsu"] + wi * (14 + 2 * copies),
                   l2=4 * B * nn * elem + iterates, gld=wi * (1 + copies), ilp=4,  # a twice, G, gA; loads: all but gA, Z₀
                   note=f"{len(products)} products, 4×4 outputs a thread; transposed operands: {worst:.0f} wavefronts "
                        "per k-step, as the others")

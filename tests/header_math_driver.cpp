@@ -204,7 +204,8 @@ void ns_final_backward() {
   Vector zy(n * n), p(n * n), gy(n * n), gz(n * n);
   const Products m{n};
   cp::newton_schulz_final(m, y.data(), z.data(), zy.data(), p.data());
-  cp::newton_schulz_final_backward(m, gp.data(), y.data(), zy.data(), gy.data(), gz.data(), zy.data());
+  cp::newton_schulz_final_backward_first(m, gp.data(), zy.data(), gy.data());
+  cp::newton_schulz_final_backward_rest(m, gp.data(), y.data(), zy.data(), gy.data(), gz.data(), zy.data());
   print(gy);
   print(gz);
 }
@@ -216,7 +217,7 @@ void ns_step_backward() {
   const Vector gy_next = next_numbers(n * n), gz_next = next_numbers(n * n);
   Vector gt(n * n), gy(n * n), gz(n * n);
   cp::newton_schulz_step_backward(Products{n}, y.data(), z.data(), t.data(), gy_next.data(), gz_next.data(),
-                                  gt.data(), gy.data(), gz.data(), /*z_grad=*/true);
+                                  gt.data(), gy.data(), gz.data());
   print(gt);
   print(gy);
   print(gz);
@@ -242,8 +243,13 @@ void sqrtm() {
   for (int k = 0; k + 1 < iters; ++k) {
     store(slot(k, 0), Y);
     store(slot(k, 1), Z);
-    cp::newton_schulz_step_in_place(m, Y, Z, T, W);
-    store(slot(k, 2), T);
+    if (k == 0) {
+      cp::newton_schulz_first_step_in_place(m, Y, Z, T, W);
+      store(slot(k, 2), Z);  // T₀ is Z₁, in Z's matrix
+    } else {
+      cp::newton_schulz_step_in_place(m, Y, Z, T, W);
+      store(slot(k, 2), T);
+    }
   }
   store(slot(iters - 1, 0), Y);
   store(slot(iters - 1, 1), Z);
@@ -252,17 +258,18 @@ void sqrtm() {
 
   const double* Yf = slot(iters - 1, 0);
   double *ZY = b0.data(), *Gp = b1.data(), *gY = b2.data(), *gZ = b3.data();
-  cp::newton_schulz_final(m, Yf, slot(iters - 1, 1), ZY, /*p=*/gY);
-  double g_dot_p = 0;
-  for (int e = 0; e < nn; ++e) {
-    g_dot_p += g[e] * gY[e];
-    Gp[e] = g[e] * std::sqrt(t);
-  }
-  cp::newton_schulz_final_backward(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
+  cp::newton_schulz_final_zy(m, Yf, slot(iters - 1, 1), ZY);
+  for (int e = 0; e < nn; ++e) Gp[e] = g[e] * std::sqrt(t);
+  cp::newton_schulz_final_backward_first(m, Gp, ZY, gY);
+  double gy_dot_y = 0;
+  for (int e = 0; e < nn; ++e) gy_dot_y += gY[e] * Yf[e];
+  const double g_dot_p = gy_dot_y / std::sqrt(t);  // ⟨G, P⟩
+  cp::newton_schulz_final_backward_rest(m, Gp, Yf, ZY, gY, gZ, /*work=*/ZY);
   double *gT = b0.data(), *spare = b1.data();
-  for (int k = iters - 2; k >= 0; --k) {
-    cp::newton_schulz_step_backward_in_place(m, slot(k, 0), slot(k, 1), slot(k, 2), gY, gZ, gT, spare, k > 0);
+  for (int k = iters - 2; k > 0; --k) {
+    cp::newton_schulz_step_backward_in_place(m, slot(k, 0), slot(k, 1), slot(k, 2), gY, gZ, gT, spare);
   }
+  if (iters > 1) cp::newton_schulz_first_step_backward_in_place(m, slot(0, 0), slot(0, 2), gY, gZ, gT, spare);
   double ga_dot_a = 0;
   for (int e = 0; e < nn; ++e) ga_dot_a += gY[e] * slot(0, 0)[e];
   const double coef = cp::trace_grad_coefficient(ga_dot_a, g_dot_p, t);

@@ -34,13 +34,18 @@ USES = {
         (void)cp::trace_grad_coefficient<T>(T(1), T(2), T(3));
         const cp::SquareProducts<T, cp::SerialLanes> m{2};
         T buf[8][4] = {};
-        T *y = buf[0], *z = buf[1], *w = buf[2], *gy = buf[3], *gz = buf[4], *spare = buf[5];
+        T *y = buf[0], *z = buf[1], *t = buf[6], *w = buf[2], *gy = buf[3], *gz = buf[4], *spare = buf[5];
+        cp::newton_schulz_first_step(m, buf[0], buf[1], buf[2]);
+        cp::newton_schulz_first_step_in_place(m, y, z, t, w);
         cp::newton_schulz_step(m, buf[0], buf[1], buf[2], buf[3], buf[4]);
         cp::newton_schulz_step_in_place(m, y, z, buf[6], w);
+        cp::newton_schulz_final_zy(m, y, z, buf[6]);
         cp::newton_schulz_final(m, y, z, buf[6], buf[7]);
-        cp::newton_schulz_final_backward(m, buf[7], y, buf[6], gy, gz, buf[6]);
-        cp::newton_schulz_step_backward(m, y, z, buf[6], gy, gz, buf[7], spare, gy, true);
-        cp::newton_schulz_step_backward_in_place(m, y, z, buf[6], gy, gz, buf[7], spare, false);
+        cp::newton_schulz_final_backward_first(m, buf[7], buf[6], gy);
+        cp::newton_schulz_final_backward_rest(m, buf[7], y, buf[6], gy, gz, buf[6]);
+        cp::newton_schulz_step_backward(m, y, z, buf[6], gy, gz, buf[7], spare, gy);
+        cp::newton_schulz_step_backward_in_place(m, y, z, buf[6], gy, gz, buf[7], spare);
+        cp::newton_schulz_first_step_backward_in_place(m, y, buf[6], gy, gz, buf[7], spare);
     """,
     "criss_cross": """
         namespace cc = attnkern::criss_cross;

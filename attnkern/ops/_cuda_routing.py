@@ -75,17 +75,17 @@ ROUTES: Dict[str, Route] = {
     # shape (SAN 16×64×48×48: 31.2 / 31.0 µs against 35.3 / 56.1; 1×64×200×200: 27.0 / 31.4 against 31.0 /
     # 57.4) — the plain path's own formulation with a launch fewer forward, the backward's one GEMM: keep.
     "covpool": Route(False, model="fwd 0.81–0.89×, bwd 0.55–0.60× (16×64×48×48: 0.88× / 0.55×)"),
-    # n ≤ 64: one block per matrix, conflict-free products (fwd 37 µs, bwd 72 µs at n = 64 against 144 /
+    # n ≤ 64: one block per matrix, conflict-free products (fwd 32.5 µs, bwd 65 µs at n = 64 against 144 /
     # 246); larger n: the same steps over batched cuBLAS in float32, 12 products forward and 25 backward
     # against the plain path's 14 and 26 (0.69–0.86×). In fp16/bf16 the plain path's products run on tensor
     # cores while the batched path keeps float32 (CUDA cores): 1.8× / 2.2× at iSQRT-COV 32×256×14×14,
-    # 6.9× / 8.2× at YOLO P5 8×1024×20×20 (the one-block kernel still 0.30× /
-    # 0.35× at n = 64). So half-precision matrices past one block (n > 64) take the reference in their
+    # 6.9× / 8.2× at YOLO P5 8×1024×20×20 (the one-block kernel still 0.26× /
+    # 0.32× at n = 64). So half-precision matrices past one block (n > 64) take the reference in their
     # dtype: float32 accumulation inside each bmm, the iterates rounded to the dtype between steps (relative
     # error ≈ 0.5–0.8% in bf16 at n = 80–256 on fresh covariances, against ≈ 0.2% for float32 iterates).
     "sqrtm_newton_schulz": Route(True, "reference.sqrtm_newton_schulz in the input dtype (bmm on tensor cores), "
                                        "autograd's backward",
-                                 "fwd 0.30×, bwd 0.35× (n = 64); 0.69–0.86× (float32, n = 256, 1024); "
+                                 "fwd 0.26×, bwd 0.32× (n = 64); 0.69–0.86× (float32, n = 256, 1024); "
                                  "fp16/bf16 n = 256, 1024: fwd 1.8–6.9×, bwd 2.2–8.2×",
                                  dtypes=(torch.float16, torch.bfloat16), size="n (matrix order)", size_at_least=65),
     # A block a row: contiguous copies, no division or square root per element: 0.51–0.63× (bf16 0.47–0.70×;

@@ -64,10 +64,9 @@ ATTNKERN_HD inline T trace_grad_coefficient(const T& gA_dot_A, const T& G_dot_P,
 //   m.product(out, a, b, α)       out = α·a·b
 //   m.product(out, a, b, α, c, β) out = α·a·b + β·c, where c may be out itself (out += α·a·b for β = 1)
 // out never aliases a or b, and a product is complete (for every thread that takes part) when it returns.
-// The first step's templates (Z₀ = I) also need two elementwise operations, which only the batched
-// policy provides (the one-block kernels take the general step there, whose Z₁ = T₀·I is T₀ exactly):
-//   m.identity_plus(out, a, α, β) out = α·a + β·I
+//   m.identity_plus(out, a, α, β) out = α·a + β·I (the first step's T₀)
 //   m.accumulate(out, a, α)       out += α·a
+// and is complete (for every thread that takes part) when each returns.
 // Its functions may be host-only or device-only: ATTNKERN_HD_TEMPLATE (common/macros.h).
 
 // One step: T = 1.5·I − ½·Z·Y, Y' = Y·T, Z' = T·Z. z_next may be y's matrix (y is read no more once
@@ -170,31 +169,22 @@ ATTNKERN_HD inline void newton_schulz_final_backward_rest(const M& m, typename M
   m.product(gz, work, m.transposed(y), S(-kHalf));
 }
 
-ATTNKERN_HD_TEMPLATE
-template <typename M>
-ATTNKERN_HD inline void newton_schulz_final_backward(const M& m, typename M::Operand gp, typename M::Operand y,
-                                                     typename M::Operand zy, typename M::Matrix gy,
-                                                     typename M::Matrix gz, typename M::Matrix work) {
-  newton_schulz_final_backward_first(m, gp, zy, gy);
-  newton_schulz_final_backward_rest(m, gp, y, zy, gy, gz, work);
-}
-
-// One step reversed, from the step's Y, Z, T and gy_next = ∂L/∂Y', gz_next = ∂L/∂Z':
+// One step reversed (k ≥ 1; step 0 is newton_schulz_first_step_backward_in_place), from the step's Y, Z, T
+// and gy_next = ∂L/∂Y', gz_next = ∂L/∂Z':
 //   gT = Yᵀ·gY' + gZ'·Zᵀ,  gY = gY'·Tᵀ − ½·Zᵀ·gT,  gZ = Tᵀ·gZ' − ½·gT·Yᵀ
-// into gt, gy and (when z_grad: Z₀ = I needs none) gz. gz may be gy_next's matrix (gy_next is read no
-// more once gy is written); nothing else may alias.
+// into gt, gy and gz. gz may be gy_next's matrix (gy_next is read no more once gy is written); nothing else
+// may alias.
 ATTNKERN_HD_TEMPLATE
 template <typename M>
 ATTNKERN_HD inline void newton_schulz_step_backward(const M& m, typename M::Operand y, typename M::Operand z,
                                                     typename M::Operand t, typename M::Operand gy_next,
                                                     typename M::Operand gz_next, typename M::Matrix gt,
-                                                    typename M::Matrix gy, typename M::Matrix gz, bool z_grad) {
+                                                    typename M::Matrix gy, typename M::Matrix gz) {
   using S = typename M::Scalar;
   m.product(gt, m.transposed(y), gy_next, S(1));
   m.product(gt, gz_next, m.transposed(z), S(1), gt, S(1));
   m.product(gy, gy_next, m.transposed(t), S(1));
   m.product(gy, m.transposed(z), gt, S(-kHalf), gy, S(1));
-  if (!z_grad) return;
   m.product(gz, m.transposed(t), gz_next, S(1));
   m.product(gz, gt, m.transposed(y), S(-kHalf), gz, S(1));
 }
@@ -206,8 +196,8 @@ template <typename M>
 ATTNKERN_HD inline void newton_schulz_step_backward_in_place(const M& m, typename M::Operand y, typename M::Operand z,
                                                              typename M::Operand t, typename M::Matrix& gy,
                                                              typename M::Matrix& gz, typename M::Matrix gt,
-                                                             typename M::Matrix& spare, bool z_grad) {
-  newton_schulz_step_backward(m, y, z, t, gy, gz, gt, spare, gy, z_grad);
+                                                             typename M::Matrix& spare) {
+  newton_schulz_step_backward(m, y, z, t, gy, gz, gt, spare, gy);
   rotate_matrices(gy, gz, spare);
 }
 
@@ -342,6 +332,25 @@ struct SquareProducts {
     const int tiles = (n + kProductTile - 1) / kProductTile;
     for (int cell = Lanes::first(); cell < tiles * tiles * kProductCells; cell += Lanes::stride()) {
       product_cell(out, a, b, alpha, c, beta, cell);
+    }
+    Lanes::sync();
+  }
+
+  // The elementwise operations, an entry a lane at a time (a a matrix, not the identity).
+  ATTNKERN_HD_TEMPLATE
+  ATTNKERN_HD void identity_plus(T* out, const Operand& a, T alpha, T beta) const {
+    for (int e = Lanes::first(); e < n * n; e += Lanes::stride()) {
+      const int i = e / n, j = e - i * n;
+      out[i * ld + j] = alpha * a.at(ld, i, j) + (i == j ? beta : T(0));
+    }
+    Lanes::sync();
+  }
+
+  ATTNKERN_HD_TEMPLATE
+  ATTNKERN_HD void accumulate(T* out, const Operand& a, T alpha) const {
+    for (int e = Lanes::first(); e < n * n; e += Lanes::stride()) {
+      const int i = e / n, j = e - i * n;
+      out[i * ld + j] += alpha * a.at(ld, i, j);
     }
     Lanes::sync();
   }

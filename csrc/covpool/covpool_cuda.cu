@@ -140,15 +140,19 @@ __device__ acc_t load_start(const scalar_t* a, acc_t* Y, acc_t* Z, int n, int ld
 
 // Runs the iteration from Y = A, Z = I up to Y_f, Z_f (left in *Y, *Z; T and W are work space). With
 // `iterates` non-null (this matrix's first slot; slots are `slot_stride` apart, the layout of covpool.h),
-// stores each step's Tₖ, Yₖ₊₁, Zₖ₊₁ (Z₁ = T₀·I is T₀, whose slot it shares: not stored again).
+// stores each step's Tₖ, Yₖ₊₁, Zₖ₊₁ (step 0: T₀, which is Z₁ and in Z's matrix, and Y₁).
 template <typename acc_t>
 __device__ void newton_schulz_iterate(acc_t*& Y, acc_t*& Z, acc_t*& T, acc_t*& W, int n, int ld, int iters,
                                       acc_t* iterates, int64_t slot_stride) {
   const BlockProducts<acc_t> m{n, ld};
   for (int k = 0; k + 1 < iters; ++k) {
-    newton_schulz_step_in_place(m, Y, Z, T, W);
+    if (k == 0) {
+      newton_schulz_first_step_in_place(m, Y, Z, T, W);
+    } else {
+      newton_schulz_step_in_place(m, Y, Z, T, W);
+    }
     if (iterates != nullptr) {  // a barrier after the stores: the next step (or the final one) writes T and W
-      store_matrix(iterates + saved_slot(k, kSavedT) * slot_stride, T, n, ld);
+      store_matrix(iterates + saved_slot(k, kSavedT) * slot_stride, k == 0 ? Z : T, n, ld);
       store_matrix(iterates + saved_slot(k, kSavedY) * slot_stride, Y, n, ld);
       if (k > 0) store_matrix(iterates + saved_slot(k, kSavedZ) * slot_stride, Z, n, ld);
       __syncthreads();
@@ -224,30 +228,38 @@ __global__ void sqrtm_backward_kernel(const scalar_t* __restrict__ grad, const s
   const BlockProducts<acc_t> m{n, ld};
   const acc_t s = sqrt(t);
 
-  // The final step P = 1.5·Y_f − ½·Y_f·(Z_f·Y_f) (P in gY's matrix until gY is written), ⟨G, P⟩,
-  // Gp = ∂L/∂P = G·√t, and the final step's gradient.
+  // The final step's gradient from Gp = ∂L/∂P = G·√t, and ⟨G, P⟩ = ⟨gY, Y_f⟩/√t between its two parts
+  // (covpool.h: P is not formed).
   acc_t *ZY = b0, *Gp = b1, *gY = b2, *gZ = b3;
   fetch_step_start(Ys, Zs, iterates, slot_stride, iters - 1, a + offset, n, ld, scratch);
   __syncthreads();
-  newton_schulz_final(m, Ys, Zs, ZY, /*p=*/gY);
-  acc_t g_dot_p = 0;
+  newton_schulz_final_zy(m, Ys, Zs, ZY);
+  for (int e = threadIdx.x; e < nn; e += blockDim.x) {
+    const int i = e / n;
+    Gp[i * ld + (e - i * n)] = static_cast<acc_t>(grad[offset + e]) * s;
+  }
+  __syncthreads();
+  newton_schulz_final_backward_first(m, Gp, ZY, gY);
+  acc_t gy_dot_y = 0;
   for (int e = threadIdx.x; e < nn; e += blockDim.x) {
     const int i = e / n, ij = i * ld + (e - i * n);
-    const acc_t g = static_cast<acc_t>(grad[offset + e]);
-    g_dot_p += g * gY[ij];
-    Gp[ij] = g * s;
+    gy_dot_y += gY[ij] * Ys[ij];
   }
-  g_dot_p = block_sum(g_dot_p, scratch);  // its barriers end the reads of P
-  newton_schulz_final_backward(m, Gp, Ys, ZY, gY, gZ, /*work=*/ZY);
+  const acc_t g_dot_p = block_sum(gy_dot_y, scratch) / s;  // its barriers end the reads of gY
+  newton_schulz_final_backward_rest(m, Gp, Ys, ZY, gY, gZ, /*work=*/ZY);
 
-  // Reverse the steps (Z₀ = I needs no gradient), each with its Yₖ, Zₖ, Tₖ copied into shared memory, Y₀
-  // and Z₀ formed from a (the previous product's barrier has ended the reads of the last ones).
+  // Reverse the steps, each with its Yₖ, Zₖ, Tₖ copied into shared memory, Y₀ (and Z₀ = I, which step 0
+  // reversed does not read) formed from a; the previous product's barrier has ended the reads of the last ones.
   acc_t *gT = b0, *spare = b1;
   for (int k = iters - 2; k >= 0; --k) {
     fetch_step_start(Ys, Zs, iterates, slot_stride, k, a + offset, n, ld, scratch);
     fetch_matrix(Ts, iterates + saved_slot(k, kSavedT) * slot_stride, n, ld);
     __syncthreads();
-    newton_schulz_step_backward_in_place(m, Ys, Zs, Ts, gY, gZ, gT, spare, /*z_grad=*/k > 0);
+    if (k > 0) {
+      newton_schulz_step_backward_in_place(m, Ys, Zs, Ts, gY, gZ, gT, spare);
+    } else {
+      newton_schulz_first_step_backward_in_place(m, Ys, Ts, gY, gZ, gT, spare);
+    }
   }
 
   // gY = ∂L/∂A; A = Y₀ is in Ys (the last step reversed fetched it; with one iteration Y_f is Y₀).
@@ -276,7 +288,7 @@ int64_t sqrtm_smem_bytes(int64_t n, int matrices) {
 // tile of one cell a thread) and its shared memory fits the device's opt-in. The size threshold is the
 // model's (benchmarks/perf_model.py, covpool section; H200, float32): at n = 64 a product's 64³ FMAs
 // take ~2.4 µs on one SM (shared-load bound) against ≥ 4 µs a launch for each bmm of the batched path:
-// 5 iterations 37 µs forward, 72 µs backward against 115 / 204 µs batched (plain PyTorch 144 / 246),
+// 5 iterations 32.5 µs forward, 65 µs backward against 87 / 175 µs batched (plain PyTorch 144 / 246),
 // for 1 to 132 matrices alike. Past 64 a product's time on one SM grows as n³ (~8 µs at n = 96, what a
 // batched product costs there), so the one-block path stops at one tile.
 template <typename acc_t>

@@ -232,8 +232,7 @@ at::Tensor sqrtm_batched_backward(const at::Tensor& grad_in, const at::Tensor& a
   // Reverse the steps: the general ones, then step 0 (Z₀ = I, which needs no gradient).
   at::Tensor gT = ZY, spare = Gp;
   for (int64_t k = f - 1; k > 0; --k) {
-    newton_schulz_step_backward_in_place(m, Y(k), Z(k), saved_iterate(iterates, k, kSavedT), gY, gZ, gT, spare,
-                                         /*z_grad=*/true);
+    newton_schulz_step_backward_in_place(m, Y(k), Z(k), saved_iterate(iterates, k, kSavedT), gY, gZ, gT, spare);
   }
   if (f > 0) newton_schulz_first_step_backward_in_place(m, A, saved_iterate(iterates, 0, kSavedT), gY, gZ, gT, spare);
 
