@@ -191,6 +191,7 @@ def test_the_sanitized_build_reports_the_planted_bug(variant, call, where):
     report, exit_code = REPORTS[variant]
     assert report in result.stderr, result.stderr[-5000:]
     assert where in result.stderr
+    assert "planted_bugs.cu:" in result.stderr  # the trace's file and line: the builds keep line tables (-g1)
     assert result.returncode == exit_code
 
 
