@@ -89,8 +89,10 @@ def assert_gradient_matches(got, expected, dtype, what):
 
 def check_against_reference(name, args, dtype):
     """attnkern.ops.<name>(*args) against attnkern.reference.<name> on the same values (in float64),
-    forward and, for the differentiable tensor arguments, backward."""
+    forward and, for the differentiable tensor arguments, backward; and the op's check op accepts the
+    arguments (the reference path, as in portable mode, runs it before the reference)."""
     op = OPS[name]
+    assert op.check(*args) is None
     leaves = [a.detach().requires_grad_() if i in op.grads and isinstance(a, torch.Tensor) else a
               for i, a in enumerate(args)]
     ref_leaves = [a.detach().double().requires_grad_() if i in op.grads and isinstance(a, torch.Tensor)
