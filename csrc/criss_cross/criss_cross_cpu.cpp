@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_parallel.h"
@@ -86,52 +88,72 @@ constexpr int64_t kColumnBlock = 16;  // a 64-byte line of float
 // Row h of sample b of x [B, C, H, W]: a [C, W] view.
 at::Tensor row_of(const at::Tensor& x, int64_t b, int64_t h) { return x[b].select(1, h); }
 
-// Columns w0 .. w0 + n − 1 of sample b of x [B, C, H, W] (contiguous) as a new [n, C, H] block: the sample's
-// [C·H, W] matrix 16 rows at a time, each row's n adjacent values (one or two cache lines) into a 16×16 staging
-// tile, its columns out as 16 consecutive values of each of the n [C, H] matrices — contiguous
-// reads and writes on both sides. (ATen's copy of the permuted view walks all C·H rows once a column.)
+// f(n) for a block of n columns, n as a compile-time constant where it is kColumnBlock (every block but an
+// image's last), so that the staging loops below have constant trip counts and unroll.
+template <typename F>
+void with_block_width(int64_t n, F f) {
+  if (n == kColumnBlock) {
+    f(std::integral_constant<int64_t, kColumnBlock>{});
+  } else {
+    f(n);
+  }
+}
+
+// Columns w0 .. w0 + n − 1 of sample b of x [B, C, H, W] (contiguous) into `block`, [n, C, H] (contiguous): the
+// sample's [C·H, W] matrix 16 rows at a time, each row's n adjacent values (one or two cache lines) into a 16×16
+// staging tile, its columns out as 16 consecutive values of each of the n [C, H] matrices — contiguous reads and
+// writes on both sides. (ATen's copy of the permuted view walks all C·H rows once a column.)
 template <typename scalar_t>
-at::Tensor gather_columns(const at::Tensor& x, int64_t b, int64_t w0, int64_t n) {
+void gather_columns(const at::Tensor& x, int64_t b, int64_t w0, at::Tensor& block) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3), rows = C * H;
-  auto block = at::empty({n, C, H}, x.options());
   const scalar_t* from = x.const_data_ptr<scalar_t>() + b * rows * W + w0;
   scalar_t* to = block.mutable_data_ptr<scalar_t>();
-  scalar_t staging[kColumnBlock][kColumnBlock];
-  for (int64_t r0 = 0; r0 < rows; r0 += kColumnBlock) {
-    const int64_t m = std::min(kColumnBlock, rows - r0);
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t j = 0; j < n; ++j) staging[j][r] = from[(r0 + r) * W + j];
+  with_block_width(block.size(0), [&](auto n) {
+    scalar_t staging[kColumnBlock][kColumnBlock];
+    int64_t r0 = 0;
+    for (; r0 + kColumnBlock <= rows; r0 += kColumnBlock) {
+      for (int64_t r = 0; r < kColumnBlock; ++r) {
+        for (int64_t j = 0; j < n; ++j) staging[j][r] = from[(r0 + r) * W + j];
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t r = 0; r < kColumnBlock; ++r) to[j * rows + r0 + r] = staging[j][r];
+      }
     }
-    for (int64_t j = 0; j < n; ++j) {
-      for (int64_t r = 0; r < m; ++r) to[j * rows + r0 + r] = staging[j][r];
+    for (int64_t r = r0; r < rows; ++r) {  // the last rows, fewer than 16
+      for (int64_t j = 0; j < n; ++j) to[j * rows + r] = from[r * W + j];
     }
-  }
-  return block;
+  });
 }
 
 // An [n, C, H] block (contiguous) written (add = false) or added into columns w0 .. w0 + n − 1 of sample b of x
 // (contiguous), through a 16×16 staging tile as gather_columns.
 template <bool add, typename scalar_t>
 void scatter_columns(const at::Tensor& block, at::Tensor& x, int64_t b, int64_t w0) {
-  const int64_t n = block.size(0), C = x.size(1), H = x.size(2), W = x.size(3), rows = C * H;
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), rows = C * H;
   const scalar_t* from = block.const_data_ptr<scalar_t>();
   scalar_t* to = x.mutable_data_ptr<scalar_t>() + b * rows * W + w0;
-  scalar_t staging[kColumnBlock][kColumnBlock];
-  for (int64_t r0 = 0; r0 < rows; r0 += kColumnBlock) {
-    const int64_t m = std::min(kColumnBlock, rows - r0);
-    for (int64_t j = 0; j < n; ++j) {
-      for (int64_t r = 0; r < m; ++r) staging[r][j] = from[j * rows + r0 + r];
+  auto put = [](scalar_t& out, scalar_t value) {
+    if constexpr (add) {
+      out += value;
+    } else {
+      out = value;
     }
-    for (int64_t r = 0; r < m; ++r) {
+  };
+  with_block_width(block.size(0), [&](auto n) {
+    scalar_t staging[kColumnBlock][kColumnBlock];
+    int64_t r0 = 0;
+    for (; r0 + kColumnBlock <= rows; r0 += kColumnBlock) {
       for (int64_t j = 0; j < n; ++j) {
-        if constexpr (add) {
-          to[(r0 + r) * W + j] += staging[r][j];
-        } else {
-          to[(r0 + r) * W + j] = staging[r][j];
-        }
+        for (int64_t r = 0; r < kColumnBlock; ++r) staging[r][j] = from[j * rows + r0 + r];
+      }
+      for (int64_t r = 0; r < kColumnBlock; ++r) {
+        for (int64_t j = 0; j < n; ++j) put(to[(r0 + r) * W + j], staging[r][j]);
       }
     }
-  }
+    for (int64_t r = r0; r < rows; ++r) {
+      for (int64_t j = 0; j < n; ++j) put(to[r * W + j], from[j * rows + r]);
+    }
+  });
 }
 
 // Runs body(task, tile, scratch) for tasks 0 .. count − 1, in parallel, with two n×n tiles.
@@ -144,13 +166,23 @@ void for_each_task(int64_t count, int64_t n, const at::TensorOptions& options, B
   });
 }
 
-// Runs body(b, w0, n, tile, scratch) for every block of up to kColumnBlock columns.
+// Runs body(b, w0, blocks, tile, scratch) for every block of up to kColumnBlock columns, with one [n, channels[i], H]
+// buffer a tensor in `blocks` (n the block's width), allocated once a thread: a task's buffers are megabytes, and a
+// fresh allocation of that size is fresh pages, each faulted in.
 template <typename Body>
-void for_each_column_block(int64_t batch, int64_t H, int64_t W, const at::TensorOptions& options, Body body) {
+void for_each_column_block(int64_t batch, int64_t H, int64_t W, std::initializer_list<int64_t> channels,
+                           const at::TensorOptions& options, Body body) {
   const int64_t blocks = (W + kColumnBlock - 1) / kColumnBlock;
-  for_each_task(batch * blocks, H, options, [&](int64_t t, at::Tensor& tile, at::Tensor& scratch) {
-    const int64_t w0 = (t % blocks) * kColumnBlock;
-    body(t / blocks, w0, std::min(kColumnBlock, W - w0), tile, scratch);
+  parallel_for_aten(0, batch * blocks, 1, [&](int64_t t0, int64_t t1) {
+    auto tile = at::empty({H, H}, options);
+    auto scratch = at::empty({H, H}, options);
+    std::vector<at::Tensor> buffers, views(channels.size());
+    for (int64_t c : channels) buffers.push_back(at::empty({kColumnBlock, c, H}, options));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t w0 = (t % blocks) * kColumnBlock, n = std::min(kColumnBlock, W - w0);
+      for (size_t i = 0; i < buffers.size(); ++i) views[i] = buffers[i].narrow(0, 0, n);
+      body(t / blocks, w0, views, tile, scratch);
+    }
   });
 }
 
@@ -190,11 +222,14 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
   auto col_max = at::empty({B, H, W}, v.options()), col_sum = at::empty_like(col_max);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_cpu", [&] {
     // Columns: out[:, :, w] ← unnormalised column-block output, with the block's max and sum.
-    for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& e, at::Tensor&) {
-      auto qc = gather_columns<scalar_t>(q, b, w0, n), kc = gather_columns<scalar_t>(k, b, w0, n);
-      auto vc = gather_columns<scalar_t>(v, b, w0, n);
-      auto oc = at::empty_like(vc);
-      for (int64_t j = 0; j < n; ++j) {
+    const int64_t Cq = q.size(1);
+    for_each_column_block(B, H, W, {Cq, Cq, C, C}, v.options(), [&](int64_t b, int64_t w0, std::vector<at::Tensor>& blocks,
+                                                                  at::Tensor& e, at::Tensor&) {
+      auto &qc = blocks[0], &kc = blocks[1], &vc = blocks[2], &oc = blocks[3];
+      gather_columns<scalar_t>(q, b, w0, qc);
+      gather_columns<scalar_t>(k, b, w0, kc);
+      gather_columns<scalar_t>(v, b, w0, vc);
+      for (int64_t j = 0; j < qc.size(0); ++j) {
         at::mm_out(e, qc[j].t(), kc[j]);  // e[i, i'] = q_i·k_i'
         const int64_t first = b * HW + w0 + j;  // pixel (0, w); pixels of the column are W apart
         exponentiate_rows(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
@@ -293,11 +328,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
       at::mm_out(gvl, gl, s);
     });
     // Columns: D whole, dS, and ∂q, ∂k (written; the rows add theirs) and ∂v (added).
-    for_each_column_block(B, H, W, v.options(), [&](int64_t b, int64_t w0, int64_t n, at::Tensor& s, at::Tensor& ds) {
-      auto qc = gather_columns<scalar_t>(q, b, w0, n), kc = gather_columns<scalar_t>(k, b, w0, n);
-      auto vc = gather_columns<scalar_t>(v, b, w0, n), gc = gather_columns<scalar_t>(g, b, w0, n);
-      auto gqc = at::empty_like(qc), gkc = at::empty_like(kc), gvc = at::empty_like(vc);
-      for (int64_t j = 0; j < n; ++j) {
+    const int64_t Cq = q.size(1), C = v.size(1);
+    for_each_column_block(B, H, W, {Cq, Cq, C, C, Cq, Cq, C}, v.options(),
+                          [&](int64_t b, int64_t w0, std::vector<at::Tensor>& blocks, at::Tensor& s, at::Tensor& ds) {
+      auto &qc = blocks[0], &kc = blocks[1], &vc = blocks[2], &gc = blocks[3];
+      auto &gqc = blocks[4], &gkc = blocks[5], &gvc = blocks[6];
+      gather_columns<scalar_t>(q, b, w0, qc);
+      gather_columns<scalar_t>(k, b, w0, kc);
+      gather_columns<scalar_t>(v, b, w0, vc);
+      gather_columns<scalar_t>(g, b, w0, gc);
+      for (int64_t j = 0; j < qc.size(0); ++j) {
         scalar_t* d_of = d_ptr + b * HW + w0 + j;
         at::mm_out(s, qc[j].t(), kc[j]);
         at::mm_out(ds, gc[j].t(), vc[j]);
