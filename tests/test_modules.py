@@ -138,6 +138,25 @@ def test_sge_single_position_is_finite():
     assert torch.isnan(seeds.SeedSGE(2)(x)).all()  # the published normalisation divides by a NaN std
 
 
+def test_sge_takes_channels_last_and_strided_inputs():
+    """SGE's similarity is a batched product over reshaped views of x: inputs whose [B·G, C/G, H·W] view is not
+    contiguous (channels-last, a strided slice) give the seed's values and gradients."""
+    seed = seeds.SeedSGE(4).double()
+    randomise(seed)
+    layer = ak.SGE(4).double()
+    layer.load_state_dict(seed.state_dict())
+    base = torch.randn(2, 16, 6, 14, dtype=torch.float64)
+    for view in (lambda t: t.to(memory_format=torch.channels_last), lambda t: t[:, :, :, ::2]):
+        x_seed, x_ours = base.clone().requires_grad_(), base.clone().requires_grad_()
+        assert not view(x_ours).is_contiguous()
+        out_seed, out = seed(view(x_seed)), layer(view(x_ours))
+        assert rel_error(out, out_seed) <= 1e-12
+        grad = torch.randn_like(out)
+        out_seed.backward(grad)
+        out.backward(grad)
+        assert rel_error(x_ours.grad, x_seed.grad) <= 1e-12
+
+
 def test_parameter_names_match_the_published_modules():
     assert set(ak.SEAttention(32, 8).state_dict()) == {"fc.0.weight", "fc.2.weight"}
     assert set(ak.CBAM(32).state_dict()) == {"ca.fc1.weight", "ca.fc2.weight", "sa.conv1.weight"}

@@ -40,12 +40,15 @@ class SGE(nn.Module):
         b, c, h, w = x.shape
         if c % self.groups:
             raise ValueError(f"SGE: input channels must be divisible by groups={self.groups}, got shape {tuple(x.shape)}")
-        xg = x.reshape(b * self.groups, c // self.groups, h, w)
-        similarity = (xg * self.avg_pool(xg)).sum(dim=1).view(b * self.groups, h * w)
+        n, cg = b * self.groups, c // self.groups
+        xg = x.reshape(n, cg, h, w)
+        # c_i = x_i · g for every position at once: [1, C/G] · [C/G, H·W] per group (the published x·g, summed
+        # after, writes and reads a tensor of x's size)
+        similarity = torch.bmm(self.avg_pool(xg).reshape(n, 1, cg), xg.reshape(n, cg, h * w)).view(n, h * w)
         centred = similarity - similarity.mean(dim=1, keepdim=True)
         if h * w > 1:
             normalised = centred / (centred.std(dim=1, keepdim=True) + 1e-5)
         else:
             normalised = centred  # zero: one position has no spread
         gate = normalised.view(b, self.groups, h, w) * self.weight + self.bias
-        return (xg * self.sig(gate.view(b * self.groups, 1, h, w))).view(b, c, h, w)
+        return (xg * self.sig(gate.view(n, 1, h, w))).view(b, c, h, w)
