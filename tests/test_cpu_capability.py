@@ -1,10 +1,11 @@
 """CPU capabilities: every version of the vectorised CPU kernels is tested on this machine, and only
 the capability namespaces hold wide-vector code.
 
-The vectorised kernels (window attention, gating) are compiled once per capability — default (SSE2 /
-NEON), avx2, avx512 — and the one in use is the best this CPU runs unless ATTNKERN_CPU_CAPABILITY
-lowers it (csrc/common/cpu_capability.h). The rest of the suite runs the version in use; here the
-kernels' tests run again in a fresh process for each other capability this CPU can execute.
+The vectorised kernels (window attention, gating, the criss-cross softmax numerators) are compiled once
+per capability — default (SSE2 / NEON), avx2, avx512 — and the one in use is the best this CPU runs
+unless ATTNKERN_CPU_CAPABILITY lowers it (csrc/common/cpu_capability.h). The rest of the suite runs the
+version in use; here the kernels' tests run again in a fresh process for each other capability this CPU
+can execute.
 """
 
 import os
@@ -23,7 +24,7 @@ CAPABILITIES = ["default", "avx2", "avx512"]
 TESTS = Path(__file__).resolve().parent
 # The tests of the ops with vectorised CPU kernels; compile/opcheck tests check the registration, which
 # does not depend on the capability.
-KERNEL_TESTS = ["test_window_attention.py", "test_gating.py"]
+KERNEL_TESTS = ["test_window_attention.py", "test_gating.py", "test_criss_cross.py"]
 
 
 def run_python(code: str, capability=None) -> subprocess.CompletedProcess:
@@ -67,7 +68,7 @@ def test_an_unknown_capability_warns_and_uses_the_best():
 
 @pytest.mark.parametrize("capability", CAPABILITIES)
 def test_kernels_on_every_capability(capability):
-    """The window-attention and gating tests, forward and backward against the references, with the
+    """The window-attention, gating and criss-cross tests, forward and backward against the references, with the
     kernels of `capability` (the capability in use here is covered by the rest of the suite)."""
     if capability not in SUPPORTED:
         pytest.skip(f"this CPU runs {BEST} at best")

@@ -225,6 +225,26 @@ def test_attention_with_a_block_of_minus_inf_energies(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_attention_with_minus_inf_and_nan_energies_in_whole_vectors(device):
+    """As above on a 20×20 image, where the CPU kernel's softmax numerators take whole vectors (up to 16
+    lanes) before the remainder: image row 0 of k is −inf, so the pixels of row 0 have an all −inf row block
+    and every other pixel −inf entries among finite ones; then one NaN in k."""
+    q = torch.rand(2, 3, 20, 20, device=device) + 0.5
+    k = torch.randn(2, 3, 20, 20, device=device)
+    v = torch.randn(2, 4, 20, 20, device=device)
+    k[:, :, 0] = -math.inf
+    out = ops.criss_cross_attention(q, k, v)
+    expected = reference.criss_cross_attention(q.double(), k.double(), v.double())
+    assert torch.isfinite(out).all()
+    assert rel_error(out, expected) <= 1e-5
+    k[1, 2, 9, 13] = math.nan
+    out = ops.criss_cross_attention(q, k, v)
+    expected = reference.criss_cross_attention(q.double(), k.double(), v.double())
+    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any() and not out.isnan().all()
+    assert rel_error(out[~out.isnan()], expected[~expected.isnan()]) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_attention_lse(device):
     q, k, v, _ = inputs((2, 3, 5, 6), 4, device)
     out, lse = torch.ops.attnkern.criss_cross_attention(q, k, v)

@@ -19,6 +19,9 @@
 #include "criss_cross/criss_cross.h"
 #include "criss_cross/criss_cross_checks.h"
 
+#define ATTNKERN_CPU_KERNEL_BODY "criss_cross/criss_cross_cpu_kernel.h"
+#include "common/cpu_foreach_capability.h"
+
 namespace attnkern {
 namespace criss_cross {
 namespace {
@@ -186,31 +189,6 @@ void for_each_column_block(int64_t batch, int64_t H, int64_t W, std::initializer
   });
 }
 
-// Softmax numerators of the rows of a tile, in place: e[i, j] ← exp(e[i, j] − max_i), each row's max
-// and sum written `stride` apart. With skip_diagonal, e[i, i] is left out (set to 0): the pixel itself belongs
-// to its row block, not its column block. An energy of −inf (q·k against an infinite k) has weight 0 also
-// when the row's max is −inf (exp(−inf − (−inf)) would be NaN); a NaN energy makes every weight NaN. A
-// row with nothing left gets max −inf and sum 0.
-template <typename scalar_t>
-void exponentiate_rows(scalar_t* e, int64_t n, bool skip_diagonal, scalar_t* max_out, int64_t stride,
-                       scalar_t* sum_out) {
-  for (int64_t i = 0; i < n; ++i) {
-    scalar_t* row = e + i * n;
-    scalar_t max = -std::numeric_limits<scalar_t>::infinity();
-    for (int64_t j = 0; j < n; ++j) {
-      if (!(skip_diagonal && j == i)) max = std::max(max, row[j]);
-    }
-    scalar_t sum = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const bool zero = (skip_diagonal && j == i) || row[j] == -std::numeric_limits<scalar_t>::infinity();
-      row[j] = zero ? scalar_t(0) : std::exp(row[j] - max);
-      sum += row[j];
-    }
-    max_out[i * stride] = max;
-    sum_out[i * stride] = sum;
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                  const at::Tensor& v_in) {
   check_attention_inputs(q_in, k_in, v_in, "criss_cross_attention");
@@ -221,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
   auto lse = at::empty({B, H, W}, v.options());
   auto col_max = at::empty({B, H, W}, v.options()), col_sum = at::empty_like(col_max);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "criss_cross_attention_cpu", [&] {
+    const auto exponentiate = ATTNKERN_CPU_DISPATCH(exponentiate_rows<scalar_t>);  // this CPU's version
     // Columns: out[:, :, w] ← unnormalised column-block output, with the block's max and sum.
     const int64_t Cq = q.size(1);
     for_each_column_block(B, H, W, {Cq, Cq, C, C}, v.options(), [&](int64_t b, int64_t w0, std::vector<at::Tensor>& blocks,
@@ -232,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
       for (int64_t j = 0; j < qc.size(0); ++j) {
         at::mm_out(e, qc[j].t(), kc[j]);  // e[i, i'] = q_i·k_i'
         const int64_t first = b * HW + w0 + j;  // pixel (0, w); pixels of the column are W apart
-        exponentiate_rows(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
+        exponentiate(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
                           col_max.mutable_data_ptr<scalar_t>() + first, W, col_sum.mutable_data_ptr<scalar_t>() + first);
         auto oc_j = oc[j];
         at::mm_out(oc_j, vc[j], e.t());  // out[c, i] = Σ_i' v[c, i']·e[i, i']
@@ -244,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
       const int64_t b = t / H, h = t % H;
       at::mm_out(e, row_of(q, b, h).t(), row_of(k, b, h));
       std::vector<scalar_t> row_max(W), row_sum(W);
-      exponentiate_rows(e.mutable_data_ptr<scalar_t>(), W, /*skip_diagonal=*/false, row_max.data(), 1, row_sum.data());
+      exponentiate(e.mutable_data_ptr<scalar_t>(), W, /*skip_diagonal=*/false, row_max.data(), 1, row_sum.data());
       auto partial = at::mm(row_of(v, b, h), e.t());  // [C, W]
       const scalar_t* partial_ptr = partial.const_data_ptr<scalar_t>();
       scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>() + b * C * HW + h * W;
