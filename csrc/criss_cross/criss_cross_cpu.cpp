@@ -202,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
     const auto exponentiate = ATTNKERN_CPU_DISPATCH(exponentiate_rows<scalar_t>);  // this CPU's version
     // Columns: out[:, :, w] ← unnormalised column-block output, with the block's max and sum.
     const int64_t Cq = q.size(1);
-    for_each_column_block(B, H, W, {Cq, Cq, C, C}, v.options(), [&](int64_t b, int64_t w0, std::vector<at::Tensor>& blocks,
-                                                                  at::Tensor& e, at::Tensor&) {
+    for_each_column_block(B, H, W, {Cq, Cq, C, C}, v.options(),
+                          [&](int64_t b, int64_t w0, std::vector<at::Tensor>& blocks, at::Tensor& e, at::Tensor&) {
       auto &qc = blocks[0], &kc = blocks[1], &vc = blocks[2], &oc = blocks[3];
       gather_columns<scalar_t>(q, b, w0, qc);
       gather_columns<scalar_t>(k, b, w0, kc);
@@ -212,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const a
         at::mm_out(e, qc[j].t(), kc[j]);  // e[i, i'] = q_i·k_i'
         const int64_t first = b * HW + w0 + j;  // pixel (0, w); pixels of the column are W apart
         exponentiate(e.mutable_data_ptr<scalar_t>(), H, /*skip_diagonal=*/true,
-                          col_max.mutable_data_ptr<scalar_t>() + first, W, col_sum.mutable_data_ptr<scalar_t>() + first);
+                     col_max.mutable_data_ptr<scalar_t>() + first, W, col_sum.mutable_data_ptr<scalar_t>() + first);
         auto oc_j = oc[j];
         at::mm_out(oc_j, vc[j], e.t());  // out[c, i] = Σ_i' v[c, i']·e[i, i']
       }
