@@ -1779,6 +1779,70 @@ OPS += [
 ]
 
 
+GROUP_THREADS = 256  # gating_cuda.cu: kGroupThreads
+SGE_GROUPS = 64  # attnkern.bench.modules: the SGE layer's groups
+
+
+def group_enhance_launch(kernel: str, B: int, C: int, HW: int, elem: int, backward: bool) -> Launch:
+    """gating_cuda.cu: group_enhance_kernel / group_enhance_backward_kernel — a CTA per (sample, group) of 256
+    threads: the channel means a warp a channel (and, backward, their gradients), then loops over the positions,
+    a thread a position walking the group's m channels (coalesced across the warp); x is read from DRAM once and
+    again from the L2 (3 times forward; 4 backward, with the output gradient twice); the similarities (and t)
+    go through a float workspace; two (backward: four) block reductions."""
+    G = SGE_GROUPS
+    groups, m = B * G, C // G
+    warps = min(GROUP_THREADS // 32, warps_of(HW))
+    pixel_steps = ceil_div(HW, GROUP_THREADS)
+    wp = groups * warps * pixel_steps  # warp steps of a pixel loop
+    wm = groups * m * ceil_div(HW, 32)  # warp steps of a channel-mean loop
+    lines, sectors = global_access([i * elem for i in range(32)])
+    x = B * C * HW * elem
+    ws = B * G * HW * 4
+    if not backward:
+        mean_loops, x_loads, stores, ws_traffic, reductions = 1, 2 * m, m + 1, 3, 2
+        min_bytes = 2 * x + 2 * G * elem
+    else:  # means (x), similarities (x), t (dy, x), mean gradients (x, t), dx (dy)
+        mean_loops, x_loads, stores, ws_traffic, reductions = 2, 4 * m, m + 2, 6, 4
+        min_bytes = 3 * x + 4 * G * elem
+    gld = wm * mean_loops + wp * (x_loads + m + ws_traffic)  # x and dy, the means (broadcast), the workspace
+    return Launch("gating", kernel, (groups, 1, 1), (GROUP_THREADS, 1, 1), static_smem=GROUP_THREADS * 4,
+                  min_bytes=min_bytes, dram=min_bytes + 2 * ws, ffma=wp * (x_loads + 4) + wm * mean_loops,
+                  mufu=wp * 2 * (2 if backward else 1), alu=wp * (x_loads * 4 + 20) + wm * mean_loops * 6
+                  + groups * reductions * 8 * 6,
+                  mem=gld + wp * stores + groups * reductions * 8 * 3,
+                  lsu=(wm * mean_loops + wp * (x_loads + ws_traffic)) * lines + wp * m + wp * stores * lines,
+                  l2=(wm * mean_loops + wp * (x_loads + ws_traffic + stores)) * sectors * 32, gld=gld, ilp=2,
+                  note=f"a CTA per (sample, group): {groups} CTAs, {m} channels × {HW} positions each")
+
+
+def plain_group_enhance(dev: Device, p: dict, elem: int, backward: bool) -> float:
+    """SGE as the layer's ATen ops: the channel means (a reduction over x), the similarity bmm
+    [B·G, 1, C/G]·[B·G, C/G, H·W] (x read again), six small ops on the [B·G, H·W] similarities (mean, subtract,
+    std, divide, the affine, sigmoid), x·gate (x read, the output written). Backward: the gate product's two
+    gradients (x-sized: grad·gate written, grad·x summed over channels), the small ops' gradients (eight), the
+    bmm's two gradients (one reads x, one writes an x-sized tensor), the means' expand (written) and the two
+    sums of x's three gradient terms."""
+    B, C, HW = ga_dims(p)
+    G = SGE_GROUPS
+    x, small = B * C * HW * elem, B * G * HW * elem
+    if not backward:
+        return (plain_ew(dev, x) + plain_gemm(dev, B * G, 1, HW, C // G, elem) + 6 * plain_ew(dev, 2 * small)
+                + plain_ew(dev, 2 * x))
+    return (plain_ew(dev, 3 * x) + plain_ew(dev, 3 * x) + 8 * plain_ew(dev, 2 * small)
+            + 2 * plain_gemm(dev, B * G, 1, HW, C // G, elem) + plain_ew(dev, x) + 2 * plain_ew(dev, 3 * x))
+
+
+OPS += [
+    # SGE (SGE_GROUPS groups): see plain_group_enhance.
+    Op("gating", "group_enhance (SGE, 64 groups)",
+       lambda p, e: [group_enhance_launch("group_enhance_kernel", *ga_dims(p), e, False)],
+       lambda p, e: [group_enhance_launch("group_enhance_backward_kernel", *ga_dims(p), e, True),
+                     aten_call("gating", "sum the weight and bias partials over the samples",
+                               lambda d: plain_ew(d, 2 * p["B"] * SGE_GROUPS * 4), nbytes=2 * p["B"] * SGE_GROUPS * 4)],
+       lambda d, p, e: plain_group_enhance(d, p, e, False), lambda d, p, e: plain_group_enhance(d, p, e, True)),
+]
+
+
 # ---- report -----------------------------------------------------------------------------------------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

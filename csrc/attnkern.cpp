@@ -63,6 +63,11 @@ TORCH_LIBRARY(attnkern, m) {
   m.def("channel_pool_check(Tensor x) -> ()");
   m.def("spatial_pool_check(Tensor x, Tensor? gate) -> ()");
   m.def("apply_gates_check(Tensor x, Tensor? channel_gate, Tensor? pixel_gate) -> ()");
+  // SGE: x [B, C, H, W], weight and bias [G] (G = groups divides C); the backward returns (∂x, ∂weight, ∂bias).
+  m.def("group_enhance(Tensor x, Tensor weight, Tensor bias, int groups) -> Tensor");
+  m.def("group_enhance_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, int groups)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("group_enhance_check(Tensor x, Tensor weight, Tensor bias, int groups) -> ()");
 
   // window_attention family (csrc/window_attention): Swin/SwinIR shifted-window attention in image layout.
   // qkv [B, H, W, 3, heads, d] → (out [B, H, W, heads, d], lse [B, H, W, heads]); the backward returns

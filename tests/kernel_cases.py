@@ -324,6 +324,20 @@ def apply_gates_case(be, dtype, rng, B, C, H, W, gates="both"):
             *gradient_outputs("apply_gates_backward", ("x", "channel_gate", "pixel_gate"), (x, cg, pg), got, ref, cpu)]
 
 
+def group_enhance_case(be, dtype, rng, B, C, H, W, G, constant=False):
+    x, g = rng.randn(B, C, H, W, dtype=dtype), rng.randn(B, C, H, W, dtype=dtype)
+    if constant:
+        x[0, :C // G] = 0  # a group whose similarity is constant (std 0)
+    w, b = rng.randn(G, dtype=dtype), rng.randn(G, dtype=dtype)
+    got = be.op.group_enhance_backward(g, x, w, b, G)
+    ref = grads(lambda *t: reference.group_enhance(*t, G), [x, w, b], [g])
+    cpu = be.cpu(K.group_enhance_backward, g, x, w, b, G)
+    return [Output("group_enhance", be.op.group_enhance(x, w, b, G), reference.group_enhance(x.double(), w.double(),
+                                                                                             b.double(), G),
+                   be.cpu(K.group_enhance, x, w, b, G)),
+            *gradient_outputs("group_enhance_backward", ("x", "weight", "bias"), (x, w, b), got, ref, cpu)]
+
+
 def window_attention_case(be, dtype, rng, B, H, W, heads, d, window, shift, bias=True, mask=False):
     N, nW = window * window, (H // window) * (W // window)
     qkv = rng.randn(B, H, W, 3, heads, d, dtype=dtype)
@@ -448,6 +462,13 @@ CASES = [
     Case("apply-gates-both", apply_gates_case, dict(B=2, C=3, H=5, W=7, gates="both")),
     Case("apply-gates-channel", apply_gates_case, dict(B=1, C=4, H=17, W=16, gates="channel")),
     Case("apply-gates-pixel", apply_gates_case, dict(B=2, C=3, H=3, W=5, gates="pixel")),
+    # group_enhance: more positions than the block's 256 threads; more channels than its 8 warps; one position
+    # (ĉ = 0); an all-zero group (std 0: no gradient through it)
+    Case("group-enhance", group_enhance_case, dict(B=2, C=6, H=5, W=7, G=3)),
+    Case("group-enhance-long-groups", group_enhance_case, dict(B=1, C=4, H=17, W=19, G=2)),
+    Case("group-enhance-many-channels", group_enhance_case, dict(B=2, C=20, H=3, W=3, G=1)),
+    Case("group-enhance-one-position", group_enhance_case, dict(B=2, C=4, H=1, W=1, G=2)),
+    Case("group-enhance-zero-group", group_enhance_case, dict(B=2, C=6, H=4, W=3, G=3, constant=True)),
     # window attention: windows of 7 (49 tokens, 64 threads: 15 idle) and 8, shifted or not, masks, no bias;
     # 6 (36 tokens: 3 row tiles, the tensor-core backward's second half of key tiles half full); in fp16/bf16
     # these run the tensor-core forward (N ≤ 64, d ≤ 64), the last three the SIMT one
@@ -494,6 +515,8 @@ EMPTY_CASES = [
     Case("empty-channel-pool", channel_pool_case, dict(B=0, C=3, H=4, W=5)),
     Case("empty-spatial-pool", spatial_pool_case, dict(B=0, C=3, H=4, W=5)),
     Case("empty-apply-gates", apply_gates_case, dict(B=0, C=3, H=4, W=5)),
+    Case("empty-group-enhance", group_enhance_case, dict(B=0, C=4, H=4, W=5, G=2)),
+    Case("empty-group-enhance-positions", group_enhance_case, dict(B=2, C=4, H=0, W=5, G=2)),
     Case("empty-window-attention", window_attention_case, dict(B=0, H=8, W=8, heads=2, d=3, window=4, shift=2)),
 ]
 

@@ -67,6 +67,8 @@ OPS: Dict[str, Op] = {
     "apply_gates": Op(ops.apply_gates, reference.apply_gates,
                       lambda x, cg=None, pg=None: ak.apply_gates(x, cg, pg),
                       lambda x, cg=None, pg=None: ak.apply_gates_check(x, cg, pg), (0, 1, 2)),
+    "group_enhance": Op(ops.group_enhance, reference.group_enhance, ak.group_enhance, ak.group_enhance_check,
+                        (0, 1, 2)),
     "window_attention": Op(ops.window_attention, reference.window_attention, _window_raw,
                            lambda qkv, bias, window_size, shift_size=0, mask=None, scale=None:
                            ak.window_attention_check(qkv, bias, mask, window_size, shift_size), (0, 1)),

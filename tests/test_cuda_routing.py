@@ -23,7 +23,7 @@ from conftest import CUDA, TOLERANCE, rel_error, requires_cuda
 ROUTED = ["criss_cross_affinity", "criss_cross_aggregate", "window_attention", "dynamic_region_conv",
           "sqrtm_newton_schulz"]
 KEPT = ["covpool", "triuvec", "criss_cross_attention", "channel_pool", "spatial_pool",
-        "apply_gates", "region_assign"]
+        "apply_gates", "region_assign", "group_enhance"]
 BENCHMARK_ONLY = ["criss_cross_attention"]  # kept ops whose plain formulation stays as the benchmark's row
 SETTINGS = ["auto", "always"]
 
@@ -186,6 +186,8 @@ def _inputs(op, device="cpu", dtype=torch.float64):
         return (r(2, 5, 4, 3), r(2, 5)), {}
     if op == "apply_gates":
         return (r(2, 5, 4, 3), r(2, 5), r(2, 1, 4, 3)), {}
+    if op == "group_enhance":
+        return (r(2, 6, 4, 3), r(3), r(3), 3), {}
     raise KeyError(op)
 
 

@@ -60,6 +60,9 @@ CASES = {
                                                         _r(s["B"], s["C"]) if gates != "pixel" else None,
                                                         _r(s["B"], 1, s["H"], s["W"]) if gates != "channel" else None), {})
        for gates in ("channel", "pixel", "both")},
+    "group_enhance": ("group_enhance", dict(B=2, G=2, Cg=3, H=4, W=5),
+                      lambda s: (_r(s["B"], s["G"] * s["Cg"], s["H"], s["W"]), _r(max(s["G"], 1)),
+                                 _r(max(s["G"], 1)), max(s["G"], 1)), {}),
     "window_attention": ("window_attention", dict(B=2, H=4, W=6, heads=2, d=3),
                          lambda s: (_r(s["B"], s["H"], s["W"], 3, s["heads"], s["d"]), _r(s["heads"], 4, 4), 2, 1, None,
                                     0.7),

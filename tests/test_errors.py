@@ -62,6 +62,14 @@ BAD_ARGUMENTS = [
     ("apply_gates", (_x, None, None), ValueError, "apply_gates: needs a channel_gate, a pixel_gate or both, got neither"),
     ("apply_gates", (_x, r(2, 3), r(2, 1, 5, 4)), ValueError,
      r"apply_gates: pixel_gate: expected shape \[B, 1, H, W\] = \[2, 1, 4, 5\], got \[2, 1, 5, 4\]"),
+    ("group_enhance", (r(2, 6, 4, 5), r(4), r(4), 4), ValueError,
+     r"group_enhance: x's channels must be divisible by groups = 4, got shape \[2, 6, 4, 5\]"),
+    ("group_enhance", (r(2, 6, 4, 5), r(3), r(3), 0), ValueError, "group_enhance: groups must be positive, got 0"),
+    ("group_enhance", (r(2, 6, 4, 5), r(1, 3, 1, 1), r(3), 3), ValueError,
+     r"group_enhance: weight: expected shape \[G\] = \[3\], got \[1, 3, 1, 1\]"),
+    ("group_enhance", (r(2, 6, 4, 5), r(3), r(3).double(), 3), TypeError,
+     "group_enhance: bias and x must have the same dtype, got Double and Float"),
+    ("group_enhance", (r(6, 4, 5), r(3), r(3), 3), ValueError, r"group_enhance: x: expected a 4-D tensor \[B, C, H, W\], got shape \[6, 4, 5\]"),
     # window_attention
     ("window_attention", (r(1, 4, 4, 3, 2, 0), None, 2), ValueError,
      r"window_attention: qkv must have at least one head \(heads >= 1\) of at least one channel \(d >= 1\), got shape"),
@@ -103,6 +111,8 @@ PYTHON_ARGUMENTS = [
     (ops.dynamic_region_conv, (_conv[0].numpy(), *_conv[1:]), TypeError, "x must be a torch.Tensor, got ndarray"),
     (ops.apply_gates, (_x, "gate"), TypeError, "apply_gates: channel_gate must be a torch.Tensor or None, got str"),
     (ops.covpool, (None,), TypeError, "covpool: x must be a torch.Tensor, got NoneType"),
+    (ops.group_enhance, (_x, r(3), r(3), 3.0), TypeError, "group_enhance: groups must be an int, got float 3.0"),
+    (ops.group_enhance, (_x, r(3), None, 3), TypeError, "group_enhance: bias must be a torch.Tensor, got NoneType"),
 ]
 
 

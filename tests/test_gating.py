@@ -1,4 +1,4 @@
-"""gating family: channel_pool, spatial_pool, apply_gates (SE / CBAM poolings and gates)."""
+"""gating family: channel_pool, spatial_pool, apply_gates (SE / CBAM poolings and gates), group_enhance (SGE)."""
 
 import pytest
 import torch
@@ -62,6 +62,43 @@ def test_apply_gates(device, dtype, shape, gates):
     args = [x, cg if gates != "pixel" else None, pg if gates != "channel" else None]
     grad_args = {i for i, a in enumerate(args) if a is not None}
     check_op_against_reference(ops.apply_gates, reference.apply_gates, args, dtype, grad_args)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("grouping", ["one group", "a group a channel", "two groups"])
+def test_group_enhance(device, dtype, shape, grouping):
+    B, C, H, W = shape
+    G = {"one group": 1, "a group a channel": C, "two groups": 2 if C % 2 == 0 else 1}[grouping]
+    # Features of mean 1 (as after a ReLU): a group whose mean is near 0 has a similarity of near-zero spread,
+    # whose normalisation amplifies every rounding error (the published layer's as much as the kernel's)
+    x = torch.randn(shape, dtype=torch.float64, device=device) + 1
+    weight, bias = (torch.randn(G, dtype=torch.float64, device=device) for _ in range(2))
+    check_op_against_reference(lambda *t: ops.group_enhance(*t, G), lambda *t: reference.group_enhance(*t, G),
+                               [x, weight, bias], dtype, (0, 1, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_group_enhance_constant_similarity_matches_the_published_layer(device):
+    """A group of all-zero channels has a constant similarity (std 0): ĉ = 0, and no gradient passes through the
+    std (autograd's convention); values and gradients equal the published layer's, all finite."""
+    from attnkern.reference.modules import SeedSGE
+
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64, device=device)
+    x[0, 2:4] = 0  # sample 0, group 1
+    seed = SeedSGE(3).double().to(device)
+    seed.weight.data.normal_()
+    seed.bias.data.normal_()
+    leaves = [x.clone().requires_grad_(), seed.weight.detach().view(3).clone().requires_grad_(),
+              seed.bias.detach().view(3).clone().requires_grad_()]
+    x_seed = x.clone().requires_grad_()
+    out, out_seed = ops.group_enhance(*leaves, 3), seed(x_seed)
+    assert rel_error(out, out_seed) <= 1e-12
+    grad = torch.randn_like(x)
+    out.backward(grad)
+    out_seed.backward(grad)
+    for got, expected in zip([t.grad for t in leaves], [x_seed.grad, seed.weight.grad, seed.bias.grad]):
+        assert got.isfinite().all() and rel_error(got, expected.view(got.shape)) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -144,6 +181,8 @@ def test_gradcheck(device):
     assert torch.autograd.gradcheck(lambda t: ops.channel_pool(t), (x,))
     assert torch.autograd.gradcheck(ops.spatial_pool, (x, cg))
     assert torch.autograd.gradcheck(ops.apply_gates, (x, cg, pg))
+    weight, bias = (torch.randn(3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda *t: ops.group_enhance(*t, 3), (x, weight, bias))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -164,6 +203,9 @@ def test_opcheck(device):
     opcheck(ak.spatial_pool_backward.default, (torch.randn_like(pooled), x, cg, pooled))
     opcheck(ak.apply_gates_backward.default, (torch.randn_like(x), x, cg, pg))
     opcheck(ak.apply_gates_backward.default, (torch.randn_like(x), x, cg, None))
+    weight, bias = torch.randn(3, device=device), torch.randn(3, device=device)
+    opcheck(ak.group_enhance.default, (x.requires_grad_(), weight.requires_grad_(), bias, 3))
+    opcheck(ak.group_enhance_backward.default, (torch.randn_like(x), x.detach(), weight.detach(), bias, 3))
 
 
 def test_under_torch_compile():
@@ -171,7 +213,8 @@ def test_under_torch_compile():
 
     def cbam_like(x, cg, pg):
         mean, mx = ops.channel_pool(x)
-        return ops.apply_gates(x, cg * mean.sigmoid(), pg) + ops.spatial_pool(x, cg).sum()
+        return ops.apply_gates(x, cg * mean.sigmoid(), pg) + ops.spatial_pool(x, cg).sum() + \
+            ops.group_enhance(x, cg[0], cg[1], 3)
 
     compiled = torch.compile(cbam_like, fullgraph=True, backend="aot_eager")
     assert rel_error(compiled(x, cg, pg), cbam_like(x, cg, pg)) <= 1e-6

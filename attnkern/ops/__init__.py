@@ -5,7 +5,7 @@ formulation (:mod:`attnkern.ops._cuda_routing`; ``cuda_kernels("always")`` force
 from ._cuda_routing import cuda_kernels, cuda_kernels_setting
 from .covpool import CovpoolLayer, SqrtmLayer, TriuvecLayer, covpool, sqrtm_newton_schulz, triuvec
 from .criss_cross import criss_cross_affinity, criss_cross_aggregate, criss_cross_attention
-from .gating import apply_gates, channel_pool, spatial_pool
+from .gating import apply_gates, channel_pool, group_enhance, spatial_pool
 from .region_conv import dynamic_region_conv, region_assign
 from .window_attention import window_attention
 
@@ -13,7 +13,7 @@ __all__ = [
     "covpool", "sqrtm_newton_schulz", "triuvec", "CovpoolLayer", "SqrtmLayer", "TriuvecLayer",
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_attention",
     "region_assign", "dynamic_region_conv",
-    "channel_pool", "spatial_pool", "apply_gates",
+    "channel_pool", "spatial_pool", "apply_gates", "group_enhance",
     "window_attention",
     "cuda_kernels", "cuda_kernels_setting",
 ]

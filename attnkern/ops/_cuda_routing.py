@@ -149,6 +149,10 @@ ROUTES: Dict[str, Route] = {
     # 0.46–0.47×, SE 0.91–0.95× (bf16 0.93–0.97×), the DRAM floor and a launch.
     "apply_gates": Route(False, model="CBAM gates: fwd 0.46–0.47×, bwd 0.29–0.33×; SE (channel gate only): fwd "
                                       "0.91–0.95×, bwd 0.35–0.40×"),
+    # SGE, a block a (sample, group) (64 groups at the gating shapes): fwd 0.32–0.48×, bwd 0.28–0.37× of the
+    # layer's ATen ops (bf16 0.37–0.85×, 0.34–0.64×), latency-bound on each thread's walk over the group's
+    # channels: keep.
+    "group_enhance": Route(False, model="fwd 0.32–0.48×, bwd 0.28–0.37× (bf16: 0.37–0.85×, 0.34–0.64×)"),
 }
 
 

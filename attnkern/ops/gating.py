@@ -5,6 +5,7 @@ on the CPU, channel_pool's forward is ATen's two vectorised reductions, measured
     mean, mx = channel_pool(x)               # over H·W: what SE and CBAM's channel attention pool
     pooled = spatial_pool(x, channel_gate)   # [mean_c; max_c] of x·gate, without materialising x·gate
     out = apply_gates(x, channel_gate, pixel_gate)   # x·g_c·g_hw in one pass
+    out = group_enhance(x, weight, bias, groups)     # SGE's gate, a (sample, group) at a time
 
 Maxima follow ``torch.amax``: a NaN wins, and the gradient is split evenly between tied maxima (the
 published CBAM's ``AdaptiveMaxPool2d`` / ``torch.max`` route it all to one of them; both agree when the
@@ -18,9 +19,9 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._kernels import check_tensor, kernel_or_reference
+from ._kernels import check_int, check_tensor, kernel_or_reference
 
-__all__ = ["channel_pool", "spatial_pool", "apply_gates"]
+__all__ = ["channel_pool", "spatial_pool", "apply_gates", "group_enhance"]
 
 _ops = torch.ops.attnkern
 
@@ -93,6 +94,42 @@ def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Op
                                pixel_gate)
 
 
+def group_enhance(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """SGE's gate (spatial group-wise enhance, Li, Hu & Yang 2019): the C channels split into ``groups``
+    groups; per sample and group, at every position p
+
+        s_p = x_p · mean_hw(x)                          (the feature's similarity to the group's mean)
+        ĉ_p = (s_p − mean(s)) / (std(s) + 1e-5)         over the H·W positions, std unbiased (ĉ = 0 at one)
+        out_p = x_p · sigmoid(weight[g]·ĉ_p + bias[g])
+
+    computed a (sample, group) at a time: the group's values are read from memory once a pass and reused
+    from the cache (the layer's ATen ops each take a pass over the whole map). The backward recomputes the
+    gates from x and saves nothing else.
+
+    Args:
+        x: [B, C, H, W] with C divisible by groups.
+        weight, bias: [G], x's dtype and device (``SGE``'s [1, G, 1, 1] parameters flattened).
+        groups: G ≥ 1.
+
+    Returns:
+        [B, C, H, W]. Gradients reach x, weight and bias (the latter two summed over the samples in a fixed
+        order). Where a group's similarity is constant (std 0: e.g. all-zero channels) the gradient through
+        the std is 0, as autograd's.
+
+    Raises:
+        TypeError: a tensor is not floating point, weight or bias differs from x in dtype or device, or groups
+            is not an int.
+        ValueError: x is not [B, C, H, W], groups < 1 or does not divide C, or weight or bias is not [G].
+    """
+    op = "group_enhance"
+    check_tensor(x, "x", op)
+    check_tensor(weight, "weight", op)
+    check_tensor(bias, "bias", op)
+    groups = check_int(groups, "groups", op)
+    return kernel_or_reference(_ops.group_enhance, _ops.group_enhance_check, reference.group_enhance, x, weight, bias,
+                               groups)
+
+
 # ---- autograd and fake kernels --------------------------------------------------------------
 
 
@@ -125,9 +162,21 @@ def _apply_gates_backward(ctx, grad):
     return grad_x, (grad_c if channel_gate is not None else None), (grad_p if pixel_gate is not None else None)
 
 
+def _group_enhance_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.groups = inputs[3]
+
+
+def _group_enhance_backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    return (*_ops.group_enhance_backward(grad, x, weight, bias, ctx.groups), None)
+
+
 torch.library.register_autograd("attnkern::channel_pool", _channel_pool_backward, setup_context=_channel_pool_setup)
 torch.library.register_autograd("attnkern::spatial_pool", _spatial_pool_backward, setup_context=_spatial_pool_setup)
 torch.library.register_autograd("attnkern::apply_gates", _apply_gates_backward, setup_context=_apply_gates_setup)
+torch.library.register_autograd("attnkern::group_enhance", _group_enhance_backward,
+                                setup_context=_group_enhance_setup)
 
 
 @torch.library.register_fake("attnkern::channel_pool")
@@ -160,3 +209,13 @@ def _apply_gates_backward_fake(grad, x, channel_gate, pixel_gate):
     return (x.new_empty(x.shape),
             channel_gate.new_empty(channel_gate.shape) if channel_gate is not None else x.new_empty(0),
             pixel_gate.new_empty(pixel_gate.shape) if pixel_gate is not None else x.new_empty(0))
+
+
+@torch.library.register_fake("attnkern::group_enhance")
+def _group_enhance_fake(x, weight, bias, groups):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("attnkern::group_enhance_backward")
+def _group_enhance_backward_fake(grad, x, weight, bias, groups):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)

@@ -13,7 +13,7 @@ from .criss_cross import (
     criss_cross_attention,
     criss_cross_positions,
 )
-from .gating import apply_gates, channel_pool, spatial_pool
+from .gating import apply_gates, channel_pool, group_enhance, spatial_pool
 from . import modules
 from .region_conv import dynamic_region_conv, region_assign, region_correlation
 from .window_attention import (
@@ -29,5 +29,5 @@ __all__ = [
     "criss_cross_affinity", "criss_cross_aggregate", "criss_cross_aggregate_transposed", "criss_cross_attention",
     "criss_cross_positions", "region_assign", "region_correlation", "dynamic_region_conv",
     "window_attention", "window_partition", "window_reverse", "relative_position_index", "shift_region_mask",
-    "channel_pool", "spatial_pool", "apply_gates", "modules",
+    "channel_pool", "spatial_pool", "apply_gates", "group_enhance", "modules",
 ]

@@ -1,4 +1,4 @@
-"""References of the gating family: the poolings and gates of SE / CBAM-style attention.
+"""References of the gating family: the poolings and gates of SE / CBAM-style attention, and SGE's group gate.
 
 Maxima follow ``torch.amax``: a NaN wins, and the gradient is split evenly between tied maxima.
 """
@@ -28,3 +28,20 @@ def apply_gates(x: Tensor, channel_gate: Optional[Tensor] = None, pixel_gate: Op
     if pixel_gate is not None:
         x = x * pixel_gate
     return x
+
+
+def group_enhance(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """SGE (spatial group-wise enhance) on x [B, C, H, W] with weight, bias [G], G = groups dividing C: per
+    sample and group, s = Σ_c x·mean_hw(x) at every position, ĉ = (s − mean(s)) / (std(s) + 1e-5) over the
+    positions (std unbiased; ĉ = 0 at a single position), out = x · sigmoid(weight·ĉ + bias) — the SGE
+    authors' layer."""
+    b, c, h, w = x.shape
+    xg = x.reshape(b * groups, c // groups, h * w)
+    similarity = (xg * xg.mean(dim=2, keepdim=True)).sum(dim=1)  # [B·G, H·W]
+    centred = similarity - similarity.mean(dim=1, keepdim=True)
+    if h * w > 1:
+        normalised = centred / (centred.std(dim=1, keepdim=True) + 1e-5)
+    else:
+        normalised = centred  # zero: one position has no spread
+    gate = torch.sigmoid(normalised.view(b, groups, h * w) * weight.view(1, groups, 1) + bias.view(1, groups, 1))
+    return (xg * gate.view(b * groups, 1, h * w)).view(b, c, h, w)

@@ -29,6 +29,16 @@ Dims check_apply_gates_backward(const at::Tensor& grad, const at::Tensor& x,
                                 const std::optional<at::Tensor>& channel_gate,
                                 const std::optional<at::Tensor>& pixel_gate);
 
+// group_enhance: also the group count G and the group's channels C / G.
+struct GroupDims : Dims {
+  int64_t G;
+  int64_t group_channels() const { return C / G; }
+};
+GroupDims check_group_enhance(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
+                              const char* op);
+GroupDims check_group_enhance_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                       const at::Tensor& bias, int64_t groups);
+
 // An optional operand contiguous; absent stays absent.
 inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
   if (!t.has_value()) return std::nullopt;

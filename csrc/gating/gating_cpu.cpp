@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/macros.h"
 #include "gating/gating.h"
@@ -57,6 +58,20 @@ struct GatesGrad {
   const scalar_t *x, *grad, *channel_gate, *pixel_gate;
   scalar_t *grad_x, *grad_channel_gate, *grad_pixel_gate;
   Acc<scalar_t>* channel_partial;  // [B, blocks, C], with both gates
+};
+
+template <typename scalar_t>
+struct GroupEnhance {
+  int64_t G, m, n;  // groups, channels a group, positions
+  const scalar_t *x, *weight, *bias;
+  scalar_t* out;
+};
+template <typename scalar_t>
+struct GroupEnhanceGrad {
+  int64_t G, m, n;
+  const scalar_t *x, *grad, *weight, *bias;
+  scalar_t* grad_x;
+  Acc<scalar_t> *weight_partial, *bias_partial;  // [B, G]: each (sample, group)'s Σ_p t·ĉ and Σ_p t
 };
 
 }  // namespace gating
@@ -221,6 +236,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cpu(const at
   return {grad_x, grad_cg, grad_pg};
 }
 
+// ---- group_enhance -----------------------------------------------------------------------------
+// Tasks are the B·G (sample, group) pairs: a group's m·n values are read a few times, from the cache.
+
+at::Tensor group_enhance_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+                             int64_t groups) {
+  const GroupDims d = check_group_enhance(x_in, weight_in, bias_in, groups, "group_enhance");
+  auto x = x_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_enhance_cpu", [&] {
+    const GroupEnhance<scalar_t> a{d.G, d.group_channels(), d.HW(), x.const_data_ptr<scalar_t>(),
+                                   weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                                   out.mutable_data_ptr<scalar_t>()};
+    const auto kernel = ATTNKERN_CPU_DISPATCH(group_enhance_groups<scalar_t>);
+    at::parallel_for(0, d.B * d.G, 1, [&](int64_t t0, int64_t t1) { kernel(a, t0, t1); });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_enhance_backward_cpu(const at::Tensor& grad_in,
+                                                                          const at::Tensor& x_in,
+                                                                          const at::Tensor& weight_in,
+                                                                          const at::Tensor& bias_in, int64_t groups) {
+  const GroupDims d = check_group_enhance_backward(grad_in, x_in, weight_in, bias_in, groups);
+  auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto grad_x = at::empty_like(x);
+  at::Tensor grad_weight, grad_bias;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_enhance_backward_cpu", [&] {
+    using acc_t = Acc<scalar_t>;
+    auto partials = at::empty({2, d.B, d.G}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    const GroupEnhanceGrad<scalar_t> a{d.G,
+                                       d.group_channels(),
+                                       d.HW(),
+                                       x.const_data_ptr<scalar_t>(),
+                                       grad.const_data_ptr<scalar_t>(),
+                                       weight.const_data_ptr<scalar_t>(),
+                                       bias.const_data_ptr<scalar_t>(),
+                                       grad_x.mutable_data_ptr<scalar_t>(),
+                                       partials[0].mutable_data_ptr<acc_t>(),
+                                       partials[1].mutable_data_ptr<acc_t>()};
+    const auto kernel = ATTNKERN_CPU_DISPATCH(group_enhance_backward_groups<scalar_t>);
+    at::parallel_for(0, d.B * d.G, 1, [&](int64_t t0, int64_t t1) { kernel(a, t0, t1); });
+    grad_weight = at::empty({d.G}, x.options());
+    grad_bias = at::empty({d.G}, x.options());
+    sum_block_partials(a.weight_partial, 1, d.B, d.G, grad_weight.mutable_data_ptr<scalar_t>());
+    sum_block_partials(a.bias_partial, 1, d.B, d.G, grad_bias.mutable_data_ptr<scalar_t>());
+  });
+  return {grad_x, grad_weight, grad_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(attnkern, CPU, m) {
@@ -230,6 +295,8 @@ TORCH_LIBRARY_IMPL(attnkern, CPU, m) {
   m.impl("spatial_pool_backward", &spatial_pool_backward_cpu);
   m.impl("apply_gates", &apply_gates_cpu);
   m.impl("apply_gates_backward", &apply_gates_backward_cpu);
+  m.impl("group_enhance", &group_enhance_cpu);
+  m.impl("group_enhance_backward", &group_enhance_backward_cpu);
 }
 
 }  // namespace gating

@@ -1,6 +1,7 @@
 // The gating CPU kernels, compiled once per CPU capability (cpu_foreach_capability.h: no includes
-// here, everything lives in namespace ATTNKERN_CPU_NAMESPACE). gating_cpu.cpp runs them over ranges
-// of rows (one channel plane of HW positions each) or of pixel blocks on its threads.
+// here, everything lives in namespace ATTNKERN_CPU_NAMESPACE; gating_cpu.cpp includes <vector>).
+// gating_cpu.cpp runs them over ranges of rows (one channel plane of HW positions each), of pixel blocks
+// or of (sample, group) pairs on its threads.
 //
 // Reductions along a plane run over one vector's worth of independent accumulators (a fixed-size
 // inner loop the compiler turns into one vector, without reassociating a single sum); reductions
@@ -204,6 +205,105 @@ void apply_gates_backward_blocks(const GatesGrad<scalar_t>& a, int64_t t0, int64
     }
     for (int64_t j = 0; j < n; ++j) a.grad_pixel_gate[b * HW + p0 + j] = static_cast<scalar_t>(pixel_sum[j]);
   });
+}
+
+// ---- group_enhance: tasks [t0, t1) of the (sample, group) pairs (gating.h) ---------------------------
+
+// mean[c] and s[p] of the group's [m, n] values x; returns the normalisation of s.
+template <typename scalar_t>
+GroupNorm<Acc<scalar_t>> group_similarity(const scalar_t* x, int64_t m, int64_t n, Acc<scalar_t>* mean,
+                                          Acc<scalar_t>* s) {
+  using acc_t = Acc<scalar_t>;
+  for (int64_t p = 0; p < n; ++p) s[p] = 0;
+  for (int64_t c = 0; c < m; ++c) {
+    const scalar_t* row = x + c * n;
+    mean[c] = lane_sum<acc_t>(n, [&](int64_t p) { return static_cast<acc_t>(row[p]); }) / static_cast<acc_t>(n);
+    for (int64_t p = 0; p < n; ++p) s[p] += static_cast<acc_t>(row[p]) * mean[c];
+  }
+  const acc_t sum = lane_sum<acc_t>(n, [&](int64_t p) { return s[p]; });
+  const acc_t mu = sum / static_cast<acc_t>(n);
+  return GroupNorm<acc_t>::of(sum, lane_sum<acc_t>(n, [&](int64_t p) { return (s[p] - mu) * (s[p] - mu); }), n);
+}
+
+// gate[p] = sigmoid(w·c_hat[p] + b): a vector of lanes at a time (vec::exp), the rest one by one.
+template <typename acc_t>
+void affine_sigmoid(const acc_t* c_hat, int64_t n, acc_t w, acc_t b, acc_t* gate) {
+  using Vec = vec::Vec<acc_t>;
+  constexpr int64_t lanes = vec::kLanes<acc_t>;
+  const Vec wv = vec::broadcast(w), bv = vec::broadcast(b), one = vec::broadcast(acc_t(1));
+  int64_t p = 0;
+  for (; p + lanes <= n; p += lanes) vec::store(gate + p, one / (one + vec::exp(-(wv * vec::load(c_hat + p) + bv))));
+  for (; p < n; ++p) gate[p] = sigmoid(w * c_hat[p] + b);
+}
+
+// The group's ĉ (in s) and gates; returns the normalisation.
+template <typename scalar_t>
+GroupNorm<Acc<scalar_t>> group_gates(const scalar_t* x, int64_t m, int64_t n, Acc<scalar_t> w, Acc<scalar_t> b,
+                                     Acc<scalar_t>* mean, Acc<scalar_t>* s, Acc<scalar_t>* gate) {
+  const auto norm = group_similarity(x, m, n, mean, s);
+  for (int64_t p = 0; p < n; ++p) s[p] = norm.normalised(s[p]);
+  affine_sigmoid(s, n, w, b, gate);
+  return norm;
+}
+
+template <typename scalar_t>
+void group_enhance_groups(const GroupEnhance<scalar_t>& a, int64_t t0, int64_t t1) {
+  using acc_t = Acc<scalar_t>;
+  const int64_t m = a.m, n = a.n;
+  std::vector<acc_t> buffer(m + 2 * n);
+  acc_t *mean = buffer.data(), *s = mean + m, *gate = s + n;
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t g = task % a.G;
+    const scalar_t* x = a.x + task * m * n;
+    scalar_t* out = a.out + task * m * n;
+    group_gates(x, m, n, static_cast<acc_t>(a.weight[g]), static_cast<acc_t>(a.bias[g]), mean, s, gate);
+    for (int64_t c = 0; c < m; ++c) {
+      const scalar_t* row = x + c * n;
+      scalar_t* out_row = out + c * n;
+      for (int64_t p = 0; p < n; ++p) out_row[p] = static_cast<scalar_t>(static_cast<acc_t>(row[p]) * gate[p]);
+    }
+  }
+}
+
+// Per (sample, group): Σ_p t·ĉ and Σ_p t into a.weight_partial and a.bias_partial (summed over the samples by
+// the caller), and ∂x.
+template <typename scalar_t>
+void group_enhance_backward_groups(const GroupEnhanceGrad<scalar_t>& a, int64_t t0, int64_t t1) {
+  using acc_t = Acc<scalar_t>;
+  const int64_t m = a.m, n = a.n;
+  std::vector<acc_t> buffer(2 * m + 3 * n);
+  acc_t *mean = buffer.data(), *mean_grad = mean + m, *c_hat = mean_grad + m, *gate = c_hat + n, *t = gate + n;
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t g = task % a.G;
+    const scalar_t* x = a.x + task * m * n;
+    const scalar_t* dy = a.grad + task * m * n;
+    scalar_t* dx = a.grad_x + task * m * n;
+    const acc_t w = static_cast<acc_t>(a.weight[g]);
+    const auto norm = group_gates(x, m, n, w, static_cast<acc_t>(a.bias[g]), mean, c_hat, gate);
+    for (int64_t p = 0; p < n; ++p) t[p] = 0;
+    for (int64_t c = 0; c < m; ++c) {
+      for (int64_t p = 0; p < n; ++p) t[p] += static_cast<acc_t>(dy[c * n + p]) * static_cast<acc_t>(x[c * n + p]);
+    }
+    for (int64_t p = 0; p < n; ++p) t[p] *= gate[p] * (acc_t(1) - gate[p]);
+    const acc_t sum_t = lane_sum<acc_t>(n, [&](int64_t p) { return t[p]; });
+    const acc_t sum_tc = lane_sum<acc_t>(n, [&](int64_t p) { return t[p] * c_hat[p]; });
+    a.weight_partial[task] = sum_tc;
+    a.bias_partial[task] = sum_t;
+    const auto similarity_grad = SimilarityGrad<acc_t>::of(norm, w, sum_t, sum_tc, n);
+    for (int64_t p = 0; p < n; ++p) t[p] = similarity_grad(t[p], c_hat[p]);  // ∂s
+    for (int64_t c = 0; c < m; ++c) {
+      const scalar_t* row = x + c * n;
+      mean_grad[c] = lane_sum<acc_t>(n, [&](int64_t p) { return t[p] * static_cast<acc_t>(row[p]); }) /
+                     static_cast<acc_t>(n);
+    }
+    for (int64_t c = 0; c < m; ++c) {
+      const scalar_t* dy_row = dy + c * n;
+      scalar_t* dx_row = dx + c * n;
+      for (int64_t p = 0; p < n; ++p) {
+        dx_row[p] = static_cast<scalar_t>(static_cast<acc_t>(dy_row[p]) * gate[p] + t[p] * mean[c] + mean_grad[c]);
+      }
+    }
+  }
 }
 
 }  // namespace ATTNKERN_CPU_NAMESPACE

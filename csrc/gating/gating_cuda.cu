@@ -438,6 +438,170 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
   return {grad_x, grad_cg, grad_pg};
 }
 
+// ---- group_enhance -----------------------------------------------------------------------------
+// One block per (sample, group), its threads walking the group's positions p (consecutive threads,
+// consecutive positions: every load of a channel row is coalesced) and its warps the channel means. The
+// similarities s (and, backward, t and ∂s) go through a global workspace of one float a position, each
+// element written and read by the same thread; the group's values are re-read from the L2 each pass.
+
+constexpr int kGroupThreads = 256;  // a power of two (block_sum)
+
+// The group's channel means (a warp a channel, into mean[c]) and similarities (into s), and their
+// normalisation; every thread of the block gets it.
+template <typename scalar_t, typename acc_t>
+__device__ GroupNorm<acc_t> group_similarity(const scalar_t* __restrict__ x, int64_t m, int64_t n,
+                                             acc_t* __restrict__ mean, acc_t* __restrict__ s, acc_t* scratch) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t c = warp; c < m; c += blockDim.x / 32) {
+    acc_t sum = 0;
+    for (int64_t p = lane; p < n; p += 32) sum += static_cast<acc_t>(x[c * n + p]);
+    sum = warp_sum(sum);
+    if (lane == 0) mean[c] = sum / static_cast<acc_t>(n);
+  }
+  __syncthreads();
+  acc_t sum = 0;
+  for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
+    acc_t similarity = 0;
+    for (int64_t c = 0; c < m; ++c) similarity += static_cast<acc_t>(x[c * n + p]) * mean[c];
+    s[p] = similarity;
+    sum += similarity;
+  }
+  sum = block_sum(sum, scratch);
+  const acc_t mu = sum / static_cast<acc_t>(n);
+  acc_t squares = 0;
+  for (int64_t p = threadIdx.x; p < n; p += blockDim.x) squares += (s[p] - mu) * (s[p] - mu);
+  return GroupNorm<acc_t>::of(sum, block_sum(squares, scratch), n);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void group_enhance_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
+                                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                                     acc_t* __restrict__ mean_ws, acc_t* __restrict__ s_ws, int64_t G, int64_t m,
+                                     int64_t n) {
+  __shared__ acc_t scratch[kGroupThreads];
+  const int64_t group = blockIdx.x, g = group % G;
+  const scalar_t* xg = x + group * m * n;
+  acc_t* mean = mean_ws + group * m;
+  acc_t* s = s_ws + group * n;
+  const auto norm = group_similarity(xg, m, n, mean, s, scratch);
+  const acc_t w = static_cast<acc_t>(weight[g]), b = static_cast<acc_t>(bias[g]);
+  for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
+    const acc_t gate = sigmoid(w * norm.normalised(s[p]) + b);
+    for (int64_t c = 0; c < m; ++c) {
+      out[group * m * n + c * n + p] = static_cast<scalar_t>(static_cast<acc_t>(xg[c * n + p]) * gate);
+    }
+  }
+}
+
+// Per (sample, group): Σ_p t·ĉ and Σ_p t into weight_partial and bias_partial ([B·G], summed over the samples
+// by the host), and ∂x. The workspace holds s, then t and ∂s (t_ws), and the means and their gradients.
+template <typename scalar_t, typename acc_t>
+__global__ void group_enhance_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                              const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+                                              scalar_t* __restrict__ grad_x, acc_t* __restrict__ weight_partial,
+                                              acc_t* __restrict__ bias_partial, acc_t* __restrict__ mean_ws,
+                                              acc_t* __restrict__ s_ws, acc_t* __restrict__ t_ws, int64_t G,
+                                              int64_t m, int64_t n) {
+  __shared__ acc_t scratch[kGroupThreads];
+  const int64_t group = blockIdx.x, g = group % G, offset = group * m * n;
+  const scalar_t* xg = x + offset;
+  const scalar_t* dy = grad + offset;
+  acc_t* mean = mean_ws + group * 2 * m;
+  acc_t* mean_grad = mean + m;
+  acc_t* s = s_ws + group * n;
+  acc_t* t = t_ws + group * n;
+  const auto norm = group_similarity(xg, m, n, mean, s, scratch);
+  const acc_t w = static_cast<acc_t>(weight[g]), b = static_cast<acc_t>(bias[g]);
+  acc_t sum_t = 0, sum_tc = 0;
+  for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
+    const acc_t c_hat = norm.normalised(s[p]), gate = sigmoid(w * c_hat + b);
+    acc_t u = 0;
+    for (int64_t c = 0; c < m; ++c) u += static_cast<acc_t>(dy[c * n + p]) * static_cast<acc_t>(xg[c * n + p]);
+    t[p] = u * gate * (acc_t(1) - gate);
+    sum_t += t[p];
+    sum_tc += t[p] * c_hat;
+  }
+  sum_t = block_sum(sum_t, scratch);
+  sum_tc = block_sum(sum_tc, scratch);
+  if (threadIdx.x == 0) {
+    weight_partial[group] = sum_tc;
+    bias_partial[group] = sum_t;
+  }
+  const auto similarity_grad = SimilarityGrad<acc_t>::of(norm, w, sum_t, sum_tc, n);
+  for (int64_t p = threadIdx.x; p < n; p += blockDim.x) t[p] = similarity_grad(t[p], norm.normalised(s[p]));
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t c = warp; c < m; c += blockDim.x / 32) {
+    acc_t sum = 0;
+    for (int64_t p = lane; p < n; p += 32) sum += t[p] * static_cast<acc_t>(xg[c * n + p]);
+    sum = warp_sum(sum);
+    if (lane == 0) mean_grad[c] = sum / static_cast<acc_t>(n);
+  }
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
+    const acc_t gate = sigmoid(w * norm.normalised(s[p]) + b);
+    for (int64_t c = 0; c < m; ++c) {
+      grad_x[offset + c * n + p] =
+          static_cast<scalar_t>(static_cast<acc_t>(dy[c * n + p]) * gate + t[p] * mean[c] + mean_grad[c]);
+    }
+  }
+}
+
+at::Tensor group_enhance_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+                              int64_t groups) {
+  const GroupDims d = check_group_enhance(x_in, weight_in, bias_in, groups, "group_enhance");
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_enhance_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    auto means = at::empty({d.B * d.C}, acc), similarities = at::empty({d.B * d.G * d.HW()}, acc);
+    ATTNKERN_LAUNCH(d.B * d.G, kGroupThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                    group_enhance_kernel<scalar_t, acc_t>)(
+        x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+        out.mutable_data_ptr<scalar_t>(), means.mutable_data_ptr<acc_t>(), similarities.mutable_data_ptr<acc_t>(),
+        d.G, d.group_channels(), d.HW());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_enhance_backward_cuda(const at::Tensor& grad_in,
+                                                                           const at::Tensor& x_in,
+                                                                           const at::Tensor& weight_in,
+                                                                           const at::Tensor& bias_in, int64_t groups) {
+  const GroupDims d = check_group_enhance_backward(grad_in, x_in, weight_in, bias_in, groups);
+  c10::cuda::CUDAGuard device_guard(x_in.device());
+  auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto grad_x = at::empty_like(x);
+  at::Tensor grad_weight, grad_bias;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_enhance_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    auto partials = at::zeros({2, d.B * d.G}, acc);  // zeros: an empty group sums nothing
+    if (x.numel() > 0) {
+      auto means = at::empty({d.B * d.C * 2}, acc);
+      auto similarities = at::empty({2, d.B * d.G * d.HW()}, acc);
+      ATTNKERN_LAUNCH(d.B * d.G, kGroupThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                      group_enhance_backward_kernel<scalar_t, acc_t>)(
+          grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+          bias.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), partials[0].mutable_data_ptr<acc_t>(),
+          partials[1].mutable_data_ptr<acc_t>(), means.mutable_data_ptr<acc_t>(),
+          similarities[0].mutable_data_ptr<acc_t>(), similarities[1].mutable_data_ptr<acc_t>(), d.G,
+          d.group_channels(), d.HW());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    // Over the samples (ATen's reduction, deterministic), rounded once into x's dtype.
+    const auto sums = partials.view({2, d.B, d.G}).sum(1).to(x.scalar_type());
+    grad_weight = sums[0];
+    grad_bias = sums[1];
+  });
+  return {grad_x, grad_weight, grad_bias};
+}
+
 }  // namespace
 
 ATTNKERN_CUDA_KERNELS(m) {
@@ -447,6 +611,8 @@ ATTNKERN_CUDA_KERNELS(m) {
   m.impl("spatial_pool_backward", &spatial_pool_backward_cuda);
   m.impl("apply_gates", &apply_gates_cuda);
   m.impl("apply_gates_backward", &apply_gates_backward_cuda);
+  m.impl("group_enhance", &group_enhance_cuda);
+  m.impl("group_enhance_backward", &group_enhance_backward_cuda);
 }
 
 }  // namespace gating

@@ -77,6 +77,25 @@ Dims check_apply_gates_backward(const at::Tensor& grad, const at::Tensor& x,
   return d;
 }
 
+GroupDims check_group_enhance(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
+                              const char* op) {
+  const std::string prefix = std::string(op) + ": ";
+  const Dims d = dims_of(x, prefix);
+  TORCH_CHECK_VALUE(groups >= 1, prefix, "groups must be positive, got ", groups);
+  TORCH_CHECK_VALUE(d.C % groups == 0, prefix, "x's channels must be divisible by groups = ", groups, ", got shape ",
+                    shape_str(x));
+  check_like(weight, prefix + "weight", {groups}, x, "[G]");
+  check_like(bias, prefix + "bias", {groups}, x, "[G]");
+  return {d, groups};
+}
+
+GroupDims check_group_enhance_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                       const at::Tensor& bias, int64_t groups) {
+  const GroupDims d = check_group_enhance(x, weight, bias, groups, "group_enhance_backward");
+  check_like(grad, "group_enhance_backward: grad", x.sizes(), x);
+  return d;
+}
+
 namespace {
 
 void channel_pool_check(const at::Tensor& x) { check_channel_pool(x); }
@@ -90,12 +109,17 @@ void apply_gates_check(const at::Tensor& x, const std::optional<at::Tensor>& cha
   check_apply_gates(x, channel_gate, pixel_gate, "apply_gates");
 }
 
+void group_enhance_check(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups) {
+  check_group_enhance(x, weight, bias, groups, "group_enhance");
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(attnkern, CompositeImplicitAutograd, m) {
   m.impl("channel_pool_check", &channel_pool_check);
   m.impl("spatial_pool_check", &spatial_pool_check);
   m.impl("apply_gates_check", &apply_gates_check);
+  m.impl("group_enhance_check", &group_enhance_check);
 }
 
 }  // namespace gating
