@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor, nn
 
+from ..ops import group_enhance
 from ._common import check_input, positive_int
 
 __all__ = ["SGE"]
@@ -20,8 +21,12 @@ class SGE(nn.Module):
         out_i = x_i · σ(weight · ĉ_i + bias)
 
     The normalisation follows the authors' code (unbiased std, ε added to it), so outputs match it;
-    the paper writes the biased variance with ε inside. Fixed: a 1×1 input makes the authors' code
-    divide 0 by a NaN std; here the normalised term is 0 (out = x · σ(bias)).
+    the paper writes the biased variance with ε inside. One op, :func:`attnkern.ops.group_enhance`, a
+    (sample, group) at a time (the layer's ATen ops each took a pass over the whole map and kept several
+    maps for the backward, which now saves x alone). Fixed: a 1×1 input makes the authors' code divide 0 by
+    a NaN std; here the normalised term is 0 (out = x · σ(bias)). A half-precision input with float32
+    parameters gives an output of the input's dtype (the parameters are cast), where the authors' code
+    promotes it to float32.
 
     Args:
         groups: G; the input's channels must be divisible by it.
@@ -30,25 +35,11 @@ class SGE(nn.Module):
     def __init__(self, groups: int = 64):
         super().__init__()
         self.groups = positive_int(groups, "groups", "SGE")
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.weight = nn.Parameter(torch.zeros(1, groups, 1, 1))
         self.bias = nn.Parameter(torch.ones(1, groups, 1, 1))
-        self.sig = nn.Sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, "SGE")
-        b, c, h, w = x.shape
-        if c % self.groups:
+        if x.shape[1] % self.groups:
             raise ValueError(f"SGE: input channels must be divisible by groups={self.groups}, got shape {tuple(x.shape)}")
-        n, cg = b * self.groups, c // self.groups
-        xg = x.reshape(n, cg, h, w)
-        # c_i = x_i · g for every position at once: [1, C/G] · [C/G, H·W] per group (the published x·g, summed
-        # after, writes and reads a tensor of x's size)
-        similarity = torch.bmm(self.avg_pool(xg).reshape(n, 1, cg), xg.reshape(n, cg, h * w)).view(n, h * w)
-        centred = similarity - similarity.mean(dim=1, keepdim=True)
-        if h * w > 1:
-            normalised = centred / (centred.std(dim=1, keepdim=True) + 1e-5)
-        else:
-            normalised = centred  # zero: one position has no spread
-        gate = normalised.view(b, self.groups, h, w) * self.weight + self.bias
-        return (xg * self.sig(gate.view(n, 1, h, w))).view(b, c, h, w)
+        return group_enhance(x, self.weight.view(-1).to(x.dtype), self.bias.view(-1).to(x.dtype), self.groups)
