@@ -1,4 +1,4 @@
-"""Gating ops of squeeze-excite / CBAM-style attention: the poolings that make the gates and the
+"""Gating ops of squeeze-excite / CBAM / SGE-style attention: the poolings that make the gates and the
 products that apply them, each one pass over the feature map (and one fused pass for its backward;
 on the CPU, channel_pool's forward is ATen's two vectorised reductions, measured faster there).
 
