@@ -446,19 +446,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apply_gates_backward_cuda(const a
 
 constexpr int kGroupThreads = 256;  // a power of two (block_sum)
 
-// The group's channel means (a warp a channel, into mean[c]) and similarities (into s), and their
-// normalisation; every thread of the block gets it.
-template <typename scalar_t, typename acc_t>
-__device__ GroupNorm<acc_t> group_similarity(const scalar_t* __restrict__ x, int64_t m, int64_t n,
-                                             acc_t* __restrict__ mean, acc_t* __restrict__ s, acc_t* scratch) {
+// out[c] = Σ_p term(c, p) / n for the group's m channels, a warp a channel (its lanes stride the positions,
+// their partials summed by shuffles), then a barrier: every thread of the block may read out after it.
+template <typename acc_t, typename Term>
+__device__ void channel_means(int64_t m, int64_t n, acc_t* __restrict__ out, Term term) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t c = warp; c < m; c += blockDim.x / 32) {
     acc_t sum = 0;
-    for (int64_t p = lane; p < n; p += 32) sum += static_cast<acc_t>(x[c * n + p]);
+    for (int64_t p = lane; p < n; p += 32) sum += term(c, p);
     sum = warp_sum(sum);
-    if (lane == 0) mean[c] = sum / static_cast<acc_t>(n);
+    if (lane == 0) out[c] = sum / static_cast<acc_t>(n);
   }
   __syncthreads();
+}
+
+// The group's channel means (into mean[c]) and similarities (into s), and their normalisation; every thread
+// of the block gets it.
+template <typename scalar_t, typename acc_t>
+__device__ GroupNorm<acc_t> group_similarity(const scalar_t* __restrict__ x, int64_t m, int64_t n,
+                                             acc_t* __restrict__ mean, acc_t* __restrict__ s, acc_t* scratch) {
+  channel_means(m, n, mean, [&](int64_t c, int64_t p) { return static_cast<acc_t>(x[c * n + p]); });
   acc_t sum = 0;
   for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
     acc_t similarity = 0;
@@ -530,14 +537,7 @@ __global__ void group_enhance_backward_kernel(const scalar_t* __restrict__ grad,
   const auto similarity_grad = SimilarityGrad<acc_t>::of(norm, w, sum_t, sum_tc, n);
   for (int64_t p = threadIdx.x; p < n; p += blockDim.x) t[p] = similarity_grad(t[p], norm.normalised(s[p]));
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t c = warp; c < m; c += blockDim.x / 32) {
-    acc_t sum = 0;
-    for (int64_t p = lane; p < n; p += 32) sum += t[p] * static_cast<acc_t>(xg[c * n + p]);
-    sum = warp_sum(sum);
-    if (lane == 0) mean_grad[c] = sum / static_cast<acc_t>(n);
-  }
-  __syncthreads();
+  channel_means(m, n, mean_grad, [&](int64_t c, int64_t p) { return t[p] * static_cast<acc_t>(xg[c * n + p]); });
   for (int64_t p = threadIdx.x; p < n; p += blockDim.x) {
     const acc_t gate = sigmoid(w * norm.normalised(s[p]) + b);
     for (int64_t c = 0; c < m; ++c) {
